@@ -1,0 +1,199 @@
+//! Wiring: [`App::build`] connects to NATS and the database, ensures the JetStream topology, prepares
+//! statements and binds the HTTP listener; [`App::run_until_stopped`] runs the consumer, pipeline,
+//! probes and HTTP server until the shutdown future resolves, then drains within `shutdown.timeout`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use scylla::client::session::Session;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::consumer::{self, Consumer};
+use crate::deadletter::DeadLetters;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::nats::{self, NatsError};
+use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::score::Limits;
+use crate::store::{self, ConnectError, ScyllaStore};
+
+/// Start-up failures.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    #[error(transparent)]
+    Database(#[from] ConnectError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A connected, ready-to-run worker.
+pub struct App {
+    config: Config,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    consumer: async_nats::jetstream::consumer::Consumer<async_nats::jetstream::consumer::pull::Config>,
+    session: Arc<Session>,
+    store: Arc<ScyllaStore>,
+    listener: tokio::net::TcpListener,
+}
+
+/// How often readiness and consumer lag are refreshed.
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+impl App {
+    pub async fn build(config: Config) -> Result<App, AppError> {
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::new(metrics.clone()));
+        let listener = tokio::net::TcpListener::bind(config.http.listen)
+            .await
+            .map_err(|source| AppError::Listen {
+                addr: config.http.listen,
+                source,
+            })?;
+        let client = nats::connect(&config.nats, Some(metrics.clone())).await?;
+        metrics.nats_connected.set(1);
+        let js = nats::jetstream(client.clone(), &config.nats);
+        let consumer = nats::ensure_topology(&js, &config.nats).await?;
+        let session = match store::connect(&config.scylla).await {
+            Ok(session) => Arc::new(session),
+            Err(e) => {
+                metrics.scylla_connection_failures.inc();
+                return Err(e.into());
+            }
+        };
+        let store = Arc::new(ScyllaStore::new(session.clone(), &config.scylla, metrics.clone()).await?);
+        Ok(App {
+            config,
+            metrics,
+            health,
+            client,
+            js,
+            consumer,
+            session,
+            store,
+            listener,
+        })
+    }
+
+    /// The bound HTTP address (useful with port 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Runs until `shutdown` resolves, then stops pulling, writes and settles what it holds (bounded by
+    /// `shutdown.timeout`), and closes the connections. Whatever is not settled by the deadline is
+    /// redelivered by NATS to another replica: the writes are idempotent.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
+        let App {
+            config,
+            metrics,
+            health,
+            client,
+            js,
+            consumer,
+            session,
+            store,
+            listener,
+        } = self;
+        let cancel = CancellationToken::new();
+        let http_cancel = CancellationToken::new();
+
+        let deadletters = Arc::new(DeadLetters::new(
+            js.clone(),
+            &config.nats.deadletter_prefix,
+            &config.nats.deadletter_stream,
+        ));
+        let limits = Limits {
+            max_payload_bytes: config.validation.max_payload_bytes,
+            max_clock_skew_micros: config.validation.max_clock_skew.as_micros() as i64,
+        };
+        let (tx, rx) = mpsc::channel(config.batch.max_scores);
+        let pipeline = Pipeline::new(
+            store,
+            PipelineConfig {
+                max_scores: config.batch.max_scores,
+                linger: config.batch.linger,
+                max_inflight: config.batch.max_inflight,
+                max_deliver: config.nats.max_deliver,
+                retry: config.retry.clone(),
+            },
+            metrics.clone(),
+            health.clone(),
+        );
+        let pipeline_task = tokio::spawn(pipeline.run(rx));
+        let consumer_task = tokio::spawn(
+            Consumer {
+                consumer: consumer.clone(),
+                pull_batch: config.nats.pull_batch,
+                limits,
+                nak_delay: config.retry.nak_delay,
+                deadletters: deadletters.clone(),
+                metrics: metrics.clone(),
+            }
+            .run(tx, cancel.clone()),
+        );
+        let mut background = tokio::task::JoinSet::new();
+        if let Ok(stream) = js.get_stream(&config.nats.stream).await {
+            background.spawn(consumer::watch_max_deliveries(
+                client.clone(),
+                stream,
+                config.nats.consumer.clone(),
+                deadletters,
+                metrics.clone(),
+                cancel.clone(),
+            ));
+        }
+        background.spawn(health.clone().probe(
+            client.clone(),
+            consumer,
+            session,
+            config.scylla.keyspace.clone(),
+            PROBE_INTERVAL,
+            cancel.clone(),
+        ));
+        let router = crate::http::router(metrics, health.clone());
+        let http_stop = http_cancel.clone();
+        let http_task = tokio::spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async move { http_stop.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        tracing::info!(stream = %config.nats.stream, consumer = %config.nats.consumer, "score-worker running");
+
+        shutdown.await;
+        tracing::info!(timeout = ?config.shutdown.timeout, "shutting down: no more pulls; writing what is buffered");
+        health.set_draining();
+        cancel.cancel();
+        let drain = async {
+            let _ = consumer_task.await;
+            let _ = pipeline_task.await;
+        };
+        if tokio::time::timeout(config.shutdown.timeout, drain).await.is_err() {
+            tracing::warn!("drain deadline passed; unsettled messages will be redelivered");
+        }
+        while background.join_next().await.is_some() {}
+        if let Err(e) = client.flush().await {
+            tracing::warn!(error = %e, "NATS flush on shutdown failed");
+        }
+        http_cancel.cancel();
+        let _ = http_task.await;
+        tracing::info!("score-worker stopped");
+    }
+}

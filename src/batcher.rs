@@ -1,0 +1,201 @@
+//! A pure accumulator that turns a stream of updates into flushes.
+//!
+//! A flush closes when it holds `max_scores` distinct (leaderboard, profile) keys, or
+//! `max_events` events (bounds a flush made of one hot key), or when its linger deadline — set by its
+//! *first* event — passes, or when input ends. Within a flush, events for the same key collapse to the
+//! newest ([`ScoreUpdate::supersedes`]); every event is kept for its history row and its receipt.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::score::ScoreUpdate;
+
+/// One coalesced write unit: what a flush hands to the store.
+#[derive(Debug, Default)]
+pub struct Flush<R> {
+    /// Newest update per key, in order of first appearance.
+    pub latest: Vec<ScoreUpdate>,
+    /// Every event of the flush (for history rows); duplicates by `event_id` are removed.
+    pub events: Vec<ScoreUpdate>,
+    /// One receipt per message, settled together after the write.
+    pub receipts: Vec<R>,
+    /// When the first message of the flush was received.
+    pub opened_at: Option<Instant>,
+}
+
+impl<R> Flush<R> {
+    /// Number of distinct scores (keys) in the flush.
+    pub fn scores(&self) -> usize {
+        self.latest.len()
+    }
+}
+
+/// Accumulates updates; see the module doc for when a flush closes.
+pub struct Batcher<R> {
+    max_scores: usize,
+    max_events: usize,
+    linger: Duration,
+    current: Flush<R>,
+    index: HashMap<(String, Uuid), usize>,
+    deadline: Option<Instant>,
+}
+
+impl<R> Batcher<R> {
+    pub fn new(max_scores: usize, linger: Duration) -> Self {
+        Self {
+            max_scores,
+            max_events: max_scores.saturating_mul(4),
+            linger,
+            current: Flush {
+                latest: Vec::new(),
+                events: Vec::new(),
+                receipts: Vec::new(),
+                opened_at: None,
+            },
+            index: HashMap::new(),
+            deadline: None,
+        }
+    }
+
+    /// Adds one message; returns a full flush if this one closed it.
+    pub fn push(&mut self, update: ScoreUpdate, receipt: R, now: Instant) -> Option<Flush<R>> {
+        if self.current.opened_at.is_none() {
+            self.current.opened_at = Some(now);
+            self.deadline = Some(now + self.linger);
+        }
+        self.current.receipts.push(receipt);
+        let key = (update.leaderboard_id.clone(), update.profile_id);
+        match self.index.get(&key) {
+            Some(&i) => {
+                if update.supersedes(&self.current.latest[i]) {
+                    self.current.latest[i] = update.clone();
+                }
+                // A redelivered duplicate is one history row (the write would be the same anyway).
+                if !self.current.events.iter().any(|e| e.event_id == update.event_id && e.key() == update.key()) {
+                    self.current.events.push(update);
+                }
+            }
+            None => {
+                self.index.insert(key, self.current.latest.len());
+                self.current.latest.push(update.clone());
+                self.current.events.push(update);
+            }
+        }
+        let full = self.current.latest.len() >= self.max_scores || self.current.receipts.len() >= self.max_events;
+        full.then(|| self.take())
+    }
+
+    /// When the open flush must be written, if one is open.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.current.receipts.is_empty()
+    }
+
+    /// Closes the open flush (possibly empty).
+    pub fn take(&mut self) -> Flush<R> {
+        self.index.clear();
+        self.deadline = None;
+        std::mem::replace(
+            &mut self.current,
+            Flush {
+                latest: Vec::with_capacity(self.max_scores),
+                events: Vec::with_capacity(self.max_scores),
+                receipts: Vec::with_capacity(self.max_scores),
+                opened_at: None,
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(lb: &str, profile: u128, score: i64, at: i64, id: &str) -> ScoreUpdate {
+        ScoreUpdate {
+            event_id: id.into(),
+            profile_id: Uuid::from_u128(profile),
+            wallet_address: format!("0x{:040x}", profile),
+            leaderboard_id: lb.into(),
+            score,
+            occurred_at_micros: at,
+        }
+    }
+
+    #[test]
+    fn hundred_distinct_scores_make_exactly_two_flushes_of_fifty() {
+        let mut b = Batcher::new(50, Duration::from_millis(100));
+        let now = Instant::now();
+        let mut flushes = vec![];
+        for i in 0..100u128 {
+            if let Some(f) = b.push(update("lb", i, 1, 1, &format!("e{i}")), i, now) {
+                flushes.push(f);
+            }
+        }
+        assert!(b.is_empty());
+        assert_eq!(flushes.len(), 2);
+        assert!(flushes.iter().all(|f| f.scores() == 50 && f.receipts.len() == 50));
+    }
+
+    #[test]
+    fn same_key_collapses_to_newest_but_keeps_history_and_receipts() {
+        let mut b = Batcher::new(50, Duration::from_millis(100));
+        let now = Instant::now();
+        assert!(b.push(update("lb", 1, 30, 3, "c"), 1, now).is_none());
+        assert!(b.push(update("lb", 1, 10, 1, "a"), 2, now).is_none());
+        assert!(b.push(update("lb", 1, 20, 2, "b"), 3, now).is_none());
+        assert!(b.push(update("other", 1, 5, 1, "d"), 4, now).is_none());
+        let f = b.take();
+        assert_eq!(f.scores(), 2);
+        assert_eq!(f.latest[0].score, 30);
+        assert_eq!(f.events.len(), 4);
+        assert_eq!(f.receipts, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn duplicate_event_is_one_history_row_but_both_receipts() {
+        let mut b = Batcher::new(50, Duration::from_millis(100));
+        let now = Instant::now();
+        b.push(update("lb", 1, 30, 3, "dup"), 1, now);
+        b.push(update("lb", 1, 30, 3, "dup"), 2, now);
+        let f = b.take();
+        assert_eq!(f.events.len(), 1);
+        assert_eq!(f.receipts.len(), 2);
+    }
+
+    #[test]
+    fn equal_time_tie_keeps_the_larger_score() {
+        let mut b = Batcher::new(50, Duration::from_millis(100));
+        let now = Instant::now();
+        b.push(update("lb", 1, 7, 5, "x"), 1, now);
+        b.push(update("lb", 1, 3, 5, "y"), 2, now);
+        assert_eq!(b.take().latest[0].score, 7);
+    }
+
+    #[test]
+    fn linger_starts_at_first_event() {
+        let mut b = Batcher::new(50, Duration::from_millis(100));
+        let t0 = Instant::now();
+        assert_eq!(b.deadline(), None);
+        b.push(update("lb", 1, 1, 1, "a"), 1, t0);
+        b.push(update("lb", 2, 1, 1, "b"), 2, t0 + Duration::from_millis(90));
+        assert_eq!(b.deadline(), Some(t0 + Duration::from_millis(100)));
+        b.take();
+        assert_eq!(b.deadline(), None);
+    }
+
+    #[test]
+    fn a_hot_key_alone_is_bounded_by_max_events() {
+        let mut b = Batcher::new(50, Duration::from_millis(100));
+        let now = Instant::now();
+        let closed = (0..200).filter_map(|i| b.push(update("lb", 1, i, i, &format!("e{i}")), i, now)).count();
+        assert_eq!(closed, 1);
+        assert!(b.is_empty());
+    }
+}

@@ -1,0 +1,90 @@
+//! `score-worker check`: validates the configuration, reaches NATS and the database, and verifies the
+//! streams, the consumer and the schema version. Prints one line per check; never prints a secret.
+
+use crate::config::Config;
+use crate::{nats, schema, store};
+
+/// The outcome of every check, in order.
+pub struct Report {
+    pub lines: Vec<(bool, String)>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.lines.iter().all(|(ok, _)| *ok)
+    }
+
+    pub fn render(&self) -> String {
+        self.lines
+            .iter()
+            .map(|(ok, line)| format!("{} {line}\n", if *ok { "[ok]  " } else { "[FAIL]" }))
+            .collect()
+    }
+}
+
+pub async fn run(config: &Config) -> Report {
+    let mut lines = vec![(true, format!("configuration valid: {}", config.redacted()))];
+    let mut push = |ok: bool, line: String| lines.push((ok, line));
+
+    match nats::connect(&config.nats, None).await {
+        Ok(client) => {
+            push(true, format!("NATS reachable at {}", config.nats.url));
+            let js = nats::jetstream(client, &config.nats);
+            for name in [&config.nats.stream, &config.nats.deadletter_stream] {
+                match js.get_stream(name).await {
+                    Ok(stream) => {
+                        let c = &stream.cached_info().config;
+                        push(true, format!("stream {name} exists (subjects {:?}, storage {:?})", c.subjects, c.storage));
+                    }
+                    Err(e) => push(false, format!("stream {name}: {e} (`run` creates it when nats.manage_jetstream = true)")),
+                }
+            }
+            match js.get_stream(&config.nats.stream).await {
+                Ok(stream) => match stream
+                    .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&config.nats.consumer)
+                    .await
+                {
+                    Ok(consumer) => {
+                        let info = consumer.cached_info();
+                        push(
+                            true,
+                            format!(
+                                "consumer {} exists (ack_wait {:?}, max_deliver {}, pending {}, awaiting ack {})",
+                                config.nats.consumer,
+                                info.config.ack_wait,
+                                info.config.max_deliver,
+                                info.num_pending,
+                                info.num_ack_pending
+                            ),
+                        );
+                    }
+                    Err(e) => push(false, format!("consumer {}: {e}", config.nats.consumer)),
+                },
+                Err(_) => push(false, format!("consumer {}: its stream is missing", config.nats.consumer)),
+            }
+        }
+        Err(e) => push(false, e.to_string()),
+    }
+
+    match store::connect(&config.scylla).await {
+        Ok(session) => {
+            push(true, format!("database reachable at {:?}", config.scylla.nodes));
+            let expected = schema::expected_version();
+            match schema::current_version(&session, &config.scylla.keyspace).await {
+                Ok(Some(v)) if v == expected => {
+                    push(true, format!("schema of keyspace {} at version {v}", config.scylla.keyspace))
+                }
+                Ok(v) => push(
+                    false,
+                    format!(
+                        "schema of keyspace {} at version {v:?}, expected {expected}: run `score-worker migrate`",
+                        config.scylla.keyspace
+                    ),
+                ),
+                Err(e) => push(false, format!("reading the schema version failed: {e}")),
+            }
+        }
+        Err(e) => push(false, e.to_string()),
+    }
+    Report { lines }
+}

@@ -1,0 +1,149 @@
+//! Readiness: NATS connected, database session up, schema at the expected version, no unresolved
+//! permanent write failure, not draining. A probe task refreshes the first three (and the consumer
+//! lag gauge) every few seconds.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use scylla::client::session::Session;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::schema;
+
+/// Shared readiness state.
+pub struct Health {
+    metrics: Arc<Metrics>,
+    nats: AtomicBool,
+    database: AtomicBool,
+    schema: Mutex<Option<String>>,
+    permanent: Mutex<Option<String>>,
+    draining: AtomicBool,
+}
+
+impl Health {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            nats: AtomicBool::new(false),
+            database: AtomicBool::new(false),
+            schema: Mutex::new(Some("schema not checked yet".into())),
+            permanent: Mutex::new(None),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// `Ok` when ready, else the reasons it is not.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut reasons = Vec::new();
+        if self.draining.load(Ordering::Relaxed) {
+            reasons.push("draining".to_string());
+        }
+        if !self.nats.load(Ordering::Relaxed) {
+            reasons.push("NATS not connected".to_string());
+        }
+        if !self.database.load(Ordering::Relaxed) {
+            reasons.push("database unreachable".to_string());
+        }
+        if let Some(problem) = self.schema.lock().expect("lock").clone() {
+            reasons.push(problem);
+        }
+        if let Some(problem) = self.permanent.lock().expect("lock").clone() {
+            reasons.push(format!("permanent write failure: {problem}"));
+        }
+        self.metrics.ready.set(i64::from(reasons.is_empty()));
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    }
+
+    /// A flush was written: any earlier permanent failure is resolved.
+    pub fn write_succeeded(&self) {
+        if self.permanent.lock().expect("lock").take().is_some() {
+            tracing::info!("writes succeed again; permanent failure cleared");
+        }
+    }
+
+    /// Records a permanent failure; logs it once per distinct cause.
+    pub fn permanent_failure(&self, cause: &str) {
+        let mut slot = self.permanent.lock().expect("lock");
+        if slot.as_deref() != Some(cause) {
+            tracing::error!(%cause, "permanent write failure; messages are nak'd until it is fixed");
+            *slot = Some(cause.to_string());
+        }
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.readiness().ok();
+    }
+
+    /// Refreshes readiness and the consumer lag gauge every `interval` until cancelled.
+    pub async fn probe(
+        self: Arc<Self>,
+        client: async_nats::Client,
+        mut consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+        session: Arc<Session>,
+        keyspace: String,
+        interval: Duration,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            let connected = client.connection_state() == async_nats::connection::State::Connected;
+            self.nats.store(connected, Ordering::Relaxed);
+            self.metrics.nats_connected.set(i64::from(connected));
+
+            match schema::current_version(&session, &keyspace).await {
+                Ok(version) => {
+                    self.database.store(true, Ordering::Relaxed);
+                    let expected = schema::expected_version();
+                    *self.schema.lock().expect("lock") = (version != Some(expected)).then(|| {
+                        format!("schema at version {version:?}, this build expects {expected}: run `score-worker migrate`")
+                    });
+                }
+                Err(e) => {
+                    if self.database.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(error = %e, "database probe failed");
+                    }
+                }
+            }
+            if connected {
+                if let Ok(info) = consumer.info().await {
+                    let pending = info.num_pending as i64 + info.num_ack_pending as i64;
+                    self.metrics.consumer_pending.set(pending);
+                }
+            }
+            let _ = self.readiness();
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_ready_until_probed_and_permanent_failures_fail_readiness_until_cleared() {
+        let h = Health::new(Arc::new(Metrics::new()));
+        assert!(h.readiness().is_err());
+        h.nats.store(true, Ordering::Relaxed);
+        h.database.store(true, Ordering::Relaxed);
+        *h.schema.lock().unwrap() = None;
+        assert!(h.readiness().is_ok());
+        h.permanent_failure("table missing");
+        let reasons = h.readiness().unwrap_err();
+        assert!(reasons[0].contains("table missing"));
+        h.write_succeeded();
+        assert!(h.readiness().is_ok());
+        h.set_draining();
+        assert_eq!(h.readiness().unwrap_err(), vec!["draining".to_string()]);
+    }
+}

@@ -1,0 +1,72 @@
+//! The `score-worker` binary: parse the command line, load the configuration, start telemetry and
+//! hand over to the library. Exit codes: 0 success, 1 failure, 2 invalid configuration.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use score_worker::cli::{Cli, Command};
+use score_worker::config::Config;
+use score_worker::{app, check, nats, sample, schema, shutdown, store, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("score-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.log.format, std::io::stderr);
+    match run(cli.command, config).await {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "score-worker failed");
+            eprintln!("score-worker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run => {
+            let app = app::App::build(config).await?;
+            tracing::info!(http = %app.http_addr(), "HTTP listening");
+            app.run_until_stopped(shutdown::signal()).await;
+        }
+        Command::Migrate { dry_run } => {
+            let session = store::connect(&config.scylla).await?;
+            let report = schema::migrate(&session, &config.scylla, dry_run).await?;
+            let verb = if dry_run { "would run" } else { "ran" };
+            for line in report {
+                println!("{verb}: {line}");
+            }
+        }
+        Command::Check => {
+            let report = check::run(&config).await;
+            print!("{}", report.render());
+            if !report.ok() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::PublishSample {
+            count,
+            profiles,
+            leaderboards,
+        } => {
+            let client = nats::connect(&config.nats, None).await?;
+            let js = nats::jetstream(client.clone(), &config.nats);
+            nats::ensure_topology(&js, &config.nats).await?;
+            sample::publish_sample(&js, &config.nats.subjects[0], count, profiles, leaderboards)
+                .await
+                .map_err(anyhow::Error::msg)
+                .context("publishing sample events")?;
+            client.flush().await?;
+            println!("published {count} events to {}", config.nats.subjects[0]);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,226 @@
+//! Every metric the worker exports, in a registry of its own. Metric names are a contract with the
+//! alert rules and dashboards in `deploy/`; they are defined here and nowhere else.
+//!
+//! Label values are bounded: reasons, statement names and error kinds come from fixed lists and are
+//! pre-registered at zero, so `rate()` works from the first scrape.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::score::RejectReason;
+
+/// Receipt → ack; boundaries at the 2 s alert threshold and past 10 s.
+pub const PROCESSING_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
+/// One statement; resolves the 100 ms alert threshold.
+pub const QUERY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// Scores per flush.
+pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0];
+
+/// Failure reason for a message whose write did not succeed in time (it is nak'd, not lost).
+pub const FAILED_WRITE: &str = "write";
+
+/// The statements the store executes (label `statement`).
+pub const STATEMENTS: &[&str] = &[
+    "add_ranked",
+    "insert_leaderboard",
+    "update_profile",
+    "read_profile",
+    "delete_stale",
+    "insert_history",
+    "invalidate_cache",
+];
+
+/// Database error kinds (label `kind`); see `store::error`.
+pub const ERROR_KINDS: &[&str] = &["timeout", "unavailable", "overloaded", "connection", "server", "permanent"];
+
+/// The worker's metrics. Cheap to share behind an `Arc`.
+pub struct Metrics {
+    registry: Registry,
+    pub messages_received: IntCounter,
+    pub messages_processed: IntCounter,
+    pub messages_failed: IntCounterVec,
+    pub dead_letters: IntCounterVec,
+    pub processing_duration: Histogram,
+    pub batch_size: Histogram,
+    pub batch_retries: IntCounter,
+    pub inflight_batches: IntGauge,
+    pub consumer_pending: IntGauge,
+    pub nats_connected: IntGauge,
+    pub scylla_query_duration: HistogramVec,
+    pub scylla_errors: IntCounterVec,
+    pub scylla_connection_failures: IntCounter,
+    pub ready: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())).expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("unique metric");
+            h
+        };
+
+        let m = Metrics {
+            messages_received: counter("score_worker_messages_received_total", "Messages taken from NATS."),
+            messages_processed: counter(
+                "score_worker_messages_processed_total",
+                "Messages whose writes succeeded and that were acknowledged.",
+            ),
+            messages_failed: counter_vec(
+                "score_worker_messages_failed_total",
+                "Messages that failed, by reason (validation reasons, or `write` when the write did not succeed in time).",
+                "reason",
+            ),
+            dead_letters: counter_vec(
+                "score_worker_dead_letters_total",
+                "Messages published to the dead-letter subject, by reason.",
+                "reason",
+            ),
+            processing_duration: histogram(
+                "score_worker_processing_duration_seconds",
+                "Time from receiving a message to acknowledging it.",
+                PROCESSING_BUCKETS,
+            ),
+            batch_size: histogram("score_worker_batch_size", "Scores per flush after coalescing.", BATCH_BUCKETS),
+            batch_retries: counter("score_worker_batch_retries_total", "Flush write attempts that were retried."),
+            inflight_batches: gauge("score_worker_inflight_batches", "Flushes being written now."),
+            consumer_pending: gauge(
+                "score_worker_consumer_pending",
+                "Messages pending on the durable consumer plus those awaiting acknowledgement.",
+            ),
+            nats_connected: gauge("score_worker_nats_connected", "1 while connected to NATS."),
+            scylla_query_duration: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "score_worker_scylla_query_duration_seconds",
+                        "Duration of each database statement, by statement.",
+                    )
+                    .buckets(QUERY_BUCKETS.to_vec()),
+                    &["statement"],
+                )
+                .expect("valid metric");
+                registry.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
+            scylla_errors: counter_vec(
+                "score_worker_scylla_errors_total",
+                "Database statement errors, by kind.",
+                "kind",
+            ),
+            scylla_connection_failures: counter(
+                "score_worker_scylla_connection_failures_total",
+                "Failed attempts to open or keep a database session.",
+            ),
+            ready: gauge("score_worker_ready", "1 while /readyz reports ready."),
+            registry,
+        };
+
+        let build_info = IntGaugeVec::new(
+            Opts::new("score_worker_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("valid metric");
+        m.registry.register(Box::new(build_info.clone())).expect("unique metric");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+
+        for reason in RejectReason::ALL {
+            m.messages_failed.with_label_values(&[reason.as_str()]);
+            m.dead_letters.with_label_values(&[reason.as_str()]);
+        }
+        m.messages_failed.with_label_values(&[FAILED_WRITE]);
+        for statement in STATEMENTS {
+            m.scylla_query_duration.with_label_values(&[statement]);
+        }
+        for kind in ERROR_KINDS {
+            m.scylla_errors.with_label_values(&[kind]);
+        }
+        m
+    }
+
+    /// Counts a rejected or dead-lettered message: its log line is written by the caller.
+    pub fn dead_lettered(&self, reason: RejectReason) {
+        self.messages_failed.with_label_values(&[reason.as_str()]).inc();
+        self.dead_letters.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("text encoding is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Content type of [`Metrics::encode`].
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_every_contract_name_with_help_and_type() {
+        let m = Metrics::new();
+        m.processing_duration.observe(0.3);
+        let text = m.encode();
+        for name in [
+            "score_worker_messages_received_total",
+            "score_worker_messages_processed_total",
+            "score_worker_messages_failed_total",
+            "score_worker_dead_letters_total",
+            "score_worker_processing_duration_seconds",
+            "score_worker_batch_size",
+            "score_worker_batch_retries_total",
+            "score_worker_inflight_batches",
+            "score_worker_consumer_pending",
+            "score_worker_nats_connected",
+            "score_worker_scylla_query_duration_seconds",
+            "score_worker_scylla_errors_total",
+            "score_worker_scylla_connection_failures_total",
+            "score_worker_build_info",
+        ] {
+            assert!(text.contains(&format!("# HELP {name} ")), "missing HELP for {name}");
+            assert!(text.contains(&format!("# TYPE {name} ")), "missing TYPE for {name}");
+        }
+        assert!(text.contains("score_worker_processing_duration_seconds_bucket{le=\"2\"} 1"));
+        assert!(text.contains("score_worker_scylla_query_duration_seconds_bucket{statement=\"read_profile\",le=\"0.1\"} 0"));
+        assert!(text.contains("score_worker_dead_letters_total{reason=\"malformed_json\"} 0"));
+        assert!(text.contains(&format!("score_worker_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))));
+    }
+
+    #[test]
+    fn registries_are_independent() {
+        let a = Metrics::new();
+        let b = Metrics::new();
+        a.messages_received.inc();
+        assert!(b.encode().contains("score_worker_messages_received_total 0"));
+    }
+}

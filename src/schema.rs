@@ -1,0 +1,187 @@
+//! The versioned CQL in `schema/`: applying it (`migrate`) and checking the version a running worker
+//! expects (`check`, `/readyz`). Applied versions are recorded in `<keyspace>.schema_migrations`.
+
+use scylla::client::session::Session;
+use scylla::errors::ExecutionError;
+use scylla::value::CqlTimestamp;
+
+use crate::config::ScyllaConfig;
+
+/// One schema version.
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    pub cql: &'static str,
+}
+
+/// Every version, in order. Files are embedded so the binary carries its schema.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_initial",
+    cql: include_str!("../schema/0001_initial.cql"),
+}];
+
+/// The version this build writes to.
+pub fn expected_version() -> i32 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("schema statement failed: {statement}: {source}")]
+    Statement {
+        statement: String,
+        #[source]
+        source: ExecutionError,
+    },
+}
+
+/// Splits a CQL file into statements, dropping `--` comments and blank lines.
+pub fn statements(cql: &str) -> Vec<String> {
+    let without_comments: String = cql
+        .lines()
+        .map(|line| line.split("--").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    without_comments
+        .split(';')
+        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn keyspace_statements(config: &ScyllaConfig) -> Vec<String> {
+    let ks = &config.keyspace;
+    vec![
+        format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {}", config.replication),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.schema_migrations (version int PRIMARY KEY, name text, applied_at timestamp)"
+        ),
+    ]
+}
+
+/// Qualifies the table names of a migration statement with the keyspace.
+fn qualify(statement: &str, keyspace: &str) -> String {
+    let mut out = statement.to_string();
+    for prefix in ["CREATE TABLE IF NOT EXISTS ", "ALTER TABLE "] {
+        out = out.replace(prefix, &format!("{prefix}{keyspace}."));
+    }
+    // CREATE INDEX IF NOT EXISTS name ON table (...)
+    if out.starts_with("CREATE INDEX") {
+        if let Some(pos) = out.find(" ON ") {
+            out.insert_str(pos + 4, &format!("{keyspace}."));
+        }
+    }
+    out
+}
+
+/// The applied versions, or `None` if the keyspace or its version table does not exist.
+pub async fn applied_versions(session: &Session, keyspace: &str) -> Result<Option<Vec<i32>>, ExecutionError> {
+    let query = format!("SELECT version FROM {keyspace}.schema_migrations");
+    match session.query_unpaged(query, ()).await {
+        Ok(result) => {
+            let rows = result
+                .into_rows_result()
+                .ok()
+                .and_then(|r| r.rows::<(i32,)>().ok().map(|it| it.filter_map(Result::ok).map(|(v,)| v).collect()))
+                .unwrap_or_default();
+            Ok(Some(rows))
+        }
+        Err(ExecutionError::LastAttemptError(scylla::errors::RequestAttemptError::DbError(
+            scylla::errors::DbError::Invalid,
+            _,
+        ))) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The newest applied version, if any.
+pub async fn current_version(session: &Session, keyspace: &str) -> Result<Option<i32>, ExecutionError> {
+    Ok(applied_versions(session, keyspace).await?.and_then(|v| v.into_iter().max()))
+}
+
+/// What `migrate` did or, with `dry_run`, would do: one line per statement.
+pub async fn migrate(session: &Session, config: &ScyllaConfig, dry_run: bool) -> Result<Vec<String>, SchemaError> {
+    let ks = &config.keyspace;
+    let applied = applied_versions(session, ks).await.map_err(|source| SchemaError::Statement {
+        statement: "read schema_migrations".into(),
+        source,
+    })?;
+    let mut plan = Vec::new();
+    if applied.is_none() {
+        plan.extend(keyspace_statements(config).into_iter().map(|s| (None, s)));
+    }
+    let applied = applied.unwrap_or_default();
+    for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+        for s in statements(m.cql) {
+            plan.push((None, qualify(&s, ks)));
+        }
+        plan.push((Some(m), String::new()));
+    }
+
+    let mut report = Vec::new();
+    for (migration, statement) in plan {
+        match migration {
+            Some(m) => {
+                report.push(format!("record version {} ({})", m.version, m.name));
+                if !dry_run {
+                    let insert = format!("INSERT INTO {ks}.schema_migrations (version, name, applied_at) VALUES (?, ?, ?)");
+                    let now = CqlTimestamp(chrono::Utc::now().timestamp_millis());
+                    session
+                        .query_unpaged(insert.clone(), (m.version, m.name, now))
+                        .await
+                        .map_err(|source| SchemaError::Statement { statement: insert, source })?;
+                }
+            }
+            None => {
+                report.push(statement.clone());
+                if !dry_run {
+                    session
+                        .query_unpaged(statement.clone(), ())
+                        .await
+                        .map_err(|source| SchemaError::Statement { statement, source })?;
+                }
+            }
+        }
+    }
+    if report.is_empty() {
+        report.push(format!("schema is up to date at version {}", expected_version()));
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_schema_splits_into_the_contract_tables() {
+        let stmts = statements(MIGRATIONS[0].cql);
+        assert_eq!(stmts.len(), 5, "{stmts:#?}");
+        for table in ["scores_by_profile", "scores", "score_history", "eligibility_cache"] {
+            assert!(
+                stmts.iter().any(|s| s.starts_with(&format!("CREATE TABLE IF NOT EXISTS {table} ("))),
+                "{table}"
+            );
+        }
+        assert!(stmts.iter().all(|s| !s.contains("--")));
+    }
+
+    #[test]
+    fn qualifies_tables_and_indexes() {
+        assert_eq!(
+            qualify("CREATE TABLE IF NOT EXISTS scores (a int PRIMARY KEY)", "ks"),
+            "CREATE TABLE IF NOT EXISTS ks.scores (a int PRIMARY KEY)"
+        );
+        assert_eq!(
+            qualify("CREATE INDEX IF NOT EXISTS i ON scores_by_profile (wallet_address)", "ks"),
+            "CREATE INDEX IF NOT EXISTS i ON ks.scores_by_profile (wallet_address)"
+        );
+    }
+
+    #[test]
+    fn versions_are_increasing() {
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
+        assert_eq!(expected_version(), 1);
+    }
+}

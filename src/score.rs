@@ -1,0 +1,380 @@
+//! The wire contract: a score update as the gateway publishes it, decoded and validated from bytes.
+//!
+//! Decoding is "parse, don't validate": a [`ScoreUpdate`] can only be built from a payload that meets
+//! every rule of the contract, and every failure names one stable [`RejectReason`].
+
+use chrono::DateTime;
+use serde::Deserialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// A valid score update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScoreUpdate {
+    /// Publisher's id for the event; also its `Nats-Msg-Id`.
+    pub event_id: String,
+    pub profile_id: Uuid,
+    /// `0x` + 40 hex digits, lower-case.
+    pub wallet_address: String,
+    pub leaderboard_id: String,
+    /// The profile's absolute score on the leaderboard.
+    pub score: i64,
+    /// Event time in microseconds since the Unix epoch; also the write timestamp of every row.
+    pub occurred_at_micros: i64,
+}
+
+impl ScoreUpdate {
+    /// The key under which events coalesce and the leaderboard invariant holds.
+    pub fn key(&self) -> (&str, Uuid) {
+        (&self.leaderboard_id, self.profile_id)
+    }
+
+    /// True if `self` supersedes `other` for the same key: the newer event wins, and on a tie the one
+    /// the database keeps for two cells with the same timestamp ([`crate::store::tie_rank`]).
+    pub fn supersedes(&self, other: &ScoreUpdate) -> bool {
+        use crate::store::tie_rank;
+        (self.occurred_at_micros, tie_rank(self.score)) > (other.occurred_at_micros, tie_rank(other.score))
+    }
+}
+
+/// Why a payload was rejected; the token is part of the dead-letter subject and a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// Not parseable as JSON (includes invalid UTF-8 and nesting beyond the parser's limit).
+    MalformedJson,
+    /// A required field is absent or null.
+    MissingField,
+    /// A field has the wrong type or a value out of range, or the body is not a JSON object.
+    InvalidValue,
+    /// The payload exceeds `validation.max_payload_bytes`.
+    TooLarge,
+    /// `occurred_at` lies more than `validation.max_clock_skew` in the future.
+    FutureTimestamp,
+    /// NATS delivered the message `max_deliver` times without a successful write.
+    MaxDeliveries,
+}
+
+impl RejectReason {
+    /// Every reason, for pre-registering metric labels.
+    pub const ALL: [RejectReason; 6] = [
+        Self::MalformedJson,
+        Self::MissingField,
+        Self::InvalidValue,
+        Self::TooLarge,
+        Self::FutureTimestamp,
+        Self::MaxDeliveries,
+    ];
+
+    /// The stable token used in subjects and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MalformedJson => "malformed_json",
+            Self::MissingField => "missing_field",
+            Self::InvalidValue => "invalid_value",
+            Self::TooLarge => "too_large",
+            Self::FutureTimestamp => "future_timestamp",
+            Self::MaxDeliveries => "max_deliveries",
+        }
+    }
+
+    /// Parses a token back (used by `dlq` tooling and tests).
+    pub fn parse(token: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == token)
+    }
+}
+
+/// A rejected payload: the reason and a human-readable explanation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {detail}", reason.as_str())]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub detail: String,
+}
+
+impl Rejection {
+    fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Limits applied while decoding.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_payload_bytes: usize,
+    pub max_clock_skew_micros: i64,
+}
+
+/// The fields of the contract; unknown fields are ignored by serde.
+#[derive(Deserialize)]
+struct Raw {
+    event_id: Option<Value>,
+    profile_id: Option<Value>,
+    wallet_address: Option<Value>,
+    leaderboard_id: Option<Value>,
+    score: Option<Value>,
+    occurred_at: Option<Value>,
+}
+
+/// Decodes and validates one payload. `now_micros` is the receiver's clock.
+pub fn decode(payload: &[u8], limits: Limits, now_micros: i64) -> Result<ScoreUpdate, Rejection> {
+    use RejectReason::*;
+    if payload.len() > limits.max_payload_bytes {
+        return Err(Rejection::new(
+            TooLarge,
+            format!(
+                "payload is {} bytes, the limit is {}",
+                payload.len(),
+                limits.max_payload_bytes
+            ),
+        ));
+    }
+    let raw: Raw = match serde_json::from_slice(payload) {
+        Ok(raw) => raw,
+        Err(e) if e.is_data() => {
+            // Well-formed JSON of the wrong shape: not an object, or a duplicated field.
+            return Err(Rejection::new(InvalidValue, e.to_string()));
+        }
+        Err(e) => return Err(Rejection::new(MalformedJson, e.to_string())),
+    };
+
+    let event_id = string_field("event_id", raw.event_id)?;
+    if event_id.is_empty() || event_id.chars().count() > 128 {
+        return Err(Rejection::new(InvalidValue, "event_id must be 1-128 characters"));
+    }
+    if event_id.chars().any(char::is_control) {
+        return Err(Rejection::new(InvalidValue, "event_id contains control characters"));
+    }
+
+    let profile_id = string_field("profile_id", raw.profile_id)?;
+    let profile_id = Uuid::try_parse(&profile_id)
+        .map_err(|_| Rejection::new(InvalidValue, "profile_id must be a UUID"))?;
+
+    let wallet = string_field("wallet_address", raw.wallet_address)?;
+    let hex = wallet
+        .strip_prefix("0x")
+        .or_else(|| wallet.strip_prefix("0X"))
+        .filter(|h| h.len() == 40 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| Rejection::new(InvalidValue, "wallet_address must be 0x followed by 40 hex digits"))?;
+    let wallet_address = format!("0x{}", hex.to_ascii_lowercase());
+
+    let leaderboard_id = string_field("leaderboard_id", raw.leaderboard_id)?;
+    if leaderboard_id.is_empty()
+        || leaderboard_id.len() > 64
+        || !leaderboard_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return Err(Rejection::new(
+            InvalidValue,
+            "leaderboard_id must be 1-64 characters of [A-Za-z0-9_.-]",
+        ));
+    }
+
+    let score = match raw.score {
+        None | Some(Value::Null) => return Err(missing("score")),
+        Some(Value::Number(n)) => n.as_i64().ok_or_else(|| {
+            Rejection::new(InvalidValue, format!("score must be a signed 64-bit integer, got {n}"))
+        })?,
+        Some(other) => return Err(wrong_type("score", "an integer", &other)),
+    };
+
+    let occurred_at = string_field("occurred_at", raw.occurred_at)?;
+    let occurred_at = DateTime::parse_from_rfc3339(&occurred_at).map_err(|e| {
+        Rejection::new(InvalidValue, format!("occurred_at must be RFC 3339 with an offset: {e}"))
+    })?;
+    let occurred_at_micros = occurred_at.timestamp_micros();
+    if occurred_at_micros <= 0 {
+        return Err(Rejection::new(InvalidValue, "occurred_at must be after 1970-01-01"));
+    }
+    if occurred_at_micros > now_micros.saturating_add(limits.max_clock_skew_micros) {
+        return Err(Rejection::new(
+            FutureTimestamp,
+            format!("occurred_at {occurred_at} is beyond the allowed clock skew"),
+        ));
+    }
+
+    Ok(ScoreUpdate {
+        event_id,
+        profile_id,
+        wallet_address,
+        leaderboard_id,
+        score,
+        occurred_at_micros,
+    })
+}
+
+fn missing(field: &str) -> Rejection {
+    Rejection::new(RejectReason::MissingField, format!("{field} is required"))
+}
+
+fn wrong_type(field: &str, expected: &str, got: &Value) -> Rejection {
+    let kind = match got {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    Rejection::new(
+        RejectReason::InvalidValue,
+        format!("{field} must be {expected}, got {kind}"),
+    )
+}
+
+fn string_field(field: &str, value: Option<Value>) -> Result<String, Rejection> {
+    match value {
+        None | Some(Value::Null) => Err(missing(field)),
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(wrong_type(field, "a string", &other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use RejectReason::*;
+
+    const NOW: i64 = 1_780_000_000_000_000; // 2026-05-28
+    const LIMITS: Limits = Limits {
+        max_payload_bytes: 65_536,
+        max_clock_skew_micros: 300_000_000,
+    };
+
+    fn good() -> serde_json::Map<String, Value> {
+        serde_json::json!({
+            "event_id": "evt-1",
+            "profile_id": "6f1c2b1e-8c3a-4f7e-9a51-0c2d3e4f5a6b",
+            "wallet_address": "0xAbCdEf0123456789abcdef0123456789ABCDEF01",
+            "leaderboard_id": "season-1.global_x",
+            "score": 1234,
+            "occurred_at": "2026-05-28T08:00:00.123456+02:00",
+            "extra": {"ignored": true}
+        })
+        .as_object()
+        .unwrap()
+        .clone()
+    }
+
+    fn with(field: &str, value: Value) -> Vec<u8> {
+        let mut m = good();
+        m.insert(field.into(), value);
+        serde_json::to_vec(&m).unwrap()
+    }
+
+    fn without(field: &str) -> Vec<u8> {
+        let mut m = good();
+        m.remove(field);
+        serde_json::to_vec(&m).unwrap()
+    }
+
+    fn reason(payload: &[u8]) -> Option<RejectReason> {
+        decode(payload, LIMITS, NOW).err().map(|r| r.reason)
+    }
+
+    #[test]
+    fn decodes_a_good_payload_and_normalises_it() {
+        let u = decode(&serde_json::to_vec(&good()).unwrap(), LIMITS, NOW).unwrap();
+        assert_eq!(u.event_id, "evt-1");
+        assert_eq!(u.wallet_address, "0xabcdef0123456789abcdef0123456789abcdef01");
+        assert_eq!(u.score, 1234);
+        assert_eq!(u.occurred_at_micros, 1_779_948_000_123_456);
+    }
+
+    #[test]
+    fn table_of_bad_payloads() {
+        let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(65_536));
+        let deep = format!("{}{}", "[".repeat(1000), "]".repeat(1000));
+        let cases: Vec<(&str, Vec<u8>, RejectReason)> = vec![
+            ("empty body", vec![], MalformedJson),
+            ("truncated", b"{\"event_id\": \"a\"".to_vec(), MalformedJson),
+            ("not json", b"hello".to_vec(), MalformedJson),
+            ("invalid utf-8", b"{\"event_id\": \"\xff\xfe\"}".to_vec(), MalformedJson),
+            ("deep nesting", deep.into_bytes(), MalformedJson),
+            ("array body", b"[1,2,3]".to_vec(), InvalidValue),
+            ("string body", b"\"x\"".to_vec(), InvalidValue),
+            ("too large", big.into_bytes(), TooLarge),
+            ("missing event_id", without("event_id"), MissingField),
+            ("missing profile_id", without("profile_id"), MissingField),
+            ("missing wallet", without("wallet_address"), MissingField),
+            ("missing leaderboard", without("leaderboard_id"), MissingField),
+            ("missing score", without("score"), MissingField),
+            ("null score", with("score", Value::Null), MissingField),
+            ("missing occurred_at", without("occurred_at"), MissingField),
+            ("empty event_id", with("event_id", "".into()), InvalidValue),
+            ("long event_id", with("event_id", "e".repeat(129).into()), InvalidValue),
+            ("control char in event_id", with("event_id", "a\u{0}b".into()), InvalidValue),
+            ("numeric event_id", with("event_id", 7.into()), InvalidValue),
+            ("bad uuid", with("profile_id", "not-a-uuid".into()), InvalidValue),
+            ("short wallet", with("wallet_address", "0x1234".into()), InvalidValue),
+            ("wallet without 0x", with("wallet_address", "ab".repeat(21).into()), InvalidValue),
+            ("non-hex wallet", with("wallet_address", format!("0x{}", "g".repeat(40)).into()), InvalidValue),
+            ("empty leaderboard", with("leaderboard_id", "".into()), InvalidValue),
+            ("leaderboard with space", with("leaderboard_id", "a b".into()), InvalidValue),
+            ("long leaderboard", with("leaderboard_id", "l".repeat(65).into()), InvalidValue),
+            ("float score", with("score", serde_json::json!(1.5)), InvalidValue),
+            ("integral float score", with("score", serde_json::json!(10.0)), InvalidValue),
+            ("string score", with("score", "10".into()), InvalidValue),
+            ("score above i64", with("score", serde_json::json!(u64::MAX)), InvalidValue),
+            ("bool score", with("score", true.into()), InvalidValue),
+            ("timestamp without offset", with("occurred_at", "2026-05-28T08:00:00".into()), InvalidValue),
+            ("timestamp garbage", with("occurred_at", "yesterday".into()), InvalidValue),
+            ("timestamp before epoch", with("occurred_at", "1960-01-01T00:00:00Z".into()), InvalidValue),
+            ("timestamp far future", with("occurred_at", "2999-01-01T00:00:00Z".into()), FutureTimestamp),
+        ];
+        for (name, payload, expected) in cases {
+            assert_eq!(reason(&payload), Some(expected), "case: {name}");
+        }
+    }
+
+    #[test]
+    fn huge_number_literal_is_rejected_not_fatal() {
+        let mut s = String::from_utf8(serde_json::to_vec(&good()).unwrap()).unwrap();
+        s = s.replace("1234", &"9".repeat(400));
+        assert!(matches!(reason(s.as_bytes()), Some(InvalidValue | MalformedJson)));
+    }
+
+    #[test]
+    fn clock_skew_boundary() {
+        let at = |micros: i64| {
+            let t = DateTime::from_timestamp_micros(micros).unwrap().to_rfc3339();
+            with("occurred_at", t.into())
+        };
+        assert_eq!(reason(&at(NOW + LIMITS.max_clock_skew_micros)), None);
+        assert_eq!(reason(&at(NOW + LIMITS.max_clock_skew_micros + 1)), Some(FutureTimestamp));
+    }
+
+    #[test]
+    fn limits_extremes_of_score_are_accepted() {
+        for s in [i64::MIN, i64::MAX, 0] {
+            let u = decode(&with("score", s.into()), LIMITS, NOW).unwrap();
+            assert_eq!(u.score, s);
+        }
+    }
+
+    #[test]
+    fn reason_tokens_round_trip() {
+        for r in RejectReason::ALL {
+            assert_eq!(RejectReason::parse(r.as_str()), Some(r));
+        }
+    }
+
+    #[test]
+    fn supersedes_orders_by_time_then_score() {
+        let base = decode(&serde_json::to_vec(&good()).unwrap(), LIMITS, NOW).unwrap();
+        let mut later = base.clone();
+        later.occurred_at_micros += 1;
+        later.score = -5;
+        assert!(later.supersedes(&base));
+        let mut tie_higher = base.clone();
+        tie_higher.score += 1;
+        assert!(tie_higher.supersedes(&base));
+        assert!(!base.supersedes(&base));
+        let mut tie_negative = base.clone();
+        tie_negative.score = -1;
+        assert!(tie_negative.supersedes(&base), "the database ranks negative bigints above positive ones in a tie");
+    }
+}

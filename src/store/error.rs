@@ -1,0 +1,207 @@
+//! Database errors and their classification — the one place that decides whether a failure is worth
+//! retrying. Everything else asks [`StoreError::is_retryable`].
+
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+
+/// What to do about a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// May succeed if tried again (timeouts, unavailable or overloaded replicas, broken connections).
+    Retryable,
+    /// Will fail the same way again (schema mismatch, bad statement, authorisation); needs an operator.
+    Permanent,
+}
+
+/// Metric label for an error (`score_worker_scylla_errors_total{kind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Timeout,
+    Unavailable,
+    Overloaded,
+    Connection,
+    Server,
+    Permanent,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Timeout => "timeout",
+            Kind::Unavailable => "unavailable",
+            Kind::Overloaded => "overloaded",
+            Kind::Connection => "connection",
+            Kind::Server => "server",
+            Kind::Permanent => "permanent",
+        }
+    }
+
+    pub fn class(self) -> Class {
+        match self {
+            Kind::Permanent => Class::Permanent,
+            _ => Class::Retryable,
+        }
+    }
+}
+
+/// A failed statement.
+#[derive(Debug, thiserror::Error)]
+#[error("{statement} failed ({}): {source}", kind.as_str())]
+pub struct StoreError {
+    /// Which statement (a label of `score_worker_scylla_query_duration_seconds`).
+    pub statement: &'static str,
+    pub kind: Kind,
+    #[source]
+    pub source: ExecutionError,
+}
+
+impl StoreError {
+    pub fn new(statement: &'static str, source: ExecutionError) -> Self {
+        Self {
+            statement,
+            kind: classify(&source),
+            source,
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.kind.class() == Class::Retryable
+    }
+}
+
+/// Maps a driver error to its kind. Every write the worker issues is idempotent (fixed `USING
+/// TIMESTAMP`), so a timeout whose write may still have landed is safe to retry.
+#[deny(clippy::wildcard_enum_match_arm)]
+pub fn classify(error: &ExecutionError) -> Kind {
+    match error {
+        ExecutionError::RequestTimeout(_) => Kind::Timeout,
+        ExecutionError::ConnectionPoolError(_) | ExecutionError::EmptyPlan => Kind::Connection,
+        ExecutionError::LastAttemptError(attempt) => classify_attempt(attempt),
+        // Schema agreement can time out while a node restarts; metadata fetches fail on broken connections.
+        ExecutionError::SchemaAgreementError(_) | ExecutionError::MetadataError(_) => Kind::Connection,
+        ExecutionError::PrepareError(_) => Kind::Connection,
+        ExecutionError::BadQuery(_) | ExecutionError::UseKeyspaceError(_) => Kind::Permanent,
+        // `ExecutionError` is non-exhaustive: a variant added by a newer driver is treated as permanent
+        // (logged, counted, fails readiness) until someone decides otherwise here.
+        _ => Kind::Permanent,
+    }
+}
+
+fn classify_attempt(error: &RequestAttemptError) -> Kind {
+    match error {
+        RequestAttemptError::DbError(db, _) => classify_db(db),
+        RequestAttemptError::BrokenConnectionError(_) | RequestAttemptError::UnableToAllocStreamId => Kind::Connection,
+        RequestAttemptError::SerializationError(_)
+        | RequestAttemptError::CqlRequestSerialization(_)
+        | RequestAttemptError::UnexpectedResponse(_) => Kind::Permanent,
+        RequestAttemptError::BodyExtensionsParseError(_)
+        | RequestAttemptError::CqlResultParseError(_)
+        | RequestAttemptError::CqlErrorParseError(_) => Kind::Server,
+        _ => Kind::Permanent,
+    }
+}
+
+fn classify_db(error: &DbError) -> Kind {
+    match error {
+        DbError::ReadTimeout { .. } | DbError::WriteTimeout { .. } => Kind::Timeout,
+        DbError::Unavailable { .. } | DbError::IsBootstrapping => Kind::Unavailable,
+        DbError::Overloaded | DbError::RateLimitReached { .. } => Kind::Overloaded,
+        DbError::ServerError
+        | DbError::ReadFailure { .. }
+        | DbError::WriteFailure { .. }
+        | DbError::TruncateError
+        | DbError::Unprepared { .. }
+        // Unknown codes are Scylla extensions such as CDC_WRITE_FAILURE: transient by nature.
+        | DbError::Other(_) => Kind::Server,
+        DbError::SyntaxError
+        | DbError::Invalid
+        | DbError::AlreadyExists { .. }
+        | DbError::FunctionFailure { .. }
+        | DbError::AuthenticationError
+        | DbError::Unauthorized
+        | DbError::ConfigError
+        | DbError::ProtocolError => Kind::Permanent,
+        _ => Kind::Permanent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scylla::errors::{BrokenConnectionErrorKind, ConnectionPoolError, WriteType};
+    use std::time::Duration;
+
+    fn db(e: DbError) -> ExecutionError {
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(e, "msg".into()))
+    }
+
+    #[test]
+    fn transient_failures_are_retryable() {
+        let cases = [
+            (ExecutionError::RequestTimeout(Duration::from_secs(5)), Kind::Timeout),
+            (
+                db(DbError::WriteTimeout {
+                    consistency: scylla::statement::Consistency::LocalQuorum,
+                    received: 1,
+                    required: 2,
+                    write_type: WriteType::Simple,
+                }),
+                Kind::Timeout,
+            ),
+            (
+                db(DbError::Unavailable {
+                    consistency: scylla::statement::Consistency::LocalQuorum,
+                    required: 2,
+                    alive: 1,
+                }),
+                Kind::Unavailable,
+            ),
+            (db(DbError::Overloaded), Kind::Overloaded),
+            (db(DbError::IsBootstrapping), Kind::Unavailable),
+            (db(DbError::ServerError), Kind::Server),
+            (db(DbError::Other(0x1600)), Kind::Server),
+            (
+                ExecutionError::LastAttemptError(RequestAttemptError::BrokenConnectionError(
+                    BrokenConnectionErrorKind::ChannelError.into(),
+                )),
+                Kind::Connection,
+            ),
+            (
+                ExecutionError::ConnectionPoolError(ConnectionPoolError::Initializing),
+                Kind::Connection,
+            ),
+        ];
+        for (error, kind) in cases {
+            assert_eq!(classify(&error), kind, "{error}");
+            assert!(StoreError::new("insert_leaderboard", error).is_retryable());
+        }
+    }
+
+    #[test]
+    fn a_write_timeout_is_never_success_and_never_permanent() {
+        let e = StoreError::new(
+            "update_profile",
+            db(DbError::WriteTimeout {
+                consistency: scylla::statement::Consistency::LocalQuorum,
+                received: 0,
+                required: 2,
+                write_type: WriteType::BatchLog,
+            }),
+        );
+        assert!(e.is_retryable());
+    }
+
+    #[test]
+    fn schema_and_auth_failures_are_permanent() {
+        for e in [
+            DbError::Invalid,
+            DbError::SyntaxError,
+            DbError::Unauthorized,
+            DbError::AuthenticationError,
+            DbError::ConfigError,
+        ] {
+            let e = StoreError::new("read_profile", db(e));
+            assert_eq!(e.kind, Kind::Permanent);
+            assert!(!e.is_retryable());
+        }
+    }
+}
