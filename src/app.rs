@@ -27,13 +27,19 @@ pub enum AppError {
     #[error(transparent)]
     Nats(#[from] NatsError),
     #[error(transparent)]
-    Database(#[from] ConnectError),
+    Database(Box<ConnectError>),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<ConnectError> for AppError {
+    fn from(e: ConnectError) -> Self {
+        AppError::Database(Box::new(e))
+    }
 }
 
 /// A connected, ready-to-run worker.
@@ -43,7 +49,8 @@ pub struct App {
     health: Arc<Health>,
     client: async_nats::Client,
     js: async_nats::jetstream::Context,
-    consumer: async_nats::jetstream::consumer::Consumer<async_nats::jetstream::consumer::pull::Config>,
+    consumer:
+        async_nats::jetstream::consumer::Consumer<async_nats::jetstream::consumer::pull::Config>,
     session: Arc<Session>,
     store: Arc<ScyllaStore>,
     listener: tokio::net::TcpListener,
@@ -73,7 +80,8 @@ impl App {
                 return Err(e.into());
             }
         };
-        let store = Arc::new(ScyllaStore::new(session.clone(), &config.scylla, metrics.clone()).await?);
+        let store =
+            Arc::new(ScyllaStore::new(session.clone(), &config.scylla, metrics.clone()).await?);
         Ok(App {
             config,
             metrics,
@@ -89,7 +97,9 @@ impl App {
 
     /// The bound HTTP address (useful with port 0).
     pub fn http_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     pub fn metrics(&self) -> Arc<Metrics> {
@@ -170,7 +180,8 @@ impl App {
         let router = crate::http::router(metrics, health.clone());
         let http_stop = http_cancel.clone();
         let http_task = tokio::spawn(async move {
-            let serve = axum::serve(listener, router).with_graceful_shutdown(async move { http_stop.cancelled().await });
+            let serve = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { http_stop.cancelled().await });
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "HTTP server failed");
             }
@@ -185,7 +196,10 @@ impl App {
             let _ = consumer_task.await;
             let _ = pipeline_task.await;
         };
-        if tokio::time::timeout(config.shutdown.timeout, drain).await.is_err() {
+        if tokio::time::timeout(config.shutdown.timeout, drain)
+            .await
+            .is_err()
+        {
             tracing::warn!("drain deadline passed; unsettled messages will be redelivered");
         }
         while background.join_next().await.is_some() {}

@@ -74,7 +74,12 @@ impl<R> Batcher<R> {
                     self.current.latest[i] = update.clone();
                 }
                 // A redelivered duplicate is one history row (the write would be the same anyway).
-                if !self.current.events.iter().any(|e| e.event_id == update.event_id && e.key() == update.key()) {
+                if !self
+                    .current
+                    .events
+                    .iter()
+                    .any(|e| e.event_id == update.event_id && e.key() == update.key())
+                {
                     self.current.events.push(update);
                 }
             }
@@ -84,7 +89,8 @@ impl<R> Batcher<R> {
                 self.current.events.push(update);
             }
         }
-        let full = self.current.latest.len() >= self.max_scores || self.current.receipts.len() >= self.max_events;
+        let full = self.current.latest.len() >= self.max_scores
+            || self.current.receipts.len() >= self.max_events;
         full.then(|| self.take())
     }
 
@@ -140,7 +146,9 @@ mod tests {
         }
         assert!(b.is_empty());
         assert_eq!(flushes.len(), 2);
-        assert!(flushes.iter().all(|f| f.scores() == 50 && f.receipts.len() == 50));
+        assert!(flushes
+            .iter()
+            .all(|f| f.scores() == 50 && f.receipts.len() == 50));
     }
 
     #[test]
@@ -184,7 +192,11 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(b.deadline(), None);
         b.push(update("lb", 1, 1, 1, "a"), 1, t0);
-        b.push(update("lb", 2, 1, 1, "b"), 2, t0 + Duration::from_millis(90));
+        b.push(
+            update("lb", 2, 1, 1, "b"),
+            2,
+            t0 + Duration::from_millis(90),
+        );
         assert_eq!(b.deadline(), Some(t0 + Duration::from_millis(100)));
         b.take();
         assert_eq!(b.deadline(), None);
@@ -194,7 +206,9 @@ mod tests {
     fn a_hot_key_alone_is_bounded_by_max_events() {
         let mut b = Batcher::new(50, Duration::from_millis(100));
         let now = Instant::now();
-        let closed = (0..200).filter_map(|i| b.push(update("lb", 1, i, i, &format!("e{i}")), i, now)).count();
+        let closed = (0..200)
+            .filter_map(|i| b.push(update("lb", 1, i, i, &format!("e{i}")), i, now))
+            .count();
         assert_eq!(closed, 1);
         assert!(b.is_empty());
     }

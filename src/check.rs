@@ -41,7 +41,9 @@ pub async fn run(config: &Config) -> Report {
             }
             match js.get_stream(&config.nats.stream).await {
                 Ok(stream) => match stream
-                    .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&config.nats.consumer)
+                    .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
+                        &config.nats.consumer,
+                    )
                     .await
                 {
                     Ok(consumer) => {
@@ -60,7 +62,10 @@ pub async fn run(config: &Config) -> Report {
                     }
                     Err(e) => push(false, format!("consumer {}: {e}", config.nats.consumer)),
                 },
-                Err(_) => push(false, format!("consumer {}: its stream is missing", config.nats.consumer)),
+                Err(_) => push(
+                    false,
+                    format!("consumer {}: its stream is missing", config.nats.consumer),
+                ),
             }
         }
         Err(e) => push(false, e.to_string()),
@@ -68,7 +73,10 @@ pub async fn run(config: &Config) -> Report {
 
     match store::connect(&config.scylla).await {
         Ok(session) => {
-            push(true, format!("database reachable at {:?}", config.scylla.nodes));
+            push(
+                true,
+                format!("database reachable at {:?}", config.scylla.nodes),
+            );
             let expected = schema::expected_version();
             match schema::current_version(&session, &config.scylla.keyspace).await {
                 Ok(Some(v)) if v == expected => {

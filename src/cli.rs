@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "score-worker", version, about = "NATS JetStream → ScyllaDB score ingestion worker")]
+#[command(
+    name = "score-worker",
+    version,
+    about = "NATS JetStream → ScyllaDB score ingestion worker"
+)]
 pub struct Cli {
     /// A TOML file layered over the built-in defaults (environment variables SCORE_WORKER__SECTION__KEY override both).
     #[arg(long, global = true, env = "SCORE_WORKER_CONFIG")]

@@ -181,12 +181,22 @@ impl Config {
         Self::load_from(file, Env::prefixed(ENV_PREFIX).split("__"))
     }
 
+    /// The built-in defaults alone (no file, no environment); tests start from here.
+    pub fn defaults() -> Config {
+        Figment::from(Toml::string(DEFAULT_TOML))
+            .extract()
+            .expect("the built-in defaults are valid")
+    }
+
     /// Like [`Config::load`] with an explicit environment provider (tests use `Env` with a custom source).
     pub fn load_from(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
         if let Some(file) = file {
             if !file.exists() {
-                return Err(invalid("--config", format!("names a missing file: {}", file.display())));
+                return Err(invalid(
+                    "--config",
+                    format!("names a missing file: {}", file.display()),
+                ));
             }
             figment = figment.merge(Toml::file_exact(file));
         }
@@ -199,7 +209,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let n = &self.nats;
         if n.subjects.is_empty() || n.subjects.iter().any(|s| s.trim().is_empty()) {
-            return Err(invalid("nats.subjects", "must list at least one non-empty subject"));
+            return Err(invalid(
+                "nats.subjects",
+                "must list at least one non-empty subject",
+            ));
         }
         for (key, name) in [
             ("nats.stream", &n.stream),
@@ -207,17 +220,26 @@ impl Config {
             ("nats.deadletter_stream", &n.deadletter_stream),
         ] {
             if name.is_empty() || name.contains(['.', '*', '>', ' ']) {
-                return Err(invalid(key, "must be a non-empty name without '.', '*', '>' or spaces"));
+                return Err(invalid(
+                    key,
+                    "must be a non-empty name without '.', '*', '>' or spaces",
+                ));
             }
         }
         if n.deadletter_prefix.is_empty() || n.deadletter_prefix.contains(['*', '>', ' ']) {
-            return Err(invalid("nats.deadletter_prefix", "must be a literal subject prefix"));
+            return Err(invalid(
+                "nats.deadletter_prefix",
+                "must be a literal subject prefix",
+            ));
         }
         if n.max_deliver < 2 {
             return Err(invalid("nats.max_deliver", "must be at least 2"));
         }
         if n.max_ack_pending < 1 || n.pull_batch == 0 {
-            return Err(invalid("nats.max_ack_pending/nats.pull_batch", "must be positive"));
+            return Err(invalid(
+                "nats.max_ack_pending/nats.pull_batch",
+                "must be positive",
+            ));
         }
         let auth_methods = [
             !n.auth.user.is_empty(),
@@ -226,7 +248,10 @@ impl Config {
             !n.auth.credentials_file.is_empty(),
         ];
         if auth_methods.iter().filter(|m| **m).count() > 1 {
-            return Err(invalid("nats.auth", "takes at most one method: user, token, nkey_seed or credentials_file"));
+            return Err(invalid(
+                "nats.auth",
+                "takes at most one method: user, token, nkey_seed or credentials_file",
+            ));
         }
         let s = &self.scylla;
         if s.nodes.is_empty() {
@@ -234,14 +259,27 @@ impl Config {
         }
         if s.keyspace.is_empty()
             || s.keyspace.len() > 48
-            || !s.keyspace.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            || !s
+                .keyspace
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
         {
-            return Err(invalid("scylla.keyspace", "must be 1-48 characters of [A-Za-z0-9_]"));
+            return Err(invalid(
+                "scylla.keyspace",
+                "must be 1-48 characters of [A-Za-z0-9_]",
+            ));
         }
-        crate::store::parse_consistency(&s.consistency)
-            .ok_or_else(|| invalid("scylla.consistency", "must be one of one, two, three, quorum, all, local_quorum, each_quorum, local_one"))?;
+        crate::store::parse_consistency(&s.consistency).ok_or_else(|| {
+            invalid(
+                "scylla.consistency",
+                "must be one of one, two, three, quorum, all, local_quorum, each_quorum, local_one",
+            )
+        })?;
         if !s.replication.trim_start().starts_with('{') {
-            return Err(invalid("scylla.replication", "must be a CQL map such as {'class': 'NetworkTopologyStrategy', 'dc1': 3}"));
+            return Err(invalid(
+                "scylla.replication",
+                "must be a CQL map such as {'class': 'NetworkTopologyStrategy', 'dc1': 3}",
+            ));
         }
         if s.leaderboard_buckets < 1 {
             return Err(invalid("scylla.leaderboard_buckets", "must be at least 1"));
@@ -261,14 +299,23 @@ impl Config {
             return Err(invalid("retry.max_attempts", "must be at least 1"));
         }
         if r.initial_backoff > r.max_backoff {
-            return Err(invalid("retry.initial_backoff", "must not exceed retry.max_backoff"));
+            return Err(invalid(
+                "retry.initial_backoff",
+                "must not exceed retry.max_backoff",
+            ));
         }
         // A flush must settle (or send progress) before NATS gives its messages to another replica.
         if r.progress_interval >= n.ack_wait {
-            return Err(invalid("retry.progress_interval", "must be shorter than nats.ack_wait"));
+            return Err(invalid(
+                "retry.progress_interval",
+                "must be shorter than nats.ack_wait",
+            ));
         }
         if b.linger >= n.ack_wait {
-            return Err(invalid("batch.linger", "must be shorter than nats.ack_wait"));
+            return Err(invalid(
+                "batch.linger",
+                "must be shorter than nats.ack_wait",
+            ));
         }
         if self.validation.max_payload_bytes == 0 {
             return Err(invalid("validation.max_payload_bytes", "must be positive"));
@@ -278,7 +325,13 @@ impl Config {
 
     /// A printable summary with every secret replaced by `***`.
     pub fn redacted(&self) -> String {
-        let secret = |s: &SecretString| if s.expose_secret().is_empty() { "" } else { "***" };
+        let secret = |s: &SecretString| {
+            if s.expose_secret().is_empty() {
+                ""
+            } else {
+                "***"
+            }
+        };
         format!(
             "nats.url={} nats.stream={} nats.consumer={} nats.subjects={:?} nats.auth.user={} nats.auth.password={} \
              nats.auth.token={} nats.auth.nkey_seed={} nats.tls.enabled={} scylla.nodes={:?} scylla.keyspace={} \
@@ -326,7 +379,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         if digits == 0 {
             return Err(format!("`{text}` is not a duration like 250ms, 5s, 2m, 1h"));
         }
-        let value: u64 = rest[..digits].parse().map_err(|_| format!("`{text}`: number too large"))?;
+        let value: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("`{text}`: number too large"))?;
         rest = &rest[digits..];
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit = &rest[..unit_len];
@@ -383,7 +438,10 @@ mod tests {
     fn durations_parse() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(30 * 86_400));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("5w").is_err());
@@ -399,23 +457,32 @@ mod tests {
         assert_eq!(c.batch.linger, Duration::from_millis(20));
 
         std::fs::write(&path, "[batch]\nmax_scores = \"many\"\n").unwrap();
-        let err = Config::load_from(Some(&path), no_env()).unwrap_err().to_string();
+        let err = Config::load_from(Some(&path), no_env())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max_scores"), "{err}");
 
         std::fs::write(&path, "[batch]\nlinger = \"soon\"\n").unwrap();
-        let err = Config::load_from(Some(&path), no_env()).unwrap_err().to_string();
+        let err = Config::load_from(Some(&path), no_env())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("linger"), "{err}");
 
         std::fs::write(&path, "[batch]\nmax_scroes = 3\n").unwrap();
-        let err = Config::load_from(Some(&path), no_env()).unwrap_err().to_string();
+        let err = Config::load_from(Some(&path), no_env())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max_scroes"), "{err}");
 
         std::fs::write(&path, "[retry]\nprogress_interval = \"2m\"\n").unwrap();
-        let err = Config::load_from(Some(&path), no_env()).unwrap_err().to_string();
+        let err = Config::load_from(Some(&path), no_env())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("retry.progress_interval"), "{err}");
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's signature
     fn environment_overrides_files() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("SCORE_WORKER__NATS__URL", "nats://example:4222");

@@ -46,7 +46,10 @@ impl Receipt for JsReceipt {
     }
 
     async fn ack(&self) -> Result<(), SettleError> {
-        self.message.double_ack().await.map_err(|e| Self::settle_error("ack", e))
+        self.message
+            .double_ack()
+            .await
+            .map_err(|e| Self::settle_error("ack", e))
     }
 
     async fn nak(&self, delay: Duration) -> Result<(), SettleError> {
@@ -101,7 +104,11 @@ pub struct Consumer {
 impl Consumer {
     /// Pulls until `cancel` fires or the pipeline goes away. Pull errors are logged and the pull
     /// stream is rebuilt; NATS reconnects by itself.
-    pub async fn run(self, output: mpsc::Sender<(ScoreUpdate, JsReceipt)>, cancel: CancellationToken) {
+    pub async fn run(
+        self,
+        output: mpsc::Sender<(ScoreUpdate, JsReceipt)>,
+        cancel: CancellationToken,
+    ) {
         loop {
             let pull = self
                 .consumer
@@ -154,7 +161,11 @@ impl Consumer {
     }
 
     /// Decodes one message; returns false when the pipeline has gone away.
-    async fn handle(&self, message: jetstream::Message, output: &mpsc::Sender<(ScoreUpdate, JsReceipt)>) -> bool {
+    async fn handle(
+        &self,
+        message: jetstream::Message,
+        output: &mpsc::Sender<(ScoreUpdate, JsReceipt)>,
+    ) -> bool {
         let received_at = Instant::now();
         self.metrics.messages_received.inc();
         let (delivered, stream_sequence) = message
@@ -207,8 +218,12 @@ pub async fn watch_max_deliveries(
     cancel: CancellationToken,
 ) {
     let stream_name = stream.cached_info().config.name.clone();
-    let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream_name}.{consumer_name}");
-    let mut advisories = match client.queue_subscribe(subject.clone(), "score-worker-advisories".into()).await {
+    let subject =
+        format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream_name}.{consumer_name}");
+    let mut advisories = match client
+        .queue_subscribe(subject.clone(), "score-worker-advisories".into())
+        .await
+    {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, %subject, "cannot subscribe to max-deliveries advisories");
@@ -230,12 +245,18 @@ pub async fn watch_max_deliveries(
         };
         let reason = RejectReason::MaxDeliveries;
         let result = async {
-            let original = stream.get_raw_message(advisory.stream_seq).await.map_err(|e| e.to_string())?;
+            let original = stream
+                .get_raw_message(advisory.stream_seq)
+                .await
+                .map_err(|e| e.to_string())?;
             let msg_id = original
                 .headers
                 .get(async_nats::header::NATS_MESSAGE_ID)
                 .map(|v| v.as_str().to_string());
-            let detail = format!("NATS stopped delivering after {} deliveries", advisory.deliveries);
+            let detail = format!(
+                "NATS stopped delivering after {} deliveries",
+                advisory.deliveries
+            );
             deadletters
                 .publish(
                     Original {
@@ -254,9 +275,14 @@ pub async fn watch_max_deliveries(
         match result {
             Ok(()) => {
                 metrics.dead_lettered(reason);
-                tracing::error!(stream_sequence = advisory.stream_seq, "message reached max deliveries; dead-lettered");
+                tracing::error!(
+                    stream_sequence = advisory.stream_seq,
+                    "message reached max deliveries; dead-lettered"
+                );
             }
-            Err(e) => tracing::error!(stream_sequence = advisory.stream_seq, error = %e, "cannot dead-letter a max-deliveries message"),
+            Err(e) => {
+                tracing::error!(stream_sequence = advisory.stream_seq, error = %e, "cannot dead-letter a max-deliveries message")
+            }
         }
     }
 }

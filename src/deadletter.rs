@@ -56,13 +56,21 @@ impl DeadLetters {
     }
 
     /// Publishes and waits for the JetStream ack; only then may the original be acknowledged.
-    pub async fn publish(&self, original: Original<'_>, reason: RejectReason, detail: &str) -> Result<(), DeadLetterError> {
+    pub async fn publish(
+        &self,
+        original: Original<'_>,
+        reason: RejectReason,
+        detail: &str,
+    ) -> Result<(), DeadLetterError> {
         let subject = self.subject(reason);
         let mut headers = HeaderMap::new();
         headers.insert(REASON, reason.as_str());
         headers.insert(ERROR, header_safe(detail).as_str());
         headers.insert(ORIGINAL_SUBJECT, original.subject);
-        headers.insert(ORIGINAL_SEQUENCE, original.stream_sequence.to_string().as_str());
+        headers.insert(
+            ORIGINAL_SEQUENCE,
+            original.stream_sequence.to_string().as_str(),
+        );
         if let Some(id) = original.msg_id {
             headers.insert(ORIGINAL_MSG_ID, header_safe(id).as_str());
         }

@@ -5,14 +5,16 @@
 //! pre-registered at zero, so `rate()` works from the first scrape.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::score::RejectReason;
 
 /// Receipt → ack; boundaries at the 2 s alert threshold and past 10 s.
-pub const PROCESSING_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
+pub const PROCESSING_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+];
 /// One statement; resolves the 100 ms alert threshold.
 pub const QUERY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -35,7 +37,14 @@ pub const STATEMENTS: &[&str] = &[
 ];
 
 /// Database error kinds (label `kind`); see `store::error`.
-pub const ERROR_KINDS: &[&str] = &["timeout", "unavailable", "overloaded", "connection", "server", "permanent"];
+pub const ERROR_KINDS: &[&str] = &[
+    "timeout",
+    "unavailable",
+    "overloaded",
+    "connection",
+    "server",
+    "permanent",
+];
 
 /// The worker's metrics. Cheap to share behind an `Arc`.
 pub struct Metrics {
@@ -61,22 +70,31 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let counter_vec = |name: &str, help: &str, label: &str| {
             let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
             g
         };
         let histogram = |name: &str, help: &str, buckets: &[f64]| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())).expect("valid metric");
-            registry.register(Box::new(h.clone())).expect("unique metric");
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+                .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
             h
         };
 
@@ -140,8 +158,12 @@ impl Metrics {
             &["version"],
         )
         .expect("valid metric");
-        m.registry.register(Box::new(build_info.clone())).expect("unique metric");
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.registry
+            .register(Box::new(build_info.clone()))
+            .expect("unique metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
 
         for reason in RejectReason::ALL {
             m.messages_failed.with_label_values(&[reason.as_str()]);
@@ -159,8 +181,12 @@ impl Metrics {
 
     /// Counts a rejected or dead-lettered message: its log line is written by the caller.
     pub fn dead_lettered(&self, reason: RejectReason) {
-        self.messages_failed.with_label_values(&[reason.as_str()]).inc();
-        self.dead_letters.with_label_values(&[reason.as_str()]).inc();
+        self.messages_failed
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        self.dead_letters
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -207,13 +233,22 @@ mod tests {
             "score_worker_scylla_connection_failures_total",
             "score_worker_build_info",
         ] {
-            assert!(text.contains(&format!("# HELP {name} ")), "missing HELP for {name}");
-            assert!(text.contains(&format!("# TYPE {name} ")), "missing TYPE for {name}");
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "missing HELP for {name}"
+            );
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "missing TYPE for {name}"
+            );
         }
         assert!(text.contains("score_worker_processing_duration_seconds_bucket{le=\"2\"} 1"));
         assert!(text.contains("score_worker_scylla_query_duration_seconds_bucket{statement=\"read_profile\",le=\"0.1\"} 0"));
         assert!(text.contains("score_worker_dead_letters_total{reason=\"malformed_json\"} 0"));
-        assert!(text.contains(&format!("score_worker_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))));
+        assert!(text.contains(&format!(
+            "score_worker_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
     }
 
     #[test]
@@ -221,6 +256,8 @@ mod tests {
         let a = Metrics::new();
         let b = Metrics::new();
         a.messages_received.inc();
-        assert!(b.encode().contains("score_worker_messages_received_total 0"));
+        assert!(b
+            .encode()
+            .contains("score_worker_messages_received_total 0"));
     }
 }

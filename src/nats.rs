@@ -33,7 +33,10 @@ pub enum NatsError {
 }
 
 /// Connects with the configured auth and TLS. `metrics` (if given) tracks the connection state.
-pub async fn connect(config: &NatsConfig, metrics: Option<Arc<Metrics>>) -> Result<Client, NatsError> {
+pub async fn connect(
+    config: &NatsConfig,
+    metrics: Option<Arc<Metrics>>,
+) -> Result<Client, NatsError> {
     let auth = &config.auth;
     let mut options = if !auth.credentials_file.is_empty() {
         ConnectOptions::with_credentials_file(&auth.credentials_file)
@@ -47,7 +50,10 @@ pub async fn connect(config: &NatsConfig, metrics: Option<Arc<Metrics>>) -> Resu
     } else if !auth.token.expose_secret().is_empty() {
         ConnectOptions::with_token(auth.token.expose_secret().to_owned())
     } else if !auth.user.is_empty() {
-        ConnectOptions::with_user_and_password(auth.user.clone(), auth.password.expose_secret().to_owned())
+        ConnectOptions::with_user_and_password(
+            auth.user.clone(),
+            auth.password.expose_secret().to_owned(),
+        )
     } else {
         ConnectOptions::new()
     };
@@ -63,7 +69,8 @@ pub async fn connect(config: &NatsConfig, metrics: Option<Arc<Metrics>>) -> Resu
             options = options.add_root_certificates(ca);
         }
         if !tls.cert_file.is_empty() {
-            options = options.add_client_certificate(tls.cert_file.clone().into(), tls.key_file.clone().into());
+            options = options
+                .add_client_certificate(tls.cert_file.clone().into(), tls.key_file.clone().into());
         }
     }
     if let Some(metrics) = metrics {
@@ -85,10 +92,13 @@ pub async fn connect(config: &NatsConfig, metrics: Option<Arc<Metrics>>) -> Resu
             }
         });
     }
-    let client = options.connect(&config.url).await.map_err(|source| NatsError::Connect {
-        url: config.url.clone(),
-        source,
-    })?;
+    let client = options
+        .connect(&config.url)
+        .await
+        .map_err(|source| NatsError::Connect {
+            url: config.url.clone(),
+            source,
+        })?;
     Ok(client)
 }
 
@@ -155,12 +165,16 @@ pub async fn ensure_topology(
         js.get_or_create_stream(deadletter_stream_config(config))
             .await
             .map_err(|e| stream_err(&config.deadletter_stream, &e))?;
-        js.get_stream(&config.stream).await.map_err(|e| stream_err(&config.stream, &e))?
+        js.get_stream(&config.stream)
+            .await
+            .map_err(|e| stream_err(&config.stream, &e))?
     } else {
         js.get_stream(&config.deadletter_stream)
             .await
             .map_err(|e| stream_err(&config.deadletter_stream, &e))?;
-        js.get_stream(&config.stream).await.map_err(|e| stream_err(&config.stream, &e))?
+        js.get_stream(&config.stream)
+            .await
+            .map_err(|e| stream_err(&config.stream, &e))?
     };
     let consumer_err = |e: &dyn std::fmt::Display| NatsError::Consumer {
         consumer: config.consumer.clone(),
@@ -172,7 +186,10 @@ pub async fn ensure_topology(
             .await
             .map_err(|e| consumer_err(&e))?
     } else {
-        stream.get_consumer(&config.consumer).await.map_err(|e| consumer_err(&e))?
+        stream
+            .get_consumer(&config.consumer)
+            .await
+            .map_err(|e| consumer_err(&e))?
     };
     let actual = &consumer.cached_info().config;
     if actual.ack_wait != config.ack_wait || actual.max_deliver != config.max_deliver {

@@ -46,7 +46,11 @@ pub trait Receipt: Send + Sync + 'static {
     /// Tell NATS the message is still being worked on.
     fn progress(&self) -> impl Future<Output = Result<(), SettleError>> + Send;
     /// Publish to the dead-letter subject, then acknowledge.
-    fn dead_letter(&self, reason: RejectReason, detail: &str) -> impl Future<Output = Result<(), SettleError>> + Send;
+    fn dead_letter(
+        &self,
+        reason: RejectReason,
+        detail: &str,
+    ) -> impl Future<Output = Result<(), SettleError>> + Send;
 }
 
 /// The pipeline's knobs, taken from [`crate::config::Config`].
@@ -67,7 +71,12 @@ pub struct Pipeline<S> {
 }
 
 impl<S: Store> Pipeline<S> {
-    pub fn new(store: Arc<S>, config: PipelineConfig, metrics: Arc<Metrics>, health: Arc<Health>) -> Self {
+    pub fn new(
+        store: Arc<S>,
+        config: PipelineConfig,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Self {
         Self {
             store,
             config,
@@ -122,11 +131,20 @@ impl<S: Store> Pipeline<S> {
     }
 
     /// Waits for a free slot (this is the backpressure: no slot, no more pulling), then writes.
-    async fn dispatch<R: Receipt>(self: &Arc<Self>, flush: Flush<R>, permits: &Arc<Semaphore>, tasks: &mut JoinSet<()>) {
+    async fn dispatch<R: Receipt>(
+        self: &Arc<Self>,
+        flush: Flush<R>,
+        permits: &Arc<Semaphore>,
+        tasks: &mut JoinSet<()>,
+    ) {
         if flush.receipts.is_empty() {
             return;
         }
-        let permit = permits.clone().acquire_owned().await.expect("semaphore is never closed");
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed");
         let this = self.clone();
         tasks.spawn(async move {
             this.write_flush(flush).await;
@@ -138,14 +156,19 @@ impl<S: Store> Pipeline<S> {
         let m = &self.metrics;
         m.inflight_batches.inc();
         m.batch_size.observe(flush.scores() as f64);
-        let write = retry::run_with_retries(
-            &self.config.retry,
-            || self.store.write(&flush.latest, &flush.events),
-            |e| e.is_retryable(),
-            |e, delay| {
-                m.batch_retries.inc();
-                tracing::warn!(error = %e, retry_in = ?delay, scores = flush.scores(), "flush write failed; retrying");
-            },
+        // `retry.total_budget` bounds the wall clock of all attempts; a write cut off by it may or may
+        // not have landed, which is fine: it is idempotent and its messages are nak'd, never acked.
+        let write = tokio::time::timeout(
+            self.config.retry.total_budget,
+            retry::run_with_retries(
+                &self.config.retry,
+                || self.store.write(&flush.latest, &flush.events),
+                |e| e.is_retryable(),
+                |e, delay| {
+                    m.batch_retries.inc();
+                    tracing::warn!(error = %e, retry_in = ?delay, scores = flush.scores(), "flush write failed; retrying");
+                },
+            ),
         );
         tokio::pin!(write);
         let mut progress = tokio::time::interval_at(
@@ -160,29 +183,42 @@ impl<S: Store> Pipeline<S> {
                 }
             }
         };
-        match result {
-            Ok(()) => {
+        let failure = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) if !error.is_retryable() => {
+                self.health.permanent_failure(&error.to_string());
+                Some(error.to_string())
+            }
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(_elapsed) => Some(format!(
+                "retry budget of {:?} exhausted",
+                self.config.retry.total_budget
+            )),
+        };
+        match failure {
+            None => {
                 self.health.write_succeeded();
                 let acks = futures::future::join_all(flush.receipts.iter().map(|r| r.ack())).await;
                 for (receipt, ack) in flush.receipts.iter().zip(acks) {
                     match ack {
                         Ok(()) => {
                             m.messages_processed.inc();
-                            m.processing_duration.observe(receipt.received_at().elapsed().as_secs_f64());
+                            m.processing_duration
+                                .observe(receipt.received_at().elapsed().as_secs_f64());
                         }
                         // The write is durable and idempotent: a redelivery changes nothing.
-                        Err(e) => tracing::warn!(error = %e, "ack failed after a successful write; NATS will redeliver"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "ack failed after a successful write; NATS will redeliver")
+                        }
                     }
                 }
             }
-            Err(error) => {
-                if error.is_retryable() {
-                    tracing::warn!(%error, messages = flush.receipts.len(), "flush not written within the retry budget; nak'ing");
-                } else {
-                    self.health.permanent_failure(&error.to_string());
-                }
-                let detail = error.to_string();
-                futures::future::join_all(flush.receipts.iter().map(|r| self.give_back(r, &detail))).await;
+            Some(detail) => {
+                tracing::warn!(%detail, messages = flush.receipts.len(), "flush not written; giving its messages back");
+                futures::future::join_all(
+                    flush.receipts.iter().map(|r| self.give_back(r, &detail)),
+                )
+                .await;
             }
         }
         m.inflight_batches.dec();
@@ -192,7 +228,10 @@ impl<S: Store> Pipeline<S> {
     async fn give_back<R: Receipt>(&self, receipt: &R, detail: &str) {
         let outcome = if receipt.delivered() >= self.config.max_deliver {
             let reason = RejectReason::MaxDeliveries;
-            let detail = format!("not written after {} deliveries: {detail}", receipt.delivered());
+            let detail = format!(
+                "not written after {} deliveries: {detail}",
+                receipt.delivered()
+            );
             let result = receipt.dead_letter(reason, &detail).await;
             if result.is_ok() {
                 self.metrics.dead_lettered(reason);
@@ -200,7 +239,10 @@ impl<S: Store> Pipeline<S> {
             }
             result
         } else {
-            self.metrics.messages_failed.with_label_values(&[FAILED_WRITE]).inc();
+            self.metrics
+                .messages_failed
+                .with_label_values(&[FAILED_WRITE])
+                .inc();
             receipt.nak(self.config.retry.nak_delay).await
         };
         if let Err(e) = outcome {
@@ -258,8 +300,15 @@ mod tests {
             self.progress.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
-        async fn dead_letter(&self, reason: RejectReason, _detail: &str) -> Result<(), SettleError> {
-            self.log.lock().unwrap().push((self.id, Settled::Dead(reason)));
+        async fn dead_letter(
+            &self,
+            reason: RejectReason,
+            _detail: &str,
+        ) -> Result<(), SettleError> {
+            self.log
+                .lock()
+                .unwrap()
+                .push((self.id, Settled::Dead(reason)));
             Ok(())
         }
     }
@@ -284,18 +333,32 @@ mod tests {
     }
 
     impl Store for FakeStore {
-        async fn write(&self, latest: &[ScoreUpdate], events: &[ScoreUpdate]) -> Result<(), StoreError> {
+        async fn write(
+            &self,
+            latest: &[ScoreUpdate],
+            events: &[ScoreUpdate],
+        ) -> Result<(), StoreError> {
             tokio::time::sleep(self.write_delay).await;
             if self
                 .failures
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok()
             {
-                let db = if self.permanent { DbError::Invalid } else { DbError::Overloaded };
-                let e = ExecutionError::LastAttemptError(RequestAttemptError::DbError(db, "fake".into()));
+                let db = if self.permanent {
+                    DbError::Invalid
+                } else {
+                    DbError::Overloaded
+                };
+                let e = ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+                    db,
+                    "fake".into(),
+                ));
                 return Err(StoreError::new("insert_leaderboard", e));
             }
-            self.flushes.lock().unwrap().push((latest.len(), events.len()));
+            self.flushes
+                .lock()
+                .unwrap()
+                .push((latest.len(), events.len()));
             Ok(())
         }
     }
@@ -328,7 +391,12 @@ mod tests {
         }
     }
 
-    async fn run(store: FakeStore, n: usize, delivered: i64, config: PipelineConfig) -> (Arc<FakeStore>, Vec<(usize, Settled)>, usize) {
+    async fn run(
+        store: FakeStore,
+        n: usize,
+        delivered: i64,
+        config: PipelineConfig,
+    ) -> (Arc<FakeStore>, Vec<(usize, Settled)>, usize) {
         let store = Arc::new(store);
         let metrics = Arc::new(Metrics::new());
         let health = Arc::new(Health::new(metrics.clone()));
@@ -380,7 +448,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn last_delivery_is_dead_lettered_instead_of_dropped() {
         let (_, settled, _) = run(FakeStore::new(100, false), 3, 5, config()).await;
-        assert!(settled.iter().all(|(_, s)| *s == Settled::Dead(RejectReason::MaxDeliveries)));
+        assert!(settled
+            .iter()
+            .all(|(_, s)| *s == Settled::Dead(RejectReason::MaxDeliveries)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -399,5 +469,14 @@ mod tests {
         let (_, settled, progress) = run(store, 5, 1, config()).await;
         assert!(progress >= 5 * 3, "progress sent {progress} times");
         assert!(settled.iter().all(|(_, s)| *s == Settled::Ack));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_bounds_the_wall_clock_of_a_hanging_write() {
+        let mut store = FakeStore::new(0, false);
+        store.write_delay = Duration::from_secs(600);
+        let (store, settled, _) = run(store, 3, 1, config()).await;
+        assert!(store.flushes.lock().unwrap().is_empty());
+        assert!(settled.iter().all(|(_, s)| *s == Settled::Nak));
     }
 }

@@ -10,7 +10,10 @@ use uuid::Uuid;
 
 /// The subject for a leaderboard under a consumed pattern: `scores.update.>` → `scores.update.<lb>`.
 pub fn subject_for(pattern: &str, leaderboard: &str) -> String {
-    match pattern.strip_suffix(".>").or_else(|| pattern.strip_suffix(".*")) {
+    match pattern
+        .strip_suffix(".>")
+        .or_else(|| pattern.strip_suffix(".*"))
+    {
         Some(prefix) => format!("{prefix}.{leaderboard}"),
         None => pattern.to_string(),
     }
@@ -39,7 +42,12 @@ pub fn event_json(
 }
 
 /// Publishes one payload with `Nats-Msg-Id` and waits for the stream's ack.
-pub async fn publish(js: &Context, subject: String, msg_id: &str, payload: Bytes) -> Result<(), String> {
+pub async fn publish(
+    js: &Context,
+    subject: String,
+    msg_id: &str,
+    payload: Bytes,
+) -> Result<(), String> {
     let mut headers = HeaderMap::new();
     headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
     js.publish_with_headers(subject, headers, payload)
@@ -61,11 +69,15 @@ pub async fn publish_sample(
     let mut rng = rand::rng();
     let people: Vec<(Uuid, String)> = (0..profiles.max(1))
         .map(|_| {
-            let wallet: String = (0..20).map(|_| format!("{:02x}", rng.random::<u8>())).collect();
+            let wallet: String = (0..20)
+                .map(|_| format!("{:02x}", rng.random::<u8>()))
+                .collect();
             (Uuid::new_v4(), format!("0x{wallet}"))
         })
         .collect();
-    let boards: Vec<String> = (0..leaderboards.max(1)).map(|i| format!("season-1.board-{i}")).collect();
+    let boards: Vec<String> = (0..leaderboards.max(1))
+        .map(|i| format!("season-1.board-{i}"))
+        .collect();
     let start = chrono::Utc::now();
     for i in 0..count {
         let (profile, wallet) = &people[rng.random_range(0..people.len())];
@@ -85,8 +97,14 @@ mod tests {
 
     #[test]
     fn subjects_follow_the_pattern() {
-        assert_eq!(subject_for("scores.update.>", "weekly"), "scores.update.weekly");
-        assert_eq!(subject_for("t1.scores.update.*", "a.b"), "t1.scores.update.a.b");
+        assert_eq!(
+            subject_for("scores.update.>", "weekly"),
+            "scores.update.weekly"
+        );
+        assert_eq!(
+            subject_for("t1.scores.update.*", "a.b"),
+            "t1.scores.update.a.b"
+        );
         assert_eq!(subject_for("scores.update", "x"), "scores.update");
     }
 
@@ -104,7 +122,8 @@ mod tests {
             max_payload_bytes: 65_536,
             max_clock_skew_micros: 300_000_000,
         };
-        let update = crate::score::decode(&body, limits, chrono::Utc::now().timestamp_micros()).unwrap();
+        let update =
+            crate::score::decode(&body, limits, chrono::Utc::now().timestamp_micros()).unwrap();
         assert_eq!(update.score, 42);
     }
 }

@@ -76,14 +76,21 @@ fn qualify(statement: &str, keyspace: &str) -> String {
 }
 
 /// The applied versions, or `None` if the keyspace or its version table does not exist.
-pub async fn applied_versions(session: &Session, keyspace: &str) -> Result<Option<Vec<i32>>, ExecutionError> {
+pub async fn applied_versions(
+    session: &Session,
+    keyspace: &str,
+) -> Result<Option<Vec<i32>>, ExecutionError> {
     let query = format!("SELECT version FROM {keyspace}.schema_migrations");
     match session.query_unpaged(query, ()).await {
         Ok(result) => {
             let rows = result
                 .into_rows_result()
                 .ok()
-                .and_then(|r| r.rows::<(i32,)>().ok().map(|it| it.filter_map(Result::ok).map(|(v,)| v).collect()))
+                .and_then(|r| {
+                    r.rows::<(i32,)>()
+                        .ok()
+                        .map(|it| it.filter_map(Result::ok).map(|(v,)| v).collect())
+                })
                 .unwrap_or_default();
             Ok(Some(rows))
         }
@@ -96,17 +103,28 @@ pub async fn applied_versions(session: &Session, keyspace: &str) -> Result<Optio
 }
 
 /// The newest applied version, if any.
-pub async fn current_version(session: &Session, keyspace: &str) -> Result<Option<i32>, ExecutionError> {
-    Ok(applied_versions(session, keyspace).await?.and_then(|v| v.into_iter().max()))
+pub async fn current_version(
+    session: &Session,
+    keyspace: &str,
+) -> Result<Option<i32>, ExecutionError> {
+    Ok(applied_versions(session, keyspace)
+        .await?
+        .and_then(|v| v.into_iter().max()))
 }
 
 /// What `migrate` did or, with `dry_run`, would do: one line per statement.
-pub async fn migrate(session: &Session, config: &ScyllaConfig, dry_run: bool) -> Result<Vec<String>, SchemaError> {
+pub async fn migrate(
+    session: &Session,
+    config: &ScyllaConfig,
+    dry_run: bool,
+) -> Result<Vec<String>, SchemaError> {
     let ks = &config.keyspace;
-    let applied = applied_versions(session, ks).await.map_err(|source| SchemaError::Statement {
-        statement: "read schema_migrations".into(),
-        source,
-    })?;
+    let applied = applied_versions(session, ks)
+        .await
+        .map_err(|source| SchemaError::Statement {
+            statement: "read schema_migrations".into(),
+            source,
+        })?;
     let mut plan = Vec::new();
     if applied.is_none() {
         plan.extend(keyspace_statements(config).into_iter().map(|s| (None, s)));
@@ -130,7 +148,10 @@ pub async fn migrate(session: &Session, config: &ScyllaConfig, dry_run: bool) ->
                     session
                         .query_unpaged(insert.clone(), (m.version, m.name, now))
                         .await
-                        .map_err(|source| SchemaError::Statement { statement: insert, source })?;
+                        .map_err(|source| SchemaError::Statement {
+                            statement: insert,
+                            source,
+                        })?;
                 }
             }
             None => {
@@ -145,7 +166,10 @@ pub async fn migrate(session: &Session, config: &ScyllaConfig, dry_run: bool) ->
         }
     }
     if report.is_empty() {
-        report.push(format!("schema is up to date at version {}", expected_version()));
+        report.push(format!(
+            "schema is up to date at version {}",
+            expected_version()
+        ));
     }
     Ok(report)
 }
@@ -158,9 +182,16 @@ mod tests {
     fn initial_schema_splits_into_the_contract_tables() {
         let stmts = statements(MIGRATIONS[0].cql);
         assert_eq!(stmts.len(), 5, "{stmts:#?}");
-        for table in ["scores_by_profile", "scores", "score_history", "eligibility_cache"] {
+        for table in [
+            "scores_by_profile",
+            "scores",
+            "score_history",
+            "eligibility_cache",
+        ] {
             assert!(
-                stmts.iter().any(|s| s.starts_with(&format!("CREATE TABLE IF NOT EXISTS {table} ("))),
+                stmts
+                    .iter()
+                    .any(|s| s.starts_with(&format!("CREATE TABLE IF NOT EXISTS {table} ("))),
                 "{table}"
             );
         }
@@ -170,11 +201,17 @@ mod tests {
     #[test]
     fn qualifies_tables_and_indexes() {
         assert_eq!(
-            qualify("CREATE TABLE IF NOT EXISTS scores (a int PRIMARY KEY)", "ks"),
+            qualify(
+                "CREATE TABLE IF NOT EXISTS scores (a int PRIMARY KEY)",
+                "ks"
+            ),
             "CREATE TABLE IF NOT EXISTS ks.scores (a int PRIMARY KEY)"
         );
         assert_eq!(
-            qualify("CREATE INDEX IF NOT EXISTS i ON scores_by_profile (wallet_address)", "ks"),
+            qualify(
+                "CREATE INDEX IF NOT EXISTS i ON scores_by_profile (wallet_address)",
+                "ks"
+            ),
             "CREATE INDEX IF NOT EXISTS i ON ks.scores_by_profile (wallet_address)"
         );
     }

@@ -33,7 +33,8 @@ impl ScoreUpdate {
     /// the database keeps for two cells with the same timestamp ([`crate::store::tie_rank`]).
     pub fn supersedes(&self, other: &ScoreUpdate) -> bool {
         use crate::store::tie_rank;
-        (self.occurred_at_micros, tie_rank(self.score)) > (other.occurred_at_micros, tie_rank(other.score))
+        (self.occurred_at_micros, tie_rank(self.score))
+            > (other.occurred_at_micros, tie_rank(other.score))
     }
 }
 
@@ -142,10 +143,16 @@ pub fn decode(payload: &[u8], limits: Limits, now_micros: i64) -> Result<ScoreUp
 
     let event_id = string_field("event_id", raw.event_id)?;
     if event_id.is_empty() || event_id.chars().count() > 128 {
-        return Err(Rejection::new(InvalidValue, "event_id must be 1-128 characters"));
+        return Err(Rejection::new(
+            InvalidValue,
+            "event_id must be 1-128 characters",
+        ));
     }
     if event_id.chars().any(char::is_control) {
-        return Err(Rejection::new(InvalidValue, "event_id contains control characters"));
+        return Err(Rejection::new(
+            InvalidValue,
+            "event_id contains control characters",
+        ));
     }
 
     let profile_id = string_field("profile_id", raw.profile_id)?;
@@ -157,7 +164,12 @@ pub fn decode(payload: &[u8], limits: Limits, now_micros: i64) -> Result<ScoreUp
         .strip_prefix("0x")
         .or_else(|| wallet.strip_prefix("0X"))
         .filter(|h| h.len() == 40 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| Rejection::new(InvalidValue, "wallet_address must be 0x followed by 40 hex digits"))?;
+        .ok_or_else(|| {
+            Rejection::new(
+                InvalidValue,
+                "wallet_address must be 0x followed by 40 hex digits",
+            )
+        })?;
     let wallet_address = format!("0x{}", hex.to_ascii_lowercase());
 
     let leaderboard_id = string_field("leaderboard_id", raw.leaderboard_id)?;
@@ -176,18 +188,27 @@ pub fn decode(payload: &[u8], limits: Limits, now_micros: i64) -> Result<ScoreUp
     let score = match raw.score {
         None | Some(Value::Null) => return Err(missing("score")),
         Some(Value::Number(n)) => n.as_i64().ok_or_else(|| {
-            Rejection::new(InvalidValue, format!("score must be a signed 64-bit integer, got {n}"))
+            Rejection::new(
+                InvalidValue,
+                format!("score must be a signed 64-bit integer, got {n}"),
+            )
         })?,
         Some(other) => return Err(wrong_type("score", "an integer", &other)),
     };
 
     let occurred_at = string_field("occurred_at", raw.occurred_at)?;
     let occurred_at = DateTime::parse_from_rfc3339(&occurred_at).map_err(|e| {
-        Rejection::new(InvalidValue, format!("occurred_at must be RFC 3339 with an offset: {e}"))
+        Rejection::new(
+            InvalidValue,
+            format!("occurred_at must be RFC 3339 with an offset: {e}"),
+        )
     })?;
     let occurred_at_micros = occurred_at.timestamp_micros();
     if occurred_at_micros <= 0 {
-        return Err(Rejection::new(InvalidValue, "occurred_at must be after 1970-01-01"));
+        return Err(Rejection::new(
+            InvalidValue,
+            "occurred_at must be after 1970-01-01",
+        ));
     }
     if occurred_at_micros > now_micros.saturating_add(limits.max_clock_skew_micros) {
         return Err(Rejection::new(
@@ -279,7 +300,10 @@ mod tests {
     fn decodes_a_good_payload_and_normalises_it() {
         let u = decode(&serde_json::to_vec(&good()).unwrap(), LIMITS, NOW).unwrap();
         assert_eq!(u.event_id, "evt-1");
-        assert_eq!(u.wallet_address, "0xabcdef0123456789abcdef0123456789abcdef01");
+        assert_eq!(
+            u.wallet_address,
+            "0xabcdef0123456789abcdef0123456789abcdef01"
+        );
         assert_eq!(u.score, 1234);
         assert_eq!(u.occurred_at_micros, 1_779_948_000_123_456);
     }
@@ -292,7 +316,11 @@ mod tests {
             ("empty body", vec![], MalformedJson),
             ("truncated", b"{\"event_id\": \"a\"".to_vec(), MalformedJson),
             ("not json", b"hello".to_vec(), MalformedJson),
-            ("invalid utf-8", b"{\"event_id\": \"\xff\xfe\"}".to_vec(), MalformedJson),
+            (
+                "invalid utf-8",
+                b"{\"event_id\": \"\xff\xfe\"}".to_vec(),
+                MalformedJson,
+            ),
             ("deep nesting", deep.into_bytes(), MalformedJson),
             ("array body", b"[1,2,3]".to_vec(), InvalidValue),
             ("string body", b"\"x\"".to_vec(), InvalidValue),
@@ -300,30 +328,98 @@ mod tests {
             ("missing event_id", without("event_id"), MissingField),
             ("missing profile_id", without("profile_id"), MissingField),
             ("missing wallet", without("wallet_address"), MissingField),
-            ("missing leaderboard", without("leaderboard_id"), MissingField),
+            (
+                "missing leaderboard",
+                without("leaderboard_id"),
+                MissingField,
+            ),
             ("missing score", without("score"), MissingField),
             ("null score", with("score", Value::Null), MissingField),
             ("missing occurred_at", without("occurred_at"), MissingField),
             ("empty event_id", with("event_id", "".into()), InvalidValue),
-            ("long event_id", with("event_id", "e".repeat(129).into()), InvalidValue),
-            ("control char in event_id", with("event_id", "a\u{0}b".into()), InvalidValue),
+            (
+                "long event_id",
+                with("event_id", "e".repeat(129).into()),
+                InvalidValue,
+            ),
+            (
+                "control char in event_id",
+                with("event_id", "a\u{0}b".into()),
+                InvalidValue,
+            ),
             ("numeric event_id", with("event_id", 7.into()), InvalidValue),
-            ("bad uuid", with("profile_id", "not-a-uuid".into()), InvalidValue),
-            ("short wallet", with("wallet_address", "0x1234".into()), InvalidValue),
-            ("wallet without 0x", with("wallet_address", "ab".repeat(21).into()), InvalidValue),
-            ("non-hex wallet", with("wallet_address", format!("0x{}", "g".repeat(40)).into()), InvalidValue),
-            ("empty leaderboard", with("leaderboard_id", "".into()), InvalidValue),
-            ("leaderboard with space", with("leaderboard_id", "a b".into()), InvalidValue),
-            ("long leaderboard", with("leaderboard_id", "l".repeat(65).into()), InvalidValue),
-            ("float score", with("score", serde_json::json!(1.5)), InvalidValue),
-            ("integral float score", with("score", serde_json::json!(10.0)), InvalidValue),
+            (
+                "bad uuid",
+                with("profile_id", "not-a-uuid".into()),
+                InvalidValue,
+            ),
+            (
+                "short wallet",
+                with("wallet_address", "0x1234".into()),
+                InvalidValue,
+            ),
+            (
+                "wallet without 0x",
+                with("wallet_address", "ab".repeat(21).into()),
+                InvalidValue,
+            ),
+            (
+                "non-hex wallet",
+                with("wallet_address", format!("0x{}", "g".repeat(40)).into()),
+                InvalidValue,
+            ),
+            (
+                "empty leaderboard",
+                with("leaderboard_id", "".into()),
+                InvalidValue,
+            ),
+            (
+                "leaderboard with space",
+                with("leaderboard_id", "a b".into()),
+                InvalidValue,
+            ),
+            (
+                "long leaderboard",
+                with("leaderboard_id", "l".repeat(65).into()),
+                InvalidValue,
+            ),
+            (
+                "float score",
+                with("score", serde_json::json!(1.5)),
+                InvalidValue,
+            ),
+            (
+                "integral float score",
+                with("score", serde_json::json!(10.0)),
+                InvalidValue,
+            ),
             ("string score", with("score", "10".into()), InvalidValue),
-            ("score above i64", with("score", serde_json::json!(u64::MAX)), InvalidValue),
+            (
+                "score above i64",
+                with("score", serde_json::json!(u64::MAX)),
+                InvalidValue,
+            ),
             ("bool score", with("score", true.into()), InvalidValue),
-            ("timestamp without offset", with("occurred_at", "2026-05-28T08:00:00".into()), InvalidValue),
-            ("timestamp garbage", with("occurred_at", "yesterday".into()), InvalidValue),
-            ("timestamp before epoch", with("occurred_at", "1960-01-01T00:00:00Z".into()), InvalidValue),
-            ("timestamp far future", with("occurred_at", "2999-01-01T00:00:00Z".into()), FutureTimestamp),
+            (
+                "timestamp without offset",
+                with("occurred_at", "2026-05-28T08:00:00".into()),
+                InvalidValue,
+            ),
+            (
+                "timestamp garbage",
+                with("occurred_at", "yesterday".into()),
+                InvalidValue,
+            ),
+            (
+                "timestamp before epoch",
+                with("occurred_at", "1960-01-01T00:00:00Z".into()),
+                InvalidValue,
+            ),
+            (
+                "timestamp far future",
+                with("occurred_at", "2999-01-01T00:00:00Z".into()),
+                FutureTimestamp,
+            ),
         ];
         for (name, payload, expected) in cases {
             assert_eq!(reason(&payload), Some(expected), "case: {name}");
@@ -334,17 +430,25 @@ mod tests {
     fn huge_number_literal_is_rejected_not_fatal() {
         let mut s = String::from_utf8(serde_json::to_vec(&good()).unwrap()).unwrap();
         s = s.replace("1234", &"9".repeat(400));
-        assert!(matches!(reason(s.as_bytes()), Some(InvalidValue | MalformedJson)));
+        assert!(matches!(
+            reason(s.as_bytes()),
+            Some(InvalidValue | MalformedJson)
+        ));
     }
 
     #[test]
     fn clock_skew_boundary() {
         let at = |micros: i64| {
-            let t = DateTime::from_timestamp_micros(micros).unwrap().to_rfc3339();
+            let t = DateTime::from_timestamp_micros(micros)
+                .unwrap()
+                .to_rfc3339();
             with("occurred_at", t.into())
         };
         assert_eq!(reason(&at(NOW + LIMITS.max_clock_skew_micros)), None);
-        assert_eq!(reason(&at(NOW + LIMITS.max_clock_skew_micros + 1)), Some(FutureTimestamp));
+        assert_eq!(
+            reason(&at(NOW + LIMITS.max_clock_skew_micros + 1)),
+            Some(FutureTimestamp)
+        );
     }
 
     #[test]
@@ -375,6 +479,9 @@ mod tests {
         assert!(!base.supersedes(&base));
         let mut tie_negative = base.clone();
         tie_negative.score = -1;
-        assert!(tie_negative.supersedes(&base), "the database ranks negative bigints above positive ones in a tie");
+        assert!(
+            tie_negative.supersedes(&base),
+            "the database ranks negative bigints above positive ones in a tie"
+        );
     }
 }

@@ -77,7 +77,9 @@ pub fn classify(error: &ExecutionError) -> Kind {
         ExecutionError::ConnectionPoolError(_) | ExecutionError::EmptyPlan => Kind::Connection,
         ExecutionError::LastAttemptError(attempt) => classify_attempt(attempt),
         // Schema agreement can time out while a node restarts; metadata fetches fail on broken connections.
-        ExecutionError::SchemaAgreementError(_) | ExecutionError::MetadataError(_) => Kind::Connection,
+        ExecutionError::SchemaAgreementError(_) | ExecutionError::MetadataError(_) => {
+            Kind::Connection
+        }
         ExecutionError::PrepareError(_) => Kind::Connection,
         ExecutionError::BadQuery(_) | ExecutionError::UseKeyspaceError(_) => Kind::Permanent,
         // `ExecutionError` is non-exhaustive: a variant added by a newer driver is treated as permanent
@@ -89,7 +91,8 @@ pub fn classify(error: &ExecutionError) -> Kind {
 fn classify_attempt(error: &RequestAttemptError) -> Kind {
     match error {
         RequestAttemptError::DbError(db, _) => classify_db(db),
-        RequestAttemptError::BrokenConnectionError(_) | RequestAttemptError::UnableToAllocStreamId => Kind::Connection,
+        RequestAttemptError::BrokenConnectionError(_)
+        | RequestAttemptError::UnableToAllocStreamId => Kind::Connection,
         RequestAttemptError::SerializationError(_)
         | RequestAttemptError::CqlRequestSerialization(_)
         | RequestAttemptError::UnexpectedResponse(_) => Kind::Permanent,
@@ -137,7 +140,10 @@ mod tests {
     #[test]
     fn transient_failures_are_retryable() {
         let cases = [
-            (ExecutionError::RequestTimeout(Duration::from_secs(5)), Kind::Timeout),
+            (
+                ExecutionError::RequestTimeout(Duration::from_secs(5)),
+                Kind::Timeout,
+            ),
             (
                 db(DbError::WriteTimeout {
                     consistency: scylla::statement::Consistency::LocalQuorum,

@@ -59,7 +59,9 @@ pub enum ConnectError {
     },
     #[error("database TLS set-up failed: {0}")]
     Tls(String),
-    #[error("preparing statements failed (is the schema applied? run `score-worker migrate`): {0}")]
+    #[error(
+        "preparing statements failed (is the schema applied? run `score-worker migrate`): {0}"
+    )]
     Prepare(#[source] StoreError),
 }
 
@@ -84,7 +86,9 @@ pub async fn connect(config: &ScyllaConfig) -> Result<Session, ConnectError> {
     let consistency = parse_consistency(&config.consistency).unwrap_or(Consistency::LocalQuorum);
     let mut policy = DefaultPolicy::builder().token_aware(true);
     if !config.local_datacenter.is_empty() {
-        policy = policy.prefer_datacenter(config.local_datacenter.clone()).permit_dc_failover(false);
+        policy = policy
+            .prefer_datacenter(config.local_datacenter.clone())
+            .permit_dc_failover(false);
     }
     let profile = ExecutionProfile::builder()
         .consistency(consistency)
@@ -96,15 +100,21 @@ pub async fn connect(config: &ScyllaConfig) -> Result<Session, ConnectError> {
         .connection_timeout(config.connect_timeout)
         .default_execution_profile_handle(profile.into_handle());
     if !config.user.is_empty() {
-        builder = builder.user(config.user.clone(), config.password.expose_secret().to_owned());
+        builder = builder.user(
+            config.user.clone(),
+            config.password.expose_secret().to_owned(),
+        );
     }
     if config.tls.enabled {
         builder = builder.tls_context(Some(tls_config(&config.tls).map_err(ConnectError::Tls)?));
     }
-    builder.build().await.map_err(|source| ConnectError::Session {
-        nodes: config.nodes.clone(),
-        source,
-    })
+    builder
+        .build()
+        .await
+        .map_err(|source| ConnectError::Session {
+            nodes: config.nodes.clone(),
+            source,
+        })
 }
 
 fn tls_config(files: &crate::config::TlsFiles) -> Result<Arc<rustls::ClientConfig>, String> {
@@ -114,7 +124,9 @@ fn tls_config(files: &crate::config::TlsFiles) -> Result<Arc<rustls::ClientConfi
     let mut roots = rustls::RootCertStore::empty();
     match files.ca() {
         Some(ca) => {
-            for cert in CertificateDer::pem_file_iter(&ca).map_err(|e| format!("{}: {e}", ca.display()))? {
+            for cert in
+                CertificateDer::pem_file_iter(&ca).map_err(|e| format!("{}: {e}", ca.display()))?
+            {
                 roots
                     .add(cert.map_err(|e| format!("{}: {e}", ca.display()))?)
                     .map_err(|e| e.to_string())?;
@@ -136,8 +148,11 @@ fn tls_config(files: &crate::config::TlsFiles) -> Result<Arc<rustls::ClientConfi
         let certs = CertificateDer::pem_file_iter(&files.cert_file)
             .and_then(|c| c.collect::<Result<Vec<_>, _>>())
             .map_err(|e| format!("{}: {e}", files.cert_file))?;
-        let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(|e| format!("{}: {e}", files.key_file))?;
-        builder.with_client_auth_cert(certs, key).map_err(|e| e.to_string())?
+        let key = PrivateKeyDer::from_pem_file(&files.key_file)
+            .map_err(|e| format!("{}: {e}", files.key_file))?;
+        builder
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| e.to_string())?
     };
     Ok(Arc::new(config))
 }
@@ -167,7 +182,11 @@ pub struct ScyllaStore {
 
 impl ScyllaStore {
     /// Prepares every statement against `config.keyspace`.
-    pub async fn new(session: Arc<Session>, config: &ScyllaConfig, metrics: Arc<Metrics>) -> Result<Self, ConnectError> {
+    pub async fn new(
+        session: Arc<Session>,
+        config: &ScyllaConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ConnectError> {
         let ks = &config.keyspace;
         let prepare = |name: &'static str, cql: String| {
             let session = session.clone();
@@ -233,13 +252,20 @@ impl ScyllaStore {
         })
     }
 
-    async fn exec(&self, stmt: &Stmt, values: impl SerializeRow) -> Result<QueryResult, StoreError> {
+    async fn exec(
+        &self,
+        stmt: &Stmt,
+        values: impl SerializeRow,
+    ) -> Result<QueryResult, StoreError> {
         let start = Instant::now();
         let result = self.session.execute_unpaged(&stmt.prepared, values).await;
         stmt.latency.observe(start.elapsed().as_secs_f64());
         result.map_err(|e| {
             let e = StoreError::new(stmt.name, e);
-            self.metrics.scylla_errors.with_label_values(&[e.kind.as_str()]).inc();
+            self.metrics
+                .scylla_errors
+                .with_label_values(&[e.kind.as_str()])
+                .inc();
             if e.kind == Kind::Connection {
                 self.metrics.scylla_connection_failures.inc();
             }
@@ -254,20 +280,33 @@ impl ScyllaStore {
         let updated_at = CqlTimestamp(t.div_euclid(1000));
         let (lb, pid) = (u.leaderboard_id.as_str(), u.profile_id);
 
-        self.exec(&self.add_ranked, (t, vec![(bucket, u.score)], pid, lb)).await?;
+        self.exec(&self.add_ranked, (t, vec![(bucket, u.score)], pid, lb))
+            .await?;
         self.exec(
             &self.insert_leaderboard,
-            (lb, bucket, u.score, pid, u.wallet_address.as_str(), updated_at, t),
+            (
+                lb,
+                bucket,
+                u.score,
+                pid,
+                u.wallet_address.as_str(),
+                updated_at,
+                t,
+            ),
         )
         .await?;
-        self.exec(&self.update_profile, (t, u.score, u.wallet_address.as_str(), updated_at, pid, lb))
-            .await?;
+        self.exec(
+            &self.update_profile,
+            (t, u.score, u.wallet_address.as_str(), updated_at, pid, lb),
+        )
+        .await?;
 
         let read = self.exec(&self.read_profile, (pid, lb)).await?;
-        let row = read
-            .into_rows_result()
-            .ok()
-            .and_then(|rows| rows.maybe_first_row::<(Option<i64>, Option<i64>, Option<Vec<(i32, i64)>>)>().ok().flatten());
+        let row = read.into_rows_result().ok().and_then(|rows| {
+            rows.maybe_first_row::<(Option<i64>, Option<i64>, Option<Vec<(i32, i64)>>)>()
+                .ok()
+                .flatten()
+        });
         let Some((Some(current), Some(written_at), ranked)) = row else {
             // Not visible yet at this consistency (cannot happen with quorum reads after quorum writes);
             // the next write of this key cleans up.
@@ -296,11 +335,16 @@ impl ScyllaStore {
             )
             .await?;
             for entry in stale {
-                self.exec(&self.prune_ranked, (delete_at(entry.1), vec![entry], pid, lb)).await?;
+                self.exec(
+                    &self.prune_ranked,
+                    (delete_at(entry.1), vec![entry], pid, lb),
+                )
+                .await?;
             }
         }
         if current == u.score && written_at == t {
-            self.exec(&self.invalidate_cache, (u.wallet_address.as_str(),)).await?;
+            self.exec(&self.invalidate_cache, (u.wallet_address.as_str(),))
+                .await?;
         }
         Ok(())
     }
@@ -326,7 +370,11 @@ impl ScyllaStore {
 }
 
 impl Store for ScyllaStore {
-    async fn write(&self, latest: &[ScoreUpdate], events: &[ScoreUpdate]) -> Result<(), StoreError> {
+    async fn write(
+        &self,
+        latest: &[ScoreUpdate],
+        events: &[ScoreUpdate],
+    ) -> Result<(), StoreError> {
         // Boxed rather than mapped through a closure: a closure over borrowed updates makes the
         // future's `Send` bound unprovable for the compiler (higher-ranked lifetimes).
         let mut jobs: Vec<futures::future::BoxFuture<'_, Result<(), StoreError>>> =
@@ -392,7 +440,10 @@ mod tests {
 
     #[test]
     fn consistency_names() {
-        assert_eq!(parse_consistency("LOCAL_QUORUM"), Some(Consistency::LocalQuorum));
+        assert_eq!(
+            parse_consistency("LOCAL_QUORUM"),
+            Some(Consistency::LocalQuorum)
+        );
         assert_eq!(parse_consistency("one"), Some(Consistency::One));
         assert_eq!(parse_consistency("most"), None);
     }

@@ -1,0 +1,60 @@
+# score-worker — the menu. `make run` and `make test` do all the set-up on a fresh machine.
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+CARGO ?= cargo
+# Local development talks text; production config keeps JSON.
+RUN_ENV := SCORE_WORKER__LOG__FORMAT=text SCORE_WORKER__HTTP__LISTEN=127.0.0.1:9102
+
+.PHONY: help services services-down run test unit it lint deploy-check metrics-contract sample check ci clean
+
+help:
+	@echo "make run           start local nats-server + Cassandra, apply the schema, run the worker"
+	@echo "make test          same set-up, then lint, unit + integration tests, deploy checks"
+	@echo "make sample        publish 1000 sample score updates to the local NATS"
+	@echo "make check         score-worker check against the local servers"
+	@echo "make lint          cargo fmt --check and clippy -D warnings"
+	@echo "make deploy-check  promtool / kubernetes-validate / dashboard checks of deploy/"
+	@echo "make services-down stop the local servers"
+
+services:
+	scripts/services.sh up
+
+services-down:
+	scripts/services.sh down
+
+run: services
+	$(CARGO) build --locked
+	$(RUN_ENV) target/debug/score-worker migrate
+	$(RUN_ENV) target/debug/score-worker run
+
+sample:
+	$(RUN_ENV) $(CARGO) run --locked --quiet -- publish-sample --count 1000 --profiles 100
+
+check:
+	$(RUN_ENV) $(CARGO) run --locked --quiet -- check
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --locked --lib --bins
+
+it: services
+	$(CARGO) test --locked --test it
+
+deploy-check:
+	scripts/check-deploy.sh
+
+# Lints the /metrics text a live worker served during `make it` and checks every metric the
+# alert rules and dashboards use is exported.
+metrics-contract:
+	scripts/check-metrics-contract.sh .local/metrics-sample.txt
+
+test: services lint unit it metrics-contract deploy-check
+	@echo "make test: all checks passed"
+
+ci: test
+
+clean: services-down
+	rm -rf .local

@@ -1,0 +1,141 @@
+//! Every bad payload lands in the dead-letter stream with its reason while good ones flow.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use score_worker::deadletter;
+use uuid::Uuid;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_payloads_are_dead_lettered_with_their_reason_and_good_ones_are_written() {
+    ensure_schema().await;
+    let _servers = shared().await;
+    let config = base_config("dlq");
+    let (_client, js) = jetstream(&config).await;
+    let session = session().await;
+    let board = format!("dlq-{}", Uuid::new_v4().simple());
+    let profile = Uuid::new_v4();
+    let now = chrono::Utc::now();
+    let good = |i: i64| Event {
+        event_id: format!("good-{i}-{}", Uuid::new_v4().simple()),
+        profile,
+        wallet: wallet_of(profile),
+        leaderboard: board.clone(),
+        score: i,
+        at_micros: now.timestamp_micros() - 1_000_000 + i,
+    };
+    let valid: serde_json::Value = serde_json::from_slice(&good(0).payload()).unwrap();
+    let with = |field: &str, value: serde_json::Value| {
+        let mut v = valid.clone();
+        v[field] = value;
+        serde_json::to_vec(&v).unwrap()
+    };
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("malformed_json", b"{not json".to_vec()),
+        ("malformed_json", vec![]),
+        ("malformed_json", b"{\"event_id\": \"\xff\"}".to_vec()),
+        ("invalid_value", b"[1,2]".to_vec()),
+        ("missing_field", br#"{"event_id":"x"}"#.to_vec()),
+        ("invalid_value", with("profile_id", "not-a-uuid".into())),
+        ("invalid_value", with("score", serde_json::json!(1.5))),
+        (
+            "too_large",
+            format!("{{\"pad\":\"{}\"}}", "x".repeat(70_000)).into_bytes(),
+        ),
+        (
+            "future_timestamp",
+            with("occurred_at", "2999-01-01T00:00:00Z".into()),
+        ),
+    ];
+    let worker = Worker::start(config.clone()).await;
+    let mut goods = Vec::new();
+    for (i, (_, payload)) in bad.iter().enumerate() {
+        let g = good(i as i64 + 1);
+        publish(&js, &config, &g, &g.event_id).await;
+        goods.push(g);
+        publish_raw(
+            &js,
+            &config,
+            "bad",
+            payload.clone(),
+            &format!("bad-{i}-{}", Uuid::new_v4()),
+        )
+        .await;
+    }
+    let total = (bad.len() + goods.len()) as u64;
+    wait_until("all messages settled", Duration::from_secs(60), || {
+        worker.metrics.messages_received.get() >= total && worker.processed() >= goods.len() as u64
+    })
+    .await;
+    // Dead-lettering happens before the ack; give the last one a moment to be counted.
+    wait_until("dead letters counted", Duration::from_secs(10), || {
+        worker
+            .metrics
+            .dead_letters
+            .with_label_values(&["malformed_json"])
+            .get()
+            == 3
+    })
+    .await;
+
+    let letters = read_stream(&js, &config.nats.deadletter_stream, bad.len()).await;
+    assert_eq!(
+        letters.len(),
+        bad.len(),
+        "one dead letter per bad payload, nothing else"
+    );
+    let mut by_reason: HashMap<String, usize> = HashMap::new();
+    for letter in &letters {
+        let headers = letter.headers.as_ref().expect("dead letters carry headers");
+        let reason = headers
+            .get(deadletter::REASON)
+            .unwrap()
+            .as_str()
+            .to_string();
+        assert_eq!(
+            letter.subject.as_str(),
+            format!("{}.{reason}", config.nats.deadletter_prefix)
+        );
+        assert!(!headers.get(deadletter::ERROR).unwrap().as_str().is_empty());
+        assert!(headers
+            .get(deadletter::ORIGINAL_SUBJECT)
+            .unwrap()
+            .as_str()
+            .ends_with(".bad"));
+        assert!(
+            bad.iter()
+                .any(|(_, p)| p.as_slice() == letter.payload.as_ref()),
+            "original payload kept"
+        );
+        *by_reason.entry(reason).or_default() += 1;
+    }
+    let mut want: HashMap<String, usize> = HashMap::new();
+    for (reason, _) in &bad {
+        *want.entry(reason.to_string()).or_default() += 1;
+    }
+    assert_eq!(by_reason, want);
+    for (reason, n) in &want {
+        assert_eq!(
+            worker
+                .metrics
+                .dead_letters
+                .with_label_values(&[reason])
+                .get(),
+            *n as u64,
+            "{reason}"
+        );
+        assert_eq!(
+            worker
+                .metrics
+                .messages_failed
+                .with_label_values(&[reason])
+                .get(),
+            *n as u64,
+            "{reason}"
+        );
+    }
+    worker.stop().await;
+    assert_final_state(&session, &goods, config.scylla.leaderboard_buckets).await;
+}

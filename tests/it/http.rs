@@ -1,0 +1,79 @@
+//! The HTTP surface of a live worker, and the metrics text it exports.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+async fn request(addr: std::net::SocketAddr, raw: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(raw.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics_endpoints() {
+    ensure_schema().await;
+    let _servers = shared().await;
+    let config = base_config("http");
+    let worker = Worker::start(config).await;
+    let addr = worker.addr;
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+    let mut ready = (0, String::new());
+    for _ in 0..100 {
+        ready = get(addr, "/readyz").await;
+        if ready.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready.0, 200, "{}", ready.1);
+    let (status, text) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "score_worker_messages_received_total",
+        "score_worker_processing_duration_seconds_bucket",
+        "score_worker_scylla_query_duration_seconds_bucket",
+        "score_worker_consumer_pending",
+        "score_worker_nats_connected 1",
+        "score_worker_build_info",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+    // Kept for `scripts/check-metrics-contract.sh` (promtool lint and rule/dashboard names).
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/metrics-sample.txt");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    std::fs::write(&out, &text).unwrap();
+
+    assert_eq!(get(addr, "/nope").await.0, 404);
+    let (status, _) = request(
+        addr,
+        "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    )
+    .await;
+    assert_eq!(status, 405, "nothing can be changed over HTTP");
+    let (status, _) = request(addr, "GARBAGE\r\n\r\n").await;
+    assert!(
+        status == 400 || status == 0,
+        "malformed request rejected, got {status}"
+    );
+
+    worker.stop().await;
+}

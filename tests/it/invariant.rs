@@ -1,0 +1,65 @@
+//! The leaderboard invariant under concurrent replicas: several workers on one durable consumer,
+//! many out-of-order updates (with same-microsecond ties and negative scores) to a few profiles.
+
+use std::time::Duration;
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+use uuid::Uuid;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_keep_each_profile_once_at_its_newest_score() {
+    ensure_schema().await;
+    let _servers = shared().await;
+    let mut config = base_config("inv");
+    config.batch.max_scores = 5; // many small flushes in flight at once
+    config.batch.linger = Duration::from_millis(5);
+    let (_client, js) = jetstream(&config).await;
+    let session = session().await;
+    let mut rng = rand::rng();
+    let boards: Vec<String> = (0..2)
+        .map(|i| format!("inv-{}-{i}", Uuid::new_v4().simple()))
+        .collect();
+    let profiles: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+    let base = chrono::Utc::now().timestamp_micros() - 60_000_000;
+    let mut events: Vec<Event> = (0..1500)
+        .map(|i| {
+            let profile = profiles[rng.random_range(0..profiles.len())];
+            Event {
+                event_id: format!("inv-{i}"),
+                profile,
+                wallet: wallet_of(profile),
+                leaderboard: boards[rng.random_range(0..boards.len())].clone(),
+                score: rng.random_range(-50..50),
+                // 400 distinct microseconds for ~150 events per key: ties are common.
+                at_micros: base + rng.random_range(0..400),
+            }
+        })
+        .collect();
+    events.shuffle(&mut rng);
+
+    let workers = vec![
+        Worker::start(config.clone()).await,
+        Worker::start(config.clone()).await,
+        Worker::start(config.clone()).await,
+    ];
+    for e in &events {
+        publish(&js, &config, e, &e.event_id).await;
+    }
+    let total = events.len() as u64;
+    wait_until("all messages processed", Duration::from_secs(120), || {
+        workers.iter().map(Worker::processed).sum::<u64>() >= total
+    })
+    .await;
+    let shares: Vec<u64> = workers.iter().map(Worker::processed).collect();
+    assert!(
+        shares.iter().filter(|n| **n > 0).count() >= 2,
+        "work was shared: {shares:?}"
+    );
+    for w in workers {
+        w.stop().await;
+    }
+    assert_final_state(&session, &events, config.scylla.leaderboard_buckets).await;
+}

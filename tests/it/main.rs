@@ -1,0 +1,9 @@
+//! Integration tests against a real nats-server and a real Cassandra on loopback
+//! (`make test` starts both through `scripts/services.sh up`).
+
+mod deadletters;
+mod end_to_end;
+mod faults;
+mod http;
+mod invariant;
+mod support;

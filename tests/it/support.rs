@@ -1,0 +1,358 @@
+//! Test harness: real nats-server and Cassandra on loopback (started by `scripts/services.sh up`),
+//! a shared migrated keyspace, and per-test isolation through unique streams, subjects, consumers
+//! and leaderboard ids. A missing server is a test failure, never a skip.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use std::time::Duration;
+use tokio::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use score_worker::app::App;
+use score_worker::config::Config;
+use score_worker::metrics::Metrics;
+use score_worker::{nats, sample, schema, store};
+use scylla::client::session::Session;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+pub const KEYSPACE: &str = "score_worker_it";
+
+static SCHEMA: Mutex<bool> = Mutex::const_new(false);
+static SERVERS: RwLock<()> = RwLock::const_new(());
+
+/// Held by every test that needs the servers healthy for its whole run.
+pub async fn shared() -> RwLockReadGuard<'static, ()> {
+    SERVERS.read().await
+}
+
+/// Held by a test that injects a fault into a shared server.
+pub async fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    SERVERS.write().await
+}
+
+/// Applies the schema once per test binary (schema changes are slow; truncation is not needed
+/// because every test uses its own leaderboard ids and profiles).
+pub async fn ensure_schema() {
+    let config = base_config("schema");
+    let mut done = SCHEMA.lock().await;
+    if !*done {
+        let session = store::connect(&config.scylla)
+            .await
+            .expect("Cassandra must be running on 127.0.0.1:9042 (scripts/services.sh up)");
+        schema::migrate(&session, &config.scylla, false)
+            .await
+            .expect("migrate");
+        *done = true;
+    }
+}
+
+/// Defaults pointed at the local servers, with names unique to `test`.
+pub fn base_config(test: &str) -> Config {
+    let mut c = Config::defaults();
+    let tag = format!(
+        "{}{}",
+        test.replace(['-', '.'], "_"),
+        &Uuid::new_v4().simple().to_string()[..8]
+    );
+    c.nats.subjects = vec![format!("it.{tag}.scores.update.>")];
+    c.nats.stream = format!("IT_{tag}");
+    c.nats.deadletter_stream = format!("IT_{tag}_DLQ");
+    c.nats.deadletter_prefix = format!("it.{tag}.scores.deadletter");
+    c.nats.consumer = format!("worker_{tag}");
+    c.nats.ack_wait = Duration::from_secs(10);
+    c.nats.max_deliver = 20;
+    c.scylla.keyspace = KEYSPACE.into();
+    c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.batch.linger = Duration::from_millis(50);
+    c.retry.initial_backoff = Duration::from_millis(50);
+    c.retry.max_backoff = Duration::from_millis(500);
+    c.retry.total_budget = Duration::from_secs(3);
+    c.retry.nak_delay = Duration::from_millis(500);
+    c.retry.progress_interval = Duration::from_secs(2);
+    c.shutdown.timeout = Duration::from_secs(15);
+    c
+}
+
+/// An in-process worker.
+pub struct Worker {
+    pub addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Worker {
+    pub async fn start(config: Config) -> Worker {
+        let app = App::build(config).await.expect("worker starts");
+        let addr = app.http_addr();
+        let metrics = app.metrics();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        Worker {
+            addr,
+            metrics,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Graceful stop, as on SIGTERM.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+
+    pub fn processed(&self) -> u64 {
+        self.metrics.messages_processed.get()
+    }
+}
+
+/// A NATS client and JetStream context for publishing and inspecting.
+pub async fn jetstream(config: &Config) -> (async_nats::Client, jetstream::Context) {
+    let client = nats::connect(&config.nats, None)
+        .await
+        .expect("nats-server must be running on 127.0.0.1:4222 (scripts/services.sh up)");
+    let js = nats::jetstream(client.clone(), &config.nats);
+    nats::ensure_topology(&js, &config.nats)
+        .await
+        .expect("topology");
+    (client, js)
+}
+
+/// One generated event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub event_id: String,
+    pub profile: Uuid,
+    pub wallet: String,
+    pub leaderboard: String,
+    pub score: i64,
+    pub at_micros: i64,
+}
+
+impl Event {
+    pub fn payload(&self) -> bytes::Bytes {
+        sample::event_json(
+            &self.event_id,
+            self.profile,
+            &self.wallet,
+            &self.leaderboard,
+            self.score,
+            chrono::DateTime::from_timestamp_micros(self.at_micros).unwrap(),
+        )
+    }
+}
+
+pub fn wallet_of(profile: Uuid) -> String {
+    format!("0x{}", &profile.simple().to_string()[..32].repeat(2)[..40])
+}
+
+/// Publishes with `Nats-Msg-Id` = `msg_id`.
+pub async fn publish(js: &jetstream::Context, config: &Config, e: &Event, msg_id: &str) {
+    let subject = sample::subject_for(&config.nats.subjects[0], &e.leaderboard);
+    sample::publish(js, subject, msg_id, e.payload())
+        .await
+        .expect("publish");
+}
+
+pub async fn publish_raw(
+    js: &jetstream::Context,
+    config: &Config,
+    suffix: &str,
+    payload: Vec<u8>,
+    msg_id: &str,
+) {
+    let subject = sample::subject_for(&config.nats.subjects[0], suffix);
+    sample::publish(js, subject, msg_id, payload.into())
+        .await
+        .expect("publish");
+}
+
+/// The newest event per (leaderboard, profile), by the database's rule.
+pub fn expected(events: &[Event]) -> HashMap<(String, Uuid), i64> {
+    let mut newest: HashMap<(String, Uuid), (i64, u64, i64)> = HashMap::new();
+    for e in events {
+        let rank = (e.at_micros, store::tie_rank(e.score), e.score);
+        let slot = newest
+            .entry((e.leaderboard.clone(), e.profile))
+            .or_insert(rank);
+        if (rank.0, rank.1) > (slot.0, slot.1) {
+            *slot = rank;
+        }
+    }
+    newest.into_iter().map(|(k, v)| (k, v.2)).collect()
+}
+
+pub async fn session() -> Session {
+    store::connect(&base_config("session").scylla)
+        .await
+        .expect("session")
+}
+
+/// All rows of the given leaderboards: (leaderboard, profile) → scores seen.
+pub async fn leaderboard_rows(
+    session: &Session,
+    boards: &[String],
+    buckets: i32,
+) -> HashMap<(String, Uuid), Vec<i64>> {
+    let mut rows: HashMap<(String, Uuid), Vec<i64>> = HashMap::new();
+    for lb in boards {
+        for bucket in 0..buckets {
+            let result = session
+                .query_unpaged(
+                    format!("SELECT score, profile_id FROM {KEYSPACE}.scores WHERE leaderboard_id = ? AND bucket = ?"),
+                    (lb, bucket),
+                )
+                .await
+                .unwrap()
+                .into_rows_result()
+                .unwrap();
+            for row in result.rows::<(i64, Uuid)>().unwrap() {
+                let (score, profile) = row.unwrap();
+                rows.entry((lb.clone(), profile)).or_default().push(score);
+            }
+        }
+    }
+    rows
+}
+
+/// The by-profile score of each key.
+pub async fn profile_scores(
+    session: &Session,
+    keys: impl Iterator<Item = (String, Uuid)>,
+) -> HashMap<(String, Uuid), (Option<i64>, Option<String>)> {
+    let mut out = HashMap::new();
+    for (lb, profile) in keys {
+        let result = session
+            .query_unpaged(
+                format!("SELECT score, wallet_address FROM {KEYSPACE}.scores_by_profile WHERE profile_id = ? AND leaderboard_id = ?"),
+                (profile, &lb),
+            )
+            .await
+            .unwrap()
+            .into_rows_result()
+            .unwrap();
+        let row = result
+            .maybe_first_row::<(Option<i64>, Option<String>)>()
+            .unwrap()
+            .unwrap_or((None, None));
+        out.insert((lb, profile), row);
+    }
+    out
+}
+
+/// History rows of the given profiles (all days the events fall on).
+pub async fn history_event_ids(session: &Session, events: &[Event]) -> Vec<String> {
+    let mut partitions: Vec<(Uuid, chrono::NaiveDate)> = events
+        .iter()
+        .map(|e| (e.profile, store::day_of(e.at_micros)))
+        .collect();
+    partitions.sort();
+    partitions.dedup();
+    let mut ids = Vec::new();
+    for (profile, day) in partitions {
+        let result = session
+            .query_unpaged(
+                format!("SELECT event_id FROM {KEYSPACE}.score_history WHERE profile_id = ? AND day = ?"),
+                (profile, day),
+            )
+            .await
+            .unwrap()
+            .into_rows_result()
+            .unwrap();
+        for row in result.rows::<(String,)>().unwrap() {
+            ids.push(row.unwrap().0);
+        }
+    }
+    ids
+}
+
+/// Asserts the database holds exactly the newest score of every key, once on the leaderboard.
+pub async fn assert_final_state(session: &Session, events: &[Event], buckets: i32) {
+    let want = expected(events);
+    let mut boards: Vec<String> = want.keys().map(|(lb, _)| lb.clone()).collect();
+    boards.sort();
+    boards.dedup();
+    let rows = leaderboard_rows(session, &boards, buckets).await;
+    let profiles = profile_scores(session, want.keys().cloned()).await;
+    let mut problems = Vec::new();
+    for (key, score) in &want {
+        match rows.get(key) {
+            Some(scores) if scores == &vec![*score] => {}
+            other => problems.push(format!(
+                "leaderboard {key:?}: want [{score}], got {other:?}"
+            )),
+        }
+        let wallet = wallet_of(key.1);
+        match profiles.get(key) {
+            Some((Some(s), Some(w))) if s == score && *w == wallet => {}
+            other => problems.push(format!("by-profile {key:?}: want {score}, got {other:?}")),
+        }
+    }
+    for key in rows.keys() {
+        if !want.contains_key(key) {
+            problems.push(format!("unexpected leaderboard row {key:?}"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problems, first: {:#?}",
+        problems.len(),
+        &problems[..problems.len().min(10)]
+    );
+}
+
+/// Polls `check` every 100 ms until it is true or `timeout` passes.
+pub async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads every message of a stream (e.g. the dead-letter stream) with an ephemeral consumer.
+pub async fn read_stream(
+    js: &jetstream::Context,
+    stream: &str,
+    expect: usize,
+) -> Vec<async_nats::jetstream::Message> {
+    let stream = js.get_stream(stream).await.unwrap();
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let mut messages = consumer
+        .fetch()
+        .max_messages(expect + 10)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .unwrap();
+    while let Some(Ok(m)) = messages.next().await {
+        out.push(m);
+    }
+    out
+}
+
+/// A random event time within the last hour, in microseconds.
+pub fn recent_micros(rng: &mut impl rand::Rng) -> i64 {
+    chrono::Utc::now().timestamp_micros() - rng.random_range(0..3_600_000_000i64)
+}
