@@ -38,7 +38,7 @@ lint:
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
 unit:
-	$(CARGO) test --locked --lib --bins
+	$(CARGO) test --locked --lib
 
 it: services
 	$(CARGO) test --locked --test it
