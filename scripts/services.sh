@@ -24,19 +24,22 @@
 #   SCORE_WORKER_CASSANDRA_HEAP=1g    Cassandra heap (-Xms = -Xmx)
 #   SCORE_WORKER_CASSANDRA_TIMEOUT=180, SCORE_WORKER_NATS_TIMEOUT=30   startup timeouts in seconds
 #   SCORE_WORKER_JAVA_HOME=DIR        JDK 17 to use (otherwise /usr/lib/jvm/*17*, installed if absent)
+#   SCORE_WORKER_LOCAL=DIR            state directory (default <repo>/.local); a second instance of both servers
+#                                     runs beside the first with its own DIR and ports:
+#   SCORE_WORKER_NATS_PORT=4222 SCORE_WORKER_NATS_MON_PORT=8222 SCORE_WORKER_CQL_PORT=9042 SCORE_WORKER_STORAGE_PORT=7000
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
-LOCAL=$ROOT/.local
+LOCAL=${SCORE_WORKER_LOCAL:-$ROOT/.local}
 DEPLOY=$ROOT/deploy/cassandra
 HOME=${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}
 CACHE=${SCORE_WORKER_CACHE:-$HOME/.cache/score-worker}
 
 HOST=127.0.0.1
-NATS_PORT=4222
-NATS_MON_PORT=8222
-CQL_PORT=9042
-STORAGE_PORT=7000
+NATS_PORT=${SCORE_WORKER_NATS_PORT:-4222}
+NATS_MON_PORT=${SCORE_WORKER_NATS_MON_PORT:-8222}
+CQL_PORT=${SCORE_WORKER_CQL_PORT:-9042}
+STORAGE_PORT=${SCORE_WORKER_STORAGE_PORT:-7000}
 
 NATS_TIMEOUT=${SCORE_WORKER_NATS_TIMEOUT:-30}
 CASS_TIMEOUT=${SCORE_WORKER_CASSANDRA_TIMEOUT:-180}
@@ -365,10 +368,12 @@ cassandra_jvm_args() { # fills CASS_ARGS
             --add-opens jdk.compiler/com.sun.tools.javac=ALL-UNNAMED)
     fi
     mode=$(cass_mode)
-    yaml=$DEPLOY/cassandra.yaml
+    # The instance's own copy of the yaml: its ports, and the authenticator of its mode.
+    yaml=$LOCAL/cassandra.yaml
+    sed -e "s/127.0.0.1:7000/127.0.0.1:$STORAGE_PORT/" -e "s/^storage_port:.*/storage_port: $STORAGE_PORT/" \
+        -e "s/^native_transport_port:.*/native_transport_port: $CQL_PORT/" "$DEPLOY/cassandra.yaml" >"$yaml"
     if [ "$mode" = auth ]; then
-        yaml=$LOCAL/cassandra-auth.yaml
-        sed 's/^authenticator:.*/authenticator: PasswordAuthenticator/' "$DEPLOY/cassandra.yaml" >"$yaml"
+        sed -i 's/^authenticator:.*/authenticator: PasswordAuthenticator/' "$yaml"
         grep -q '^authenticator: PasswordAuthenticator' "$yaml" || die "could not set authenticator in $yaml"
         CASS_ARGS+=(-Dcassandra.superuser_setup_delay_ms=0)
     fi
