@@ -37,7 +37,11 @@ pub async fn exclusive() -> RwLockWriteGuard<'static, ()> {
 /// Applies the schema once per test binary (schema changes are slow; truncation is not needed
 /// because every test uses its own leaderboard ids and profiles).
 pub async fn ensure_schema() {
-    let config = base_config("schema");
+    ensure_schema_for(&base_config("schema")).await
+}
+
+/// Applies the schema once per test binary on the database `config` points at.
+pub async fn ensure_schema_for(config: &Config) {
     let mut done = SCHEMA.lock().await;
     if !*done {
         let session = store::connect(&config.scylla)
@@ -50,9 +54,16 @@ pub async fn ensure_schema() {
     }
 }
 
-/// Defaults pointed at the local servers, with names unique to `test`.
+/// Defaults pointed at the default local servers, with names unique to `test`.
 pub fn base_config(test: &str) -> Config {
+    base_config_at(test, "nats://127.0.0.1:4222", "127.0.0.1:9042")
+}
+
+/// Like [`base_config`] for a server pair on other ports (see `scripts/services.sh`, SCORE_WORKER_*_PORT).
+pub fn base_config_at(test: &str, nats_url: &str, cql_node: &str) -> Config {
     let mut c = Config::defaults();
+    c.nats.url = nats_url.into();
+    c.scylla.nodes = vec![cql_node.into()];
     let tag = format!(
         "{}{}",
         test.replace(['-', '.'], "_"),
