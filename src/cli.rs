@@ -30,6 +30,11 @@ pub enum Command {
     },
     /// Validate the configuration and reach NATS and the database; verify stream, consumer and schema.
     Check,
+    /// Inspect or replay dead letters.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Publish realistic score updates as the gateway would, so scores can be seen landing.
     PublishSample {
         /// Number of events.
@@ -41,5 +46,39 @@ pub enum Command {
         /// Distinct leaderboards.
         #[arg(long, default_value_t = 3)]
         leaderboards: usize,
+    },
+}
+
+/// Which dead letters a `dlq` command acts on.
+#[derive(Debug, clap::Args)]
+pub struct DlqFilter {
+    /// Only this reason (malformed_json, missing_field, invalid_value, too_large, future_timestamp, max_deliveries).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only dead letters stored since this time: RFC 3339, or an age such as 2h.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only dead letters stored before this time: RFC 3339, or an age such as 10m.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// At most this many.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// List dead letters, oldest first.
+    List {
+        #[command(flatten)]
+        filter: DlqFilter,
+    },
+    /// Publish dead letters back to their original subjects, then delete them from the dead-letter stream.
+    Replay {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Keep the dead letters after replaying them.
+        #[arg(long)]
+        keep: bool,
     },
 }

@@ -23,6 +23,7 @@
 //! - [`nats`]: NATS connection, JetStream stream/consumer set-up.
 //! - [`consumer`]: the pull loop; turns messages into `(ScoreUpdate, Receipt)` or dead letters.
 //! - [`deadletter`]: publishing rejected messages to `scores.deadletter.<reason>`.
+//! - [`dlq`]: the `dlq list|replay` subcommand: inspecting dead letters and replaying them.
 //! - [`batcher`]: pure accumulator: flush at `max_scores` / linger, coalescing by key.
 //! - [`pipeline`]: batch → write with retries → settle receipts; generic over [`store::Store`] and
 //!   [`pipeline::Receipt`].
@@ -42,6 +43,7 @@ pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod deadletter;
+pub mod dlq;
 pub mod health;
 pub mod http;
 pub mod metrics;

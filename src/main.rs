@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use score_worker::cli::{Cli, Command};
+use score_worker::cli::{Cli, Command, DlqAction, DlqFilter};
 use score_worker::config::Config;
-use score_worker::{app, check, nats, sample, schema, shutdown, store, telemetry};
+use score_worker::score::RejectReason;
+use score_worker::{app, check, dlq, nats, sample, schema, shutdown, store, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -52,6 +53,35 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Dlq { action } => {
+            let client = nats::connect(&config.nats, None).await?;
+            let js = nats::jetstream(client.clone(), &config.nats);
+            match action {
+                DlqAction::List { filter } => {
+                    let letters = dlq::list(&js, &config.nats, &dlq_filter(filter)?).await?;
+                    for l in &letters {
+                        println!(
+                            "{}\t{}\t{}\t{}\t{} bytes\t{}",
+                            l.sequence,
+                            l.stored_at.to_rfc3339(),
+                            l.reason,
+                            l.original_subject,
+                            l.payload.len(),
+                            l.error
+                        );
+                    }
+                    println!("{} dead letters", letters.len());
+                }
+                DlqAction::Replay { filter, keep } => {
+                    let report = dlq::replay(&js, &config.nats, &dlq_filter(filter)?, keep).await?;
+                    println!(
+                        "replayed {} dead letters, skipped {}",
+                        report.replayed, report.skipped
+                    );
+                }
+            }
+            client.flush().await?;
+        }
         Command::PublishSample {
             count,
             profiles,
@@ -69,4 +99,23 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn dlq_filter(args: DlqFilter) -> anyhow::Result<dlq::Filter> {
+    let reason = match args.reason {
+        Some(token) => {
+            Some(RejectReason::parse(&token).with_context(|| format!("unknown reason `{token}`"))?)
+        }
+        None => None,
+    };
+    let time = |t: Option<String>| {
+        t.map(|t| dlq::parse_time(&t).map_err(anyhow::Error::msg))
+            .transpose()
+    };
+    Ok(dlq::Filter {
+        reason,
+        since: time(args.since).context("--since")?,
+        until: time(args.until).context("--until")?,
+        limit: args.limit,
+    })
 }

@@ -139,3 +139,117 @@ async fn bad_payloads_are_dead_lettered_with_their_reason_and_good_ones_are_writ
     worker.stop().await;
     assert_final_state(&session, &goods, config.scylla.leaderboard_buckets).await;
 }
+
+/// Dead letters parked while something was wrong are replayed once it is fixed, without duplicating
+/// effect even when the replay runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_replay_once_the_cause_is_fixed() {
+    ensure_schema().await;
+    let _servers = shared().await;
+    let mut config = base_config("replay");
+    // The "cause": a worker whose clock-skew allowance rejects events stamped slightly ahead.
+    config.validation.max_clock_skew = Duration::ZERO;
+    let (_client, js) = jetstream(&config).await;
+    let session = session().await;
+    let board = format!("replay-{}", Uuid::new_v4().simple());
+    let ahead = chrono::Utc::now().timestamp_micros() + 60_000_000;
+    let events: Vec<Event> = (0..20)
+        .map(|i| {
+            let profile = Uuid::new_v4();
+            Event {
+                event_id: format!("replay-{i}-{}", Uuid::new_v4().simple()),
+                profile,
+                wallet: wallet_of(profile),
+                leaderboard: board.clone(),
+                score: i,
+                at_micros: ahead + i,
+            }
+        })
+        .collect();
+    let strict = Worker::start(config.clone()).await;
+    for e in &events {
+        publish(&js, &config, e, &e.event_id).await;
+    }
+    wait_until("all dead-lettered", Duration::from_secs(60), || {
+        strict
+            .metrics
+            .dead_letters
+            .with_label_values(&["future_timestamp"])
+            .get()
+            == events.len() as u64
+    })
+    .await;
+    strict.stop().await;
+
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_score-worker"))
+            .args(args)
+            .env(
+                "SCORE_WORKER__NATS__SUBJECTS",
+                format!("[\"{}\"]", config.nats.subjects[0]),
+            )
+            .env("SCORE_WORKER__NATS__STREAM", &config.nats.stream)
+            .env(
+                "SCORE_WORKER__NATS__DEADLETTER_STREAM",
+                &config.nats.deadletter_stream,
+            )
+            .env(
+                "SCORE_WORKER__NATS__DEADLETTER_PREFIX",
+                &config.nats.deadletter_prefix,
+            )
+            .env("SCORE_WORKER__LOG__FORMAT", "text")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed = cli(&[
+        "dlq",
+        "list",
+        "--reason",
+        "future_timestamp",
+        "--since",
+        "1h",
+    ]);
+    assert!(
+        listed.ends_with(&format!("{} dead letters\n", events.len())),
+        "{listed}"
+    );
+    assert_eq!(
+        cli(&["dlq", "list", "--reason", "malformed_json"]),
+        "0 dead letters\n"
+    );
+
+    // The cause is fixed: a worker with the default allowance replays them, twice.
+    config.validation.max_clock_skew = Duration::from_secs(300);
+    let fixed = Worker::start(config.clone()).await;
+    let replayed = cli(&["dlq", "replay", "--reason", "future_timestamp", "--keep"]);
+    assert_eq!(
+        replayed.trim(),
+        format!("replayed {} dead letters, skipped 0", events.len())
+    );
+    let replayed_again = cli(&["dlq", "replay", "--reason", "future_timestamp"]);
+    assert_eq!(
+        replayed_again.trim(),
+        format!("replayed {} dead letters, skipped 0", events.len())
+    );
+    wait_until("replayed events written", Duration::from_secs(60), || {
+        fixed.processed() >= events.len() as u64
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The second replay used the same message ids: NATS stored each replayed event once.
+    assert_eq!(fixed.processed(), events.len() as u64);
+    assert_eq!(
+        cli(&["dlq", "list", "--reason", "future_timestamp"]),
+        "0 dead letters\n"
+    );
+    fixed.stop().await;
+    assert_final_state(&session, &events, config.scylla.leaderboard_buckets).await;
+    let history = history_event_ids(&session, &events).await;
+    assert_eq!(history.len(), events.len());
+}
