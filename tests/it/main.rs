@@ -4,6 +4,7 @@
 mod deadletters;
 mod end_to_end;
 mod faults;
+mod hostile;
 mod http;
 mod invariant;
 mod support;
