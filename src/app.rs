@@ -151,6 +151,8 @@ impl App {
             Consumer {
                 consumer: consumer.clone(),
                 pull_batch: config.nats.pull_batch,
+                pull_max_bytes: (config.nats.pull_batch * config.validation.max_payload_bytes)
+                    .max(client.server_info().max_payload),
                 limits,
                 nak_delay: config.retry.nak_delay,
                 deadletters: deadletters.clone(),

@@ -95,6 +95,9 @@ impl Receipt for JsReceipt {
 pub struct Consumer {
     pub consumer: jetstream::consumer::Consumer<pull::Config>,
     pub pull_batch: usize,
+    /// Bytes per pull: at least the largest message the server accepts, or a bigger one would
+    /// never be delivered and would block everything behind it.
+    pub pull_max_bytes: usize,
     pub limits: Limits,
     pub nak_delay: Duration,
     pub deadletters: Arc<DeadLetters>,
@@ -114,7 +117,7 @@ impl Consumer {
                 .consumer
                 .stream()
                 .max_messages_per_batch(self.pull_batch)
-                .max_bytes_per_batch(self.pull_batch * self.limits.max_payload_bytes.max(1024))
+                .max_bytes_per_batch(self.pull_max_bytes)
                 .heartbeat(PULL_HEARTBEAT)
                 .expires(PULL_EXPIRES)
                 .messages();
