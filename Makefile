@@ -5,7 +5,7 @@ CARGO ?= cargo
 # Local development talks text; production config keeps JSON.
 RUN_ENV := SCORE_WORKER__LOG__FORMAT=text SCORE_WORKER__HTTP__LISTEN=127.0.0.1:9102
 
-.PHONY: help services services-down run test unit it lint deploy-check metrics-contract sample check ci clean
+.PHONY: help services services-down run test unit it lint deploy-check metrics-contract sample check bench ci clean
 
 help:
 	@echo "make run           start local nats-server + Cassandra, apply the schema, run the worker"
@@ -14,6 +14,7 @@ help:
 	@echo "make check         score-worker check against the local servers"
 	@echo "make lint          cargo fmt --check and clippy -D warnings"
 	@echo "make deploy-check  promtool / kubernetes-validate / dashboard checks of deploy/"
+	@echo "make bench         end-to-end throughput, CPU/event, peak RSS, latency percentiles (release build)"
 	@echo "make services-down stop the local servers"
 
 services:
@@ -32,6 +33,10 @@ sample:
 
 check:
 	$(RUN_ENV) $(CARGO) run --locked --quiet -- check
+
+# Figures, not pass/fail: see benches/throughput.rs for the knobs.
+bench: services
+	$(CARGO) bench --locked --bench throughput
 
 lint:
 	$(CARGO) fmt --all -- --check
