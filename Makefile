@@ -4,8 +4,11 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 # Local development talks text; production config keeps JSON.
 RUN_ENV := SCORE_WORKER__LOG__FORMAT=text SCORE_WORKER__HTTP__LISTEN=127.0.0.1:9102
+# A second server pair for the security tests: Cassandra with password authentication.
+SECURE_ENV := SCORE_WORKER_LOCAL=$(CURDIR)/.local/secure SCORE_WORKER_NATS_PORT=4422 SCORE_WORKER_NATS_MON_PORT=8422 \
+	SCORE_WORKER_CQL_PORT=9242 SCORE_WORKER_STORAGE_PORT=7200 SCORE_WORKER_CASSANDRA_AUTH=1
 
-.PHONY: help services services-down run test unit it lint deploy-check metrics-contract sample check bench ci clean
+.PHONY: help services services-down run test unit it security lint deploy-check metrics-contract sample check bench ci clean
 
 help:
 	@echo "make run           start local nats-server + Cassandra, apply the schema, run the worker"
@@ -22,6 +25,7 @@ services:
 
 services-down:
 	scripts/services.sh down
+	$(SECURE_ENV) scripts/services.sh down
 
 run: services
 	$(CARGO) build --locked
@@ -48,6 +52,11 @@ unit:
 it: services
 	$(CARGO) test --locked --test it
 
+# NATS with TLS + user/password or token (a nats-server the tests start), Cassandra with password auth.
+security:
+	$(SECURE_ENV) scripts/services.sh up
+	$(CARGO) test --locked --test security
+
 deploy-check:
 	scripts/check-deploy.sh
 
@@ -56,7 +65,7 @@ deploy-check:
 metrics-contract:
 	scripts/check-metrics-contract.sh .local/metrics-sample.txt
 
-test: services lint unit it metrics-contract deploy-check
+test: services lint unit it security metrics-contract deploy-check
 	@echo "make test: all checks passed"
 
 ci: test

@@ -28,7 +28,13 @@ pub async fn run(config: &Config) -> Report {
 
     match nats::connect(&config.nats, None).await {
         Ok(client) => {
-            push(true, format!("NATS reachable at {}", config.nats.url));
+            push(
+                true,
+                format!(
+                    "NATS reachable at {}",
+                    crate::config::redact_url(&config.nats.url)
+                ),
+            );
             let js = nats::jetstream(client, &config.nats);
             for name in [&config.nats.stream, &config.nats.deadletter_stream] {
                 match js.get_stream(name).await {

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
@@ -18,6 +18,22 @@ use serde::{Deserialize, Deserializer};
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 /// Prefix of the environment overrides.
 pub const ENV_PREFIX: &str = "SCORE_WORKER__";
+/// Keys that hold secrets: read from the environment as raw strings (an all-digit password stays a
+/// string, leading zeros included), and never echoed in an error.
+pub const SECRET_KEYS: &[&str] = &[
+    "nats.auth.password",
+    "nats.auth.token",
+    "nats.auth.nkey_seed",
+    "scylla.password",
+];
+
+/// The environment variable of a key, e.g. `nats.auth.password` → `SCORE_WORKER__NATS__AUTH__PASSWORD`.
+pub fn env_var(key: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        key.replace('.', "__").to_ascii_uppercase()
+    )
+}
 
 /// A configuration problem, naming the key and what it expects.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +44,31 @@ pub enum ConfigError {
     /// A value parsed but breaks a rule.
     #[error("invalid configuration: `{key}` {expected}")]
     Invalid { key: &'static str, expected: String },
+}
+
+/// A load error about a secret key names the key but not the value.
+fn hide_secrets(error: figment::Error) -> ConfigError {
+    for e in error.clone() {
+        let path = e.path.join(".").to_ascii_lowercase();
+        if let Some(key) = SECRET_KEYS.iter().find(|k| path.ends_with(*k)) {
+            return invalid(key, "must be a string (value not shown)");
+        }
+    }
+    ConfigError::Load(Box::new(error))
+}
+
+/// `nats://user:pass@host:4222,nats://host2` → `nats://***@host:4222,nats://host2`.
+pub fn redact_url(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &url[..scheme + 3], &url[at..])
+            }
+            (None, Some(at)) => format!("***{}", &url[at..]),
+            _ => url.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn invalid(key: &'static str, expected: impl Into<String>) -> ConfigError {
@@ -178,7 +219,15 @@ pub struct LogConfig {
 impl Config {
     /// Loads defaults, then `file`, then the process environment, and validates the result.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        Self::load_from(file, Env::prefixed(ENV_PREFIX).split("__"))
+        let secrets: Vec<(&str, String)> = SECRET_KEYS
+            .iter()
+            .filter_map(|key| std::env::var(env_var(key)).ok().map(|value| (*key, value)))
+            .collect();
+        Self::load_from(
+            file,
+            Env::prefixed(ENV_PREFIX).split("__").ignore(SECRET_KEYS),
+            &secrets,
+        )
     }
 
     /// The built-in defaults alone (no file, no environment); tests start from here.
@@ -188,8 +237,12 @@ impl Config {
             .expect("the built-in defaults are valid")
     }
 
-    /// Like [`Config::load`] with an explicit environment provider (tests use `Env` with a custom source).
-    pub fn load_from(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+    /// Like [`Config::load`] with an explicit environment provider and raw secret values.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: Env,
+        secrets: &[(&str, String)],
+    ) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
         if let Some(file) = file {
             if !file.exists() {
@@ -200,7 +253,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(file));
         }
-        let config: Config = figment.merge(env).extract().map_err(Box::new)?;
+        figment = figment.merge(env);
+        for (key, value) in secrets {
+            figment = figment.merge(Serialized::global(key, value));
+        }
+        let config: Config = figment.extract().map_err(hide_secrets)?;
         config.validate()?;
         Ok(config)
     }
@@ -208,6 +265,12 @@ impl Config {
     /// Checks rules that span keys or that types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let n = &self.nats;
+        if n.url.contains('@') {
+            return Err(invalid(
+                "nats.url",
+                "must not carry credentials; use nats.auth.user/password or nats.auth.token",
+            ));
+        }
         if n.subjects.is_empty() || n.subjects.iter().any(|s| s.trim().is_empty()) {
             return Err(invalid(
                 "nats.subjects",
@@ -337,7 +400,7 @@ impl Config {
              nats.auth.token={} nats.auth.nkey_seed={} nats.tls.enabled={} scylla.nodes={:?} scylla.keyspace={} \
              scylla.consistency={} scylla.user={} scylla.password={} scylla.tls.enabled={} batch.max_scores={} \
              batch.linger={:?} http.listen={}",
-            self.nats.url,
+            redact_url(&self.nats.url),
             self.nats.stream,
             self.nats.consumer,
             self.nats.subjects,
@@ -424,7 +487,7 @@ mod tests {
 
     #[test]
     fn defaults_load_and_validate() {
-        let c = Config::load_from(None, no_env()).unwrap();
+        let c = Config::load_from(None, no_env(), &[]).unwrap();
         assert_eq!(c.batch.max_scores, 50);
         assert_eq!(c.nats.subjects, vec!["scores.update.>".to_string()]);
         assert_eq!(c.nats.duplicate_window, Duration::from_secs(120));
@@ -452,30 +515,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[batch]\nmax_scores = 10\nlinger = \"20ms\"\n").unwrap();
-        let c = Config::load_from(Some(&path), no_env()).unwrap();
+        let c = Config::load_from(Some(&path), no_env(), &[]).unwrap();
         assert_eq!(c.batch.max_scores, 10);
         assert_eq!(c.batch.linger, Duration::from_millis(20));
 
         std::fs::write(&path, "[batch]\nmax_scores = \"many\"\n").unwrap();
-        let err = Config::load_from(Some(&path), no_env())
+        let err = Config::load_from(Some(&path), no_env(), &[])
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_scores"), "{err}");
 
         std::fs::write(&path, "[batch]\nlinger = \"soon\"\n").unwrap();
-        let err = Config::load_from(Some(&path), no_env())
+        let err = Config::load_from(Some(&path), no_env(), &[])
             .unwrap_err()
             .to_string();
         assert!(err.contains("linger"), "{err}");
 
         std::fs::write(&path, "[batch]\nmax_scroes = 3\n").unwrap();
-        let err = Config::load_from(Some(&path), no_env())
+        let err = Config::load_from(Some(&path), no_env(), &[])
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_scroes"), "{err}");
 
         std::fs::write(&path, "[retry]\nprogress_interval = \"2m\"\n").unwrap();
-        let err = Config::load_from(Some(&path), no_env())
+        let err = Config::load_from(Some(&path), no_env(), &[])
             .unwrap_err()
             .to_string();
         assert!(err.contains("retry.progress_interval"), "{err}");
@@ -500,8 +563,47 @@ mod tests {
     }
 
     #[test]
+    fn secrets_stay_strings_and_are_never_echoed() {
+        let secrets = [
+            ("scylla.password", "00123".to_string()),
+            ("nats.auth.token", "true".to_string()),
+        ];
+        let c = Config::load_from(None, no_env(), &secrets).unwrap();
+        assert_eq!(c.scylla.password.expose_secret(), "00123");
+        assert_eq!(c.nats.auth.token.expose_secret(), "true");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[scylla]\npassword = 987654321\n").unwrap();
+        let err = Config::load_from(Some(&path), no_env(), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("scylla.password") && !err.contains("987654321"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn urls_with_credentials_are_rejected_and_redacted() {
+        assert_eq!(
+            redact_url("nats://u:p@h:4222,tls://h2"),
+            "nats://***@h:4222,tls://h2"
+        );
+        assert_eq!(redact_url("nats://h:4222"), "nats://h:4222");
+        let mut c = Config::defaults();
+        c.nats.url = "nats://svc:hunter2@host:4222".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("nats.url") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn missing_config_file_is_an_error() {
-        let err = Config::load_from(Some(Path::new("/nonexistent/x.toml")), no_env()).unwrap_err();
+        let err =
+            Config::load_from(Some(Path::new("/nonexistent/x.toml")), no_env(), &[]).unwrap_err();
         assert!(err.to_string().contains("--config"));
     }
 }

@@ -24,8 +24,9 @@ async fn main() -> ExitCode {
     match run(cli.command, config).await {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "score-worker failed");
-            eprintln!("score-worker: {e:#}");
+            let message = error_chain(&e);
+            tracing::error!(error = %message, "score-worker failed");
+            eprintln!("score-worker: {message}");
             ExitCode::FAILURE
         }
     }
@@ -118,4 +119,18 @@ fn dlq_filter(args: DlqFilter) -> anyhow::Result<dlq::Filter> {
         until: time(args.until).context("--until")?,
         limit: args.limit,
     })
+}
+
+/// The error and its causes on one line, skipping a cause whose text its parent already shows
+/// (several driver errors print their source themselves).
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut message = error.to_string();
+    for cause in error.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+    }
+    message
 }

@@ -37,6 +37,9 @@ pub async fn connect(
     config: &NatsConfig,
     metrics: Option<Arc<Metrics>>,
 ) -> Result<Client, NatsError> {
+    // Several rustls crypto providers are compiled in (ring here, aws-lc-rs through the database
+    // driver), so rustls cannot pick one for async-nats' TLS by itself: name ours. Idempotent.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let auth = &config.auth;
     let mut options = if !auth.credentials_file.is_empty() {
         ConnectOptions::with_credentials_file(&auth.credentials_file)
@@ -96,7 +99,7 @@ pub async fn connect(
         .connect(&config.url)
         .await
         .map_err(|source| NatsError::Connect {
-            url: config.url.clone(),
+            url: crate::config::redact_url(&config.url),
             source,
         })?;
     Ok(client)

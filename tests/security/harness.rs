@@ -1,0 +1,656 @@
+//! What the security tests need beyond the shared harness: throw-away certificates (openssl CLI), a
+//! private nats-server with auth and TLS, the password-authenticated Cassandra pair on 9242, and the
+//! real `score-worker` binary as a child process whose output is captured and searched for secrets.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use score_worker::config::Config;
+use score_worker::store;
+use scylla::client::session::Session;
+use secrecy::SecretString;
+use tempfile::TempDir;
+use tokio::sync::{Mutex, OnceCell};
+use uuid::Uuid;
+
+/// The repository root (for `scripts/services.sh`).
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+/// The worker binary under test: cargo's, or `SCORE_WORKER_SECURITY_BIN` (e.g. a release build).
+pub fn bin() -> String {
+    std::env::var("SCORE_WORKER_SECURITY_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_score-worker").to_string())
+}
+
+/// The password-authenticated Cassandra of the security pair (see [`ensure_secure_cassandra`]).
+pub const CQL_NODE: &str = "127.0.0.1:9242";
+const CQL_SUPERUSER: (&str, &str) = ("cassandra", "cassandra");
+/// Environment of `scripts/services.sh` for the security pair (its own state dir and ports).
+fn pair_env() -> Vec<(String, String)> {
+    [
+        ("SCORE_WORKER_LOCAL", format!("{REPO}/.local/secure")),
+        ("SCORE_WORKER_NATS_PORT", "4422".into()),
+        ("SCORE_WORKER_NATS_MON_PORT", "8422".into()),
+        ("SCORE_WORKER_CQL_PORT", "9242".into()),
+        ("SCORE_WORKER_STORAGE_PORT", "7200".into()),
+        ("SCORE_WORKER_CASSANDRA_AUTH", "1".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// A distinctive secret that cannot appear in any output by accident.
+pub fn secret(what: &str) -> String {
+    format!("s3cr3t-{what}-{}", Uuid::new_v4().simple())
+}
+
+/// Asserts that none of `secrets` occurs in `text` (named `what` in the failure).
+pub fn assert_no_secret(what: &str, text: &str, secrets: &[&str]) {
+    for s in secrets {
+        if let Some(at) = text.find(s) {
+            let mut start = at.saturating_sub(300);
+            while !text.is_char_boundary(start) {
+                start -= 1;
+            }
+            let mut end = (at + s.len() + 300).min(text.len());
+            while !text.is_char_boundary(end) {
+                end += 1;
+            }
+            panic!(
+                "a secret ({s}) appears in {what}:\n...{}...",
+                &text[start..end]
+            );
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------ processes
+
+/// Waits for `child` at most `timeout`; kills it and panics (naming `what`) when it takes longer.
+fn wait_bounded(child: &mut Child, timeout: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {timeout:?} (killed)");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Async version of [`wait_bounded`] that does not block the test runtime.
+async fn wait_bounded_async(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+// ------------------------------------------------------------------------------------------- openssl
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("/usr/bin/openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run /usr/bin/openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A throw-away certificate authority in a directory of its own.
+pub struct Ca {
+    pub dir: PathBuf,
+    pub cert: PathBuf,
+    key: PathBuf,
+    serial: std::cell::Cell<u32>,
+}
+
+/// A certificate and its key, signed by a [`Ca`].
+pub struct Leaf {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Ca {
+    /// Creates a CA named `name` under `parent/name`.
+    pub fn new(parent: &Path, name: &str) -> Ca {
+        let dir = parent.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        openssl(
+            &dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=score-worker test CA {name}"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+        Ca {
+            cert: dir.join("ca.pem"),
+            key: dir.join("ca.key"),
+            dir,
+            serial: std::cell::Cell::new(1),
+        }
+    }
+
+    fn issue(&self, name: &str, cn: &str, extensions: &str) -> Leaf {
+        let ext = self.dir.join(format!("{name}.ext"));
+        std::fs::write(&ext, extensions).unwrap();
+        openssl(
+            &self.dir,
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={cn}"),
+            ],
+        );
+        self.serial.set(self.serial.get() + 1);
+        openssl(
+            &self.dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                &self.cert.to_string_lossy(),
+                "-CAkey",
+                &self.key.to_string_lossy(),
+                "-set_serial",
+                &self.serial.get().to_string(),
+                "-days",
+                "2",
+                "-extfile",
+                &ext.to_string_lossy(),
+                "-out",
+                &format!("{name}.pem"),
+            ],
+        );
+        Leaf {
+            cert: self.dir.join(format!("{name}.pem")),
+            key: self.dir.join(format!("{name}.key")),
+        }
+    }
+
+    /// A server certificate for 127.0.0.1 and localhost.
+    pub fn server(&self) -> Leaf {
+        self.issue(
+            "server",
+            "localhost",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+    }
+
+    /// A client certificate for the worker.
+    pub fn client(&self) -> Leaf {
+        self.issue(
+            "client",
+            "score-worker",
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=clientAuth\n",
+        )
+    }
+}
+
+// --------------------------------------------------------------------------------------- nats-server
+
+/// How the private nats-server authenticates clients.
+pub enum ServerAuth {
+    UserPassword { user: String, password: String },
+    Token(String),
+}
+
+/// TLS of the private nats-server.
+pub struct ServerTls<'a> {
+    pub ca: &'a Ca,
+    pub cert: &'a Leaf,
+    /// Require and verify client certificates.
+    pub verify: bool,
+}
+
+/// A nats-server process of this test (JetStream in a temp dir, auth, optional TLS) on a free
+/// loopback port; killed and cleaned up on drop.
+pub struct NatsServer {
+    pub port: u16,
+    child: Child,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl NatsServer {
+    pub fn start(auth: &ServerAuth, tls: Option<&ServerTls>) -> NatsServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut last_log = String::new();
+        // The port is free when chosen but may be taken before nats-server binds it: retry a few times.
+        for _ in 0..5 {
+            let port = free_port();
+            let q = |p: &Path| format!("{:?}", p.to_string_lossy());
+            let mut conf = format!(
+                "listen: \"127.0.0.1:{port}\"\n\
+                 jetstream {{ store_dir: {}, max_memory_store: 64MB, max_file_store: 256MB }}\n",
+                q(&dir.path().join("js"))
+            );
+            conf += &match auth {
+                ServerAuth::UserPassword { user, password } => {
+                    format!("authorization {{ user: {user:?}, password: {password:?} }}\n")
+                }
+                ServerAuth::Token(token) => format!("authorization {{ token: {token:?} }}\n"),
+            };
+            if let Some(tls) = tls {
+                conf += &format!(
+                    "tls {{ cert_file: {}, key_file: {}, ca_file: {}, verify: {}, timeout: 5 }}\n",
+                    q(&tls.cert.cert),
+                    q(&tls.cert.key),
+                    q(&tls.ca.cert),
+                    tls.verify
+                );
+            }
+            let conf_path = dir.path().join("nats.conf");
+            std::fs::write(&conf_path, conf).unwrap();
+            let log = dir.path().join("nats.log");
+            let mut child = Command::new("nats-server")
+                .arg("-c")
+                .arg(&conf_path)
+                .stdin(Stdio::null())
+                .stdout(File::create(&log).unwrap())
+                .stderr(Stdio::from(
+                    File::options().append(true).open(&log).unwrap(),
+                ))
+                .spawn()
+                .expect("nats-server on PATH (apt-get install nats-server)");
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    last_log = std::fs::read_to_string(&log).unwrap_or_default();
+                    break;
+                }
+                let ready = std::fs::read_to_string(&log)
+                    .map(|l| l.contains("Server is ready"))
+                    .unwrap_or(false);
+                if ready && TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return NatsServer {
+                        port,
+                        child,
+                        log,
+                        _dir: dir,
+                    };
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "nats-server did not become ready within 15 s:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("nats-server failed to start 5 times; last log:\n{last_log}");
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ----------------------------------------------------------------------------------------- Cassandra
+
+static PAIR_UP: OnceCell<()> = OnceCell::const_new();
+/// `migrate` of the shared keyspace runs one at a time.
+pub static MIGRATE: Mutex<()> = Mutex::const_new(());
+
+/// Starts (or reuses) the password-authenticated Cassandra on 9242 through `scripts/services.sh up`
+/// with the security pair's environment. A server that cannot be started fails the test.
+pub async fn ensure_secure_cassandra() {
+    PAIR_UP
+        .get_or_init(|| async {
+            tokio::task::spawn_blocking(|| {
+                let mut child = Command::new(format!("{REPO}/scripts/services.sh"))
+                    .arg("up")
+                    .envs(pair_env())
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("run scripts/services.sh");
+                let status = wait_bounded(
+                    &mut child,
+                    Duration::from_secs(900),
+                    "scripts/services.sh up (security pair)",
+                );
+                let mut out = String::new();
+                use std::io::Read;
+                child.stdout.take().unwrap().read_to_string(&mut out).ok();
+                child.stderr.take().unwrap().read_to_string(&mut out).ok();
+                assert!(
+                    status.success(),
+                    "could not start the password-authenticated Cassandra on {CQL_NODE}:\n{out}"
+                );
+            })
+            .await
+            .unwrap();
+        })
+        .await;
+}
+
+/// A session on the security Cassandra as `user`/`password`.
+pub async fn cql_session(user: &str, password: &str) -> Session {
+    let mut config = Config::defaults();
+    config.scylla.nodes = vec![CQL_NODE.into()];
+    config.scylla.user = user.into();
+    config.scylla.password = SecretString::from(password.to_string());
+    store::connect(&config.scylla)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {CQL_NODE} as {user}: {e}"))
+}
+
+/// A login role created for one test with a distinctive password; dropped by [`CqlRole::drop_role`].
+pub struct CqlRole {
+    pub user: String,
+    pub password: String,
+}
+
+impl CqlRole {
+    pub async fn create() -> CqlRole {
+        ensure_secure_cassandra().await;
+        let admin = cql_session(CQL_SUPERUSER.0, CQL_SUPERUSER.1).await;
+        let user = format!("sw_sec_{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let password = secret("cql");
+        admin
+            .query_unpaged(
+                format!("CREATE ROLE {user} WITH PASSWORD = '{password}' AND LOGIN = true"),
+                (),
+            )
+            .await
+            .expect("create role");
+        CqlRole { user, password }
+    }
+
+    pub async fn drop_role(self) {
+        let admin = cql_session(CQL_SUPERUSER.0, CQL_SUPERUSER.1).await;
+        let _ = admin
+            .query_unpaged(format!("DROP ROLE IF EXISTS {}", self.user), ())
+            .await;
+    }
+}
+
+// ------------------------------------------------------------------------------------ the worker binary
+
+/// Environment for the binary: `SCORE_WORKER__...` pairs.
+pub type Env = Vec<(String, String)>;
+
+/// Sets `key` (e.g. `NATS__AUTH__PASSWORD`) in `env`, replacing an earlier value.
+pub fn set(env: &mut Env, key: &str, value: impl Into<String>) {
+    let key = format!("SCORE_WORKER__{key}");
+    env.retain(|(k, _)| *k != key);
+    env.push((key, value.into()));
+}
+
+fn command(args: &[&str], env: &Env, dir: &Path, name: &str) -> (Command, PathBuf, PathBuf) {
+    let stdout = dir.join(format!("{name}.stdout"));
+    let stderr = dir.join(format!("{name}.stderr"));
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(File::create(&stdout).unwrap())
+        .stderr(File::create(&stderr).unwrap());
+    // Only what the test sets: nothing inherited from the developer's shell.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SCORE_WORKER__") || key == "RUST_LOG" {
+            cmd.env_remove(key);
+        }
+    }
+    // A panic shows its message, not a page of backtrace.
+    cmd.env("RUST_BACKTRACE", "0");
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    (cmd, stdout, stderr)
+}
+
+/// The result of a finished command.
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status.code(),
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+/// Runs `score-worker ARGS` to completion (at most `timeout`, else killed and failed).
+pub async fn run_to_end(args: &[&str], env: &Env, dir: &Path, timeout: Duration) -> Output {
+    let name = format!("{}-{}", args.join("_"), Uuid::new_v4().simple());
+    let (mut cmd, stdout, stderr) = command(args, env, dir, &name);
+    let mut child = cmd.spawn().expect("spawn score-worker");
+    let status = wait_bounded_async(&mut child, timeout).await;
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    match status {
+        Some(status) => Output {
+            status,
+            stdout: read(&stdout),
+            stderr: read(&stderr),
+        },
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "score-worker {args:?} did not exit within {timeout:?} (hang; killed)\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                read(&stdout),
+                read(&stderr)
+            );
+        }
+    }
+}
+
+/// `score-worker run` as a child process; killed on drop.
+pub struct Running {
+    child: Option<Child>,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    pub http: SocketAddr,
+}
+
+impl Running {
+    /// Starts `run` with `env` plus an HTTP listener on a free port.
+    pub fn spawn(env: &Env, dir: &Path) -> Running {
+        let mut env = env.clone();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        set(&mut env, "HTTP__LISTEN", http.to_string());
+        let (mut cmd, stdout, stderr) = command(&["run"], &env, dir, "run");
+        let child = cmd.spawn().expect("spawn score-worker run");
+        Running {
+            child: Some(child),
+            stdout,
+            stderr,
+            http,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn output_so_far(&self) -> String {
+        format!(
+            "--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.stdout(),
+            self.stderr()
+        )
+    }
+
+    /// Waits (bounded) until `/readyz` answers 200; fails early if the process exits.
+    pub async fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "score-worker run exited ({status}) before it was ready\n{}",
+                    self.output_so_far()
+                );
+            }
+            if self.stderr().contains("HTTP listening") {
+                if let Some((200, _)) = http_get(self.http, "/readyz").await {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "score-worker run not ready within {timeout:?}\n{}",
+                self.output_so_far()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits (bounded) for the process to exit on its own, e.g. after a start-up failure.
+    pub async fn wait_exit(mut self, timeout: Duration) -> Output {
+        let mut child = self.child.take().unwrap();
+        let status = wait_bounded_async(&mut child, timeout).await;
+        let Some(status) = status else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "score-worker run did not exit within {timeout:?} (hang; killed)\n{}",
+                self.output_so_far()
+            );
+        };
+        Output {
+            status,
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+        }
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit.
+    pub async fn terminate(self, timeout: Duration) -> Output {
+        let pid = self.child.as_ref().unwrap().id();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        self.wait_exit(timeout).await
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `GET path` over HTTP/1.1; `None` when the connection fails.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        let status = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        Some((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The value of an unlabelled metric in Prometheus text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}

@@ -1,0 +1,577 @@
+//! Security integration tests (issue #4, "Security"): the real `score-worker` binary against a
+//! nats-server with user/password or token auth and TLS (certificates generated here with openssl),
+//! and against Cassandra with password authentication (the pair on 9242 from
+//! `scripts/services.sh`, started by the tests if it is not up). Wrong credentials must give a clear
+//! error and a non-zero exit; no secret may appear in logs, `check` output or `/metrics`.
+//!
+//! `cargo test --test security`
+
+#[allow(dead_code)]
+#[path = "../it/support.rs"]
+mod support;
+
+mod harness;
+
+use std::path::Path;
+use std::time::Duration;
+
+use harness::*;
+use rand::Rng;
+use score_worker::config::Config;
+use secrecy::SecretString;
+use support::{assert_final_state, publish, recent_micros, wallet_of, Event, KEYSPACE};
+use uuid::Uuid;
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The worker's NATS side: URL, auth and TLS, both as environment for the binary and as the
+/// library configuration the test's own publisher uses.
+struct NatsSide {
+    url: String,
+    user: Option<(String, String)>,
+    token: Option<String>,
+    ca: Option<String>,
+    client_cert: Option<(String, String)>,
+}
+
+impl NatsSide {
+    fn plain(port: u16) -> NatsSide {
+        NatsSide {
+            url: format!("nats://127.0.0.1:{port}"),
+            user: None,
+            token: None,
+            ca: None,
+            client_cert: None,
+        }
+    }
+
+    fn user(mut self, user: &str, password: &str) -> Self {
+        self.user = Some((user.into(), password.into()));
+        self
+    }
+
+    fn token(mut self, token: &str) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    fn tls(mut self, ca: &Path, client: Option<&Leaf>) -> Self {
+        self.ca = Some(ca.to_string_lossy().into_owned());
+        self.client_cert = client.map(|c| {
+            (
+                c.cert.to_string_lossy().into_owned(),
+                c.key.to_string_lossy().into_owned(),
+            )
+        });
+        self
+    }
+
+    fn apply(&self, env: &mut Env, config: &mut Config) {
+        set(env, "NATS__URL", &self.url);
+        config.nats.url = self.url.clone();
+        if let Some((user, password)) = &self.user {
+            set(env, "NATS__AUTH__USER", user);
+            set(env, "NATS__AUTH__PASSWORD", password);
+            config.nats.auth.user = user.clone();
+            config.nats.auth.password = SecretString::from(password.clone());
+        }
+        if let Some(token) = &self.token {
+            set(env, "NATS__AUTH__TOKEN", token);
+            config.nats.auth.token = SecretString::from(token.clone());
+        }
+        if let Some(ca) = &self.ca {
+            set(env, "NATS__TLS__ENABLED", "true");
+            set(env, "NATS__TLS__CA_FILE", ca);
+            config.nats.tls.enabled = true;
+            config.nats.tls.ca_file = ca.clone();
+        }
+        if let Some((cert, key)) = &self.client_cert {
+            set(env, "NATS__TLS__CERT_FILE", cert);
+            set(env, "NATS__TLS__KEY_FILE", key);
+            config.nats.tls.cert_file = cert.clone();
+            config.nats.tls.key_file = key.clone();
+        }
+    }
+}
+
+/// Environment and matching library configuration for the binary: `nats`, and the security
+/// Cassandra as `cql_user`/`cql_password`, JSON logs.
+fn worker_setup(nats: &NatsSide, cql_user: &str, cql_password: &str) -> (Env, Config) {
+    let mut env = Env::new();
+    let mut config = Config::defaults();
+    nats.apply(&mut env, &mut config);
+    set(&mut env, "SCYLLA__NODES", format!("[\"{CQL_NODE}\"]"));
+    set(&mut env, "SCYLLA__KEYSPACE", KEYSPACE);
+    set(&mut env, "SCYLLA__USER", cql_user);
+    set(&mut env, "SCYLLA__PASSWORD", cql_password);
+    set(&mut env, "LOG__FORMAT", "json");
+    set(&mut env, "BATCH__LINGER", "50ms");
+    set(&mut env, "SHUTDOWN__TIMEOUT", "15s");
+    config.scylla.nodes = vec![CQL_NODE.into()];
+    config.scylla.keyspace = KEYSPACE.into();
+    config.scylla.user = cql_user.into();
+    config.scylla.password = SecretString::from(cql_password.to_string());
+    (env, config)
+}
+
+/// Asserts a clean failure: exit code 1 (not 0, not a panic's 101), every `needles` in the output.
+fn assert_clear_failure(what: &str, out: &Output, needles: &[&str]) {
+    // Shown with `--nocapture`: the exact messages an operator gets.
+    eprintln!("===== {what}:\n{out}");
+    assert!(
+        !out.all().contains("panicked"),
+        "{what}: the binary panicked instead of reporting an error\n{out}"
+    );
+    assert_eq!(out.code(), Some(1), "{what}: exit code\n{out}");
+    let all = out.all();
+    for needle in needles {
+        assert!(
+            all.contains(needle),
+            "{what}: the output should mention {needle:?}\n{out}"
+        );
+    }
+}
+
+fn events_for(board: &str, n: usize) -> Vec<Event> {
+    let mut rng = rand::rng();
+    let profiles: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+    (0..n)
+        .map(|i| {
+            let profile = profiles[i % profiles.len()];
+            Event {
+                event_id: format!("sec-{i}-{}", Uuid::new_v4().simple()),
+                profile,
+                wallet: wallet_of(profile),
+                leaderboard: board.into(),
+                score: rng.random_range(0..1_000_000),
+                at_micros: recent_micros(&mut rng),
+            }
+        })
+        .collect()
+}
+
+/// The library's NATS client (the test process links both rustls providers, so pick one).
+async fn publisher(config: &Config) -> (async_nats::Client, async_nats::jetstream::Context) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = score_worker::nats::connect(&config.nats, None)
+        .await
+        .expect("the test's publisher connects with the worker's NATS settings");
+    let js = score_worker::nats::jetstream(client.clone(), &config.nats);
+    (client, js)
+}
+
+/// `migrate`, `run`, publish, the rows land, `check` passes, SIGTERM exits 0; the secrets appear in
+/// none of the outputs nor in `/metrics`.
+async fn happy_path(name: &str, nats: &NatsSide, nats_secret: &str, role: &CqlRole) {
+    let dir = tempfile::tempdir().unwrap();
+    let (env, config) = worker_setup(nats, &role.user, &role.password);
+    let secrets = [nats_secret, role.password.as_str()];
+
+    let migrate = {
+        let _one_at_a_time = MIGRATE.lock().await;
+        run_to_end(&["migrate"], &env, dir.path(), Duration::from_secs(180)).await
+    };
+    assert_eq!(migrate.code(), Some(0), "{name}: migrate\n{migrate}");
+    assert_no_secret("`migrate` output", &migrate.all(), &secrets);
+
+    // Debug logs included: operators turn them on, and secrets must not appear there either.
+    let mut run_env = env.clone();
+    run_env.push(("RUST_LOG".into(), "debug".into()));
+    let mut worker = Running::spawn(&run_env, dir.path());
+    worker.wait_ready(READY_TIMEOUT).await;
+
+    let board = format!("sec-{name}-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let events = events_for(&board, 30);
+    let (client, js) = publisher(&config).await;
+    for e in &events {
+        publish(&js, &config, e, &e.event_id).await;
+    }
+    client.flush().await.unwrap();
+    drop(client);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        let text = http_get(worker.http, "/metrics")
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        if metric(&text, "score_worker_messages_processed_total") >= Some(events.len() as f64) {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}: {} events not processed within 60 s; metrics:\n{text}\nstderr:\n{}",
+            events.len(),
+            worker.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        metrics.contains("score_worker_nats_connected 1"),
+        "{metrics}"
+    );
+    assert_no_secret("/metrics", &metrics, &secrets);
+    for path in ["/readyz", "/healthz"] {
+        let (_, body) = http_get(worker.http, path).await.unwrap_or_default();
+        assert_no_secret(path, &body, &secrets);
+    }
+
+    let session = cql_session(&role.user, &role.password).await;
+    assert_final_state(&session, &events, config.scylla.leaderboard_buckets).await;
+
+    let check = run_to_end(&["check"], &env, dir.path(), RUN_TIMEOUT).await;
+    assert_eq!(check.code(), Some(0), "{name}: check\n{check}");
+    assert!(
+        check.stdout.contains("scylla.password=***"),
+        "{name}: check should show the database password redacted\n{check}"
+    );
+    if nats.user.is_some() {
+        assert!(
+            check.stdout.contains("nats.auth.password=***"),
+            "{name}: check should show the NATS password redacted\n{check}"
+        );
+    }
+    if nats.token.is_some() {
+        assert!(
+            check.stdout.contains("nats.auth.token=***"),
+            "{name}: check should show the NATS token redacted\n{check}"
+        );
+    }
+    assert_no_secret("`check` output", &check.all(), &secrets);
+
+    let stopped = worker.terminate(Duration::from_secs(30)).await;
+    assert_eq!(
+        stopped.code(),
+        Some(0),
+        "{name}: run after SIGTERM\n{stopped}"
+    );
+    assert!(
+        stopped.stderr.contains("NATS connected"),
+        "{name}: expected JSON logs on stderr\n{stopped}"
+    );
+    assert_no_secret("`run` logs", &stopped.all(), &secrets);
+}
+
+// ------------------------------------------------------------------------------------------ the tests
+
+/// 1. NATS with user/password and TLS (server verifies a client certificate), Cassandra with a password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_passwords_on_both_sides_work_and_leak_no_secret() {
+    let role = CqlRole::create().await;
+    let pki = tempfile::tempdir().unwrap();
+    let ca = Ca::new(pki.path(), "ca");
+    let (server_cert, client_cert) = (ca.server(), ca.client());
+    let nats_password = secret("nats");
+    let server = NatsServer::start(
+        &ServerAuth::UserPassword {
+            user: "svc".into(),
+            password: nats_password.clone(),
+        },
+        Some(&ServerTls {
+            ca: &ca,
+            cert: &server_cert,
+            verify: true,
+        }),
+    );
+    let nats = NatsSide::plain(server.port)
+        .user("svc", &nats_password)
+        .tls(&ca.cert, Some(&client_cert));
+    happy_path("tls", &nats, &nats_password, &role).await;
+    assert_no_secret("nats-server log", &server.log(), &[&role.password]);
+    role.drop_role().await;
+}
+
+/// 1b. The same without TLS: password auth on both sides (isolates the password paths from TLS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_on_both_sides_without_tls_work_and_leak_no_secret() {
+    let role = CqlRole::create().await;
+    let nats_password = secret("nats");
+    let server = NatsServer::start(
+        &ServerAuth::UserPassword {
+            user: "svc".into(),
+            password: nats_password.clone(),
+        },
+        None,
+    );
+    let nats = NatsSide::plain(server.port).user("svc", &nats_password);
+    happy_path("plain", &nats, &nats_password, &role).await;
+    role.drop_role().await;
+}
+
+/// 2. A wrong NATS password: `run` and `check` fail with exit 1 and say "authorization violation";
+/// neither password is echoed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_nats_password_fails_clearly_without_echoing_it() {
+    let role = CqlRole::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let right = secret("nats-right");
+    let wrong = secret("nats-wrong");
+    let server = NatsServer::start(
+        &ServerAuth::UserPassword {
+            user: "svc".into(),
+            password: right.clone(),
+        },
+        None,
+    );
+    let nats = NatsSide::plain(server.port).user("svc", &wrong);
+    let (env, _) = worker_setup(&nats, &role.user, &role.password);
+    let secrets = [right.as_str(), wrong.as_str(), role.password.as_str()];
+
+    let run = Running::spawn(&env, dir.path())
+        .wait_exit(RUN_TIMEOUT)
+        .await;
+    assert_clear_failure(
+        "run with a wrong NATS password",
+        &run,
+        &["cannot connect to NATS at", "authorization violation"],
+    );
+    assert_no_secret("`run` output", &run.all(), &secrets);
+
+    let check = run_to_end(&["check"], &env, dir.path(), RUN_TIMEOUT).await;
+    assert_clear_failure(
+        "check with a wrong NATS password",
+        &check,
+        &[
+            "[FAIL] cannot connect to NATS at",
+            "authorization violation",
+        ],
+    );
+    assert!(
+        check.stdout.contains("[ok]   database reachable"),
+        "the database check should still pass\n{check}"
+    );
+    assert_no_secret("`check` output", &check.all(), &secrets);
+    role.drop_role().await;
+}
+
+/// 3. A wrong Cassandra password: `run`, `migrate` and `check` fail with exit 1 and say
+/// "Authentication failed"; no password is echoed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_cassandra_password_fails_clearly_without_echoing_it() {
+    let role = CqlRole::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let nats_password = secret("nats");
+    let wrong = secret("cql-wrong");
+    let server = NatsServer::start(
+        &ServerAuth::UserPassword {
+            user: "svc".into(),
+            password: nats_password.clone(),
+        },
+        None,
+    );
+    let nats = NatsSide::plain(server.port).user("svc", &nats_password);
+    let (env, _) = worker_setup(&nats, &role.user, &wrong);
+    let secrets = [
+        nats_password.as_str(),
+        wrong.as_str(),
+        role.password.as_str(),
+    ];
+    let needles = [
+        "cannot connect to the database",
+        "Authentication failed",
+        "bad credentials",
+    ];
+
+    let run = Running::spawn(&env, dir.path())
+        .wait_exit(RUN_TIMEOUT)
+        .await;
+    assert_clear_failure("run with a wrong Cassandra password", &run, &needles);
+    assert_no_secret("`run` output", &run.all(), &secrets);
+
+    let migrate = run_to_end(&["migrate"], &env, dir.path(), RUN_TIMEOUT).await;
+    assert_clear_failure(
+        "migrate with a wrong Cassandra password",
+        &migrate,
+        &needles,
+    );
+    assert_no_secret("`migrate` output", &migrate.all(), &secrets);
+
+    let check = run_to_end(&["check"], &env, dir.path(), RUN_TIMEOUT).await;
+    assert_clear_failure("check with a wrong Cassandra password", &check, &needles);
+    assert!(
+        check
+            .stdout
+            .contains("[FAIL] cannot connect to the database"),
+        "{check}"
+    );
+    assert!(
+        check.stdout.contains("[ok]   NATS reachable"),
+        "the NATS check should still pass\n{check}"
+    );
+    assert_no_secret("`check` output", &check.all(), &secrets);
+    role.drop_role().await;
+}
+
+/// 4. TLS required, but the worker trusts a different CA: a clear certificate error, exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_an_untrusted_server_certificate_fails_clearly() {
+    let role = CqlRole::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = tempfile::tempdir().unwrap();
+    let ca = Ca::new(pki.path(), "ca");
+    let other = Ca::new(pki.path(), "other");
+    let server_cert = ca.server();
+    let nats_password = secret("nats");
+    let _server = NatsServer::start(
+        &ServerAuth::UserPassword {
+            user: "svc".into(),
+            password: nats_password.clone(),
+        },
+        Some(&ServerTls {
+            ca: &ca,
+            cert: &server_cert,
+            verify: false,
+        }),
+    );
+    let nats = NatsSide::plain(_server.port)
+        .user("svc", &nats_password)
+        .tls(&other.cert, None);
+    let (env, _) = worker_setup(&nats, &role.user, &role.password);
+    let secrets = [nats_password.as_str(), role.password.as_str()];
+
+    let run = Running::spawn(&env, dir.path())
+        .wait_exit(RUN_TIMEOUT)
+        .await;
+    assert_clear_failure(
+        "run trusting the wrong CA",
+        &run,
+        &["cannot connect to NATS at"],
+    );
+    let text = run.all().to_lowercase();
+    assert!(
+        text.contains("certificate") || text.contains("unknownissuer"),
+        "run trusting the wrong CA: the error should name the certificate problem\n{run}"
+    );
+    assert_no_secret("`run` output", &run.all(), &secrets);
+
+    let check = run_to_end(&["check"], &env, dir.path(), RUN_TIMEOUT).await;
+    assert_clear_failure(
+        "check trusting the wrong CA",
+        &check,
+        &["[FAIL] cannot connect to NATS at"],
+    );
+    assert_no_secret("`check` output", &check.all(), &secrets);
+    role.drop_role().await;
+}
+
+/// 5. Token auth over TLS (CA only, no client certificate): works end to end and leaks nothing; a
+/// wrong token fails clearly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_auth_over_tls_works_and_a_wrong_token_fails_clearly() {
+    let role = CqlRole::create().await;
+    let pki = tempfile::tempdir().unwrap();
+    let ca = Ca::new(pki.path(), "ca");
+    let server_cert = ca.server();
+    let token = secret("token");
+    let server = NatsServer::start(
+        &ServerAuth::Token(token.clone()),
+        Some(&ServerTls {
+            ca: &ca,
+            cert: &server_cert,
+            verify: false,
+        }),
+    );
+    let nats = NatsSide::plain(server.port)
+        .token(&token)
+        .tls(&ca.cert, None);
+    happy_path("token", &nats, &token, &role).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = secret("token-wrong");
+    let nats = NatsSide::plain(server.port)
+        .token(&wrong)
+        .tls(&ca.cert, None);
+    let (env, _) = worker_setup(&nats, &role.user, &role.password);
+    let secrets = [token.as_str(), wrong.as_str(), role.password.as_str()];
+    let run = Running::spawn(&env, dir.path())
+        .wait_exit(RUN_TIMEOUT)
+        .await;
+    assert_clear_failure(
+        "run with a wrong token",
+        &run,
+        &["cannot connect to NATS at", "authorization violation"],
+    );
+    assert_no_secret("`run` output", &run.all(), &secrets);
+    let check = run_to_end(&["check"], &env, dir.path(), RUN_TIMEOUT).await;
+    assert_clear_failure(
+        "check with a wrong token",
+        &check,
+        &[
+            "[FAIL] cannot connect to NATS at",
+            "authorization violation",
+        ],
+    );
+    assert_no_secret("`check` output", &check.all(), &secrets);
+    role.drop_role().await;
+}
+
+/// 6. Credentials embedded in `nats.url` (`nats://user:password@host`, a form NATS clients commonly
+/// accept; async-nats 0.51 parses but ignores them, so the connection is refused) are secrets too:
+/// `check` and the logs must not print them, whether the password is right or wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_the_nats_url_are_not_echoed() {
+    let role = CqlRole::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let right = secret("url-right");
+    let wrong = secret("url-wrong");
+    let server = NatsServer::start(
+        &ServerAuth::UserPassword {
+            user: "svc".into(),
+            password: right.clone(),
+        },
+        None,
+    );
+    let secrets = [right.as_str(), wrong.as_str(), role.password.as_str()];
+    for password in [&right, &wrong] {
+        let mut nats = NatsSide::plain(server.port);
+        nats.url = format!("nats://svc:{password}@127.0.0.1:{}", server.port);
+        let (env, _) = worker_setup(&nats, &role.user, &role.password);
+        let check = run_to_end(&["check"], &env, dir.path(), RUN_TIMEOUT).await;
+        assert_no_secret(
+            "`check` output (password in nats.url)",
+            &check.all(),
+            &secrets,
+        );
+        let run = Running::spawn(&env, dir.path());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let out = format!("{}\n{}", run.stdout(), run.stderr());
+        drop(run);
+        assert_no_secret("`run` output (password in nats.url)", &out, &secrets);
+    }
+    role.drop_role().await;
+}
+
+/// 7. Configuration errors name the key but never echo a secret value (no servers needed).
+#[tokio::test]
+async fn invalid_configuration_never_echoes_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = secret("typo");
+    let cases: Vec<(&str, &str, String)> = vec![
+        // A misspelt secret key: rejected as unknown, value not shown.
+        ("NATS__AUTH__PASWORD", "pasword", typo.clone()),
+        // Secrets that look like numbers or booleans (all-digit passwords and PINs exist).
+        ("SCYLLA__PASSWORD", "", "839201746551".into()),
+        ("NATS__AUTH__PASSWORD", "", "7734019925".into()),
+        ("NATS__AUTH__TOKEN", "", "5550192837".into()),
+    ];
+    for (key, needle, value) in cases {
+        let mut env = Env::new();
+        set(&mut env, key, value.clone());
+        if key == "NATS__AUTH__PASSWORD" {
+            set(&mut env, "NATS__AUTH__USER", "svc");
+        }
+        set(&mut env, "NATS__URL", "nats://127.0.0.1:1");
+        set(&mut env, "SCYLLA__NODES", "[\"127.0.0.1:1\"]");
+        set(&mut env, "NATS__CONNECT_TIMEOUT", "1s");
+        set(&mut env, "SCYLLA__CONNECT_TIMEOUT", "1s");
+        let out = run_to_end(&["check"], &env, dir.path(), RUN_TIMEOUT).await;
+        assert_ne!(out.code(), Some(0), "{key}: {out}");
+        assert!(out.all().contains(needle), "{key}: {out}");
+        assert_no_secret(
+            &format!("the output for {key}={value}"),
+            &out.all(),
+            &[&value],
+        );
+    }
+}
