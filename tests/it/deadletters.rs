@@ -181,32 +181,8 @@ async fn dead_letters_replay_once_the_cause_is_fixed() {
     .await;
     strict.stop().await;
 
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_score-worker"))
-            .args(args)
-            .env(
-                "SCORE_WORKER__NATS__SUBJECTS",
-                format!("[\"{}\"]", config.nats.subjects[0]),
-            )
-            .env("SCORE_WORKER__NATS__STREAM", &config.nats.stream)
-            .env(
-                "SCORE_WORKER__NATS__DEADLETTER_STREAM",
-                &config.nats.deadletter_stream,
-            )
-            .env(
-                "SCORE_WORKER__NATS__DEADLETTER_PREFIX",
-                &config.nats.deadletter_prefix,
-            )
-            .env("SCORE_WORKER__LOG__FORMAT", "text")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let dlq_config = config.clone();
+    let cli = |args: &[&str]| cli(&dlq_config, args);
     let listed = cli(&[
         "dlq",
         "list",

@@ -233,3 +233,61 @@ async fn sigterm_during_load_drains_and_exits_zero_then_another_worker_finishes(
         "every event in history exactly once"
     );
 }
+
+/// A database outage longer than max_deliver deliveries parks messages as `max_deliveries` dead
+/// letters (never dropped); `dlq replay` brings them back once the database is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_past_max_deliver_parks_messages_in_the_dlq_and_replay_restores_them() {
+    ensure_schema().await;
+    let _alone = exclusive().await;
+    let mut config = base_config("parked");
+    config.nats.max_deliver = 2;
+    config.nats.ack_wait = Duration::from_secs(5);
+    config.retry.progress_interval = Duration::from_secs(1);
+    config.retry.total_budget = Duration::from_secs(1);
+    config.retry.nak_delay = Duration::from_millis(200);
+    config.scylla.request_timeout = Duration::from_millis(500);
+    let (_client, js) = jetstream(&config).await;
+    let session = session().await;
+    let events = events_for("parked", 40, 40);
+    let worker = Worker::start(config.clone()).await;
+
+    let pid = services("cassandra-pid");
+    signal(&pid, "STOP");
+    let thaw = Thaw(pid);
+    for e in &events {
+        publish(&js, &config, e, &e.event_id).await;
+    }
+    wait_until(
+        "every message parked as max_deliveries",
+        Duration::from_secs(60),
+        || {
+            worker
+                .metrics
+                .dead_letters
+                .with_label_values(&["max_deliveries"])
+                .get()
+                >= events.len() as u64
+        },
+    )
+    .await;
+    assert_eq!(worker.processed(), 0);
+    drop(thaw);
+
+    let listed = cli(&config, &["dlq", "list", "--reason", "max_deliveries"]);
+    assert!(
+        listed.ends_with(&format!("{} dead letters\n", events.len())),
+        "{listed}"
+    );
+    let replayed = cli(&config, &["dlq", "replay", "--reason", "max_deliveries"]);
+    assert_eq!(
+        replayed.trim(),
+        format!("replayed {} dead letters, skipped 0", events.len())
+    );
+    wait_until("replayed events written", Duration::from_secs(90), || {
+        worker.processed() >= events.len() as u64
+    })
+    .await;
+    worker.stop().await;
+    assert_final_state(&session, &events, config.scylla.leaderboard_buckets).await;
+}

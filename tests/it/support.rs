@@ -391,3 +391,32 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     (status, body.to_string())
 }
+
+/// Runs the worker binary with `args` against `config`'s streams; returns its stdout, panics on failure.
+pub fn cli(config: &Config, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_score-worker"))
+        .args(args)
+        .env("SCORE_WORKER__NATS__URL", &config.nats.url)
+        .env(
+            "SCORE_WORKER__NATS__SUBJECTS",
+            format!("[\"{}\"]", config.nats.subjects[0]),
+        )
+        .env("SCORE_WORKER__NATS__STREAM", &config.nats.stream)
+        .env(
+            "SCORE_WORKER__NATS__DEADLETTER_STREAM",
+            &config.nats.deadletter_stream,
+        )
+        .env(
+            "SCORE_WORKER__NATS__DEADLETTER_PREFIX",
+            &config.nats.deadletter_prefix,
+        )
+        .env("SCORE_WORKER__LOG__FORMAT", "text")
+        .output()
+        .expect("the worker binary runs");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
