@@ -1,0 +1,632 @@
+//! The chaos suite's own server pair, the worker binary as a child process, publishing, and bounded
+//! waiting.
+//!
+//! Servers: a nats-server and a Cassandra of their own (`.local/chaos`, ports below), started through
+//! `scripts/services.sh` with the environment of [`services`]; the default pair (4222/9042) that
+//! other tests use is never touched. Every wait has a deadline, every loop a bound, every address is
+//! loopback. Worker logs go to `target/tmp/chaos/<scenario>/`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull};
+use async_nats::HeaderMap;
+use score_worker::config::Config;
+use score_worker::{nats, store};
+use scylla::client::session::Session;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Mutex, MutexGuard, OnceCell};
+
+use crate::support;
+use crate::workload::Workload;
+
+pub const NATS_PORT: u16 = 4322;
+pub const NATS_MON_PORT: u16 = 8322;
+pub const CQL_PORT: u16 = 9142;
+pub const STORAGE_PORT: u16 = 7100;
+
+pub fn nats_url() -> String {
+    format!("nats://127.0.0.1:{NATS_PORT}")
+}
+
+pub fn cql_node() -> String {
+    format!("127.0.0.1:{CQL_PORT}")
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `scripts/services.sh <cmd>` for the chaos pair (blocking: call from `spawn_blocking`).
+fn services_blocking(cmd: &str) -> Result<String, String> {
+    let out = Command::new(repo().join("scripts/services.sh"))
+        .arg(cmd)
+        .env("SCORE_WORKER_LOCAL", repo().join(".local/chaos"))
+        .env("SCORE_WORKER_NATS_PORT", NATS_PORT.to_string())
+        .env("SCORE_WORKER_NATS_MON_PORT", NATS_MON_PORT.to_string())
+        .env("SCORE_WORKER_CQL_PORT", CQL_PORT.to_string())
+        .env("SCORE_WORKER_STORAGE_PORT", STORAGE_PORT.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("scripts/services.sh {cmd}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "scripts/services.sh {cmd} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `scripts/services.sh <cmd>` for the chaos pair; panics on failure.
+pub async fn services(cmd: &'static str) -> String {
+    tokio::task::spawn_blocking(move || services_blocking(cmd))
+        .await
+        .expect("services.sh task")
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Sends a signal with `kill(1)` (the crate has no libc binding; this is what an operator does).
+pub fn signal(pid: u32, sig: &str) -> bool {
+    Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Resumes a SIGSTOPped process when dropped, even if the scenario panics.
+pub struct Thaw(pub u32);
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+/// Starts nats-server again when dropped, should a scenario panic while it is stopped.
+pub struct Restart(pub bool);
+impl Drop for Restart {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = services_blocking("start-nats");
+        }
+    }
+}
+
+/// Scenarios share the server pair: one at a time, whatever `--test-threads` says.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+static SERVERS: OnceCell<()> = OnceCell::const_new();
+
+/// A knob from the environment (soak mode raises them).
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+/// Scales the scenario sizes: `SCORE_WORKER_CHAOS_SCALE` (default 1).
+pub fn scaled(n: usize) -> usize {
+    n * env_usize("SCORE_WORKER_CHAOS_SCALE", 1).max(1)
+}
+
+/// The seed of a scenario's workload: `SCORE_WORKER_CHAOS_SEED` or random; printed for replays.
+pub fn seed() -> u64 {
+    std::env::var("SCORE_WORKER_CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random)
+}
+
+/// Everything one scenario uses: its config (unique stream, consumer, DLQ), NATS and database
+/// clients, a log directory, and the serial lock.
+pub struct Scenario {
+    pub name: &'static str,
+    pub config: Config,
+    pub js: jetstream::Context,
+    pub session: Arc<Session>,
+    pub logs: PathBuf,
+    pub seed: u64,
+    spawned: usize,
+    _suite_lock: File,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Scenario {
+    /// Takes the serial lock, makes sure the pair is up and migrated, creates the scenario's streams
+    /// and consumer with `config` as `tweak` leaves it.
+    pub async fn start(name: &'static str, tweak: impl FnOnce(&mut Config)) -> Scenario {
+        let serial = SERIAL.lock().await;
+        let suite_lock = tokio::task::spawn_blocking(suite_lock)
+            .await
+            .expect("lock task");
+        SERVERS
+            .get_or_init(|| async {
+                // A run killed mid-scenario may have left a server SIGSTOPped: resume it first.
+                for which in ["cassandra-pid", "nats-pid"] {
+                    let pid = tokio::task::spawn_blocking(move || services_blocking(which))
+                        .await
+                        .expect("services.sh task");
+                    if let Some(pid) = pid.ok().and_then(|p| p.parse::<u32>().ok()) {
+                        signal(pid, "CONT");
+                    }
+                }
+                let up = services("up").await;
+                eprintln!("chaos servers:\n{up}");
+            })
+            .await;
+        let mut config = support::base_config_at(name, &nats_url(), &cql_node());
+        // Defaults of the suite (scenarios tweak them): short ack_wait so crashed deliveries come
+        // back quickly, a budget and a nak delay that keep outages short.
+        config.nats.ack_wait = Duration::from_secs(5);
+        config.retry.progress_interval = Duration::from_secs(1);
+        config.nats.max_deliver = 50;
+        config.shutdown.timeout = Duration::from_secs(10);
+        tweak(&mut config);
+        support::ensure_schema_for(&config).await;
+        let client = nats::connect(&config.nats, None)
+            .await
+            .expect("the chaos nats-server answers on 127.0.0.1:4322");
+        let js = nats::jetstream(client.clone(), &config.nats);
+        nats::ensure_topology(&js, &config.nats)
+            .await
+            .expect("streams and consumer");
+        let session = Arc::new(
+            store::connect(&config.scylla)
+                .await
+                .expect("the chaos Cassandra answers on 127.0.0.1:9142"),
+        );
+        let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("chaos")
+            .join(name);
+        let _ = std::fs::remove_dir_all(&logs);
+        std::fs::create_dir_all(&logs).expect("log directory");
+        let seed = seed();
+        Scenario {
+            name,
+            config,
+            js,
+            session,
+            logs,
+            seed,
+            spawned: 0,
+            _suite_lock: suite_lock,
+            _serial: serial,
+        }
+    }
+
+    /// Starts the worker binary as a child process, configured through `SCORE_WORKER__*`.
+    pub fn spawn_worker(&mut self) -> WorkerProc {
+        self.spawned += 1;
+        let port = free_port();
+        let log = self.logs.join(format!("worker-{}.log", self.spawned));
+        let file = File::create(&log).expect("worker log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_score-worker"));
+        cmd.arg("run")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log fd"))
+            .stderr(file);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("SCORE_WORKER__") {
+                cmd.env_remove(key);
+            }
+        }
+        for (key, value) in worker_env(&self.config, port) {
+            cmd.env(key, value);
+        }
+        cmd.env("NO_COLOR", "1").env(
+            "RUST_LOG",
+            std::env::var("SCORE_WORKER_CHAOS_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        let child = cmd.spawn().expect("the worker binary starts");
+        WorkerProc {
+            name: format!("{}#{}", self.name, self.spawned),
+            child,
+            port,
+            log,
+            exited: None,
+        }
+    }
+
+    pub async fn consumer_info(&self) -> Result<jetstream::consumer::Info, String> {
+        let stream = self
+            .js
+            .get_stream(&self.config.nats.stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut consumer = stream
+            .get_consumer::<pull::Config>(&self.config.nats.consumer)
+            .await
+            .map_err(|e| e.to_string())?;
+        consumer.info().await.cloned().map_err(|e| e.to_string())
+    }
+
+    /// Messages in a stream.
+    pub async fn stream_messages(&self, stream: &str) -> Result<u64, String> {
+        let mut s = self
+            .js
+            .get_stream(stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        s.info()
+            .await
+            .map(|i| i.state.messages)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Waits until the consumer has nothing pending and nothing unacknowledged. Fails early if
+    /// every worker died; the error carries the consumer state and the workers' log tails.
+    pub async fn wait_drained(&self, workers: &mut [WorkerProc], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match self.consumer_info().await {
+                Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => return,
+                Ok(info) => {
+                    format!(
+                        "num_pending={} num_ack_pending={} num_redelivered={} delivered={:?} ack_floor={:?}",
+                        info.num_pending,
+                        info.num_ack_pending,
+                        info.num_redelivered,
+                        info.delivered.stream_sequence,
+                        info.ack_floor.stream_sequence
+                    )
+                }
+                Err(e) => e,
+            };
+            let all_dead = workers.iter_mut().all(|w| !w.running());
+            if all_dead || Instant::now() >= deadline {
+                let tails: Vec<String> = workers.iter().map(|w| w.log_tail(30)).collect();
+                panic!(
+                    "{}: backlog not drained ({}): {last}\n{}",
+                    self.name,
+                    if all_dead {
+                        "every worker exited"
+                    } else {
+                        "timed out"
+                    },
+                    tails.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Removes the scenario's streams (their data is no longer needed once verified).
+    pub async fn cleanup(&self) {
+        let _ = self.js.delete_stream(&self.config.nats.stream).await;
+        let _ = self
+            .js
+            .delete_stream(&self.config.nats.deadletter_stream)
+            .await;
+    }
+}
+
+/// Another process running the suite (a second `make chaos`) shares the pair too: an exclusive
+/// lock on `.local/chaos/suite.lock`, held for one scenario, waited for up to 30 minutes.
+fn suite_lock() -> File {
+    let dir = repo().join(".local/chaos");
+    std::fs::create_dir_all(&dir).expect(".local/chaos");
+    let file = File::create(dir.join("suite.lock")).expect("suite.lock");
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return file,
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(500))
+            }
+            Err(e) => panic!("cannot lock .local/chaos/suite.lock: {e}"),
+        }
+    }
+}
+
+/// A free loopback port for a worker's HTTP listener.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// The worker's configuration as environment overrides, taken from the scenario's `Config` so the
+/// test and the binary agree on every name and timing.
+pub fn worker_env(c: &Config, http_port: u16) -> Vec<(String, String)> {
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    let list = |v: &[String]| serde_json::to_string(v).expect("a JSON list");
+    [
+        ("NATS__URL", c.nats.url.clone()),
+        ("NATS__SUBJECTS", list(&c.nats.subjects)),
+        ("NATS__STREAM", c.nats.stream.clone()),
+        ("NATS__CONSUMER", c.nats.consumer.clone()),
+        ("NATS__DEADLETTER_STREAM", c.nats.deadletter_stream.clone()),
+        ("NATS__DEADLETTER_PREFIX", c.nats.deadletter_prefix.clone()),
+        ("NATS__ACK_WAIT", ms(c.nats.ack_wait)),
+        ("NATS__MAX_DELIVER", c.nats.max_deliver.to_string()),
+        ("NATS__MAX_ACK_PENDING", c.nats.max_ack_pending.to_string()),
+        ("NATS__PULL_BATCH", c.nats.pull_batch.to_string()),
+        ("NATS__REQUEST_TIMEOUT", ms(c.nats.request_timeout)),
+        ("SCYLLA__NODES", list(&c.scylla.nodes)),
+        ("SCYLLA__KEYSPACE", c.scylla.keyspace.clone()),
+        ("SCYLLA__REQUEST_TIMEOUT", ms(c.scylla.request_timeout)),
+        ("BATCH__MAX_SCORES", c.batch.max_scores.to_string()),
+        ("BATCH__LINGER", ms(c.batch.linger)),
+        ("BATCH__MAX_INFLIGHT", c.batch.max_inflight.to_string()),
+        ("RETRY__INITIAL_BACKOFF", ms(c.retry.initial_backoff)),
+        ("RETRY__MAX_BACKOFF", ms(c.retry.max_backoff)),
+        ("RETRY__MAX_ATTEMPTS", c.retry.max_attempts.to_string()),
+        ("RETRY__TOTAL_BUDGET", ms(c.retry.total_budget)),
+        ("RETRY__NAK_DELAY", ms(c.retry.nak_delay)),
+        ("RETRY__PROGRESS_INTERVAL", ms(c.retry.progress_interval)),
+        ("SHUTDOWN__TIMEOUT", ms(c.shutdown.timeout)),
+        ("HTTP__LISTEN", format!("127.0.0.1:{http_port}")),
+        ("LOG__FORMAT", "text".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("SCORE_WORKER__{k}"), v))
+    .collect()
+}
+
+/// The worker binary running as a child process. Dropping it SIGKILLs it if it still runs.
+pub struct WorkerProc {
+    pub name: String,
+    child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+impl WorkerProc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True while the process has not exited.
+    pub fn running(&mut self) -> bool {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().ok().flatten();
+        }
+        self.exited.is_none()
+    }
+
+    /// `/metrics`, parsed: sample name (with labels) → value. None if it does not answer.
+    pub async fn metrics(&self) -> Option<HashMap<String, f64>> {
+        let body = http_get(self.port, "/metrics").await?;
+        Some(
+            body.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| {
+                    let (name, value) = l.rsplit_once(' ')?;
+                    Some((name.to_string(), value.parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    /// One metric, 0 if absent or unreachable.
+    pub async fn metric(&self, name: &str) -> f64 {
+        self.metrics()
+            .await
+            .and_then(|m| m.get(name).copied())
+            .unwrap_or(0.0)
+    }
+
+    pub async fn processed(&self) -> u64 {
+        self.metric("score_worker_messages_processed_total").await as u64
+    }
+
+    /// Waits until `/metrics` answers (the worker has connected to both servers and bound HTTP).
+    pub async fn wait_up(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.metrics().await.is_none() {
+            assert!(
+                self.running(),
+                "{} exited during start-up: {:?}\n{}",
+                self.name,
+                self.exited,
+                self.log_tail(30)
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{} did not serve /metrics within {timeout:?}\n{}",
+                self.name,
+                self.log_tail(30)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until a flush is being written (`score_worker_inflight_batches` ≥ 1) and at least
+    /// `min_processed` messages were acked by this process, so a signal lands mid-flush. Returns
+    /// false if that did not happen within `timeout` (e.g. nothing left to do).
+    pub async fn wait_mid_flush(&mut self, min_processed: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline && self.running() {
+            if let Some(m) = self.metrics().await {
+                let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+                if get("score_worker_inflight_batches") >= 1.0
+                    && get("score_worker_messages_processed_total") as u64 >= min_processed
+                {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        if self.running() {
+            let _ = self.child.kill();
+        }
+        self.exited = self.child.wait().ok();
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit; returns the status and how long it took
+    /// (None if it did not exit in time, after which it is SIGKILLed).
+    pub async fn terminate(&mut self, timeout: Duration) -> Option<(ExitStatus, Duration)> {
+        let started = Instant::now();
+        if !self.running() {
+            return self.exited.map(|s| (s, Duration::ZERO));
+        }
+        signal(self.pid(), "TERM");
+        while started.elapsed() < timeout {
+            if !self.running() {
+                return self.exited.map(|s| (s, started.elapsed()));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.kill();
+        None
+    }
+
+    /// Peak resident set size so far (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        proc_status_kib(self.pid(), "VmHWM:")
+    }
+
+    /// The last `n` lines of the worker's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "--- {} ({}), last {} lines ---\n{}",
+            self.name,
+            self.log.display(),
+            n.min(lines.len()),
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        )
+    }
+
+    /// Log lines matching `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A plain HTTP/1.1 GET on loopback, bounded by 2 s; the body, if the status is 200.
+async fn http_get(port: u16, path: &str) -> Option<String> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Publishes `items` of `workload` (a range of its publish order), 1,000 unacknowledged at a
+/// time; a message whose publish or ack fails (e.g. nats-server is restarting) is published again
+/// under the same `Nats-Msg-Id`, which the stream de-duplicates, until `timeout`.
+pub async fn publish(
+    js: &jetstream::Context,
+    workload: &Workload,
+    range: std::ops::Range<usize>,
+    timeout: Duration,
+) -> PublishStats {
+    const WINDOW: usize = 1000;
+    let deadline = Instant::now() + timeout;
+    let mut stats = PublishStats::default();
+    let mut queue: Vec<usize> = range.collect();
+    let mut round = 0;
+    while !queue.is_empty() {
+        round += 1;
+        assert!(
+            Instant::now() < deadline,
+            "publishing: {} messages still not stored after {timeout:?}",
+            queue.len()
+        );
+        if round > 1 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let mut failed = Vec::new();
+        for chunk in queue.chunks(WINDOW) {
+            let mut acks = Vec::with_capacity(chunk.len());
+            for &i in chunk {
+                let m = workload.message(workload.items[i]);
+                let mut headers = HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, m.msg_id.as_str());
+                match js.publish_with_headers(m.subject, headers, m.payload).await {
+                    Ok(ack) => acks.push((i, ack)),
+                    Err(_) => failed.push(i),
+                }
+            }
+            let results = futures::future::join_all(
+                acks.into_iter()
+                    .map(|(i, ack)| async move { (i, ack.await) }),
+            )
+            .await;
+            for (i, result) in results {
+                match result {
+                    Ok(ack) if ack.duplicate => stats.duplicates += 1,
+                    Ok(_) => stats.stored += 1,
+                    Err(_) => failed.push(i),
+                }
+            }
+        }
+        stats.retried += failed.len();
+        queue = failed;
+    }
+    stats
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PublishStats {
+    pub stored: usize,
+    pub duplicates: usize,
+    pub retried: usize,
+}
+
+impl PublishStats {
+    pub fn add(&mut self, other: PublishStats) {
+        self.stored += other.stored;
+        self.duplicates += other.duplicates;
+        self.retried += other.retried;
+    }
+}
+
+/// Seconds with one decimal.
+pub fn secs(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64())
+}
