@@ -132,35 +132,15 @@ fn peak_rss_mib(pid: u32) -> f64 {
 }
 
 fn spawn_worker(config: &score_worker::config::Config, port: u16, max_scores: usize) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_score-worker"))
+    // The shipped batching and retry settings, not the tests' faster ones.
+    let defaults = score_worker::config::Config::defaults();
+    let mut config = config.clone();
+    config.batch = defaults.batch;
+    config.batch.max_scores = max_scores;
+    config.retry = defaults.retry;
+    config.retry.progress_interval = Duration::from_secs(2); // below the test consumer's 10 s ack_wait
+    worker_command(&config, port)
         .arg("run")
-        .env(
-            "SCORE_WORKER__NATS__SUBJECTS",
-            format!("[\"{}\"]", config.nats.subjects[0]),
-        )
-        .env("SCORE_WORKER__NATS__STREAM", &config.nats.stream)
-        .env("SCORE_WORKER__NATS__CONSUMER", &config.nats.consumer)
-        .env(
-            "SCORE_WORKER__NATS__DEADLETTER_STREAM",
-            &config.nats.deadletter_stream,
-        )
-        .env(
-            "SCORE_WORKER__NATS__DEADLETTER_PREFIX",
-            &config.nats.deadletter_prefix,
-        )
-        .env(
-            "SCORE_WORKER__NATS__ACK_WAIT",
-            format!("{}s", config.nats.ack_wait.as_secs()),
-        )
-        .env(
-            "SCORE_WORKER__NATS__MAX_DELIVER",
-            config.nats.max_deliver.to_string(),
-        )
-        .env("SCORE_WORKER__RETRY__PROGRESS_INTERVAL", "2s")
-        .env("SCORE_WORKER__SCYLLA__KEYSPACE", KEYSPACE)
-        .env("SCORE_WORKER__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("SCORE_WORKER__BATCH__MAX_SCORES", max_scores.to_string())
-        .env("SCORE_WORKER__LOG__FORMAT", "text")
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("worker binary starts")

@@ -205,22 +205,14 @@ impl Scenario {
     /// Starts the worker binary as a child process, configured through `SCORE_WORKER__*`.
     pub fn spawn_worker(&mut self) -> WorkerProc {
         self.spawned += 1;
-        let port = free_port();
+        let port = support::free_port();
         let log = self.logs.join(format!("worker-{}.log", self.spawned));
         let file = File::create(&log).expect("worker log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_score-worker"));
+        let mut cmd = support::worker_command(&self.config, port);
         cmd.arg("run")
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log fd"))
             .stderr(file);
-        for (key, _) in std::env::vars() {
-            if key.starts_with("SCORE_WORKER__") {
-                cmd.env_remove(key);
-            }
-        }
-        for (key, value) in worker_env(&self.config, port) {
-            cmd.env(key, value);
-        }
         cmd.env("NO_COLOR", "1").env(
             "RUST_LOG",
             std::env::var("SCORE_WORKER_CHAOS_LOG").unwrap_or_else(|_| "info".into()),
@@ -324,52 +316,6 @@ fn suite_lock() -> File {
             Err(e) => panic!("cannot lock .local/chaos/suite.lock: {e}"),
         }
     }
-}
-
-/// A free loopback port for a worker's HTTP listener.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// The worker's configuration as environment overrides, taken from the scenario's `Config` so the
-/// test and the binary agree on every name and timing.
-pub fn worker_env(c: &Config, http_port: u16) -> Vec<(String, String)> {
-    let ms = |d: Duration| format!("{}ms", d.as_millis());
-    let list = |v: &[String]| serde_json::to_string(v).expect("a JSON list");
-    [
-        ("NATS__URL", c.nats.url.clone()),
-        ("NATS__SUBJECTS", list(&c.nats.subjects)),
-        ("NATS__STREAM", c.nats.stream.clone()),
-        ("NATS__CONSUMER", c.nats.consumer.clone()),
-        ("NATS__DEADLETTER_STREAM", c.nats.deadletter_stream.clone()),
-        ("NATS__DEADLETTER_PREFIX", c.nats.deadletter_prefix.clone()),
-        ("NATS__ACK_WAIT", ms(c.nats.ack_wait)),
-        ("NATS__MAX_DELIVER", c.nats.max_deliver.to_string()),
-        ("NATS__MAX_ACK_PENDING", c.nats.max_ack_pending.to_string()),
-        ("NATS__PULL_BATCH", c.nats.pull_batch.to_string()),
-        ("NATS__REQUEST_TIMEOUT", ms(c.nats.request_timeout)),
-        ("SCYLLA__NODES", list(&c.scylla.nodes)),
-        ("SCYLLA__KEYSPACE", c.scylla.keyspace.clone()),
-        ("SCYLLA__REQUEST_TIMEOUT", ms(c.scylla.request_timeout)),
-        ("BATCH__MAX_SCORES", c.batch.max_scores.to_string()),
-        ("BATCH__LINGER", ms(c.batch.linger)),
-        ("BATCH__MAX_INFLIGHT", c.batch.max_inflight.to_string()),
-        ("RETRY__INITIAL_BACKOFF", ms(c.retry.initial_backoff)),
-        ("RETRY__MAX_BACKOFF", ms(c.retry.max_backoff)),
-        ("RETRY__MAX_ATTEMPTS", c.retry.max_attempts.to_string()),
-        ("RETRY__TOTAL_BUDGET", ms(c.retry.total_budget)),
-        ("RETRY__NAK_DELAY", ms(c.retry.nak_delay)),
-        ("RETRY__PROGRESS_INTERVAL", ms(c.retry.progress_interval)),
-        ("SHUTDOWN__TIMEOUT", ms(c.shutdown.timeout)),
-        ("HTTP__LISTEN", format!("127.0.0.1:{http_port}")),
-        ("LOG__FORMAT", "text".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (format!("SCORE_WORKER__{k}"), v))
-    .collect()
 }
 
 /// The worker binary running as a child process. Dropping it SIGKILLs it if it still runs.

@@ -126,34 +126,12 @@ async fn sigterm_during_load_drains_and_exits_zero_then_another_worker_finishes(
         publish(&js, &config, e, &e.event_id).await;
     }
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_score-worker"))
+    let mut config = config;
+    config.batch.max_inflight = 2;
+    config.shutdown.timeout = Duration::from_secs(10);
+    let port = free_port();
+    let mut child = worker_command(&config, port)
         .arg("run")
-        .env(
-            "SCORE_WORKER__NATS__SUBJECTS",
-            format!("[\"{}\"]", config.nats.subjects[0]),
-        )
-        .env("SCORE_WORKER__NATS__STREAM", &config.nats.stream)
-        .env("SCORE_WORKER__NATS__CONSUMER", &config.nats.consumer)
-        .env(
-            "SCORE_WORKER__NATS__DEADLETTER_STREAM",
-            &config.nats.deadletter_stream,
-        )
-        .env(
-            "SCORE_WORKER__NATS__DEADLETTER_PREFIX",
-            &config.nats.deadletter_prefix,
-        )
-        .env("SCORE_WORKER__NATS__ACK_WAIT", "10s")
-        .env("SCORE_WORKER__RETRY__PROGRESS_INTERVAL", "2s")
-        .env("SCORE_WORKER__SCYLLA__KEYSPACE", KEYSPACE)
-        .env("SCORE_WORKER__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("SCORE_WORKER__BATCH__MAX_INFLIGHT", "2")
-        .env("SCORE_WORKER__SHUTDOWN__TIMEOUT", "10s")
-        .env("SCORE_WORKER__LOG__FORMAT", "text")
         .spawn()
         .expect("the worker binary starts");
 

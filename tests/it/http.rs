@@ -4,14 +4,6 @@ use std::time::Duration;
 
 use crate::support::*;
 
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    request(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
-    )
-    .await
-}
-
 async fn request(addr: std::net::SocketAddr, raw: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -36,17 +28,17 @@ async fn health_readiness_and_metrics_endpoints() {
     let config = base_config("http");
     let worker = Worker::start(config).await;
     let addr = worker.addr;
-    assert_eq!(get(addr, "/healthz").await.0, 200);
+    assert_eq!(http_get(addr, "/healthz").await.0, 200);
     let mut ready = (0, String::new());
     for _ in 0..100 {
-        ready = get(addr, "/readyz").await;
+        ready = http_get(addr, "/readyz").await;
         if ready.0 == 200 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(ready.0, 200, "{}", ready.1);
-    let (status, text) = get(addr, "/metrics").await;
+    let (status, text) = http_get(addr, "/metrics").await;
     assert_eq!(status, 200);
     for name in [
         "score_worker_messages_received_total",
@@ -63,7 +55,7 @@ async fn health_readiness_and_metrics_endpoints() {
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     std::fs::write(&out, &text).unwrap();
 
-    assert_eq!(get(addr, "/nope").await.0, 404);
+    assert_eq!(http_get(addr, "/nope").await.0, 404);
     let (status, _) = request(
         addr,
         "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
@@ -85,7 +77,7 @@ async fn health_readiness_and_metrics_endpoints() {
         "oversized request rejected, got {status}"
     );
     assert_eq!(
-        get(addr, "/healthz").await.0,
+        http_get(addr, "/healthz").await.0,
         200,
         "still serving after hostile requests"
     );

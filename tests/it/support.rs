@@ -392,25 +392,70 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body.to_string())
 }
 
-/// Runs the worker binary with `args` against `config`'s streams; returns its stdout, panics on failure.
+/// The worker's configuration as environment overrides, taken from the scenario's `Config` so the
+/// test and the binary agree on every name and timing.
+pub fn worker_env(c: &Config, http_port: u16) -> Vec<(String, String)> {
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    let list = |v: &[String]| serde_json::to_string(v).expect("a JSON list");
+    [
+        ("NATS__URL", c.nats.url.clone()),
+        ("NATS__SUBJECTS", list(&c.nats.subjects)),
+        ("NATS__STREAM", c.nats.stream.clone()),
+        ("NATS__CONSUMER", c.nats.consumer.clone()),
+        ("NATS__DEADLETTER_STREAM", c.nats.deadletter_stream.clone()),
+        ("NATS__DEADLETTER_PREFIX", c.nats.deadletter_prefix.clone()),
+        ("NATS__ACK_WAIT", ms(c.nats.ack_wait)),
+        ("NATS__MAX_DELIVER", c.nats.max_deliver.to_string()),
+        ("NATS__MAX_ACK_PENDING", c.nats.max_ack_pending.to_string()),
+        ("NATS__PULL_BATCH", c.nats.pull_batch.to_string()),
+        ("NATS__REQUEST_TIMEOUT", ms(c.nats.request_timeout)),
+        ("SCYLLA__NODES", list(&c.scylla.nodes)),
+        ("SCYLLA__KEYSPACE", c.scylla.keyspace.clone()),
+        ("SCYLLA__REQUEST_TIMEOUT", ms(c.scylla.request_timeout)),
+        ("BATCH__MAX_SCORES", c.batch.max_scores.to_string()),
+        ("BATCH__LINGER", ms(c.batch.linger)),
+        ("BATCH__MAX_INFLIGHT", c.batch.max_inflight.to_string()),
+        ("RETRY__INITIAL_BACKOFF", ms(c.retry.initial_backoff)),
+        ("RETRY__MAX_BACKOFF", ms(c.retry.max_backoff)),
+        ("RETRY__MAX_ATTEMPTS", c.retry.max_attempts.to_string()),
+        ("RETRY__TOTAL_BUDGET", ms(c.retry.total_budget)),
+        ("RETRY__NAK_DELAY", ms(c.retry.nak_delay)),
+        ("RETRY__PROGRESS_INTERVAL", ms(c.retry.progress_interval)),
+        ("SHUTDOWN__TIMEOUT", ms(c.shutdown.timeout)),
+        ("HTTP__LISTEN", format!("127.0.0.1:{http_port}")),
+        ("LOG__FORMAT", "text".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("SCORE_WORKER__{k}"), v))
+    .collect()
+}
+
+/// The worker binary configured for `config` (inherited `SCORE_WORKER__*` variables removed), HTTP on
+/// `http_port`.
+pub fn worker_command(config: &Config, http_port: u16) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_score-worker"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SCORE_WORKER__") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.envs(worker_env(config, http_port));
+    cmd
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs the worker binary with `args` against `config`; returns its stdout, panics on failure.
 pub fn cli(config: &Config, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_score-worker"))
+    let out = worker_command(config, 0)
         .args(args)
-        .env("SCORE_WORKER__NATS__URL", &config.nats.url)
-        .env(
-            "SCORE_WORKER__NATS__SUBJECTS",
-            format!("[\"{}\"]", config.nats.subjects[0]),
-        )
-        .env("SCORE_WORKER__NATS__STREAM", &config.nats.stream)
-        .env(
-            "SCORE_WORKER__NATS__DEADLETTER_STREAM",
-            &config.nats.deadletter_stream,
-        )
-        .env(
-            "SCORE_WORKER__NATS__DEADLETTER_PREFIX",
-            &config.nats.deadletter_prefix,
-        )
-        .env("SCORE_WORKER__LOG__FORMAT", "text")
         .output()
         .expect("the worker binary runs");
     assert!(
