@@ -52,7 +52,7 @@ lint:
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
 unit:
-	$(CARGO) test --locked --lib
+	$(CARGO) test --locked --lib -- --nocapture
 
 it: services
 	$(CARGO) test --locked --test it
