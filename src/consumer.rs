@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::deadletter::{DeadLetters, Original};
 use crate::metrics::Metrics;
-use crate::nats::{PULL_EXPIRES, PULL_HEARTBEAT};
+use crate::nats::PULL_EXPIRES;
 use crate::pipeline::{Receipt, SettleError};
 use crate::score::{self, Limits, RejectReason, ScoreUpdate};
 
@@ -112,53 +112,46 @@ impl Consumer {
         output: mpsc::Sender<(ScoreUpdate, JsReceipt)>,
         cancel: CancellationToken,
     ) {
-        loop {
-            let pull = self
+        // One bounded pull request at a time (not a self-refilling stream): on shutdown the worker
+        // stops asking, and every message the server already handed over is read to the end of its
+        // batch and written, instead of sitting unacknowledged in a client buffer until `ack_wait`.
+        while !cancel.is_cancelled() {
+            let request = self
                 .consumer
-                .stream()
-                .max_messages_per_batch(self.pull_batch)
-                .max_bytes_per_batch(self.pull_max_bytes)
-                .heartbeat(PULL_HEARTBEAT)
+                .batch()
+                .max_messages(self.pull_batch)
+                .max_bytes(self.pull_max_bytes)
                 .expires(PULL_EXPIRES)
                 .messages();
-            let mut messages = tokio::select! {
+            let mut batch = tokio::select! {
                 () = cancel.cancelled() => return,
-                result = pull => match result {
-                    Ok(messages) => messages,
+                result = request => match result {
+                    Ok(batch) => batch,
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot start pulling; retrying");
-                        if sleep_or_cancel(Duration::from_secs(1), &cancel).await { return; }
+                        tracing::warn!(error = %e, "pull request failed; retrying");
+                        if sleep_or_cancel(Duration::from_secs(1), &cancel).await {
+                            return;
+                        }
                         continue;
                     }
                 },
             };
-            loop {
-                let next = tokio::select! {
-                    () = cancel.cancelled() => return,
-                    next = messages.next() => next,
-                };
+            // Ends when the batch is full or the request expires (the client bounds it too).
+            while let Some(next) = batch.next().await {
                 match next {
-                    Some(Ok(message)) => {
+                    Ok(message) => {
                         if !self.handle(message, &output).await {
                             return;
                         }
                     }
-                    Some(Err(e)) => {
+                    Err(e) => {
                         tracing::warn!(error = %e, "pull error");
-                        if matches!(
-                            e.kind(),
-                            jetstream::consumer::pull::MessagesErrorKind::ConsumerDeleted
-                                | jetstream::consumer::pull::MessagesErrorKind::NoResponders
-                                | jetstream::consumer::pull::MessagesErrorKind::RequestLimitExceeded
-                        ) {
-                            break;
+                        if sleep_or_cancel(Duration::from_millis(200), &cancel).await {
+                            return;
                         }
+                        break;
                     }
-                    None => break,
                 }
-            }
-            if sleep_or_cancel(Duration::from_secs(1), &cancel).await {
-                return;
             }
         }
     }
