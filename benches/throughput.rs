@@ -7,7 +7,8 @@
 //!
 //! and the ratios between variants, since absolute figures on a shared machine are noisy.
 //! Knobs: SCORE_WORKER_BENCH_EVENTS (backlog, default 20000), SCORE_WORKER_BENCH_RATE (paced events/s,
-//! default 500), SCORE_WORKER_BENCH_SECONDS (paced phase, default 10).
+//! default 500), SCORE_WORKER_BENCH_SECONDS (paced phase, default 10), SCORE_WORKER_BENCH_BASELINE (path
+//! of another build of the binary, e.g. the previous commit's: adds a "baseline" variant to compare with).
 
 #[path = "../tests/it/support.rs"]
 #[allow(dead_code)]
@@ -31,6 +32,8 @@ fn env_or(name: &str, default: u64) -> u64 {
 struct Variant {
     name: &'static str,
     max_scores: usize,
+    /// Another build of the binary; `None` is this build.
+    binary: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -131,15 +134,25 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
-fn spawn_worker(config: &score_worker::config::Config, port: u16, max_scores: usize) -> Child {
+fn spawn_worker(config: &score_worker::config::Config, port: u16, v: &Variant) -> Child {
     // The shipped batching and retry settings, not the tests' faster ones.
     let defaults = score_worker::config::Config::defaults();
     let mut config = config.clone();
     config.batch = defaults.batch;
-    config.batch.max_scores = max_scores;
+    config.batch.max_scores = v.max_scores;
     config.retry = defaults.retry;
     config.retry.progress_interval = Duration::from_secs(2); // below the test consumer's 10 s ack_wait
-    worker_command(&config, port)
+    let mut command = worker_command(&config, port);
+    if let Some(binary) = &v.binary {
+        // The same environment for the other program.
+        let envs: Vec<_> = command
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+            .collect();
+        command = Command::new(binary);
+        command.envs(envs);
+    }
+    command
         .arg("run")
         .env("RUST_LOG", "warn")
         .spawn()
@@ -201,7 +214,7 @@ async fn run_variant(v: &Variant, backlog: usize, rate: u64, seconds: u64) -> Fi
         .local_addr()
         .unwrap()
         .port();
-    let mut child = spawn_worker(&config, port, v.max_scores);
+    let mut child = spawn_worker(&config, port, v);
     let pid = child.id();
     // Wait for the HTTP endpoint, then time the drain.
     let ready_by = Instant::now() + Duration::from_secs(60);
@@ -263,16 +276,25 @@ async fn main() {
     let rate = env_or("SCORE_WORKER_BENCH_RATE", 500);
     let seconds = env_or("SCORE_WORKER_BENCH_SECONDS", 10);
     ensure_schema().await;
-    let variants = [
+    let mut variants = vec![
         Variant {
             name: "flush50",
             max_scores: 50,
+            binary: None,
         },
         Variant {
             name: "flush1",
             max_scores: 1,
+            binary: None,
         },
     ];
+    if let Ok(binary) = std::env::var("SCORE_WORKER_BENCH_BASELINE") {
+        variants.push(Variant {
+            name: "baseline",
+            max_scores: 50,
+            binary: Some(binary),
+        });
+    }
     println!("backlog {backlog} events, paced {rate}/s for {seconds}s; worker = release binary, local nats-server + Cassandra");
     println!(
         "{:<8} {:>10} {:>12} {:>10} {:>8} {:>8} {:>8}",
@@ -293,11 +315,17 @@ async fn main() {
         );
         results.insert(v.name, f);
     }
-    let (a, b) = (&results["flush50"], &results["flush1"]);
-    println!(
-        "ratios flush50/flush1: throughput {:.2}x, cpu per event {:.2}x, p95 latency {:.2}x",
-        a.events_per_s / b.events_per_s,
-        a.cpu_us_per_event / b.cpu_us_per_event,
-        a.p95_ms / b.p95_ms
-    );
+    let ratio = |a: &Figures, b: &Figures, label: &str| {
+        println!(
+            "ratios {label}: throughput {:.2}x, cpu per event {:.2}x, peak RSS {:.2}x, p95 latency {:.2}x",
+            a.events_per_s / b.events_per_s,
+            a.cpu_us_per_event / b.cpu_us_per_event,
+            a.peak_rss_mib / b.peak_rss_mib,
+            a.p95_ms / b.p95_ms
+        )
+    };
+    ratio(&results["flush50"], &results["flush1"], "flush50/flush1");
+    if let Some(baseline) = results.get("baseline") {
+        ratio(&results["flush50"], baseline, "flush50/baseline");
+    }
 }

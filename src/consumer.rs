@@ -112,9 +112,35 @@ impl Consumer {
         output: mpsc::Sender<(ScoreUpdate, JsReceipt)>,
         cancel: CancellationToken,
     ) {
-        // One bounded pull request at a time (not a self-refilling stream): on shutdown the worker
-        // stops asking, and every message the server already handed over is read to the end of its
-        // batch and written, instead of sitting unacknowledged in a client buffer until `ack_wait`.
+        // Bounded pull requests, at most two outstanding (not a self-refilling stream): while one batch
+        // is read the next is already on its way, and on shutdown the worker stops asking and reads
+        // what the server already handed over to the end, instead of leaving it unacknowledged in a
+        // client buffer until `ack_wait`.
+        let Some(mut current) = self.request(&cancel).await else {
+            return;
+        };
+        loop {
+            let next = if cancel.is_cancelled() {
+                None
+            } else {
+                self.request(&cancel).await
+            };
+            if !self.read_to_end(&mut current, &output, &cancel).await {
+                return;
+            }
+            current = match next {
+                Some(batch) => batch,
+                None if cancel.is_cancelled() => return,
+                None => match self.request(&cancel).await {
+                    Some(batch) => batch,
+                    None => return,
+                },
+            };
+        }
+    }
+
+    /// Sends one pull request; retries failures every second. `None` once cancelled.
+    async fn request(&self, cancel: &CancellationToken) -> Option<pull::Batch> {
         while !cancel.is_cancelled() {
             let request = self
                 .consumer
@@ -123,37 +149,42 @@ impl Consumer {
                 .max_bytes(self.pull_max_bytes)
                 .expires(PULL_EXPIRES)
                 .messages();
-            let mut batch = tokio::select! {
-                () = cancel.cancelled() => return,
-                result = request => match result {
-                    Ok(batch) => batch,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "pull request failed; retrying");
-                        if sleep_or_cancel(Duration::from_secs(1), &cancel).await {
-                            return;
-                        }
-                        continue;
-                    }
-                },
-            };
-            // Ends when the batch is full or the request expires (the client bounds it too).
-            while let Some(next) = batch.next().await {
-                match next {
-                    Ok(message) => {
-                        if !self.handle(message, &output).await {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "pull error");
-                        if sleep_or_cancel(Duration::from_millis(200), &cancel).await {
-                            return;
-                        }
-                        break;
+            match request.await {
+                Ok(batch) => return Some(batch),
+                Err(e) => {
+                    tracing::warn!(error = %e, "pull request failed; retrying");
+                    if sleep_or_cancel(Duration::from_secs(1), cancel).await {
+                        return None;
                     }
                 }
             }
         }
+        None
+    }
+
+    /// Hands every message of a batch to the pipeline; the batch ends when full or expired (the client
+    /// bounds it too). Returns false when the pipeline has gone away.
+    async fn read_to_end(
+        &self,
+        batch: &mut pull::Batch,
+        output: &mpsc::Sender<(ScoreUpdate, JsReceipt)>,
+        cancel: &CancellationToken,
+    ) -> bool {
+        while let Some(next) = batch.next().await {
+            match next {
+                Ok(message) => {
+                    if !self.handle(message, output).await {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pull error");
+                    sleep_or_cancel(Duration::from_millis(200), cancel).await;
+                    break;
+                }
+            }
+        }
+        true
     }
 
     /// Decodes one message; returns false when the pipeline has gone away.
