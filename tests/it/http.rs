@@ -4,23 +4,6 @@ use std::time::Duration;
 
 use crate::support::*;
 
-async fn request(addr: std::net::SocketAddr, raw: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    // The server may answer and close before a hostile request is fully written.
-    let _ = stream.write_all(raw.as_bytes()).await;
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response).await;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("0")
-        .parse()
-        .unwrap_or(0);
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_metrics_endpoints() {
     ensure_schema().await;
@@ -56,13 +39,13 @@ async fn health_readiness_and_metrics_endpoints() {
     std::fs::write(&out, &text).unwrap();
 
     assert_eq!(http_get(addr, "/nope").await.0, 404);
-    let (status, _) = request(
+    let (status, _) = http_request(
         addr,
         "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
     )
     .await;
     assert_eq!(status, 405, "nothing can be changed over HTTP");
-    let (status, _) = request(addr, "GARBAGE\r\n\r\n").await;
+    let (status, _) = http_request(addr, "GARBAGE\r\n\r\n").await;
     assert!(
         status == 400 || status == 0,
         "malformed request rejected, got {status}"
@@ -71,7 +54,7 @@ async fn health_readiness_and_metrics_endpoints() {
         "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
         "a".repeat(1 << 20)
     );
-    let (status, _) = request(addr, &huge).await;
+    let (status, _) = http_request(addr, &huge).await;
     assert!(
         status == 431 || status == 400 || status == 0,
         "oversized request rejected, got {status}"
