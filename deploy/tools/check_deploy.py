@@ -5,13 +5,16 @@ Run by scripts/check-deploy.sh (one check per call) and scripts/check-metrics-co
 what it found and exits 1 when something is wrong. Needs PyYAML; everything else is the standard library.
 
     check_deploy.py rules              alert conventions, the seven groups, a firing and a not-firing test each
-    check_deploy.py runbooks           every runbook_url resolves to a file and heading; one page per alert
+    check_deploy.py runbooks           every runbook_url is absolute, under the one base of
+                                       deploy/prometheus/runbook-base-url (rule files and PrometheusRule
+                                       alike), and resolves to a file and heading; one page per alert
     check_deploy.py contract           metrics used by rules and dashboards are documented in docs/metrics.md;
                                        histogram thresholds sit on documented bucket boundaries
     check_deploy.py dashboards         structure, title + unit, datasource variable, thresholds = alert rules
     check_deploy.py dashboard-rules OUT  every panel query as a recording rule, for `promtool check rules`
     check_deploy.py derive-config IN OUT prometheus.yml with kubernetes_sd_configs swapped for static_configs
-    check_deploy.py kubernetes         Deployment, ConfigMap, PDB, KEDA and PodMonitor invariants
+    check_deploy.py kubernetes         Deployment, ConfigMap, PDB, NetworkPolicy, KEDA and PodMonitor invariants;
+                                       recommended app.kubernetes.io labels on every object and pod template
     check_deploy.py crs-json           the custom resources as JSON, for validate_crs.mjs
     check_deploy.py builtin-manifests  the manifests of built-in kinds, for kubernetes-validate
     check_deploy.py compose            docker-compose.yml references, Grafana provisioning, compose Prometheus
@@ -26,6 +29,9 @@ import sys
 import tomllib
 
 import yaml
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import sync_generated  # noqa: E402  (the runbook base and the package version, read the same way)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -299,12 +305,20 @@ def check_runbooks():
     p = Problems()
     referenced = set()
     count = 0
+    base = sync_generated.runbook_base()
+    p.check(re.match(r"https?://[^/\s]+/", base + "/"), rel(sync_generated.RUNBOOK_BASE),
+            f"runbook base {base!r} is not an absolute http(s) URL")
+    # The PrometheusRule carries the same links as the rule files (it is generated from them).
+    generated = {r["alert"]: r.get("annotations", {}).get("runbook_url")
+                 for g in load_yaml(K8S / "prometheusrule.yaml")["spec"]["groups"] for r in g["rules"] if "alert" in r}
     for group, rule in alert_rules():
         name = rule["alert"]
         url = rule.get("annotations", {}).get("runbook_url", "")
         where = f"{name} runbook_url {url!r}"
-        m = re.fullmatch(r"docs/runbooks/([a-z0-9-]+\.md)#([a-z0-9_-]+)", url)
-        if not p.check(m, where, "must look like docs/runbooks/<page>.md#<heading>"):
+        p.check(generated.get(name) == url, where,
+                f"{rel(K8S / 'prometheusrule.yaml')} has {generated.get(name)!r} (run deploy/tools/sync_generated.py)")
+        m = re.fullmatch(re.escape(base) + r"/([a-z0-9-]+\.md)#([a-z0-9_-]+)", url)
+        if not p.check(m, where, f"must be {base}/<page>.md#<heading> (run deploy/tools/sync_generated.py)"):
             continue
         page, anchor = m.groups()
         p.check(page == f"{kebab(name)}.md", where, f"one page per alert: expected {kebab(name)}.md")
@@ -345,7 +359,8 @@ def check_runbooks():
             p.add(rel(index), f"does not link {page}")
         for page in sorted(links):
             p.check((RUNBOOKS / page).is_file(), rel(index), f"links a missing page {page}")
-    return p.done(f"{count} runbook_urls resolve to a page and heading with all {len(RUNBOOK_SECTIONS)} sections")
+    return p.done(f"{count} runbook_urls under {base}, the same in prometheusrule.yaml, resolve to a page and "
+                  f"heading with all {len(RUNBOOK_SECTIONS)} sections")
 
 
 def check_contract():
