@@ -4,7 +4,8 @@
 Run by scripts/check-deploy.sh (one check per call) and scripts/check-metrics-contract.sh. Each check prints
 what it found and exits 1 when something is wrong. Needs PyYAML; everything else is the standard library.
 
-    check_deploy.py rules              alert conventions, the seven groups, a firing and a not-firing test each
+    check_deploy.py rules              alert conventions, the seven groups, a firing and a not-firing test each;
+                                       every aggregation in alerts and recording rules keeps `namespace`
     check_deploy.py runbooks           every runbook_url is absolute, under the one base of
                                        deploy/prometheus/runbook-base-url (rule files and PrometheusRule
                                        alike), and resolves to a file and heading; one page per alert
@@ -175,6 +176,37 @@ def comparisons(expr):
                                  expr)]
 
 
+AGGREGATIONS = ("sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk",
+                "topk", "quantile", "limitk", "limit_ratio")
+
+
+def _closing(s, i):
+    """Index just past the parenthesis that closes the one opening at s[i]."""
+    depth = 0
+    for j in range(i, len(s)):
+        depth += {"(": 1, ")": -1}.get(s[j], 0)
+        if depth == 0:
+            return j + 1
+    return len(s)
+
+
+def aggregations(expr):
+    """(operator, 'by'/'without'/None, [labels]) for every aggregation in `expr`, prefix or suffix clause."""
+    s = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    out = []
+    for m in re.finditer(r"\b(%s)\s*(?:(by|without)\s*\(([^)]*)\)\s*)?\(" % "|".join(AGGREGATIONS), s):
+        if m.group(2):
+            out.append((m.group(1), m.group(2), [x.strip() for x in m.group(3).split(",") if x.strip()]))
+            continue
+        after = s[_closing(s, m.end() - 1):]
+        suffix = re.match(r"\s*(by|without)\s*\(([^)]*)\)", after)
+        if suffix:
+            out.append((m.group(1), suffix.group(1), [x.strip() for x in suffix.group(2).split(",") if x.strip()]))
+        else:
+            out.append((m.group(1), None, []))
+    return out
+
+
 def alert_threshold(expr):
     """The comparison that defines an alert: its first `recording_rule > number`."""
     records = recording_rules()
@@ -257,6 +289,17 @@ def check_rules():
                 p.check(re.fullmatch(r"[a-z_]+:[a-z0-9_]+:[a-z0-9_]+", record),
                         f"{rel(RECORDING)} {record}", "recording rule names are level:metric:operations")
 
+    # Aggregations keep `namespace`: one Prometheus watches every namespace, and summing staging into production
+    # hides an outage (a worker down in one namespace while another is up would not fire ScoreWorkerDown).
+    for where, expr in [(f"{rel(ALERTS)} {r['alert']}", r["expr"]) for _, r in alert_rules()] + \
+            [(f"{rel(RECORDING)} {r['record']}", r["expr"]) for g in load_yaml(RECORDING)["groups"] for r in g["rules"]]:
+        for op, clause, labels in aggregations(expr):
+            if clause == "without":
+                p.check("namespace" not in labels, where, f"{op} without (...) drops namespace")
+            else:
+                p.check("namespace" in labels, where,
+                        f"{op} {'by (' + ', '.join(labels) + ')' if clause else '(...)'} drops namespace: keep it in by (...)")
+
     # Every recording rule is used by an alert or a dashboard panel.
     users = " ".join([rule["expr"] for _, rule in alert_rules()] +
                      [t.get("expr", "") for _, board in dashboards() for pn in data_panels(board)
@@ -285,7 +328,8 @@ def check_rules():
     for name in sorted(seen):
         p.check(name in firing, rel(RULE_TESTS), f"{name} has no test case in which it fires")
         p.check(name in quiet, rel(RULE_TESTS), f"{name} has no test case in which it must not fire")
-    return p.done(f"{len(seen)} alerts in {len(names)} groups, each with a firing and a not-firing test")
+    return p.done(f"{len(seen)} alerts in {len(names)} groups, each with a firing and a not-firing test; "
+                  "every aggregation keeps namespace")
 
 
 def slug(heading):
