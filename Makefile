@@ -11,15 +11,16 @@ CHAOS_ENV := SCORE_WORKER_LOCAL=$(CURDIR)/.local/chaos SCORE_WORKER_NATS_PORT=43
 SECURE_ENV := SCORE_WORKER_LOCAL=$(CURDIR)/.local/secure SCORE_WORKER_NATS_PORT=4422 SCORE_WORKER_NATS_MON_PORT=8422 \
 	SCORE_WORKER_CQL_PORT=9242 SCORE_WORKER_STORAGE_PORT=7200 SCORE_WORKER_CASSANDRA_AUTH=1
 
-.PHONY: help services services-down run test unit it security chaos soak lint supply-chain deploy-check metrics-contract sample check bench ci clean
+.PHONY: help services services-down run test unit it security chaos soak lint supply-chain msrv deploy-check metrics-contract sample check bench ci clean
 
 help:
 	@echo "make run           start local nats-server + Cassandra, apply the schema, run the worker"
 	@echo "make test          same set-up, then lint, unit + integration tests, deploy checks"
 	@echo "make sample        publish 1000 sample score updates to the local NATS"
 	@echo "make check         score-worker check against the local servers"
-	@echo "make lint          cargo fmt --check and clippy -D warnings, after make supply-chain"
+	@echo "make lint          cargo fmt --check and clippy -D warnings, after make supply-chain and msrv"
 	@echo "make supply-chain  cargo deny (licences, bans, sources) and cargo audit (RustSec advisories)"
+	@echo "make msrv          cargo check with the rust-version Cargo.toml declares (part of make lint)"
 	@echo "make deploy-check  promtool / kubernetes-validate / dashboard checks of deploy/"
 	@echo "make chaos         fault-injection suite (also part of make test); make soak: the long version"
 	@echo "make bench         end-to-end throughput, CPU/event, peak RSS, latency percentiles (release build)"
@@ -48,9 +49,17 @@ check:
 bench: services
 	$(CARGO) bench --locked --bench throughput
 
-lint: supply-chain
+lint: supply-chain msrv
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+# Cargo.toml's rust-version is a promise: check the crate and its tests with exactly that toolchain
+# (rustup installs it once, minimal profile). The everyday toolchain stays the newest stable.
+MSRV := $(shell sed -n 's/^rust-version *= *"\(.*\)"/\1/p' Cargo.toml)
+
+msrv:
+	@rustup toolchain list | grep -q '^$(MSRV)-' || rustup toolchain install $(MSRV) --profile minimal
+	$(CARGO) +$(MSRV) check --locked --all-targets
 
 # Supply chain: licences, banned crates and sources with cargo-deny (deny.toml); RustSec advisories with
 # cargo-audit, failing on unsound ones too (anyhow's and rand's are "unsound", which cargo audit only warns
