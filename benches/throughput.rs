@@ -190,7 +190,7 @@ async fn publish_all(
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(async_nats::header::NATS_MESSAGE_ID, e.event_id.as_str());
             let subject =
-                score_worker::sample::subject_for(&config.nats.subjects[0], &e.leaderboard);
+                score_worker::cmd::sample::subject_for(&config.nats.subjects[0], &e.leaderboard);
             acks.push(
                 js.publish_with_headers(subject, headers, e.payload())
                     .await

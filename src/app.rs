@@ -11,14 +11,14 @@ use scylla::client::session::Session;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::advisory;
 use crate::config::Config;
-use crate::consumer::{self, Consumer};
+use crate::consumer::Consumer;
 use crate::deadletter::DeadLetters;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::nats::{self, NatsError};
-use crate::pipeline::{Pipeline, PipelineConfig};
-use crate::score::Limits;
+use crate::pipeline::Pipeline;
 use crate::store::{self, ConnectError, ScyllaStore};
 
 /// Start-up failures.
@@ -128,33 +128,19 @@ impl App {
             js.clone(),
             &config.nats.deadletter_prefix,
             &config.nats.deadletter_stream,
-        ));
-        let limits = Limits {
-            max_payload_bytes: config.validation.max_payload_bytes,
-            max_clock_skew_micros: config.validation.max_clock_skew.as_micros() as i64,
-        };
-        let (tx, rx) = mpsc::channel(config.batch.max_scores);
-        let pipeline = Pipeline::new(
-            store,
-            PipelineConfig {
-                max_scores: config.batch.max_scores,
-                linger: config.batch.linger,
-                max_inflight: config.batch.max_inflight,
-                max_deliver: config.nats.max_deliver,
-                retry: config.retry.clone(),
-            },
             metrics.clone(),
-            health.clone(),
-        );
+        ));
+        let (tx, rx) = mpsc::channel(config.batch.max_scores);
+        let pipeline = Pipeline::new(store, config.pipeline(), metrics.clone(), health.clone());
+        let settler = pipeline.settler().clone();
         let pipeline_task = tokio::spawn(pipeline.run(rx));
         let consumer_task = tokio::spawn(
             Consumer {
                 consumer: consumer.clone(),
                 pull_batch: config.nats.pull_batch,
-                pull_max_bytes: (config.nats.pull_batch * config.validation.max_payload_bytes)
-                    .max(client.server_info().max_payload),
-                limits,
-                nak_delay: config.retry.nak_delay,
+                pull_max_bytes: config.pull_max_bytes(client.server_info().max_payload),
+                limits: config.limits(),
+                settler: settler.clone(),
                 deadletters: deadletters.clone(),
                 metrics: metrics.clone(),
             }
@@ -162,12 +148,12 @@ impl App {
         );
         let mut background = tokio::task::JoinSet::new();
         if let Ok(stream) = js.get_stream(&config.nats.stream).await {
-            background.spawn(consumer::watch_max_deliveries(
+            background.spawn(advisory::watch_max_deliveries(
                 client.clone(),
                 stream,
                 config.nats.consumer.clone(),
                 deadletters,
-                metrics.clone(),
+                settler.limits(),
                 cancel.clone(),
             ));
         }

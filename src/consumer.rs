@@ -1,6 +1,6 @@
 //! The JetStream pull loop: takes messages from the durable consumer, decodes them, hands good ones
-//! to the pipeline as `(ScoreUpdate, JsReceipt)` and dead-letters bad ones. Also listens for the
-//! server's max-deliveries advisories, so a message NATS gave up on is dead-lettered, not forgotten.
+//! to the pipeline as `(ScoreUpdate, JsReceipt)` and settles bad ones as the pipeline's
+//! [`settle::decide`](crate::pipeline::settle::decide) says (a dead letter).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use crate::deadletter::{DeadLetters, Original};
 use crate::metrics::Metrics;
 use crate::nats::PULL_EXPIRES;
-use crate::pipeline::{Receipt, SettleError};
-use crate::score::{self, Limits, RejectReason, ScoreUpdate};
+use crate::pipeline::{Attempt, Outcome, Receipt, SettleError, Settler};
+use crate::score::{self, Limits, ScoreUpdate};
 
 /// A received JetStream message, kept until the pipeline settles it.
 pub struct JsReceipt {
@@ -27,11 +27,25 @@ pub struct JsReceipt {
     deadletters: Arc<DeadLetters>,
 }
 
+fn settle_error(
+    action: &'static str,
+) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> SettleError {
+    move |source| SettleError { action, source }
+}
+
 impl JsReceipt {
-    fn settle_error(action: &'static str, e: impl std::fmt::Display) -> SettleError {
-        SettleError {
-            action,
-            message: e.to_string(),
+    /// What the dead-letter publisher needs to know about this message.
+    fn original(&self) -> Original<'_> {
+        Original {
+            subject: self.message.subject.as_str(),
+            stream_sequence: self.stream_sequence,
+            msg_id: self
+                .message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                .map(|v| v.as_str()),
+            payload: self.message.payload.clone(),
         }
     }
 }
@@ -45,49 +59,34 @@ impl Receipt for JsReceipt {
         self.delivered
     }
 
-    async fn ack(&self) -> Result<(), SettleError> {
-        self.message
-            .double_ack()
-            .await
-            .map_err(|e| Self::settle_error("ack", e))
-    }
-
-    async fn nak(&self, delay: Duration) -> Result<(), SettleError> {
-        self.message
-            .ack_with(AckKind::Nak(Some(delay)))
-            .await
-            .map_err(|e| Self::settle_error("nak", e))
+    /// `Ack` → a confirmed (double) ack; `Retry` → nak with delay; `DeadLetter` → publish to the
+    /// dead-letter stream, then `+TERM` so the message never comes back whatever `max_deliver` says.
+    async fn settle(&self, outcome: &Outcome) -> Result<(), SettleError> {
+        match outcome {
+            Outcome::Ack => self.message.double_ack().await.map_err(settle_error("ack")),
+            Outcome::Retry { delay } => self
+                .message
+                .ack_with(AckKind::Nak(Some(*delay)))
+                .await
+                .map_err(settle_error("nak")),
+            Outcome::DeadLetter { reason, detail } => {
+                self.deadletters
+                    .publish(self.original(), *reason, detail)
+                    .await
+                    .map_err(|e| settle_error("dead-letter")(Box::new(e)))?;
+                self.message
+                    .double_ack_with(AckKind::Term)
+                    .await
+                    .map_err(settle_error("term"))
+            }
+        }
     }
 
     async fn progress(&self) -> Result<(), SettleError> {
         self.message
             .ack_with(AckKind::Progress)
             .await
-            .map_err(|e| Self::settle_error("progress", e))
-    }
-
-    async fn dead_letter(&self, reason: RejectReason, detail: &str) -> Result<(), SettleError> {
-        let msg_id = self
-            .message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-            .map(|v| v.as_str().to_string());
-        let original = Original {
-            subject: self.message.subject.as_str(),
-            stream_sequence: self.stream_sequence,
-            msg_id: msg_id.as_deref(),
-            payload: self.message.payload.clone(),
-        };
-        self.deadletters
-            .publish(original, reason, detail)
-            .await
-            .map_err(|e| Self::settle_error("dead-letter", e))?;
-        // Term: this message must never come back, whatever the consumer's max_deliver.
-        self.message
-            .double_ack_with(AckKind::Term)
-            .await
-            .map_err(|e| Self::settle_error("term", e))
+            .map_err(settle_error("progress"))
     }
 }
 
@@ -99,7 +98,7 @@ pub struct Consumer {
     /// never be delivered and would block everything behind it.
     pub pull_max_bytes: usize,
     pub limits: Limits,
-    pub nak_delay: Duration,
+    pub settler: Settler,
     pub deadletters: Arc<DeadLetters>,
     pub metrics: Arc<Metrics>,
 }
@@ -211,104 +210,10 @@ impl Consumer {
         match decoded {
             Ok(update) => output.send((update, receipt)).await.is_ok(),
             Err(rejection) => {
-                let reason = rejection.reason;
-                match receipt.dead_letter(reason, &rejection.detail).await {
-                    Ok(()) => {
-                        self.metrics.dead_lettered(reason);
-                        tracing::warn!(
-                            reason = reason.as_str(),
-                            detail = %rejection.detail,
-                            subject = %receipt.message.subject,
-                            stream_sequence,
-                            "rejected message dead-lettered"
-                        );
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot dead-letter a rejected message; nak'ing it");
-                        let _ = receipt.nak(self.nak_delay).await;
-                    }
-                }
+                self.settler
+                    .settle(&receipt, Attempt::Rejected(&rejection))
+                    .await;
                 true
-            }
-        }
-    }
-}
-
-/// Dead-letters messages the server stopped delivering (max_deliver reached while no replica could
-/// settle them, e.g. every delivery crashed a worker). One replica of the queue group handles each.
-pub async fn watch_max_deliveries(
-    client: async_nats::Client,
-    stream: jetstream::stream::Stream,
-    consumer_name: String,
-    deadletters: Arc<DeadLetters>,
-    metrics: Arc<Metrics>,
-    cancel: CancellationToken,
-) {
-    let stream_name = stream.cached_info().config.name.clone();
-    let subject =
-        format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream_name}.{consumer_name}");
-    let mut advisories = match client
-        .queue_subscribe(subject.clone(), "score-worker-advisories".into())
-        .await
-    {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, %subject, "cannot subscribe to max-deliveries advisories");
-            return;
-        }
-    };
-    #[derive(serde::Deserialize)]
-    struct Advisory {
-        stream_seq: u64,
-        deliveries: i64,
-    }
-    loop {
-        let advisory = tokio::select! {
-            () = cancel.cancelled() => return,
-            next = advisories.next() => match next { Some(m) => m, None => return },
-        };
-        let Ok(advisory) = serde_json::from_slice::<Advisory>(&advisory.payload) else {
-            continue;
-        };
-        let reason = RejectReason::MaxDeliveries;
-        let result = async {
-            let original = stream
-                .get_raw_message(advisory.stream_seq)
-                .await
-                .map_err(|e| e.to_string())?;
-            let msg_id = original
-                .headers
-                .get(async_nats::header::NATS_MESSAGE_ID)
-                .map(|v| v.as_str().to_string());
-            let detail = format!(
-                "NATS stopped delivering after {} deliveries",
-                advisory.deliveries
-            );
-            deadletters
-                .publish(
-                    Original {
-                        subject: original.subject.as_str(),
-                        stream_sequence: advisory.stream_seq,
-                        msg_id: msg_id.as_deref(),
-                        payload: original.payload.clone(),
-                    },
-                    reason,
-                    &detail,
-                )
-                .await
-                .map_err(|e| e.to_string())
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                metrics.dead_lettered(reason);
-                tracing::error!(
-                    stream_sequence = advisory.stream_seq,
-                    "message reached max deliveries; dead-lettered"
-                );
-            }
-            Err(e) => {
-                tracing::error!(stream_sequence = advisory.stream_seq, error = %e, "cannot dead-letter a max-deliveries message")
             }
         }
     }

@@ -4,11 +4,18 @@
 //! Headers: `Score-Worker-Reason`, `Score-Worker-Error` (human readable), `Score-Worker-Original-Subject`,
 //! `Score-Worker-Original-Sequence`, `Score-Worker-Original-Msg-Id`, and a `Nats-Msg-Id` derived from the
 //! original stream sequence, so a retried dead-lettering is stored once.
+//!
+//! A stored dead letter is counted (`score_worker_dead_letters_total{reason}`) and logged here, together
+//! and nowhere else, whichever path dead-lettered it.
 
+use std::sync::Arc;
+
+use async_nats::jetstream::context::PublishError;
 use async_nats::jetstream::Context;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 
+use crate::metrics::Metrics;
 use crate::score::RejectReason;
 
 pub const REASON: &str = "Score-Worker-Reason";
@@ -19,10 +26,11 @@ pub const ORIGINAL_MSG_ID: &str = "Score-Worker-Original-Msg-Id";
 
 /// A dead letter could not be stored.
 #[derive(Debug, thiserror::Error)]
-#[error("publishing dead letter to {subject} failed: {message}")]
+#[error("publishing dead letter to {subject} failed: {source}")]
 pub struct DeadLetterError {
     pub subject: String,
-    pub message: String,
+    #[source]
+    pub source: PublishError,
 }
 
 /// What is known about the rejected message.
@@ -39,14 +47,16 @@ pub struct DeadLetters {
     js: Context,
     prefix: String,
     stream: String,
+    metrics: Arc<Metrics>,
 }
 
 impl DeadLetters {
-    pub fn new(js: Context, prefix: &str, stream: &str) -> Self {
+    pub fn new(js: Context, prefix: &str, stream: &str, metrics: Arc<Metrics>) -> Self {
         Self {
             js,
             prefix: prefix.to_string(),
             stream: stream.to_string(),
+            metrics,
         }
     }
 
@@ -78,16 +88,24 @@ impl DeadLetters {
             async_nats::header::NATS_MESSAGE_ID,
             format!("dlq-{}-{}", self.stream, original.stream_sequence).as_str(),
         );
-        let fail = |e: &dyn std::fmt::Display| DeadLetterError {
+        let fail = |source| DeadLetterError {
             subject: subject.clone(),
-            message: e.to_string(),
+            source,
         };
         self.js
             .publish_with_headers(subject.clone(), headers, original.payload)
             .await
-            .map_err(|e| fail(&e))?
+            .map_err(&fail)?
             .await
-            .map_err(|e| fail(&e))?;
+            .map_err(&fail)?;
+        self.metrics.dead_lettered(reason);
+        tracing::warn!(
+            reason = reason.as_str(),
+            %detail,
+            subject = %original.subject,
+            stream_sequence = original.stream_sequence,
+            "message dead-lettered"
+        );
         Ok(())
     }
 }

@@ -5,52 +5,65 @@
 //! # Data flow
 //!
 //! ```text
-//!  NATS SCORES stream ──pull──▶ consumer ──decode──▶ (bad) ─▶ deadletter ─▶ SCORES_DLQ, then ack
-//!                                   │ (ScoreUpdate, Receipt)
-//!                                   ▼ bounded channel (backpressure)
-//!                               pipeline: batcher (50 / linger) → retry(store.write) → ack | nak | dead-letter
-//!                                   │
-//!                                   ▼
-//!                 scores · scores_by_profile · score_history · eligibility_cache
+//!  NATS SCORES stream ──pull──▶ consumer ──decode──▶ (bad) ──┐
+//!                                   │ (ScoreUpdate, JsReceipt)│
+//!                                   ▼ bounded channel         │
+//!             pipeline: batcher (50 / linger) → retry(Store::write)
+//!                                   │                         │
+//!                                   ▼                         ▼
+//!                        settle::decide(attempt, deliveries) → Outcome
+//!                          Ack │ Retry{delay} (nak) │ DeadLetter{reason} (publish, +TERM)
+//!                                   ▲
+//!  max-deliveries advisory ─────────┘ (advisory)
+//!
+//!  store: scores · scores_by_profile · score_history · eligibility_cache
 //! ```
 //!
 //! # Layout
-//! - [`app`]: wiring; connects, spawns consumer, pipeline, health and HTTP tasks, drains on shutdown.
-//! - [`config`]: typed settings, layered load (defaults → file → env), validation.
+//! Running the worker:
+//! - [`app`]: wiring; connects, spawns consumer, pipeline, probes and HTTP, drains on shutdown.
+//! - [`config`]: typed settings, layered load (defaults → file → env), validation per section.
 //! - [`telemetry`]: tracing subscriber (JSON or text).
 //! - [`shutdown`]: the signal future the binary passes to [`app::App::run_until_stopped`].
-//! - [`score`]: the wire contract: `ScoreUpdate` and decode + validate from bytes.
+//!
+//! The message path, in order:
+//! - [`score`]: the wire contract: `ScoreUpdate`, decode + validate from bytes, the tie order.
 //! - [`nats`]: NATS connection, JetStream stream/consumer set-up.
-//! - [`consumer`]: the pull loop; turns messages into `(ScoreUpdate, Receipt)` or dead letters.
-//! - [`deadletter`]: publishing rejected messages to `scores.deadletter.<reason>`.
-//! - [`dlq`]: the `dlq list|replay` subcommand: inspecting dead letters and replaying them.
+//! - [`consumer`]: the pull loop; turns messages into `(ScoreUpdate, JsReceipt)`.
 //! - [`batcher`]: pure accumulator: flush at `max_scores` / linger, coalescing by key.
-//! - [`pipeline`]: batch → write with retries → settle receipts; generic over [`store::Store`] and
-//!   [`pipeline::Receipt`].
+//! - [`pipeline`]: batch → write with retries → settle; owns the ports ([`pipeline::Store`],
+//!   [`pipeline::Receipt`]) and the one decision of a message's fate ([`pipeline::settle`]).
 //! - [`retry`]: the backoff schedule.
-//! - [`store`]: Scylla session, prepared statements, the leaderboard write protocol, error classification.
+//! - [`store`]: Scylla session, prepared statements, the leaderboard write protocol, and the one
+//!   classifier of database errors.
+//! - [`deadletter`]: publishing dead letters (and counting and logging them).
+//! - [`advisory`]: dead-letters messages the server stopped delivering.
+//!
+//! Around it:
 //! - [`schema`]: applying and checking the versioned CQL in `schema/`.
 //! - [`metrics`]: every metric, in a registry of the worker's own.
 //! - [`health`]: readiness state and the periodic probes that feed it.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
-//! - [`cli`]: command-line interface; [`check`] and [`sample`] implement the `check` and
-//!   `publish-sample` subcommands.
+//! - [`cmd`]: the command line and the subcommands other than `run` (`migrate`, `check`, `dlq`,
+//!   `publish-sample`).
+//!
+//! Dependencies point one way: `cmd → app → {consumer, pipeline, store, advisory} → {deadletter,
+//! batcher, retry, health} → {metrics, schema, config} → score`; the pipeline knows neither NATS nor
+//! the driver.
 
+pub mod advisory;
 pub mod app;
 pub mod batcher;
-pub mod check;
-pub mod cli;
+pub mod cmd;
 pub mod config;
 pub mod consumer;
 pub mod deadletter;
-pub mod dlq;
 pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod nats;
 pub mod pipeline;
 pub mod retry;
-pub mod sample;
 pub mod schema;
 pub mod score;
 pub mod shutdown;

@@ -179,7 +179,7 @@ impl Metrics {
         m
     }
 
-    /// Counts a rejected or dead-lettered message: its log line is written by the caller.
+    /// Counts a dead-lettered message (called by the dead-letter publisher, which also logs it).
     pub fn dead_lettered(&self, reason: RejectReason) {
         self.messages_failed
             .with_label_values(&[reason.as_str()])

@@ -8,8 +8,11 @@ use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, stream};
 use async_nats::{Client, ConnectOptions, Event};
 use secrecy::ExposeSecret;
 
-use crate::config::NatsConfig;
+use crate::config::{NatsAuth, NatsConfig};
 use crate::metrics::Metrics;
+
+/// One of async-nats' many JetStream error types (each API call has its own).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A NATS or JetStream set-up failure.
 #[derive(Debug, thiserror::Error)]
@@ -26,10 +29,18 @@ pub enum NatsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("JetStream stream `{stream}`: {message}")]
-    Stream { stream: String, message: String },
-    #[error("JetStream consumer `{consumer}`: {message}")]
-    Consumer { consumer: String, message: String },
+    #[error("JetStream stream `{stream}`: {source}")]
+    Stream {
+        stream: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("JetStream consumer `{consumer}`: {source}")]
+    Consumer {
+        consumer: String,
+        #[source]
+        source: BoxError,
+    },
 }
 
 /// Connects with the configured auth and TLS. `metrics` (if given) tracks the connection state.
@@ -40,25 +51,20 @@ pub async fn connect(
     // Several rustls crypto providers are compiled in (ring here, aws-lc-rs through the database
     // driver), so rustls cannot pick one for async-nats' TLS by itself: name ours. Idempotent.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let auth = &config.auth;
-    let mut options = if !auth.credentials_file.is_empty() {
-        ConnectOptions::with_credentials_file(&auth.credentials_file)
+    let mut options = match &config.auth {
+        NatsAuth::CredentialsFile(path) => ConnectOptions::with_credentials_file(path)
             .await
             .map_err(|source| NatsError::Credentials {
-                path: auth.credentials_file.clone(),
+                path: path.display().to_string(),
                 source,
-            })?
-    } else if !auth.nkey_seed.expose_secret().is_empty() {
-        ConnectOptions::with_nkey(auth.nkey_seed.expose_secret().to_owned())
-    } else if !auth.token.expose_secret().is_empty() {
-        ConnectOptions::with_token(auth.token.expose_secret().to_owned())
-    } else if !auth.user.is_empty() {
-        ConnectOptions::with_user_and_password(
-            auth.user.clone(),
-            auth.password.expose_secret().to_owned(),
-        )
-    } else {
-        ConnectOptions::new()
+            })?,
+        NatsAuth::NKey(seed) => ConnectOptions::with_nkey(seed.expose_secret().to_owned()),
+        NatsAuth::Token(token) => ConnectOptions::with_token(token.expose_secret().to_owned()),
+        NatsAuth::UserPassword { user, password } => ConnectOptions::with_user_and_password(
+            user.clone(),
+            password.expose_secret().to_owned(),
+        ),
+        NatsAuth::None => ConnectOptions::new(),
     };
     options = options
         .name(&config.client_name)
@@ -68,12 +74,11 @@ pub async fn connect(
     let tls = &config.tls;
     if tls.enabled {
         options = options.require_tls(true);
-        if let Some(ca) = tls.ca() {
-            options = options.add_root_certificates(ca);
+        if let Some(ca) = &tls.ca_file {
+            options = options.add_root_certificates(ca.clone());
         }
-        if !tls.cert_file.is_empty() {
-            options = options
-                .add_client_certificate(tls.cert_file.clone().into(), tls.key_file.clone().into());
+        if let Some((cert, key)) = tls.client_cert() {
+            options = options.add_client_certificate(cert.to_path_buf(), key.to_path_buf());
         }
     }
     if let Some(metrics) = metrics {
@@ -157,42 +162,42 @@ pub async fn ensure_topology(
     js: &jetstream::Context,
     config: &NatsConfig,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, NatsError> {
-    let stream_err = |name: &str, e: &dyn std::fmt::Display| NatsError::Stream {
+    let stream_err = |name: &str, e: BoxError| NatsError::Stream {
         stream: name.to_string(),
-        message: e.to_string(),
+        source: e,
     };
     let stream = if config.manage_jetstream {
         js.get_or_create_stream(scores_stream_config(config))
             .await
-            .map_err(|e| stream_err(&config.stream, &e))?;
+            .map_err(|e| stream_err(&config.stream, e.into()))?;
         js.get_or_create_stream(deadletter_stream_config(config))
             .await
-            .map_err(|e| stream_err(&config.deadletter_stream, &e))?;
+            .map_err(|e| stream_err(&config.deadletter_stream, e.into()))?;
         js.get_stream(&config.stream)
             .await
-            .map_err(|e| stream_err(&config.stream, &e))?
+            .map_err(|e| stream_err(&config.stream, e.into()))?
     } else {
         js.get_stream(&config.deadletter_stream)
             .await
-            .map_err(|e| stream_err(&config.deadletter_stream, &e))?;
+            .map_err(|e| stream_err(&config.deadletter_stream, e.into()))?;
         js.get_stream(&config.stream)
             .await
-            .map_err(|e| stream_err(&config.stream, &e))?
+            .map_err(|e| stream_err(&config.stream, e.into()))?
     };
-    let consumer_err = |e: &dyn std::fmt::Display| NatsError::Consumer {
+    let consumer_err = |e: BoxError| NatsError::Consumer {
         consumer: config.consumer.clone(),
-        message: e.to_string(),
+        source: e,
     };
     let consumer = if config.manage_jetstream {
         stream
             .get_or_create_consumer(&config.consumer, consumer_config(config))
             .await
-            .map_err(|e| consumer_err(&e))?
+            .map_err(|e| consumer_err(e.into()))?
     } else {
         stream
             .get_consumer(&config.consumer)
             .await
-            .map_err(|e| consumer_err(&e))?
+            .map_err(consumer_err)?
     };
     let actual = &consumer.cached_info().config;
     if actual.ack_wait != config.ack_wait || actual.max_deliver != config.max_deliver {

@@ -13,149 +13,27 @@
 //! retry or redeliver.
 
 pub mod error;
+mod session;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
 use prometheus::Histogram;
-use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
-use scylla::errors::NewSessionError;
-use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::response::query_result::QueryResult;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::statement::Consistency;
 use scylla::value::CqlTimestamp;
 use uuid::Uuid;
 
-pub use error::{Class, Kind, StoreError};
+pub use error::{Kind, StoreError};
+pub use session::{connect, ConnectError, TlsError};
 
 use crate::config::ScyllaConfig;
 use crate::metrics::Metrics;
-use crate::score::ScoreUpdate;
-
-/// Where flushes are written. The pipeline is generic over it so its logic can be tested with a fake;
-/// [`ScyllaStore`] is the real one.
-pub trait Store: Send + Sync + 'static {
-    /// Writes one flush: the newest update per key, and a history row per event. Idempotent.
-    fn write(
-        &self,
-        latest: &[ScoreUpdate],
-        events: &[ScoreUpdate],
-    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
-}
-
-/// Failure to open a session.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("cannot connect to the database at {nodes:?}: {source}")]
-    Session {
-        nodes: Vec<String>,
-        #[source]
-        source: NewSessionError,
-    },
-    #[error("database TLS set-up failed: {0}")]
-    Tls(String),
-    #[error(
-        "preparing statements failed (is the schema applied? run `score-worker migrate`): {0}"
-    )]
-    Prepare(#[source] StoreError),
-}
-
-/// Parses a consistency name from the config.
-pub fn parse_consistency(name: &str) -> Option<Consistency> {
-    Some(match name.to_ascii_lowercase().as_str() {
-        "one" => Consistency::One,
-        "two" => Consistency::Two,
-        "three" => Consistency::Three,
-        "quorum" => Consistency::Quorum,
-        "all" => Consistency::All,
-        "local_quorum" => Consistency::LocalQuorum,
-        "each_quorum" => Consistency::EachQuorum,
-        "local_one" => Consistency::LocalOne,
-        _ => return None,
-    })
-}
-
-/// Opens a session with the configured nodes, credentials, TLS, consistency and timeouts.
-pub async fn connect(config: &ScyllaConfig) -> Result<Session, ConnectError> {
-    use secrecy::ExposeSecret;
-    let consistency = parse_consistency(&config.consistency).unwrap_or(Consistency::LocalQuorum);
-    let mut policy = DefaultPolicy::builder().token_aware(true);
-    if !config.local_datacenter.is_empty() {
-        policy = policy
-            .prefer_datacenter(config.local_datacenter.clone())
-            .permit_dc_failover(false);
-    }
-    let profile = ExecutionProfile::builder()
-        .consistency(consistency)
-        .request_timeout(Some(config.request_timeout))
-        .load_balancing_policy(policy.build())
-        .build();
-    let mut builder = SessionBuilder::new()
-        .known_nodes(&config.nodes)
-        .connection_timeout(config.connect_timeout)
-        .default_execution_profile_handle(profile.into_handle());
-    if !config.user.is_empty() {
-        builder = builder.user(
-            config.user.clone(),
-            config.password.expose_secret().to_owned(),
-        );
-    }
-    if config.tls.enabled {
-        builder = builder.tls_context(Some(tls_config(&config.tls).map_err(ConnectError::Tls)?));
-    }
-    builder
-        .build()
-        .await
-        .map_err(|source| ConnectError::Session {
-            nodes: config.nodes.clone(),
-            source,
-        })
-}
-
-fn tls_config(files: &crate::config::TlsFiles) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    match files.ca() {
-        Some(ca) => {
-            for cert in
-                CertificateDer::pem_file_iter(&ca).map_err(|e| format!("{}: {e}", ca.display()))?
-            {
-                roots
-                    .add(cert.map_err(|e| format!("{}: {e}", ca.display()))?)
-                    .map_err(|e| e.to_string())?;
-            }
-        }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
-    let config = if files.cert_file.is_empty() {
-        builder.with_no_client_auth()
-    } else {
-        let certs = CertificateDer::pem_file_iter(&files.cert_file)
-            .and_then(|c| c.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("{}: {e}", files.cert_file))?;
-        let key = PrivateKeyDer::from_pem_file(&files.key_file)
-            .map_err(|e| format!("{}: {e}", files.key_file))?;
-        builder
-            .with_client_auth_cert(certs, key)
-            .map_err(|e| e.to_string())?
-    };
-    Ok(Arc::new(config))
-}
+use crate::pipeline::Store;
+use crate::score::{tie_rank, ScoreUpdate};
 
 /// A prepared statement with its name (metric label) and its latency histogram.
 struct Stmt {
@@ -370,6 +248,8 @@ impl ScyllaStore {
 }
 
 impl Store for ScyllaStore {
+    type Error = StoreError;
+
     async fn write(
         &self,
         latest: &[ScoreUpdate],
@@ -386,14 +266,6 @@ impl Store for ScyllaStore {
             .try_collect::<()>()
             .await
     }
-}
-
-/// How the database orders two live cells written with the same timestamp: by their serialized
-/// bytes compared unsigned, which for a big-endian bigint is the order of its bits as `u64`
-/// (negative scores rank above positive ones). Coalescing uses the same rule, so the worker and the
-/// database always agree on which of two same-time events wins.
-pub fn tie_rank(score: i64) -> u64 {
-    score as u64
 }
 
 /// A profile's leaderboard bucket: a stable FNV-1a hash of its id, so every replica agrees.
@@ -436,15 +308,5 @@ mod tests {
         // 2026-05-28T23:30:00-02:00 is 2026-05-29 in UTC.
         let t = chrono::DateTime::parse_from_rfc3339("2026-05-28T23:30:00-02:00").unwrap();
         assert_eq!(day_of(t.timestamp_micros()).to_string(), "2026-05-29");
-    }
-
-    #[test]
-    fn consistency_names() {
-        assert_eq!(
-            parse_consistency("LOCAL_QUORUM"),
-            Some(Consistency::LocalQuorum)
-        );
-        assert_eq!(parse_consistency("one"), Some(Consistency::One));
-        assert_eq!(parse_consistency("most"), None);
     }
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use score_worker::sample;
+use score_worker::cmd::sample;
 use uuid::Uuid;
 
 /// Shape of a workload.

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use rand::Rng;
+use score_worker::cmd::sample;
 use score_worker::config::Config;
 use score_worker::deadletter;
-use score_worker::sample;
 use score_worker::score::{decode, Limits, RejectReason};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;

@@ -12,9 +12,10 @@ use tokio::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use async_nats::jetstream;
 use futures::StreamExt;
 use score_worker::app::App;
+use score_worker::cmd::sample;
 use score_worker::config::Config;
 use score_worker::metrics::Metrics;
-use score_worker::{nats, sample, schema, store};
+use score_worker::{nats, schema, store};
 use scylla::client::session::Session;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -193,7 +194,7 @@ pub async fn publish_raw(
 pub fn expected(events: &[Event]) -> HashMap<(String, Uuid), i64> {
     let mut newest: HashMap<(String, Uuid), (i64, u64, i64)> = HashMap::new();
     for e in events {
-        let rank = (e.at_micros, store::tie_rank(e.score), e.score);
+        let rank = (e.at_micros, score_worker::score::tie_rank(e.score), e.score);
         let slot = newest
             .entry((e.leaderboard.clone(), e.profile))
             .or_insert(rank);

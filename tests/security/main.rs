@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use harness::*;
 use rand::Rng;
-use score_worker::config::Config;
+use score_worker::config::{Config, NatsAuth};
 use secrecy::SecretString;
 use support::{assert_final_state, publish, recent_micros, wallet_of, Event, KEYSPACE};
 use uuid::Uuid;
@@ -73,24 +73,26 @@ impl NatsSide {
         if let Some((user, password)) = &self.user {
             set(env, "NATS__AUTH__USER", user);
             set(env, "NATS__AUTH__PASSWORD", password);
-            config.nats.auth.user = user.clone();
-            config.nats.auth.password = SecretString::from(password.clone());
+            config.nats.auth = NatsAuth::UserPassword {
+                user: user.clone(),
+                password: SecretString::from(password.clone()),
+            };
         }
         if let Some(token) = &self.token {
             set(env, "NATS__AUTH__TOKEN", token);
-            config.nats.auth.token = SecretString::from(token.clone());
+            config.nats.auth = NatsAuth::Token(SecretString::from(token.clone()));
         }
         if let Some(ca) = &self.ca {
             set(env, "NATS__TLS__ENABLED", "true");
             set(env, "NATS__TLS__CA_FILE", ca);
             config.nats.tls.enabled = true;
-            config.nats.tls.ca_file = ca.clone();
+            config.nats.tls.ca_file = Some(ca.into());
         }
         if let Some((cert, key)) = &self.client_cert {
             set(env, "NATS__TLS__CERT_FILE", cert);
             set(env, "NATS__TLS__KEY_FILE", key);
-            config.nats.tls.cert_file = cert.clone();
-            config.nats.tls.key_file = key.clone();
+            config.nats.tls.cert_file = Some(cert.into());
+            config.nats.tls.key_file = Some(key.into());
         }
     }
 }

@@ -14,9 +14,70 @@ use async_nats::jetstream::{self, Context};
 use async_nats::HeaderMap;
 use futures::StreamExt;
 
-use crate::config::NatsConfig;
+use std::process::ExitCode;
+
+use super::{ArgumentError, CmdError, DlqAction, DlqFilter};
+use crate::config::{parse_duration, Config, DurationError, NatsConfig};
 use crate::deadletter;
+use crate::nats::{self, BoxError};
 use crate::score::RejectReason;
+
+/// `dlq list|replay`: prints each letter, or what a replay did.
+pub async fn run(config: &Config, action: DlqAction) -> Result<ExitCode, CmdError> {
+    let client = nats::connect(&config.nats, None).await?;
+    let js = nats::jetstream(client.clone(), &config.nats);
+    match action {
+        DlqAction::List { filter } => {
+            let letters = list(&js, &config.nats, &filter_of(filter)?).await?;
+            for l in &letters {
+                println!(
+                    "{}\t{}\t{}\t{}\t{} bytes\t{}",
+                    l.sequence,
+                    l.stored_at.to_rfc3339(),
+                    l.reason,
+                    l.original_subject,
+                    l.payload.len(),
+                    l.error
+                );
+            }
+            println!("{} dead letters", letters.len());
+        }
+        DlqAction::Replay { filter, keep } => {
+            let report = replay(&js, &config.nats, &filter_of(filter)?, keep).await?;
+            println!(
+                "replayed {} dead letters, skipped {}",
+                report.replayed, report.skipped
+            );
+        }
+    }
+    client.flush().await.map_err(CmdError::Flush)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn filter_of(args: DlqFilter) -> Result<Filter, ArgumentError> {
+    let reason = match args.reason {
+        Some(token) => Some(RejectReason::parse(&token).ok_or(ArgumentError {
+            flag: "--reason",
+            message: format!("unknown reason `{token}`"),
+        })?),
+        None => None,
+    };
+    let time = |flag: &'static str, t: Option<String>| {
+        t.map(|t| {
+            parse_time(&t).map_err(|e| ArgumentError {
+                flag,
+                message: e.to_string(),
+            })
+        })
+        .transpose()
+    };
+    Ok(Filter {
+        reason,
+        since: time("--since", args.since)?,
+        until: time("--until", args.until)?,
+        limit: args.limit,
+    })
+}
 
 /// Which dead letters to act on.
 #[derive(Debug, Clone, Default)]
@@ -41,20 +102,31 @@ pub struct DeadLetter {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("dead-letter stream {stream}: {message}")]
+#[error("dead-letter stream {stream}: {source}")]
 pub struct DlqError {
     pub stream: String,
-    pub message: String,
+    #[source]
+    pub source: BoxError,
+}
+
+/// Neither a time nor an age.
+#[derive(Debug, thiserror::Error)]
+pub enum TimeError {
+    #[error("expected an RFC 3339 time or an age such as 2h: {0}")]
+    Syntax(#[from] DurationError),
+    #[error("age out of range")]
+    Range,
 }
 
 /// Parses `--since`/`--until`: an RFC 3339 time, or a duration back from now such as `2h`.
-pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, TimeError> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&chrono::Utc));
     }
-    let ago = crate::config::parse_duration(text)?;
-    let ago = chrono::Duration::from_std(ago).map_err(|e| e.to_string())?;
-    Ok(chrono::Utc::now() - ago)
+    let ago = chrono::Duration::from_std(parse_duration(text)?).map_err(|_| TimeError::Range)?;
+    chrono::Utc::now()
+        .checked_sub_signed(ago)
+        .ok_or(TimeError::Range)
 }
 
 /// Reads the matching dead letters, oldest first.
@@ -63,14 +135,14 @@ pub async fn list(
     config: &NatsConfig,
     filter: &Filter,
 ) -> Result<Vec<DeadLetter>, DlqError> {
-    let fail = |e: &dyn std::fmt::Display| DlqError {
+    let fail = |e: BoxError| DlqError {
         stream: config.deadletter_stream.clone(),
-        message: e.to_string(),
+        source: e,
     };
     let stream = js
         .get_stream(&config.deadletter_stream)
         .await
-        .map_err(|e| fail(&e))?;
+        .map_err(|e| fail(e.into()))?;
     let filter_subject = match filter.reason {
         Some(reason) => format!("{}.{}", config.deadletter_prefix, reason.as_str()),
         None => format!("{}.>", config.deadletter_prefix),
@@ -89,7 +161,7 @@ pub async fn list(
             ..Default::default()
         })
         .await
-        .map_err(|e| fail(&e))?;
+        .map_err(|e| fail(e.into()))?;
     let limit = filter.limit.unwrap_or(usize::MAX);
     let mut out = Vec::new();
     'pages: while out.len() < limit {
@@ -98,12 +170,12 @@ pub async fn list(
             .max_messages(500.min(limit - out.len()))
             .messages()
             .await
-            .map_err(|e| fail(&e))?;
+            .map_err(|e| fail(e.into()))?;
         let mut got = 0;
         while let Some(message) = batch.next().await {
-            let message = message.map_err(|e| fail(&e))?;
+            let message = message.map_err(fail)?;
             got += 1;
-            let info = message.info().map_err(|e| fail(&e))?;
+            let info = message.info().map_err(fail)?;
             let stored_at = info.published;
             if filter.until.is_some_and(|until| stored_at >= until) {
                 break 'pages;
@@ -155,15 +227,15 @@ pub async fn replay(
     filter: &Filter,
     keep: bool,
 ) -> Result<ReplayReport, DlqError> {
-    let fail = |e: &dyn std::fmt::Display| DlqError {
+    let fail = |e: BoxError| DlqError {
         stream: config.deadletter_stream.clone(),
-        message: e.to_string(),
+        source: e,
     };
     let letters = list(js, config, filter).await?;
     let stream = js
         .get_stream(&config.deadletter_stream)
         .await
-        .map_err(|e| fail(&e))?;
+        .map_err(|e| fail(e.into()))?;
     let mut report = ReplayReport::default();
     for letter in letters {
         if letter.original_subject.is_empty() {
@@ -181,14 +253,14 @@ pub async fn replay(
             letter.payload.clone(),
         )
         .await
-        .map_err(|e| fail(&e))?
+        .map_err(|e| fail(e.into()))?
         .await
-        .map_err(|e| fail(&e))?;
+        .map_err(|e| fail(e.into()))?;
         if !keep {
             stream
                 .delete_message(letter.sequence)
                 .await
-                .map_err(|e| fail(&e))?;
+                .map_err(|e| fail(e.into()))?;
         }
         report.replayed += 1;
     }

@@ -2,11 +2,37 @@
 //! body, `Nats-Msg-Id` = `event_id`, subject `scores.update.<leaderboard>`), waiting for JetStream to
 //! store each one.
 
+use std::process::ExitCode;
+
+use async_nats::jetstream::context::PublishError;
 use async_nats::jetstream::Context;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use rand::Rng;
 use uuid::Uuid;
+
+use super::CmdError;
+use crate::config::Config;
+use crate::nats;
+
+/// `publish-sample`: ensures the topology, publishes, reports.
+pub async fn run(
+    config: &Config,
+    count: usize,
+    profiles: usize,
+    leaderboards: usize,
+) -> Result<ExitCode, CmdError> {
+    let client = nats::connect(&config.nats, None).await?;
+    let js = nats::jetstream(client.clone(), &config.nats);
+    nats::ensure_topology(&js, &config.nats).await?;
+    let subject = &config.nats.subjects[0];
+    publish_sample(&js, subject, count, profiles, leaderboards)
+        .await
+        .map_err(CmdError::Sample)?;
+    client.flush().await.map_err(CmdError::Flush)?;
+    println!("published {count} events to {subject}");
+    Ok(ExitCode::SUCCESS)
+}
 
 /// The subject for a leaderboard under a consumed pattern: `scores.update.>` → `scores.update.<lb>`.
 pub fn subject_for(pattern: &str, leaderboard: &str) -> String {
@@ -47,14 +73,12 @@ pub async fn publish(
     subject: String,
     msg_id: &str,
     payload: Bytes,
-) -> Result<(), String> {
+) -> Result<(), PublishError> {
     let mut headers = HeaderMap::new();
     headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
     js.publish_with_headers(subject, headers, payload)
-        .await
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?
+        .await?;
     Ok(())
 }
 
@@ -65,7 +89,7 @@ pub async fn publish_sample(
     count: usize,
     profiles: usize,
     leaderboards: usize,
-) -> Result<(), String> {
+) -> Result<(), PublishError> {
     let mut rng = rand::rng();
     let people: Vec<(Uuid, String)> = (0..profiles.max(1))
         .map(|_| {

@@ -1,6 +1,8 @@
 //! `score-worker check`: validates the configuration, reaches NATS and the database, and verifies the
 //! streams, the consumer and the schema version. Prints one line per check; never prints a secret.
 
+use std::process::ExitCode;
+
 use crate::config::Config;
 use crate::{nats, schema, store};
 
@@ -22,7 +24,18 @@ impl Report {
     }
 }
 
-pub async fn run(config: &Config) -> Report {
+/// Prints the report; fails when any check failed.
+pub async fn run(config: &Config) -> ExitCode {
+    let report = checks(config).await;
+    print!("{}", report.render());
+    if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn checks(config: &Config) -> Report {
     let mut lines = vec![(true, format!("configuration valid: {}", config.redacted()))];
     let mut push = |ok: bool, line: String| lines.push((ok, line));
 

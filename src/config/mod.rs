@@ -2,11 +2,16 @@
 //!
 //! Order (later wins): `config/default.toml` (compiled in, so the binary always has every key) → the
 //! file given with `--config` → environment variables `SCORE_WORKER__<SECTION>__<KEY>`.
-//! Unknown keys are errors, so a typo cannot silently fall back to a default.
+//! Unknown keys are errors, so a typo cannot silently fall back to a default. Values are typed as they
+//! are read (durations, consistency, the NATS auth method, optional files); [`validate`] checks what
+//! types cannot express, one section at a time and then across sections.
 
-use std::fmt;
+mod duration;
+mod validate;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -14,8 +19,13 @@ use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
+pub use duration::{parse_duration, DurationError};
+
+use crate::score::Limits;
+use duration::duration;
+
 /// The defaults shipped with the binary; also the documentation of every key.
-pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 /// Prefix of the environment overrides.
 pub const ENV_PREFIX: &str = "SCORE_WORKER__";
 /// Keys that hold secrets: read from the environment as raw strings (an all-digit password stays a
@@ -46,6 +56,13 @@ pub enum ConfigError {
     Invalid { key: &'static str, expected: String },
 }
 
+pub(crate) fn invalid(key: &'static str, expected: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        expected: expected.into(),
+    }
+}
+
 /// A load error about a secret key names the key but not the value.
 fn hide_secrets(error: figment::Error) -> ConfigError {
     for e in error.clone() {
@@ -69,13 +86,6 @@ pub fn redact_url(urls: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
-}
-
-fn invalid(key: &'static str, expected: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        expected: expected.into(),
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,23 +129,150 @@ pub struct NatsConfig {
     pub tls: TlsFiles,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NatsAuth {
-    pub user: String,
-    pub password: SecretString,
-    pub token: SecretString,
-    pub nkey_seed: SecretString,
-    pub credentials_file: String,
+/// How the worker authenticates to NATS: at most one method, by construction.
+///
+/// The file keeps one key per method (`nats.auth.user` + `password`, `token`, `nkey_seed`,
+/// `credentials_file`; empty means unset); setting keys of two methods is a load error.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(try_from = "RawNatsAuth")]
+pub enum NatsAuth {
+    #[default]
+    None,
+    UserPassword {
+        user: String,
+        password: SecretString,
+    },
+    Token(SecretString),
+    NKey(SecretString),
+    CredentialsFile(PathBuf),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNatsAuth {
+    user: String,
+    password: SecretString,
+    token: SecretString,
+    nkey_seed: SecretString,
+    credentials_file: String,
+}
+
+/// More than one NATS auth method is set.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "nats.auth takes at most one method: user (+password), token, nkey_seed or credentials_file"
+)]
+pub struct AuthMethodsError;
+
+impl TryFrom<RawNatsAuth> for NatsAuth {
+    type Error = AuthMethodsError;
+
+    fn try_from(raw: RawNatsAuth) -> Result<Self, Self::Error> {
+        let set = |s: &SecretString| !s.expose_secret().is_empty();
+        let mut methods = Vec::new();
+        if !raw.user.is_empty() {
+            methods.push(NatsAuth::UserPassword {
+                user: raw.user,
+                password: raw.password,
+            });
+        }
+        if set(&raw.token) {
+            methods.push(NatsAuth::Token(raw.token));
+        }
+        if set(&raw.nkey_seed) {
+            methods.push(NatsAuth::NKey(raw.nkey_seed));
+        }
+        if !raw.credentials_file.is_empty() {
+            methods.push(NatsAuth::CredentialsFile(raw.credentials_file.into()));
+        }
+        match methods.len() {
+            0 => Ok(NatsAuth::None),
+            1 => Ok(methods.remove(0)),
+            _ => Err(AuthMethodsError),
+        }
+    }
+}
+
+impl NatsAuth {
+    /// `key=value` pairs for a summary, secrets as `***`.
+    fn redacted(&self) -> String {
+        match self {
+            NatsAuth::None => "nats.auth=none".into(),
+            NatsAuth::UserPassword { user, .. } => {
+                format!("nats.auth.user={user} nats.auth.password=***")
+            }
+            NatsAuth::Token(_) => "nats.auth.token=***".into(),
+            NatsAuth::NKey(_) => "nats.auth.nkey_seed=***".into(),
+            NatsAuth::CredentialsFile(path) => {
+                format!("nats.auth.credentials_file={}", path.display())
+            }
+        }
+    }
+}
+
+/// TLS to a server: off, or on with optional CA and client certificate files (empty means unset).
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     pub enabled: bool,
-    pub ca_file: String,
-    pub cert_file: String,
-    pub key_file: String,
+    #[serde(deserialize_with = "optional_path")]
+    pub ca_file: Option<PathBuf>,
+    #[serde(deserialize_with = "optional_path")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(deserialize_with = "optional_path")]
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// The client certificate and its key, when both are set (validation refuses one without the other).
+    pub fn client_cert(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert_file.as_deref()?, self.key_file.as_deref()?))
+    }
+}
+
+/// A consistency level of the database, as written in the configuration (any case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Consistency {
+    One,
+    Two,
+    Three,
+    Quorum,
+    All,
+    LocalQuorum,
+    EachQuorum,
+    LocalOne,
+}
+
+/// A name that is not a consistency level.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not a consistency level: one, two, three, quorum, all, local_quorum, each_quorum or local_one")]
+pub struct ConsistencyError(String);
+
+impl FromStr for Consistency {
+    type Err = ConsistencyError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Ok(match name.to_ascii_lowercase().as_str() {
+            "one" => Self::One,
+            "two" => Self::Two,
+            "three" => Self::Three,
+            "quorum" => Self::Quorum,
+            "all" => Self::All,
+            "local_quorum" => Self::LocalQuorum,
+            "each_quorum" => Self::EachQuorum,
+            "local_one" => Self::LocalOne,
+            _ => return Err(ConsistencyError(name.to_string())),
+        })
+    }
+}
+
+impl TryFrom<String> for Consistency {
+    type Error = ConsistencyError;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        name.parse()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,8 +280,9 @@ pub struct TlsFiles {
 pub struct ScyllaConfig {
     pub nodes: Vec<String>,
     pub keyspace: String,
-    pub consistency: String,
-    pub local_datacenter: String,
+    pub consistency: Consistency,
+    #[serde(deserialize_with = "optional_string")]
+    pub local_datacenter: Option<String>,
     pub replication: String,
     pub leaderboard_buckets: i32,
     pub write_concurrency: usize,
@@ -155,6 +293,13 @@ pub struct ScyllaConfig {
     pub user: String,
     pub password: SecretString,
     pub tls: TlsFiles,
+}
+
+impl ScyllaConfig {
+    /// User and password, when a user is set.
+    pub fn credentials(&self) -> Option<(&str, &str)> {
+        (!self.user.is_empty()).then(|| (self.user.as_str(), self.password.expose_secret()))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -216,6 +361,17 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// The pipeline's knobs, gathered from `batch`, `retry` and `nats`.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub max_scores: usize,
+    pub linger: Duration,
+    pub max_inflight: usize,
+    /// Deliveries before an unwritten message is dead-lettered instead of nak'd.
+    pub max_deliver: i64,
+    pub retry: RetryConfig,
+}
+
 impl Config {
     /// Loads defaults, then `file`, then the process environment, and validates the result.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
@@ -262,128 +418,33 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks rules that span keys or that types cannot express.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let n = &self.nats;
-        if n.url.contains('@') {
-            return Err(invalid(
-                "nats.url",
-                "must not carry credentials; use nats.auth.user/password or nats.auth.token",
-            ));
+    /// The decoder's limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_payload_bytes: self.validation.max_payload_bytes,
+            max_clock_skew_micros: i64::try_from(self.validation.max_clock_skew.as_micros())
+                .unwrap_or(i64::MAX),
         }
-        if n.subjects.is_empty() || n.subjects.iter().any(|s| s.trim().is_empty()) {
-            return Err(invalid(
-                "nats.subjects",
-                "must list at least one non-empty subject",
-            ));
+    }
+
+    /// The pipeline's knobs.
+    pub fn pipeline(&self) -> PipelineConfig {
+        PipelineConfig {
+            max_scores: self.batch.max_scores,
+            linger: self.batch.linger,
+            max_inflight: self.batch.max_inflight,
+            max_deliver: self.nats.max_deliver,
+            retry: self.retry.clone(),
         }
-        for (key, name) in [
-            ("nats.stream", &n.stream),
-            ("nats.consumer", &n.consumer),
-            ("nats.deadletter_stream", &n.deadletter_stream),
-        ] {
-            if name.is_empty() || name.contains(['.', '*', '>', ' ']) {
-                return Err(invalid(
-                    key,
-                    "must be a non-empty name without '.', '*', '>' or spaces",
-                ));
-            }
-        }
-        if n.deadletter_prefix.is_empty() || n.deadletter_prefix.contains(['*', '>', ' ']) {
-            return Err(invalid(
-                "nats.deadletter_prefix",
-                "must be a literal subject prefix",
-            ));
-        }
-        if n.max_deliver < 2 {
-            return Err(invalid("nats.max_deliver", "must be at least 2"));
-        }
-        if n.max_ack_pending < 1 || n.pull_batch == 0 {
-            return Err(invalid(
-                "nats.max_ack_pending/nats.pull_batch",
-                "must be positive",
-            ));
-        }
-        let auth_methods = [
-            !n.auth.user.is_empty(),
-            !n.auth.token.expose_secret().is_empty(),
-            !n.auth.nkey_seed.expose_secret().is_empty(),
-            !n.auth.credentials_file.is_empty(),
-        ];
-        if auth_methods.iter().filter(|m| **m).count() > 1 {
-            return Err(invalid(
-                "nats.auth",
-                "takes at most one method: user, token, nkey_seed or credentials_file",
-            ));
-        }
-        let s = &self.scylla;
-        if s.nodes.is_empty() {
-            return Err(invalid("scylla.nodes", "must list at least one host:port"));
-        }
-        if s.keyspace.is_empty()
-            || s.keyspace.len() > 48
-            || !s
-                .keyspace
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        {
-            return Err(invalid(
-                "scylla.keyspace",
-                "must be 1-48 characters of [A-Za-z0-9_]",
-            ));
-        }
-        crate::store::parse_consistency(&s.consistency).ok_or_else(|| {
-            invalid(
-                "scylla.consistency",
-                "must be one of one, two, three, quorum, all, local_quorum, each_quorum, local_one",
-            )
-        })?;
-        if !s.replication.trim_start().starts_with('{') {
-            return Err(invalid(
-                "scylla.replication",
-                "must be a CQL map such as {'class': 'NetworkTopologyStrategy', 'dc1': 3}",
-            ));
-        }
-        if s.leaderboard_buckets < 1 {
-            return Err(invalid("scylla.leaderboard_buckets", "must be at least 1"));
-        }
-        if s.write_concurrency == 0 {
-            return Err(invalid("scylla.write_concurrency", "must be positive"));
-        }
-        let b = &self.batch;
-        if b.max_scores == 0 || b.max_scores > 1000 {
-            return Err(invalid("batch.max_scores", "must be between 1 and 1000"));
-        }
-        if b.max_inflight == 0 {
-            return Err(invalid("batch.max_inflight", "must be positive"));
-        }
-        let r = &self.retry;
-        if r.max_attempts == 0 {
-            return Err(invalid("retry.max_attempts", "must be at least 1"));
-        }
-        if r.initial_backoff > r.max_backoff {
-            return Err(invalid(
-                "retry.initial_backoff",
-                "must not exceed retry.max_backoff",
-            ));
-        }
-        // A flush must settle (or send progress) before NATS gives its messages to another replica.
-        if r.progress_interval >= n.ack_wait {
-            return Err(invalid(
-                "retry.progress_interval",
-                "must be shorter than nats.ack_wait",
-            ));
-        }
-        if b.linger >= n.ack_wait {
-            return Err(invalid(
-                "batch.linger",
-                "must be shorter than nats.ack_wait",
-            ));
-        }
-        if self.validation.max_payload_bytes == 0 {
-            return Err(invalid("validation.max_payload_bytes", "must be positive"));
-        }
-        Ok(())
+    }
+
+    /// Bytes per pull request: room for a full pull of maximum-size payloads, and at least the largest
+    /// message the server accepts, or a bigger one would never be delivered and block the rest.
+    pub fn pull_max_bytes(&self, server_max_payload: usize) -> usize {
+        self.nats
+            .pull_batch
+            .saturating_mul(self.validation.max_payload_bytes)
+            .max(server_max_payload)
     }
 
     /// A printable summary with every secret replaced by `***`.
@@ -396,18 +457,14 @@ impl Config {
             }
         };
         format!(
-            "nats.url={} nats.stream={} nats.consumer={} nats.subjects={:?} nats.auth.user={} nats.auth.password={} \
-             nats.auth.token={} nats.auth.nkey_seed={} nats.tls.enabled={} scylla.nodes={:?} scylla.keyspace={} \
-             scylla.consistency={} scylla.user={} scylla.password={} scylla.tls.enabled={} batch.max_scores={} \
-             batch.linger={:?} http.listen={}",
+            "nats.url={} nats.stream={} nats.consumer={} nats.subjects={:?} {} nats.tls.enabled={} \
+             scylla.nodes={:?} scylla.keyspace={} scylla.consistency={:?} scylla.user={} scylla.password={} \
+             scylla.tls.enabled={} batch.max_scores={} batch.linger={:?} http.listen={}",
             redact_url(&self.nats.url),
             self.nats.stream,
             self.nats.consumer,
             self.nats.subjects,
-            self.nats.auth.user,
-            secret(&self.nats.auth.password),
-            secret(&self.nats.auth.token),
-            secret(&self.nats.auth.nkey_seed),
+            self.nats.auth.redacted(),
             self.nats.tls.enabled,
             self.scylla.nodes,
             self.scylla.keyspace,
@@ -422,58 +479,14 @@ impl Config {
     }
 }
 
-impl TlsFiles {
-    /// The CA file, if one is set.
-    pub fn ca(&self) -> Option<PathBuf> {
-        (!self.ca_file.is_empty()).then(|| PathBuf::from(&self.ca_file))
-    }
+/// An empty string means "not set".
+fn optional_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok((!s.trim().is_empty()).then_some(s))
 }
 
-/// Parses "250ms", "5s", "2m", "1h", "30d" (and combinations like "1m30s").
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err("empty duration".into());
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(format!("`{text}` is not a duration like 250ms, 5s, 2m, 1h"));
-        }
-        let value: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("`{text}`: number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let part = match unit {
-            "ms" => Duration::from_millis(value),
-            "s" => Duration::from_secs(value),
-            "m" => Duration::from_secs(value * 60),
-            "h" => Duration::from_secs(value * 3600),
-            "d" => Duration::from_secs(value * 86_400),
-            _ => return Err(format!("`{text}`: unit must be ms, s, m, h or d")),
-        };
-        total += part;
-    }
-    Ok(total)
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    struct V;
-    impl serde::de::Visitor<'_> for V {
-        type Value = Duration;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a duration such as \"250ms\", \"5s\" or \"2m\"")
-        }
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
-            parse_duration(v).map_err(E::custom)
-        }
-    }
-    d.deserialize_str(V)
+fn optional_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    Ok(optional_string(d)?.map(PathBuf::from))
 }
 
 #[cfg(test)]
@@ -491,23 +504,10 @@ mod tests {
         assert_eq!(c.batch.max_scores, 50);
         assert_eq!(c.nats.subjects, vec!["scores.update.>".to_string()]);
         assert_eq!(c.nats.duplicate_window, Duration::from_secs(120));
-        assert_eq!(c.scylla.consistency, "local_quorum");
+        assert_eq!(c.scylla.consistency, Consistency::LocalQuorum);
         assert_eq!(c.validation.max_payload_bytes, 65_536);
         assert_eq!(c.validation.max_clock_skew, Duration::from_secs(300));
         assert_eq!(c.http.listen.port(), 9102);
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
-        assert_eq!(
-            parse_duration("30d").unwrap(),
-            Duration::from_secs(30 * 86_400)
-        );
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("5w").is_err());
     }
 
     #[test]
@@ -570,7 +570,11 @@ mod tests {
         ];
         let c = Config::load_from(None, no_env(), &secrets).unwrap();
         assert_eq!(c.scylla.password.expose_secret(), "00123");
-        assert_eq!(c.nats.auth.token.expose_secret(), "true");
+        assert!(
+            matches!(&c.nats.auth, NatsAuth::Token(t) if t.expose_secret() == "true"),
+            "{:?}",
+            c.nats.auth
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
@@ -598,6 +602,38 @@ mod tests {
             err.contains("nats.url") && !err.contains("hunter2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn two_auth_methods_are_a_load_error_naming_the_section() {
+        let secrets = [("nats.auth.token", "t0ken".to_string())];
+        let env = Env::prefixed("SCORE_WORKER_TEST_UNSET__").split("__");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[nats.auth]\nuser = \"svc\"\npassword = \"pw\"\n").unwrap();
+        let c = Config::load_from(Some(&path), no_env(), &[]).unwrap();
+        assert!(matches!(c.nats.auth, NatsAuth::UserPassword { ref user, .. } if user == "svc"));
+        let err = Config::load_from(Some(&path), env, &secrets)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("at most one method") && err.contains("nats.auth"),
+            "{err}"
+        );
+        assert!(!err.contains("t0ken") && !err.contains("pw"), "{err}");
+    }
+
+    #[test]
+    fn typed_values_from_strings() {
+        assert_eq!(
+            "LOCAL_QUORUM".parse::<Consistency>().unwrap(),
+            Consistency::LocalQuorum
+        );
+        assert!("most".parse::<Consistency>().is_err());
+        let c = Config::defaults();
+        assert_eq!(c.nats.tls.ca_file, None);
+        assert_eq!(c.scylla.local_datacenter, None);
+        assert!(c.scylla.credentials().is_none());
     }
 
     #[test]

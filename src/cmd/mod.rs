@@ -1,8 +1,23 @@
-//! The command line: `score-worker [--config FILE] <run | migrate [--dry-run] | check | publish-sample>`.
+//! The command line and its subcommands: `score-worker [--config FILE] <run | migrate [--dry-run] | check
+//! | dlq list|replay | publish-sample>`. [`run`] dispatches; each subcommand other than `run` lives in a
+//! module of its own here, and `run` is [`crate::app`].
+
+mod check;
+mod dlq;
+mod migrate;
+pub mod sample;
 
 use std::path::PathBuf;
 
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
+
+use crate::app::{App, AppError};
+use crate::config::Config;
+use crate::nats::NatsError;
+use crate::schema::SchemaError;
+use crate::store::ConnectError;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -81,4 +96,66 @@ pub enum DlqAction {
         #[arg(long)]
         keep: bool,
     },
+}
+
+/// A subcommand failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CmdError {
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    #[error(transparent)]
+    Database(Box<ConnectError>),
+    #[error(transparent)]
+    Schema(Box<SchemaError>),
+    #[error(transparent)]
+    Dlq(#[from] dlq::DlqError),
+    #[error("publishing sample events: {0}")]
+    Sample(#[source] async_nats::jetstream::context::PublishError),
+    #[error("flushing to NATS: {0}")]
+    Flush(#[source] async_nats::client::FlushError),
+    #[error(transparent)]
+    Argument(#[from] ArgumentError),
+}
+
+impl From<SchemaError> for CmdError {
+    fn from(e: SchemaError) -> Self {
+        CmdError::Schema(Box::new(e))
+    }
+}
+
+impl From<ConnectError> for CmdError {
+    fn from(e: ConnectError) -> Self {
+        CmdError::Database(Box::new(e))
+    }
+}
+
+/// A command-line value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag}: {message}")]
+pub struct ArgumentError {
+    pub flag: &'static str,
+    pub message: String,
+}
+
+/// Runs one subcommand; the exit code of a subcommand that reports problems without failing
+/// (`check`) is its own.
+pub async fn run(command: Command, config: Config) -> Result<ExitCode, CmdError> {
+    match command {
+        Command::Run => {
+            let app = App::build(config).await?;
+            tracing::info!(http = %app.http_addr(), "HTTP listening");
+            app.run_until_stopped(crate::shutdown::signal()).await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate { dry_run } => migrate::run(&config, dry_run).await,
+        Command::Check => Ok(check::run(&config).await),
+        Command::Dlq { action } => dlq::run(&config, action).await,
+        Command::PublishSample {
+            count,
+            profiles,
+            leaderboards,
+        } => sample::run(&config, count, profiles, leaderboards).await,
+    }
 }

@@ -1,71 +1,34 @@
 //! receive → batch → write with retries → settle receipts.
 //!
-//! Generic over the [`Store`] and the [`Receipt`] so its logic is unit-tested with fakes; the real
-//! servers prove the integration in `tests/`.
-//!
-//! Settlement of a flush's messages, decided once per flush:
-//! - written → every message acked (a confirmed, double ack);
-//! - not written within the retry budget → nak with `retry.nak_delay` (JetStream redelivers), or, for a
-//!   message already delivered `max_deliver` times, dead-lettered as `max_deliveries`;
-//! - while the write is pending, `+WPI` progress keeps JetStream from redelivering.
+//! Generic over the [`Store`] and the [`Receipt`] (both defined in [`ports`]), so its logic is
+//! unit-tested with fakes; the real servers prove the integration in `tests/`. A flush's messages are
+//! settled together by [`settle::decide`]: written → acked; not written within `retry.total_budget` →
+//! nak'd with `retry.nak_delay`, or dead-lettered as `max_deliveries` on the last delivery. While the
+//! write is pending, `+WPI` progress keeps JetStream from redelivering.
 
-use std::future::Future;
+pub mod ports;
+pub mod settle;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+pub use crate::config::PipelineConfig;
+pub use ports::{Class, Receipt, SettleError, Store, WriteError};
+pub use settle::{Attempt, Outcome, Settler};
+
 use crate::batcher::{Batcher, Flush};
-use crate::config::RetryConfig;
 use crate::health::Health;
-use crate::metrics::{Metrics, FAILED_WRITE};
+use crate::metrics::Metrics;
 use crate::retry;
-use crate::score::{RejectReason, ScoreUpdate};
-use crate::store::Store;
-
-/// Settling a message with NATS failed.
-#[derive(Debug, thiserror::Error)]
-#[error("{action} failed: {message}")]
-pub struct SettleError {
-    pub action: &'static str,
-    pub message: String,
-}
-
-/// A handle on one received message, settled exactly once by the pipeline.
-pub trait Receipt: Send + Sync + 'static {
-    /// When the worker received the message.
-    fn received_at(&self) -> Instant;
-    /// How many times NATS has delivered it (1 on first delivery).
-    fn delivered(&self) -> i64;
-    /// Acknowledge, waiting for the server's confirmation.
-    fn ack(&self) -> impl Future<Output = Result<(), SettleError>> + Send;
-    /// Ask for redelivery after `delay`.
-    fn nak(&self, delay: Duration) -> impl Future<Output = Result<(), SettleError>> + Send;
-    /// Tell NATS the message is still being worked on.
-    fn progress(&self) -> impl Future<Output = Result<(), SettleError>> + Send;
-    /// Publish to the dead-letter subject, then acknowledge.
-    fn dead_letter(
-        &self,
-        reason: RejectReason,
-        detail: &str,
-    ) -> impl Future<Output = Result<(), SettleError>> + Send;
-}
-
-/// The pipeline's knobs, taken from [`crate::config::Config`].
-#[derive(Debug, Clone)]
-pub struct PipelineConfig {
-    pub max_scores: usize,
-    pub linger: Duration,
-    pub max_inflight: usize,
-    pub max_deliver: i64,
-    pub retry: RetryConfig,
-}
+use crate::score::ScoreUpdate;
 
 pub struct Pipeline<S> {
     store: Arc<S>,
     config: PipelineConfig,
+    settler: Settler,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 }
@@ -77,12 +40,25 @@ impl<S: Store> Pipeline<S> {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Self {
+        let settler = Settler::new(
+            settle::Limits {
+                max_deliver: config.max_deliver,
+                nak_delay: config.retry.nak_delay,
+            },
+            metrics.clone(),
+        );
         Self {
             store,
             config,
+            settler,
             metrics,
             health,
         }
+    }
+
+    /// The settler the pipeline settles with; the consumer and the advisory watcher share it.
+    pub fn settler(&self) -> &Settler {
+        &self.settler
     }
 
     /// Runs until `input` closes, then writes what is buffered and waits for every flush to settle.
@@ -163,7 +139,7 @@ impl<S: Store> Pipeline<S> {
             retry::run_with_retries(
                 &self.config.retry,
                 || self.store.write(&flush.latest, &flush.events),
-                |e| e.is_retryable(),
+                |e| e.class() == Class::Retryable,
                 |e, delay| {
                     m.batch_retries.inc();
                     tracing::warn!(error = %e, retry_in = ?delay, scores = flush.scores(), "flush write failed; retrying");
@@ -183,71 +159,45 @@ impl<S: Store> Pipeline<S> {
                 }
             }
         };
-        let failure = match result {
-            Ok(Ok(())) => None,
-            Ok(Err(error)) if !error.is_retryable() => {
-                self.health.permanent_failure(&error.to_string());
-                Some(error.to_string())
-            }
-            Ok(Err(error)) => Some(error.to_string()),
-            Err(_elapsed) => Some(format!(
-                "retry budget of {:?} exhausted",
-                self.config.retry.total_budget
-            )),
-        };
-        match failure {
-            None => {
+        let detail;
+        let attempt = match result {
+            Ok(Ok(())) => {
                 self.health.write_succeeded();
-                let acks = futures::future::join_all(flush.receipts.iter().map(|r| r.ack())).await;
-                for (receipt, ack) in flush.receipts.iter().zip(acks) {
-                    match ack {
-                        Ok(()) => {
-                            m.messages_processed.inc();
-                            m.processing_duration
-                                .observe(receipt.received_at().elapsed().as_secs_f64());
-                        }
-                        // The write is durable and idempotent: a redelivery changes nothing.
-                        Err(e) => {
-                            tracing::warn!(error = %e, "ack failed after a successful write; NATS will redeliver")
-                        }
-                    }
+                Attempt::Written
+            }
+            Ok(Err(error)) => {
+                let class = error.class();
+                detail = error.to_string();
+                if class == Class::Permanent {
+                    self.health.permanent_failure(&detail);
+                }
+                Attempt::NotWritten {
+                    class,
+                    detail: &detail,
                 }
             }
-            Some(detail) => {
-                tracing::warn!(%detail, messages = flush.receipts.len(), "flush not written; giving its messages back");
-                futures::future::join_all(
-                    flush.receipts.iter().map(|r| self.give_back(r, &detail)),
-                )
-                .await;
+            Err(_elapsed) => {
+                detail = format!(
+                    "retry budget of {:?} exhausted",
+                    self.config.retry.total_budget
+                );
+                Attempt::NotWritten {
+                    class: Class::Retryable,
+                    detail: &detail,
+                }
             }
-        }
-        m.inflight_batches.dec();
-    }
-
-    /// Returns an unwritten message to NATS, or dead-letters it when NATS will not deliver it again.
-    async fn give_back<R: Receipt>(&self, receipt: &R, detail: &str) {
-        let outcome = if receipt.delivered() >= self.config.max_deliver {
-            let reason = RejectReason::MaxDeliveries;
-            let detail = format!(
-                "not written after {} deliveries: {detail}",
-                receipt.delivered()
-            );
-            let result = receipt.dead_letter(reason, &detail).await;
-            if result.is_ok() {
-                self.metrics.dead_lettered(reason);
-                tracing::error!(reason = reason.as_str(), %detail, "message dead-lettered");
-            }
-            result
-        } else {
-            self.metrics
-                .messages_failed
-                .with_label_values(&[FAILED_WRITE])
-                .inc();
-            receipt.nak(self.config.retry.nak_delay).await
         };
-        if let Err(e) = outcome {
-            tracing::warn!(error = %e, "could not settle an unwritten message; NATS redelivers it after ack_wait");
+        if let Attempt::NotWritten { detail, .. } = attempt {
+            tracing::warn!(%detail, messages = flush.receipts.len(), "flush not written; giving its messages back");
         }
+        futures::future::join_all(
+            flush
+                .receipts
+                .iter()
+                .map(|r| self.settler.settle(r, attempt)),
+        )
+        .await;
+        m.inflight_batches.dec();
     }
 }
 
@@ -260,10 +210,11 @@ fn log_join(result: Result<(), tokio::task::JoinError>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoreError;
-    use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+    use crate::config::RetryConfig;
+    use crate::score::RejectReason;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
+    use std::time::Duration;
     use uuid::Uuid;
 
     #[derive(Debug, Clone, PartialEq)]
@@ -288,28 +239,29 @@ mod tests {
         fn delivered(&self) -> i64 {
             self.delivered
         }
-        async fn ack(&self) -> Result<(), SettleError> {
-            self.log.lock().unwrap().push((self.id, Settled::Ack));
-            Ok(())
-        }
-        async fn nak(&self, _delay: Duration) -> Result<(), SettleError> {
-            self.log.lock().unwrap().push((self.id, Settled::Nak));
+        async fn settle(&self, outcome: &Outcome) -> Result<(), SettleError> {
+            let settled = match outcome {
+                Outcome::Ack => Settled::Ack,
+                Outcome::Retry { .. } => Settled::Nak,
+                Outcome::DeadLetter { reason, .. } => Settled::Dead(*reason),
+            };
+            self.log.lock().unwrap().push((self.id, settled));
             Ok(())
         }
         async fn progress(&self) -> Result<(), SettleError> {
             self.progress.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
-        async fn dead_letter(
-            &self,
-            reason: RejectReason,
-            _detail: &str,
-        ) -> Result<(), SettleError> {
-            self.log
-                .lock()
-                .unwrap()
-                .push((self.id, Settled::Dead(reason)));
-            Ok(())
+    }
+
+    /// The fake store's failure, of the class it was told to be.
+    #[derive(Debug, thiserror::Error)]
+    #[error("fake failure ({0:?})")]
+    struct FakeError(Class);
+
+    impl WriteError for FakeError {
+        fn class(&self) -> Class {
+            self.0
         }
     }
 
@@ -333,27 +285,25 @@ mod tests {
     }
 
     impl Store for FakeStore {
+        type Error = FakeError;
+
         async fn write(
             &self,
             latest: &[ScoreUpdate],
             events: &[ScoreUpdate],
-        ) -> Result<(), StoreError> {
+        ) -> Result<(), FakeError> {
             tokio::time::sleep(self.write_delay).await;
             if self
                 .failures
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok()
             {
-                let db = if self.permanent {
-                    DbError::Invalid
+                let class = if self.permanent {
+                    Class::Permanent
                 } else {
-                    DbError::Overloaded
+                    Class::Retryable
                 };
-                let e = ExecutionError::LastAttemptError(RequestAttemptError::DbError(
-                    db,
-                    "fake".into(),
-                ));
-                return Err(StoreError::new("insert_leaderboard", e));
+                return Err(FakeError(class));
             }
             self.flushes
                 .lock()
@@ -420,37 +370,42 @@ mod tests {
         (store, settled, progress.load(Ordering::SeqCst))
     }
 
+    /// Exactly `n` messages, each settled once, all as `want`.
+    fn assert_all(settled: &[(usize, Settled)], n: usize, want: Settled) {
+        assert_eq!(settled.len(), n, "{settled:?}");
+        let mut ids: Vec<usize> = settled.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "a message was settled twice: {settled:?}");
+        assert!(settled.iter().all(|(_, s)| *s == want), "{settled:?}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn every_message_is_acked_after_its_flush_is_written() {
         let (store, settled, _) = run(FakeStore::new(0, false), 120, 1, config()).await;
         let flushes = store.flushes.lock().unwrap().clone();
         assert_eq!(flushes, vec![(50, 50), (50, 50), (20, 20)]);
-        assert_eq!(settled.len(), 120);
-        assert!(settled.iter().all(|(_, s)| *s == Settled::Ack));
+        assert_all(&settled, 120, Settled::Ack);
     }
 
     #[tokio::test(start_paused = true)]
     async fn transient_failures_are_retried_then_acked() {
         let (store, settled, _) = run(FakeStore::new(3, false), 10, 1, config()).await;
         assert_eq!(store.flushes.lock().unwrap().len(), 1);
-        assert!(settled.iter().all(|(_, s)| *s == Settled::Ack));
-        assert_eq!(settled.len(), 10);
+        assert_all(&settled, 10, Settled::Ack);
     }
 
     #[tokio::test(start_paused = true)]
     async fn exhausted_budget_naks_and_never_acks() {
         let (store, settled, _) = run(FakeStore::new(100, false), 10, 1, config()).await;
         assert!(store.flushes.lock().unwrap().is_empty());
-        assert_eq!(settled.len(), 10);
-        assert!(settled.iter().all(|(_, s)| *s == Settled::Nak));
+        assert_all(&settled, 10, Settled::Nak);
     }
 
     #[tokio::test(start_paused = true)]
     async fn last_delivery_is_dead_lettered_instead_of_dropped() {
         let (_, settled, _) = run(FakeStore::new(100, false), 3, 5, config()).await;
-        assert!(settled
-            .iter()
-            .all(|(_, s)| *s == Settled::Dead(RejectReason::MaxDeliveries)));
+        assert_all(&settled, 3, Settled::Dead(RejectReason::MaxDeliveries));
     }
 
     #[tokio::test(start_paused = true)]
@@ -459,7 +414,7 @@ mod tests {
         let (store, settled, _) = run(store, 5, 1, config()).await;
         // One failed attempt (not retried), nak'd; the store would have accepted a second attempt.
         assert!(store.flushes.lock().unwrap().is_empty());
-        assert!(settled.iter().all(|(_, s)| *s == Settled::Nak));
+        assert_all(&settled, 5, Settled::Nak);
     }
 
     #[tokio::test(start_paused = true)]
@@ -468,7 +423,7 @@ mod tests {
         store.write_delay = Duration::from_secs(1);
         let (_, settled, progress) = run(store, 5, 1, config()).await;
         assert!(progress >= 5 * 3, "progress sent {progress} times");
-        assert!(settled.iter().all(|(_, s)| *s == Settled::Ack));
+        assert_all(&settled, 5, Settled::Ack);
     }
 
     #[tokio::test(start_paused = true)]
@@ -477,6 +432,6 @@ mod tests {
         store.write_delay = Duration::from_secs(600);
         let (store, settled, _) = run(store, 3, 1, config()).await;
         assert!(store.flushes.lock().unwrap().is_empty());
-        assert!(settled.iter().all(|(_, s)| *s == Settled::Nak));
+        assert_all(&settled, 3, Settled::Nak);
     }
 }

@@ -1,0 +1,60 @@
+//! The two seams the pipeline is generic over, owned here so that neither the pipeline nor its test
+//! fakes know the database driver or NATS: a [`Store`] that writes flushes, and a [`Receipt`] per
+//! message that is settled once with an [`Outcome`].
+
+use std::future::Future;
+
+use tokio::time::Instant;
+
+use super::settle::Outcome;
+use crate::score::ScoreUpdate;
+
+/// Whether a failed write may succeed if tried again. The store decides (in one place: its error
+/// classifier); the pipeline only obeys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Timeouts, unavailable or overloaded replicas, broken connections.
+    Retryable,
+    /// Will fail the same way again (schema mismatch, bad statement, authorisation).
+    Permanent,
+}
+
+/// A store's error, which knows its [`Class`].
+pub trait WriteError: std::error::Error + Send + Sync + 'static {
+    fn class(&self) -> Class;
+}
+
+/// Where flushes are written. Implementations must be idempotent: a flush may be written again after
+/// a timeout, a retry or a redelivery.
+pub trait Store: Send + Sync + 'static {
+    type Error: WriteError;
+
+    /// Writes one flush: the newest update per key, and a history row per event.
+    fn write(
+        &self,
+        latest: &[ScoreUpdate],
+        events: &[ScoreUpdate],
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// Settling a message with the broker failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} failed: {source}")]
+pub struct SettleError {
+    /// `ack`, `nak`, `progress`, `dead-letter` or `term`.
+    pub action: &'static str,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// A handle on one received message, settled exactly once by the pipeline.
+pub trait Receipt: Send + Sync + 'static {
+    /// When the worker received the message.
+    fn received_at(&self) -> Instant;
+    /// How many times the broker has delivered it (1 on first delivery).
+    fn delivered(&self) -> i64;
+    /// Carries out an outcome: acknowledge, ask for redelivery, or dead-letter and terminate.
+    fn settle(&self, outcome: &Outcome) -> impl Future<Output = Result<(), SettleError>> + Send;
+    /// Tells the broker the message is still being worked on.
+    fn progress(&self) -> impl Future<Output = Result<(), SettleError>> + Send;
+}

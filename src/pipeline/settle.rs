@@ -1,0 +1,201 @@
+//! A message's fate, decided in one place. [`decide`] is a pure function from what happened to the
+//! message ([`Attempt`]), how often it was delivered and the limits, to an [`Outcome`]; the flush
+//! settlement, the consumer's reject path and the max-deliveries watcher all ask it. [`Settler`] carries
+//! an outcome out on a [`Receipt`] and counts it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::ports::{Class, Receipt};
+use crate::metrics::{Metrics, FAILED_WRITE};
+use crate::score::{RejectReason, Rejection};
+
+/// What becomes of a message (vector's delivered / errored / rejected; NATS `+ACK`, `-NAK`, `+TERM`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its writes are durable: acknowledge (confirmed by the server).
+    Ack,
+    /// Not written yet: ask for redelivery after `delay`.
+    Retry { delay: Duration },
+    /// Never to be written: publish to the dead-letter subject, then terminate.
+    DeadLetter {
+        reason: RejectReason,
+        detail: String,
+    },
+}
+
+/// What happened to a message, as far as its fate is concerned.
+#[derive(Debug, Clone, Copy)]
+pub enum Attempt<'a> {
+    /// Its flush was written.
+    Written,
+    /// Its flush was not written: the last error's class, and what went wrong.
+    NotWritten { class: Class, detail: &'a str },
+    /// It failed validation.
+    Rejected(&'a Rejection),
+    /// The broker stopped delivering it after this many deliveries without a settlement.
+    Abandoned { deliveries: i64 },
+}
+
+/// The limits a decision depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Deliveries after which the broker will not deliver a message again.
+    pub max_deliver: i64,
+    /// Redelivery delay of an unwritten message.
+    pub nak_delay: Duration,
+}
+
+/// The one decision. `delivered` counts the delivery being settled (1 on the first).
+pub fn decide(attempt: Attempt<'_>, delivered: i64, limits: Limits) -> Outcome {
+    match attempt {
+        Attempt::Written => Outcome::Ack,
+        Attempt::Rejected(rejection) => Outcome::DeadLetter {
+            reason: rejection.reason,
+            detail: rejection.detail.clone(),
+        },
+        // A permanent failure is given back too: it may be a schema not yet migrated, which an
+        // operator fixes; readiness reports it meanwhile.
+        Attempt::NotWritten { class: _, detail } if delivered >= limits.max_deliver => {
+            Outcome::DeadLetter {
+                reason: RejectReason::MaxDeliveries,
+                detail: format!("not written after {delivered} deliveries: {detail}"),
+            }
+        }
+        Attempt::NotWritten { .. } => Outcome::Retry {
+            delay: limits.nak_delay,
+        },
+        Attempt::Abandoned { deliveries } => Outcome::DeadLetter {
+            reason: RejectReason::MaxDeliveries,
+            detail: format!("NATS stopped delivering after {deliveries} deliveries"),
+        },
+    }
+}
+
+/// Decides and carries out outcomes, and counts them. Dead letters are counted and logged by the
+/// dead-letter publisher, the one place that knows one was stored.
+#[derive(Clone)]
+pub struct Settler {
+    limits: Limits,
+    metrics: Arc<Metrics>,
+}
+
+impl Settler {
+    pub fn new(limits: Limits, metrics: Arc<Metrics>) -> Self {
+        Self { limits, metrics }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Settles one message. A failure to settle is logged, never fatal: an unsettled message comes
+    /// back after `ack_wait`, and every write is idempotent.
+    pub async fn settle<R: Receipt>(&self, receipt: &R, attempt: Attempt<'_>) {
+        let outcome = decide(attempt, receipt.delivered(), self.limits);
+        let result = receipt.settle(&outcome).await;
+        match (&outcome, result) {
+            (Outcome::Ack, Ok(())) => {
+                self.metrics.messages_processed.inc();
+                self.metrics
+                    .processing_duration
+                    .observe(receipt.received_at().elapsed().as_secs_f64());
+            }
+            (Outcome::Retry { .. }, Ok(())) | (Outcome::DeadLetter { .. }, Ok(())) => {}
+            (Outcome::Ack, Err(e)) => {
+                tracing::warn!(error = %e, "ack failed after a successful write; NATS will redeliver")
+            }
+            (Outcome::Retry { .. }, Err(e)) => {
+                tracing::warn!(error = %e, "nak failed; NATS redelivers after ack_wait")
+            }
+            (Outcome::DeadLetter { .. }, Err(e)) => {
+                tracing::error!(error = %e, "cannot dead-letter a message; nak'ing it");
+                let retry = Outcome::Retry {
+                    delay: self.limits.nak_delay,
+                };
+                if let Err(e) = receipt.settle(&retry).await {
+                    tracing::warn!(error = %e, "nak failed; NATS redelivers after ack_wait");
+                }
+            }
+        }
+        if matches!(attempt, Attempt::NotWritten { .. }) && matches!(outcome, Outcome::Retry { .. })
+        {
+            self.metrics
+                .messages_failed
+                .with_label_values(&[FAILED_WRITE])
+                .inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_deliver: 5,
+        nak_delay: Duration::from_secs(15),
+    };
+
+    #[test]
+    fn the_decision_table() {
+        let bad = Rejection {
+            reason: RejectReason::MissingField,
+            detail: "score is required".into(),
+        };
+        let retry = Outcome::Retry {
+            delay: Duration::from_secs(15),
+        };
+        let parked = |delivered: i64| Outcome::DeadLetter {
+            reason: RejectReason::MaxDeliveries,
+            detail: format!("not written after {delivered} deliveries: db down"),
+        };
+        let down = |class| Attempt::NotWritten {
+            class,
+            detail: "db down",
+        };
+        let cases: Vec<(Attempt<'_>, i64, Outcome)> = vec![
+            (Attempt::Written, 1, Outcome::Ack),
+            (Attempt::Written, 5, Outcome::Ack),
+            (Attempt::Written, 99, Outcome::Ack),
+            (down(Class::Retryable), 1, retry.clone()),
+            (down(Class::Retryable), 4, retry.clone()),
+            (down(Class::Retryable), 5, parked(5)),
+            (down(Class::Retryable), 7, parked(7)),
+            (down(Class::Permanent), 1, retry.clone()),
+            (down(Class::Permanent), 5, parked(5)),
+            (
+                Attempt::Rejected(&bad),
+                1,
+                Outcome::DeadLetter {
+                    reason: RejectReason::MissingField,
+                    detail: "score is required".into(),
+                },
+            ),
+            (
+                Attempt::Rejected(&bad),
+                5,
+                Outcome::DeadLetter {
+                    reason: RejectReason::MissingField,
+                    detail: "score is required".into(),
+                },
+            ),
+            (
+                Attempt::Abandoned { deliveries: 5 },
+                5,
+                Outcome::DeadLetter {
+                    reason: RejectReason::MaxDeliveries,
+                    detail: "NATS stopped delivering after 5 deliveries".into(),
+                },
+            ),
+        ];
+        assert_eq!(cases.len(), 12);
+        for (attempt, delivered, want) in cases {
+            assert_eq!(
+                decide(attempt, delivered, LIMITS),
+                want,
+                "{attempt:?} on delivery {delivered}"
+            );
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Opening a database session: nodes, credentials, TLS, the consistency of every statement, timeouts
+//! and token-aware load balancing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::NewSessionError;
+use scylla::policies::load_balancing::DefaultPolicy;
+
+use super::StoreError;
+use crate::config::{Consistency, ScyllaConfig, TlsFiles};
+
+/// Failure to open a session.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to the database at {nodes:?}: {source}")]
+    Session {
+        nodes: Vec<String>,
+        #[source]
+        source: NewSessionError,
+    },
+    #[error("database TLS set-up failed: {0}")]
+    Tls(#[from] TlsError),
+    #[error(
+        "preparing statements failed (is the schema applied? run `score-worker migrate`): {0}"
+    )]
+    Prepare(#[source] StoreError),
+}
+
+/// A TLS file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: {source}", path.display())]
+    Pem {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error(transparent)]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The driver's consistency for the configured one.
+pub fn consistency(c: Consistency) -> scylla::statement::Consistency {
+    use scylla::statement::Consistency as Driver;
+    match c {
+        Consistency::One => Driver::One,
+        Consistency::Two => Driver::Two,
+        Consistency::Three => Driver::Three,
+        Consistency::Quorum => Driver::Quorum,
+        Consistency::All => Driver::All,
+        Consistency::LocalQuorum => Driver::LocalQuorum,
+        Consistency::EachQuorum => Driver::EachQuorum,
+        Consistency::LocalOne => Driver::LocalOne,
+    }
+}
+
+/// Opens a session with the configured nodes, credentials, TLS, consistency and timeouts.
+pub async fn connect(config: &ScyllaConfig) -> Result<Session, ConnectError> {
+    let mut policy = DefaultPolicy::builder().token_aware(true);
+    if let Some(dc) = &config.local_datacenter {
+        policy = policy
+            .prefer_datacenter(dc.clone())
+            .permit_dc_failover(false);
+    }
+    let profile = ExecutionProfile::builder()
+        .consistency(consistency(config.consistency))
+        .request_timeout(Some(config.request_timeout))
+        .load_balancing_policy(policy.build())
+        .build();
+    let mut builder = SessionBuilder::new()
+        .known_nodes(&config.nodes)
+        .connection_timeout(config.connect_timeout)
+        .default_execution_profile_handle(profile.into_handle());
+    if let Some((user, password)) = config.credentials() {
+        builder = builder.user(user, password);
+    }
+    if config.tls.enabled {
+        builder = builder.tls_context(Some(tls_config(&config.tls)?));
+    }
+    builder
+        .build()
+        .await
+        .map_err(|source| ConnectError::Session {
+            nodes: config.nodes.clone(),
+            source,
+        })
+}
+
+fn pem_error(path: &Path) -> impl FnOnce(rustls::pki_types::pem::Error) -> TlsError + '_ {
+    move |source| TlsError::Pem {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    match &files.ca_file {
+        Some(ca) => {
+            for cert in CertificateDer::pem_file_iter(ca).map_err(pem_error(ca))? {
+                roots.add(cert.map_err(pem_error(ca))?)?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match files.client_cert() {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let certs = CertificateDer::pem_file_iter(cert)
+                .and_then(|c| c.collect::<Result<Vec<_>, _>>())
+                .map_err(pem_error(cert))?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(pem_error(key))?;
+            builder.with_client_auth_cert(certs, key)?
+        }
+    };
+    Ok(Arc::new(config))
+}
