@@ -123,9 +123,10 @@ check "promtool test rules: every alert fires and stays quiet as tested" \
     promtool test rules deploy/prometheus/tests/*_test.yml
 check "promtool check config: prometheus.yml (derived copy, Kubernetes SD -> static targets)" promtool_config_derived
 check "promtool check config: prometheus-compose.yml" promtool check config deploy/prometheus/prometheus-compose.yml
-check "alert conventions: 7 groups, severity, for, annotations, firing + not-firing test each" \
+check "alert conventions: 7 groups, severity, for, annotations, firing + not-firing test each, namespace kept" \
     "$PY" "$TOOLS/check_deploy.py" rules
-check "runbooks: every runbook_url resolves to a file and heading" "$PY" "$TOOLS/check_deploy.py" runbooks
+check "runbooks: every runbook_url absolute under one base, same in the PrometheusRule, resolves to a heading" \
+    "$PY" "$TOOLS/check_deploy.py" runbooks
 check "metrics contract: names documented in docs/metrics.md, thresholds on bucket boundaries" \
     "$PY" "$TOOLS/check_deploy.py" contract
 check "dashboards: refresh, variables, title + unit per panel, thresholds = alert rules" \
@@ -135,9 +136,9 @@ for v in "${K8S_VERSIONS[@]}"; do
     check "kubernetes-validate --strict -k $v: built-in manifests" kubernetes_validate "$v"
 done
 check "custom resources: ScaledObject, PodMonitor, PrometheusRule against their CRD schemas" custom_resources
-check "kubernetes: probes, security, grace period, ConfigMap keys, KEDA sizing, selectors" \
+check "kubernetes: probes, security, grace period, ConfigMap keys, KEDA sizing + fallback, PDB eviction policy, NetworkPolicy, labels" \
     "$PY" "$TOOLS/check_deploy.py" kubernetes
-check "generated files: prometheusrule.yaml = rule files, config checksum annotation" \
+check "generated files: prometheusrule.yaml = rule files, runbook links, version labels, config checksum" \
     "$PY" "$TOOLS/sync_generated.py" --check
 check "docker-compose.yml: compose-spec schema" \
     "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec deploy/docker-compose.yml

@@ -700,6 +700,10 @@ def check_kubernetes():
         p.check(_matches(pdb["spec"].get("selector"), pod_labels), pw, "selector does not match the worker pods")
         p.check("maxUnavailable" in pdb["spec"] or pdb["spec"].get("minAvailable", 0) < spec.get("replicas", 1), pw,
                 "must allow one disruption")
+        # Otherwise pods that are running but not ready (every pod during a NATS or database outage) count as
+        # disrupted already, and a node drain waits for an outage that is not the node's to end.
+        p.check(pdb["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow", pw,
+                "unhealthyPodEvictionPolicy must be AlwaysAllow (a dependency outage must not block node drains)")
     p.check(by_kind.get("PodDisruptionBudget"), rel(K8S), "no PodDisruptionBudget")
 
     containers = pod.get("containers", [])
@@ -729,6 +733,16 @@ def check_kubernetes():
         p.check(hi * per_pod <= effective[("nats", "max_ack_pending")], sw,
                 f"maxReplicaCount {hi} x {per_pod} in-flight messages per pod exceeds nats.max_ack_pending "
                 f"{effective[('nats', 'max_ack_pending')]}: extra replicas would idle")
+        # Fallback: when KEDA cannot read the lag (NATS monitoring unreachable) it sets a known replica count
+        # instead of leaving the last one, however low. KEDA only applies it to AverageValue triggers.
+        fb = s.get("fallback")
+        if p.check(fb, sw, "needs a fallback (replicas while the lag cannot be read)"):
+            p.check(isinstance(fb.get("failureThreshold"), int) and fb["failureThreshold"] >= 1, sw,
+                    "fallback.failureThreshold must be a positive integer")
+            p.check(isinstance(fb.get("replicas"), int) and lo <= fb["replicas"] <= hi, sw,
+                    f"fallback.replicas must lie within minReplicaCount {lo} and maxReplicaCount {hi}")
+            p.check(all(t.get("metricType", "AverageValue") == "AverageValue" for t in s.get("triggers", [])), sw,
+                    "KEDA applies a fallback only to AverageValue triggers")
     p.check(by_kind.get("ScaledObject"), rel(K8S), "no KEDA ScaledObject")
     p.check(not by_kind.get("HorizontalPodAutoscaler"), rel(K8S), "KEDA owns the HPA: no second one")
 
@@ -750,7 +764,145 @@ def check_kubernetes():
         c = job["spec"]["template"]["spec"]["containers"][0]
         p.check((c.get("args", []) or [""])[-1] == "migrate", jw, "the migration Job must run `migrate`")
         p.check(c.get("image") == containers[0].get("image"), jw, "the migration Job must use the worker's image")
-    return p.done(f"{len(docs)} manifests consistent (Deployment, ConfigMap, PDB, ScaledObject, PodMonitor, Job)")
+    check_network_policy(p, by_kind, pod_labels, containers, effective)
+    check_labels(p, docs, by_kind)
+    return p.done(f"{len(docs)} manifests consistent (Deployment, ConfigMap, PDB, NetworkPolicy, ScaledObject, "
+                  "PodMonitor, Job, recommended labels)")
+
+
+def _service_namespace(host):
+    """`svc.ns.svc.cluster.local` -> `ns` (None for anything that is not a cluster Service name)."""
+    parts = host.split(".")
+    return parts[1] if len(parts) >= 3 and parts[2] == "svc" else None
+
+
+def _endpoints(urls, default_port):
+    out = []
+    for url in urls:
+        hostport = re.sub(r"^[a-z]+://", "", url.strip()).split("/")[0].split("@")[-1]
+        host, _, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", str(default_port))
+        out.append((host, int(port)))
+    return out
+
+
+def _peer_namespaces(peer):
+    ns = (peer.get("namespaceSelector") or {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+    return ns
+
+
+def check_network_policy(p, by_kind, pod_labels, containers, effective):
+    """Ingress only to the metrics port; egress only to NATS, the database and DNS (from configmap.yaml)."""
+    policies = [(path, np) for path, np in by_kind.get("NetworkPolicy", [])
+                if _matches(np["spec"].get("podSelector"), pod_labels)]
+    if not p.check(len(policies) == 1, rel(K8S), f"expected one NetworkPolicy selecting the worker pods, found {len(policies)}"):
+        return
+    path, np = policies[0]
+    w = rel(path)
+    s = np["spec"]
+    p.check(sorted(s.get("policyTypes", [])) == ["Egress", "Ingress"], w,
+            "policyTypes must be Ingress and Egress (otherwise one direction stays open)")
+    metrics = {pt.get("containerPort") for c in containers for pt in c.get("ports", []) if pt.get("name") == "metrics"}
+    ingress = s.get("ingress", [])
+    p.check(ingress, w, "no ingress rule: Prometheus could not scrape /metrics")
+    for i, rule in enumerate(ingress):
+        ports = rule.get("ports") or []
+        p.check(ports and all(pt.get("port") in {"metrics"} | metrics and pt.get("protocol", "TCP") == "TCP"
+                              for pt in ports), w, f"ingress rule {i} must allow only the metrics port (TCP {sorted(metrics)})")
+        p.check(rule.get("from"), w, f"ingress rule {i} allows every source: name Prometheus' namespace")
+
+    nats = _endpoints(effective[("nats", "url")].split(","), 4222)
+    scylla = _endpoints(effective[("scylla", "nodes")], 9042)
+    # ScyllaDB's shard-aware port (CQL port + 10000) is where the driver opens its per-shard connections.
+    wanted = {"NATS": ({port for _, port in nats}, {_service_namespace(h) for h, _ in nats}),
+              "database": ({port for _, port in scylla}, {_service_namespace(h) for h, _ in scylla})}
+    allowed_extra = {"database": {port + 10000 for _, port in scylla}}
+    dns_ok = {"UDP": False, "TCP": False}
+    covered = {name: set() for name in wanted}
+    for i, rule in enumerate(s.get("egress", [])):
+        ports = rule.get("ports") or []
+        peers = rule.get("to") or []
+        if not p.check(ports and peers, w, f"egress rule {i} must name both destinations and ports"):
+            continue
+        namespaces = {_peer_namespaces(peer) for peer in peers}
+        numbers = {pt.get("port") for pt in ports}
+        if numbers == {53}:
+            p.check(namespaces == {"kube-system"} and all(
+                    (peer.get("podSelector") or {}).get("matchLabels", {}).get("k8s-app") == "kube-dns" for peer in peers),
+                    w, f"egress rule {i}: port 53 only to kube-dns in kube-system")
+            for pt in ports:
+                dns_ok[pt.get("protocol", "TCP")] = True
+            continue
+        matched = [name for name, (wports, wns) in wanted.items()
+                   if namespaces <= wns and numbers <= wports | allowed_extra.get(name, set())]
+        if p.check(matched, w, f"egress rule {i} ({sorted(namespaces, key=str)} ports {sorted(numbers, key=str)}) "
+                               "goes to neither NATS, the database nor DNS"):
+            for pt in ports:
+                p.check(pt.get("protocol", "TCP") == "TCP", w, f"egress rule {i}: NATS and CQL are TCP")
+            covered[matched[0]] |= numbers
+    for name, (wports, wns) in wanted.items():
+        p.check(None not in wns, w, f"{name} address is not a cluster Service name: write its egress rule by hand")
+        p.check(wports <= covered[name], w,
+                f"no egress to {name} ports {sorted(wports - covered[name])} in namespace {sorted(wns, key=str)} "
+                "(configmap.yaml)")
+    p.check(all(dns_ok.values()), w, "egress to DNS needs port 53 over UDP and TCP")
+
+
+RECOMMENDED_LABELS = ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                      "app.kubernetes.io/component", "app.kubernetes.io/part-of"]
+# Labels that change with every release or tool: never in a selector (a Deployment's selector is immutable).
+UNSTABLE_LABELS = {"app.kubernetes.io/version", "app.kubernetes.io/managed-by"}
+# The Deployment's selector as released: changing it makes `kubectl apply` fail on every existing cluster.
+WORKER_SELECTOR = {"app.kubernetes.io/name": "score-worker"}
+
+
+def _selectors(doc):
+    spec = doc.get("spec", {})
+    kind = doc.get("kind")
+    if kind in {"Deployment", "PodDisruptionBudget", "PodMonitor"}:
+        yield "selector", spec.get("selector")
+    if kind == "NetworkPolicy":
+        yield "podSelector", spec.get("podSelector")
+    for c in spec.get("template", {}).get("spec", {}).get("topologySpreadConstraints", []):
+        yield "topologySpreadConstraints.labelSelector", c.get("labelSelector")
+
+
+def check_labels(p, docs, by_kind):
+    """The recommended app.kubernetes.io labels on every object and pod template; selectors use stable ones."""
+    version = sync_generated.package_version()
+    instances = set()
+    for path, doc in docs:
+        if doc.get("kind") == "Kustomization":
+            continue
+        w = f"{rel(path)} {doc.get('kind')} {doc.get('metadata', {}).get('name')}"
+        labels = doc.get("metadata", {}).get("labels", {})
+        places = [("metadata.labels", labels)]
+        template = doc.get("spec", {}).get("template")
+        if template is not None:
+            places.append(("pod template", template.get("metadata", {}).get("labels", {})))
+        for where, have in places:
+            for key in RECOMMENDED_LABELS:
+                p.check(str(have.get(key, "")).strip(), w, f"{where}: no {key}")
+            p.check(str(have.get("app.kubernetes.io/version")) == version, w,
+                    f"{where}: app.kubernetes.io/version {have.get('app.kubernetes.io/version')!r} is not Cargo.toml's "
+                    f"{version!r} (run deploy/tools/sync_generated.py)")
+            p.check(have.get("app.kubernetes.io/part-of") == "score-pipeline", w, f"{where}: part-of must be score-pipeline")
+            instances.add(have.get("app.kubernetes.io/instance"))
+            if where == "pod template":
+                for key in RECOMMENDED_LABELS:
+                    p.check(have.get(key) == labels.get(key), w, f"pod template {key} differs from the object's")
+        for where, selector in _selectors(doc):
+            keys = set((selector or {}).get("matchLabels", {})) | {e.get("key") for e in (selector or {}).get("matchExpressions", [])}
+            p.check(not keys & UNSTABLE_LABELS, w, f"{where} uses {sorted(keys & UNSTABLE_LABELS)}, which change")
+    p.check(len(instances) == 1, rel(K8S), f"one app.kubernetes.io/instance for the whole installation, found {sorted(instances, key=str)}")
+    for path, dep in by_kind.get("Deployment", []):
+        p.check(dep["spec"].get("selector", {}).get("matchLabels") == WORKER_SELECTOR and
+                not dep["spec"]["selector"].get("matchExpressions"), rel(path),
+                f"the Deployment's selector must stay {WORKER_SELECTOR}: it is immutable on existing clusters")
+    kust = load_yaml(K8S / "kustomization.yaml")
+    managed = [lab for lab in kust.get("labels", []) if "app.kubernetes.io/managed-by" in lab.get("pairs", {})]
+    p.check(managed and managed[0].get("includeTemplates") is True and not managed[0].get("includeSelectors"),
+            rel(K8S / "kustomization.yaml"),
+            "labels: app.kubernetes.io/managed-by with includeTemplates: true and no includeSelectors (selectors stay as released)")
 
 
 CUSTOM_KINDS = {"ScaledObject", "PodMonitor", "PrometheusRule", "ServiceMonitor", "TriggerAuthentication"}
