@@ -56,20 +56,12 @@ pub async fn run(config: &Config, action: DlqAction) -> Result<ExitCode, CmdErro
 
 fn filter_of(args: DlqFilter) -> Result<Filter, ArgumentError> {
     let reason = match args.reason {
-        Some(token) => Some(RejectReason::parse(&token).ok_or(ArgumentError {
-            flag: "--reason",
-            message: format!("unknown reason `{token}`"),
-        })?),
+        Some(token) => Some(RejectReason::parse(&token).ok_or(ArgumentError::Reason(token))?),
         None => None,
     };
     let time = |flag: &'static str, t: Option<String>| {
-        t.map(|t| {
-            parse_time(&t).map_err(|e| ArgumentError {
-                flag,
-                message: e.to_string(),
-            })
-        })
-        .transpose()
+        t.map(|t| parse_time(&t).map_err(|source| ArgumentError::Time { flag, source }))
+            .transpose()
     };
     Ok(Filter {
         reason,

@@ -133,10 +133,15 @@ impl From<ConnectError> for CmdError {
 
 /// A command-line value that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("{flag}: {message}")]
-pub struct ArgumentError {
-    pub flag: &'static str,
-    pub message: String,
+pub enum ArgumentError {
+    #[error("--reason: unknown reason `{0}`")]
+    Reason(String),
+    #[error("{flag}: {source}")]
+    Time {
+        flag: &'static str,
+        #[source]
+        source: dlq::TimeError,
+    },
 }
 
 /// Runs one subcommand; the exit code of a subcommand that reports problems without failing
