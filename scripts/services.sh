@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs, starts and stops the two real servers that score-worker's local runs and tests need:
+# Installs, starts and stops the real servers that score-worker's local runs and tests need:
 #
-#   nats-server 2.9 with JetStream   nats://127.0.0.1:4222   monitoring http://127.0.0.1:8222
+#   nats-server with JetStream       nats://127.0.0.1:4222   monitoring http://127.0.0.1:8222
 #   Apache Cassandra 5.0 (CQL)       127.0.0.1:9042          storage port 7000 (a ScyllaDB stand-in)
+#
+# and, on demand, a 3-node cluster of each on loopback (see "Clusters" below).
 #
 # Usage: scripts/services.sh COMMAND
 #   up                 install what is missing, start both servers (or reuse ones already answering),
@@ -11,18 +13,49 @@
 #   status             print whether each server answers; exit 0 if both do, 3 otherwise
 #   start-nats | stop-nats | start-cassandra | stop-cassandra     control one server
 #   nats-pid | cassandra-pid                                      print its pid (for SIGSTOP/SIGCONT tests)
+#   nats-bin           print the path of the nats-server binary SCORE_WORKER_NATS_SERVER selects
+#                      (building or installing it first), e.g. for tests that start a nats-server of their own
 #
-# State lives in <repo>/.local/ (gitignored): nats/ (JetStream store), cassandra/ (data, commitlog, ...),
-# *.log, *.pid. The Cassandra jars are fetched once from Maven Central (deploy/cassandra/pom.xml) into a
-# cache outside the repo, so fresh clones on the same machine reuse them.
+# Clusters (state in <repo>/.local/cluster/, independent of SCORE_WORKER_LOCAL; loopback addresses only):
+#   cluster-up [nats|cassandra]       start the 3-node NATS JetStream cluster and/or the 3-node Cassandra
+#                                     cluster (both without an argument), reusing nodes already running
+#   cluster-down [nats|cassandra]     stop them (every node at once: SIGTERM, then SIGKILL after 20 s)
+#   cluster-status [nats|cassandra]   one line per node; exit 0 if every node answers, 3 otherwise
+#   cluster-kill KIND N               SIGKILL node N (1-3) of KIND (nats|cassandra) and wait until it is gone
+#   cluster-stop KIND N               stop node N cleanly (SIGTERM)
+#   cluster-start KIND N              start node N again and wait until it is healthy (NATS: /healthz of that
+#                                     node; Cassandra: CQL answers and every running node gossips it NORMAL)
+#   cluster-pid KIND N                print node N's pid
+#   cluster-env                       print the worker's connection settings for the clusters
+#   cluster-nodetool N ARGS...        run Cassandra's nodetool against node N (JMX on 127.0.0.1:760N)
+#
+#   NATS      n1..n3: client nats://127.0.0.1:4501..4503, routes 127.0.0.1:6501..6503, monitor
+#             http://127.0.0.1:8501..8503; cluster "score-worker-nats"; JetStream store per node and version.
+#   Cassandra n1..n3 on 127.0.0.1, 127.0.0.2, 127.0.0.3 (all of 127/8 is routed to lo on Linux): CQL 9500 and
+#             storage 7500 on each address (drivers reach every peer on the contact point's native port),
+#             JMX 127.0.0.1:7601..7603; cluster "score-worker-cluster", SimpleSnitch (datacenter1/rack1),
+#             one token per node, evenly spaced; hinted handoff on.
+#
+# State lives in <repo>/.local/ (gitignored): nats-<version>/ (JetStream store, one per server version, so a
+# store is never opened by an older server), cassandra/ (data, commitlog, ...), *.log, *.pid. The Cassandra
+# jars are fetched once from Maven Central (deploy/cassandra/pom.xml) and nats-server is built once from the
+# Go module proxy (deploy/nats-server/go.mod), into a cache outside the repo, so fresh clones on the same
+# machine reuse them.
 #
 # Environment:
-#   SCORE_WORKER_CACHE=DIR            jar cache (default ~/.cache/score-worker)
+#   SCORE_WORKER_NATS_SERVER=current  which nats-server: "current" (default) = the release pinned in
+#                                     deploy/nats-server/go.mod (2.15.x), built with Go; also accepted: its
+#                                     version ("2.15", "2.15.3"); "debian" = Debian's package (2.9.10 on
+#                                     bookworm, the oldest version the README supports); or a path to a binary.
+#                                     A server this script started with another version is restarted.
+#   SCORE_WORKER_CACHE=DIR            jar and nats-server cache (default ~/.cache/score-worker)
 #   SCORE_WORKER_FRESH_DB=1           wipe .local/cassandra before starting Cassandra (restarts it if ours)
-#   SCORE_WORKER_FRESH_NATS=1         wipe .local/nats (the JetStream store) before starting NATS
+#   SCORE_WORKER_FRESH_NATS=1         wipe .local/nats-<version> (the JetStream store) before starting NATS
+#   SCORE_WORKER_FRESH_CLUSTER=1      cluster-up: stop and wipe the cluster(s) first
 #   SCORE_WORKER_CASSANDRA_AUTH=1     run Cassandra with PasswordAuthenticator (user cassandra/cassandra)
 #   SCORE_WORKER_CASSANDRA_HEAP=1g    Cassandra heap (-Xms = -Xmx)
-#   SCORE_WORKER_CASSANDRA_TIMEOUT=180, SCORE_WORKER_NATS_TIMEOUT=30   startup timeouts in seconds
+#   SCORE_WORKER_CLUSTER_CASSANDRA_HEAP=512m   heap of each cluster node
+#   SCORE_WORKER_CASSANDRA_TIMEOUT=180, SCORE_WORKER_NATS_TIMEOUT=30   startup timeouts in seconds (per node)
 #   SCORE_WORKER_JAVA_HOME=DIR        JDK 17 to use (otherwise /usr/lib/jvm/*17*, installed if absent)
 #   SCORE_WORKER_LOCAL=DIR            state directory (default <repo>/.local); a second instance of both servers
 #                                     runs beside the first with its own DIR and ports:
@@ -46,9 +79,10 @@ CASS_TIMEOUT=${SCORE_WORKER_CASSANDRA_TIMEOUT:-180}
 CASS_HEAP=${SCORE_WORKER_CASSANDRA_HEAP:-1g}
 STOP_TIMEOUT=20
 
-NATS_DIR=$LOCAL/nats
+NATS_DIR= # $LOCAL/nats-<version>, set once the version is known
 NATS_LOG=$LOCAL/nats.log
 NATS_PIDFILE=$LOCAL/nats.pid
+NATS_VERFILE=$LOCAL/nats.version
 CASS_DATA=$LOCAL/cassandra
 CASS_TMP=$LOCAL/cassandra-tmp
 CASS_LOG=$LOCAL/cassandra.log
@@ -82,18 +116,29 @@ apt_install() {
             { tail -n 20 "$LOCAL/apt.log" >&2; die "apt-get update failed (log: $LOCAL/apt.log)"; }
         APT_UPDATED=1
     fi
+    local t0
+    t0=$(now_us)
     log "apt-get install $*"
     "${SUDO[@]}" apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 "$@" \
         </dev/null >>"$LOCAL/apt.log" 2>&1 ||
         { tail -n 20 "$LOCAL/apt.log" >&2; die "apt-get install $* failed (log: $LOCAL/apt.log)"; }
+    log "installed $* in $(since "$t0")"
 }
 
-# alive PID: the process exists and is not a zombie (PID 1 here may not reap orphans).
+# alive PID: the process exists and is not a zombie (PID 1 here may not reap orphans). A zombie main thread
+# whose other threads still run (a JVM part-way through its shutdown hooks) is still alive.
 alive() {
-    local st
+    local st t n=0
     [ -n "${1:-}" ] && [ -r "/proc/$1/stat" ] || return 1
     st=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1) || return 1
-    [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
+    case $st in
+    '' | X) return 1 ;;
+    Z)
+        for t in /proc/"$1"/task/*; do [ -e "$t" ] && n=$((n + 1)); done
+        [ "$n" -gt 1 ]
+        ;;
+    *) return 0 ;;
+    esac
 }
 
 stopped() { # stopped PID: in state T (SIGSTOP) / t
@@ -102,18 +147,22 @@ stopped() { # stopped PID: in state T (SIGSTOP) / t
     [ "$st" = T ] || [ "$st" = t ]
 }
 
+# pidfile_pid PIDFILE PATTERN: the pid in PIDFILE if that process is alive and its command line has PATTERN.
+pidfile_pid() {
+    local pid
+    [ -s "$1" ] || return 1
+    pid=$(tr -dc 0-9 <"$1")
+    alive "$pid" || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$2" || return 1
+    echo "$pid"
+}
+
 # owned_pid NAME: the pid from .local/NAME.pid if that process is alive and is what we started.
 owned_pid() {
-    local pidfile pat pid
     case $1 in
-    nats) pidfile=$NATS_PIDFILE pat=nats-server ;;
-    cassandra) pidfile=$CASS_PIDFILE pat=org.apache.cassandra.service.CassandraDaemon ;;
+    nats) pidfile_pid "$NATS_PIDFILE" nats-server ;;
+    cassandra) pidfile_pid "$CASS_PIDFILE" org.apache.cassandra.service.CassandraDaemon ;;
     esac
-    [ -s "$pidfile" ] || return 1
-    pid=$(tr -dc 0-9 <"$pidfile")
-    alive "$pid" || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$pat" || return 1
-    echo "$pid"
 }
 
 # listener_pid PORT: pid of whatever listens on 127.0.0.1:PORT (needs ss), for servers we did not start.
@@ -122,27 +171,35 @@ listener_pid() {
     ss -Htlnp "sport = :$1" 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -n 1 | grep .
 }
 
-tcp_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+tcp_open() { (exec 3<>"/dev/tcp/${2:-$HOST}/$1") 2>/dev/null; } # tcp_open PORT [ADDRESS]
 
-# A NATS server greets every new connection with "INFO {...}".
+# A NATS server greets every new connection with "INFO {...}" (nats_ping [PORT]).
 nats_ping() {
     local h
-    h=$( (exec 3<>"/dev/tcp/$HOST/$NATS_PORT" && timeout 3 head -c 5 <&3) 2>/dev/null) || return 1
+    h=$( (exec 3<>"/dev/tcp/$HOST/${1:-$NATS_PORT}" && timeout 3 head -c 5 <&3) 2>/dev/null) || return 1
     [ "$h" = "INFO " ]
 }
 
-# JetStream is ready once /healthz says so (without curl, the INFO greeting has to do).
+# nats_running_version [PORT]: the "version" of the server's INFO greeting, e.g. 2.9.10.
+nats_running_version() {
+    local h
+    h=$( (exec 3<>"/dev/tcp/$HOST/${1:-$NATS_PORT}" && timeout 3 head -n 1 <&3) 2>/dev/null) || return 1
+    h=$(sed -n 's/.*"version":"\([^"]*\)".*/\1/p' <<<"$h")
+    [ -n "$h" ] && echo "$h"
+}
+
+# JetStream is ready once /healthz says so (without curl, the INFO greeting has to do) (nats_healthz [MON_PORT]).
 nats_healthz() {
     command -v curl >/dev/null || return 0
-    curl -sf -m 3 "http://$HOST:$NATS_MON_PORT/healthz" >/dev/null 2>&1
+    curl -sf -m 3 "http://$HOST:${1:-$NATS_MON_PORT}/healthz" >/dev/null 2>&1
 }
 
 # CQL OPTIONS request (protocol v4: version 0x04, flags 0, stream 0, opcode 0x05 OPTIONS, body length 0);
-# a live node answers with a SUPPORTED frame, header 84 00 0000 06.
+# a live node answers with a SUPPORTED frame, header 84 00 0000 06 (cql_ping [ADDRESS [PORT]]).
 cql_ping() {
     local h
     h=$( (
-        exec 3<>"/dev/tcp/$HOST/$CQL_PORT" || exit 1
+        exec 3<>"/dev/tcp/${1:-$HOST}/${2:-$CQL_PORT}" || exit 1
         printf '\x04\x00\x00\x00\x05\x00\x00\x00\x00' >&3
         timeout 5 head -c 5 <&3 | od -An -tx1 | tr -d ' \n'
     ) 2>/dev/null) || return 1
@@ -286,21 +343,122 @@ ensure_cassandra_jars() {
 
 # -------------------------------------------------------------------------------------------------- NATS
 
+NATS_MOD=$ROOT/deploy/nats-server
+NATS_PINNED=$(sed -n 's:^[[:space:]]*github.com/nats-io/nats-server/v2 v\([0-9][0-9.]*\)\([[:space:]].*\)\{0,1\}$:\1:p' "$NATS_MOD/go.mod" | head -n 1)
+[ -n "$NATS_PINNED" ] || die "cannot read the github.com/nats-io/nats-server/v2 version from $NATS_MOD/go.mod"
+NATS_CHOICE=${SCORE_WORKER_NATS_SERVER:-current}
+NATS_BUILD_HOME=$CACHE/nats-server-$NATS_PINNED
+NATS_BUILD_BIN=$NATS_BUILD_HOME/nats-server
+NATS_DEBIAN_BIN=/usr/sbin/nats-server
+NATS_BIN= # set by ensure_nats_server
+NATS_VER=
+
+# nats_choice: pinned | debian | path, from SCORE_WORKER_NATS_SERVER.
+nats_choice() {
+    case $NATS_CHOICE in
+    current | latest | pinned) echo pinned ;;
+    debian | apt | system) echo debian ;;
+    /*) echo path ;;
+    *)
+        if [ "${NATS_CHOICE#v}" = "$NATS_PINNED" ] || [[ $NATS_PINNED == "${NATS_CHOICE#v}".* ]]; then
+            echo pinned
+        else
+            die "SCORE_WORKER_NATS_SERVER=$NATS_CHOICE: expected current (= $NATS_PINNED, pinned in deploy/nats-server/go.mod), $NATS_PINNED, debian or /path/to/nats-server"
+        fi
+        ;;
+    esac
+}
+
+binary_version() { "$1" --version 2>/dev/null | sed -n 's/.*v\([0-9][0-9.]*\).*/\1/p' | head -n 1; }
+
+nats_build_ok() { [ -f "$NATS_BUILD_HOME/.complete" ] && [ -x "$NATS_BUILD_BIN" ]; }
+
+# Builds the pinned nats-server from the Go module proxy into the machine-wide cache, once.
+ensure_nats_build() {
+    nats_build_ok && return 0
+    if ! command -v go >/dev/null; then
+        apt_install golang-go ca-certificates # older than go.mod wants: GOTOOLCHAIN=auto fetches the right one
+    fi
+    mkdir -p "$NATS_BUILD_HOME"
+    local fd t0 tmp=$NATS_BUILD_HOME/nats-server.partial.$$ v
+    exec {fd}>"$NATS_BUILD_HOME/.lock" # shared by every clone on this machine
+    flock -w 900 "$fd" || die "timed out waiting for $NATS_BUILD_HOME/.lock"
+    if ! nats_build_ok; then
+        t0=$(now_us)
+        log "building nats-server v$NATS_PINNED from the Go module proxy into $NATS_BUILD_HOME (once per machine; $(go version 2>/dev/null | cut -d' ' -f3))"
+        rm -f "$tmp"
+        if ! (cd "$NATS_MOD" && CGO_ENABLED=0 GOTOOLCHAIN=auto go build -mod=readonly -buildvcs=false -trimpath \
+            -ldflags='-s -w' -o "$tmp" github.com/nats-io/nats-server/v2) </dev/null >"$NATS_BUILD_HOME/build.log" 2>&1; then
+            tail -n 30 "$NATS_BUILD_HOME/build.log" >&2
+            rm -f "$tmp"
+            die "go build of nats-server v$NATS_PINNED failed (log: $NATS_BUILD_HOME/build.log)"
+        fi
+        v=$(binary_version "$tmp")
+        [ "$v" = "$NATS_PINNED" ] || die "built nats-server reports version '$v', expected $NATS_PINNED"
+        mv -f "$tmp" "$NATS_BUILD_BIN"
+        printf 'nats-server %s: built %s in %s with %s\n' "$v" "$(date -u +%FT%TZ)" "$(since "$t0")" \
+            "$(go version 2>/dev/null)" >"$NATS_BUILD_HOME/.complete"
+        log "built nats-server v$v in $(since "$t0")"
+    fi
+    exec {fd}>&-
+}
+
+# ensure_nats_server: sets NATS_BIN and NATS_VER for SCORE_WORKER_NATS_SERVER, building or installing once.
+ensure_nats_server() {
+    [ -n "$NATS_BIN" ] && return 0
+    local choice
+    choice=$(nats_choice) || exit 1
+    case $choice in
+    pinned)
+        ensure_nats_build
+        NATS_BIN=$NATS_BUILD_BIN
+        ;;
+    debian)
+        [ -x "$NATS_DEBIAN_BIN" ] || apt_install nats-server
+        [ -x "$NATS_DEBIAN_BIN" ] || die "apt-get installed nats-server but there is no $NATS_DEBIAN_BIN"
+        NATS_BIN=$NATS_DEBIAN_BIN
+        ;;
+    path)
+        [ -x "$NATS_CHOICE" ] || die "SCORE_WORKER_NATS_SERVER=$NATS_CHOICE is not an executable"
+        NATS_BIN=$NATS_CHOICE
+        ;;
+    esac
+    NATS_VER=$(binary_version "$NATS_BIN")
+    [ -n "$NATS_VER" ] || die "$NATS_BIN --version printed no version"
+}
+
+# The version SCORE_WORKER_NATS_SERVER asks for (without building the pinned one, which states its version).
+nats_wanted_version() {
+    local choice
+    choice=$(nats_choice) || exit 1
+    if [ "$choice" = pinned ]; then echo "$NATS_PINNED"; else
+        ensure_nats_server
+        echo "$NATS_VER"
+    fi
+}
+
 nats_summary() { # nats_summary VERB DETAIL
     printf '%-9s %-7s nats://%s:%s  monitor http://%s:%s  %s\n' nats "$1" "$HOST" "$NATS_PORT" "$HOST" "$NATS_MON_PORT" "$2"
 }
 
 start_nats() {
-    local t0 pid i
+    local t0 pid i want running
     t0=$(now_us)
-    if [ "${SCORE_WORKER_FRESH_NATS:-0}" = 1 ] && owned_pid nats >/dev/null; then
-        stop_server nats "$NATS_PIDFILE" >&2
+    want=$(nats_wanted_version)
+    if pid=$(owned_pid nats); then
+        running=$(nats_running_version || cat "$NATS_VERFILE" 2>/dev/null || echo '?')
+        if [ "${SCORE_WORKER_FRESH_NATS:-0}" = 1 ] || [ "$running" != "$want" ]; then
+            [ "$running" != "$want" ] && log "restarting our nats-server (pid $pid): version $running -> $want (SCORE_WORKER_NATS_SERVER=$NATS_CHOICE)"
+            stop_server nats "$NATS_PIDFILE" >&2
+        fi
     fi
     if nats_ping; then
+        running=$(nats_running_version || echo '?')
         if pid=$(owned_pid nats); then
-            nats_summary reused "already running (pid $pid, started by this script)"
+            nats_summary reused "v$running, already running (pid $pid, started by this script)"
         else
-            nats_summary reused "already answering; not started by this script (down will leave it)"
+            [ "$running" != "$want" ] && log "WARNING: the nats-server on $HOST:$NATS_PORT is v$running, not v$want, and was not started by this script: using it as it is"
+            nats_summary reused "v$running, already answering; not started by this script (down will leave it)"
         fi
         return 0
     fi
@@ -308,21 +466,24 @@ start_nats() {
         stopped "$pid" && die "nats-server (pid $pid) is SIGSTOPped; send it SIGCONT (kill -CONT $pid)"
         log "nats-server (pid $pid) is starting; waiting for it"
     else
-        if ! command -v nats-server >/dev/null; then apt_install nats-server; fi
+        ensure_nats_server
         command -v curl >/dev/null || apt_install curl ca-certificates
         for i in "$NATS_PORT" "$NATS_MON_PORT"; do
             tcp_open "$i" && die "port $HOST:$i is taken by something that is not a NATS server we can use (pid $(listener_pid "$i" || echo '?'))"
         done
+        NATS_DIR=$LOCAL/nats-$NATS_VER
         if [ "${SCORE_WORKER_FRESH_NATS:-0}" = 1 ]; then rm -rf "$NATS_DIR"; fi
         mkdir -p "$NATS_DIR"
         rotate_log "$NATS_LOG"
+        echo "$NATS_VER" >"$NATS_VERFILE"
         t0=$(now_us) # report process start -> healthy; installs are logged separately
-        launch "$NATS_LOG" "$NATS_PIDFILE" nats-server -js -a "$HOST" -p "$NATS_PORT" -m "$NATS_MON_PORT" -sd "$NATS_DIR"
+        launch "$NATS_LOG" "$NATS_PIDFILE" "$NATS_BIN" -js -a "$HOST" -p "$NATS_PORT" -m "$NATS_MON_PORT" -sd "$NATS_DIR"
         pid=$(cat "$NATS_PIDFILE")
     fi
     for ((i = 0; i < NATS_TIMEOUT * 10; i++)); do
         if nats_ping && nats_healthz; then
-            nats_summary up "pid $pid, JetStream in .local/nats, ready in $(since "$t0")"
+            i=$(cat "$NATS_VERFILE" 2>/dev/null || echo '?')
+            nats_summary up "v$i, pid $pid, JetStream in ${LOCAL#"$ROOT"/}/nats-$i, ready in $(since "$t0")"
             return 0
         fi
         if ! alive "$pid"; then
@@ -345,8 +506,9 @@ cass_summary() {
     printf '%-9s %-7s %s:%s  (CQL; storage port %s)  %s\n' cassandra "$1" "$HOST" "$CQL_PORT" "$STORAGE_PORT" "$2"
 }
 
-cassandra_jvm_args() { # fills CASS_ARGS
-    local line yaml mode
+# cassandra_jvm_opts: CASS_ARGS = the JDK 17 options every Cassandra JVM here gets.
+cassandra_jvm_opts() {
+    local line
     local -a parts
     CASS_ARGS=()
     # Cassandra's own JDK 17 options (G1, JPMS --add-exports/--add-opens, netty): every line starting with '-'.
@@ -367,6 +529,37 @@ cassandra_jvm_args() { # fills CASS_ARGS
         CASS_ARGS+=(--add-exports jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED
             --add-opens jdk.compiler/com.sun.tools.javac=ALL-UNNAMED)
     fi
+}
+
+# cassandra_daemon_args HEAP YAML DATA_DIR TMP_DIR [-D...]: appends heap, paths, the extra properties and
+# the main class to CASS_ARGS.
+cassandra_daemon_args() {
+    local heap=$1 yaml=$2 data=$3 tmp=$4
+    shift 4
+    CASS_ARGS+=(
+        "-Xms$heap" "-Xmx$heap" -Xss256k
+        -ea -da:net.openhft... -XX:+UseThreadPriorities -XX:+UseTLAB -XX:+ResizeTLAB
+        -XX:+PerfDisableSharedMem -XX:+ExitOnOutOfMemoryError
+        -Djava.net.preferIPv4Stack=true -Dchronicle.analytics.disable=true
+        "-Djava.io.tmpdir=$tmp" "-Djna.tmpdir=$tmp"
+        "-Dcassandra.config=file://${yaml// /%20}"
+        -Dcassandra-foreground=yes
+        "-Dcassandra.storagedir=$data"
+        "-Dcassandra.logdir=$data/logs"
+        "-Dlogback.configurationFile=$DEPLOY/logback.xml"
+        -Dcassandra.skip_wait_for_gossip_to_settle=0
+        "$@"
+        -cp "$CASS_LIB/*"
+        org.apache.cassandra.service.CassandraDaemon
+    )
+}
+
+cassandra_jvm_args() { # fills CASS_ARGS for the single server
+    local yaml mode
+    # No fsync of system tables: a faster start. Not for nodes that get SIGKILLed: a node killed after a schema
+    # change can come back without the table and skip its commitlog mutations (seen on the cluster).
+    local -a extra=(-Dcassandra.unsafesystem=true)
+    cassandra_jvm_opts
     mode=$(cass_mode)
     # The instance's own copy of the yaml: its ports, and the authenticator of its mode.
     yaml=$LOCAL/cassandra.yaml
@@ -375,24 +568,9 @@ cassandra_jvm_args() { # fills CASS_ARGS
     if [ "$mode" = auth ]; then
         sed -i 's/^authenticator:.*/authenticator: PasswordAuthenticator/' "$yaml"
         grep -q '^authenticator: PasswordAuthenticator' "$yaml" || die "could not set authenticator in $yaml"
-        CASS_ARGS+=(-Dcassandra.superuser_setup_delay_ms=0)
+        extra+=(-Dcassandra.superuser_setup_delay_ms=0)
     fi
-    CASS_ARGS+=(
-        "-Xms$CASS_HEAP" "-Xmx$CASS_HEAP" -Xss256k
-        -ea -da:net.openhft... -XX:+UseThreadPriorities -XX:+UseTLAB -XX:+ResizeTLAB
-        -XX:+PerfDisableSharedMem -XX:+ExitOnOutOfMemoryError
-        -Djava.net.preferIPv4Stack=true -Dchronicle.analytics.disable=true
-        "-Djava.io.tmpdir=$CASS_TMP" "-Djna.tmpdir=$CASS_TMP"
-        "-Dcassandra.config=file://${yaml// /%20}"
-        -Dcassandra-foreground=yes
-        "-Dcassandra.storagedir=$CASS_DATA"
-        "-Dcassandra.logdir=$CASS_DATA/logs"
-        "-Dlogback.configurationFile=$DEPLOY/logback.xml"
-        -Dcassandra.skip_wait_for_gossip_to_settle=0
-        -Dcassandra.unsafesystem=true
-        -cp "$CASS_LIB/*"
-        org.apache.cassandra.service.CassandraDaemon
-    )
+    cassandra_daemon_args "$CASS_HEAP" "$yaml" "$CASS_DATA" "$CASS_TMP" "${extra[@]}"
 }
 
 start_cassandra() {
@@ -454,6 +632,411 @@ start_cassandra() {
     die "Cassandra did not answer CQL on $HOST:$CQL_PORT within ${CASS_TIMEOUT}s (log: $CASS_LOG)"
 }
 
+# ---------------------------------------------------------------------------------------------- clusters
+# Three nats-servers and three Cassandra nodes on loopback, for the chaos scenarios that kill one node.
+# Each node has its own pid file, log and state under $CL_DIR/{nats,cassandra}/.
+
+CL_DIR=${SCORE_WORKER_CLUSTER_DIR:-$ROOT/.local/cluster}
+CL_NODES=(1 2 3)
+CL_NATS_NAME=score-worker-nats
+CL_CASS_NAME=score-worker-cluster
+CL_CQL_PORT=9500
+CL_STORAGE_PORT=7500
+CL_CASS_HEAP=${SCORE_WORKER_CLUSTER_CASSANDRA_HEAP:-512m}
+CL_NATS_TIMEOUT=$((NATS_TIMEOUT * 2))
+# Murmur3 tokens -2^63 + k * 2^64/3: one token per node, each node primary for a third of the ring.
+CL_TOKENS=(-9223372036854775808 -3074457345618258603 3074457345618258602)
+CL_WHY= # why the last cl_cass_converged said no
+
+cl_nats_port() { echo $((4500 + $1)); }
+cl_nats_route() { echo $((6500 + $1)); }
+cl_nats_mon() { echo $((8500 + $1)); }
+cl_cass_addr() { echo "127.0.0.$1"; }
+cl_jmx_port() { echo $((7600 + $1)); }
+cl_pidfile() { echo "$CL_DIR/$1/n$2.pid"; }
+cl_log() { echo "$CL_DIR/$1/n$2.log"; }
+cl_nats_conf() { echo "$CL_DIR/nats/n$1.conf"; }
+cl_cass_yaml() { echo "$CL_DIR/cassandra/n$1.yaml"; }
+
+cl_kind() { # cl_kind ARG: validates nats|cassandra
+    case ${1:-} in
+    nats | cassandra) echo "$1" ;;
+    *) die "expected nats or cassandra, got '${1:-}'" ;;
+    esac
+}
+cl_node() { # cl_node ARG: 1..3 or n1..n3 -> 1..3
+    case ${1:-} in
+    1 | 2 | 3 | n1 | n2 | n3) echo "${1#n}" ;;
+    *) die "expected a node number 1-3, got '${1:-}'" ;;
+    esac
+}
+
+# cl_pid KIND N: node N's pid if it is alive and is the node this script started.
+cl_pid() {
+    case $1 in
+    nats) pidfile_pid "$(cl_pidfile nats "$2")" "$(cl_nats_conf "$2")" ;;
+    cassandra) pidfile_pid "$(cl_pidfile cassandra "$2")" "$(cl_cass_yaml "$2")" ;;
+    esac
+}
+
+cl_answers() { # cl_answers KIND N
+    case $1 in
+    nats) nats_ping "$(cl_nats_port "$2")" ;;
+    cassandra) cql_ping "$(cl_cass_addr "$2")" "$CL_CQL_PORT" ;;
+    esac
+}
+
+take_cluster_lock() {
+    mkdir -p "$CL_DIR" "$LOCAL"
+    exec {CL_LOCK_FD}>"$CL_DIR/.lock"
+    flock -w 600 "$CL_LOCK_FD" || die "another scripts/services.sh holds $CL_DIR/.lock for 10 minutes"
+}
+
+# cl_stop KIND SIGNAL N...: SIGTERM (clean) or SIGKILL the given nodes at once, wait until all are gone.
+cl_stop() {
+    local kind=$1 sig=$2 n pid t0 i j left
+    shift 2
+    local -a pids=() names=()
+    t0=$(now_us)
+    for n in "$@"; do
+        if pid=$(cl_pid "$kind" "$n"); then
+            kill "-$sig" "$pid" 2>/dev/null || true
+            [ "$sig" = KILL ] || kill -CONT "$pid" 2>/dev/null || true
+            pids+=("$pid")
+            names+=("$n")
+        else
+            rm -f "$(cl_pidfile "$kind" "$n")"
+            if cl_answers "$kind" "$n"; then
+                printf '%-9s n%s  left running: it answers but was not started by this script\n' "$kind" "$n"
+            else
+                printf '%-9s n%s  not running\n' "$kind" "$n"
+            fi
+        fi
+    done
+    [ "${#pids[@]}" -gt 0 ] || return 0
+    local -a took=() # per node: how long it took to exit
+    for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
+        left=0
+        for j in "${!pids[@]}"; do
+            [ -n "${took[$j]:-}" ] && continue
+            if alive "${pids[$j]}"; then left=$((left + 1)); else took[j]=$(since "$t0"); fi
+        done
+        [ "$left" -gt 0 ] || break
+        sleep 0.1
+    done
+    for i in "${!pids[@]}"; do
+        pid=${pids[$i]}
+        n=${names[$i]}
+        if [ -z "${took[$i]:-}" ]; then
+            log "$kind n$n (pid $pid) still running after ${STOP_TIMEOUT}s; sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            for ((j = 0; j < 100; j++)); do
+                alive "$pid" || break
+                sleep 0.1
+            done
+            alive "$pid" && die "$kind n$n (pid $pid) survived SIGKILL"
+            printf '%-9s n%s  stopped (pid %s, SIGKILL after SIG%s, %s)\n' "$kind" "$n" "$pid" "$sig" "$(since "$t0")"
+        else
+            printf '%-9s n%s  %s (pid %s, SIG%s, %s)\n' "$kind" "$n" "$([ "$sig" = KILL ] && echo killed || echo stopped)" \
+                "$pid" "$sig" "${took[$i]}"
+        fi
+        rm -f "$(cl_pidfile "$kind" "$n")"
+    done
+}
+
+# ---- NATS cluster
+
+cl_nats_write_conf() { # cl_nats_write_conf N STORE_DIR
+    local n=$1 r
+    {
+        printf '# Generated by scripts/services.sh: node n%s of the loopback NATS cluster.\n' "$n"
+        printf 'server_name: n%s\nlisten: %s:%s\nhttp: %s:%s\n' "$n" "$HOST" "$(cl_nats_port "$n")" "$HOST" "$(cl_nats_mon "$n")"
+        printf 'jetstream {\n  store_dir: "%s"\n}\n' "$2"
+        printf 'cluster {\n  name: %s\n  listen: %s:%s\n  routes: [\n' "$CL_NATS_NAME" "$HOST" "$(cl_nats_route "$n")"
+        for r in "${CL_NODES[@]}"; do printf '    nats-route://%s:%s\n' "$HOST" "$(cl_nats_route "$r")"; done
+        printf '  ]\n}\n'
+    } >"$(cl_nats_conf "$n")"
+}
+
+cl_nats_launch() { # cl_nats_launch N: start node N (not running), no wait
+    local n=$1 p store
+    ensure_nats_server
+    command -v curl >/dev/null || apt_install curl ca-certificates
+    for p in "$(cl_nats_port "$n")" "$(cl_nats_route "$n")" "$(cl_nats_mon "$n")"; do
+        tcp_open "$p" && die "port $HOST:$p (nats n$n) is taken by something this script did not start (pid $(listener_pid "$p" || echo '?'))"
+    done
+    store=$CL_DIR/nats/$NATS_VER/n$n
+    mkdir -p "$store"
+    cl_nats_write_conf "$n" "$store"
+    echo "$NATS_VER" >"$CL_DIR/nats/n$n.version"
+    rotate_log "$(cl_log nats "$n")"
+    launch "$(cl_log nats "$n")" "$(cl_pidfile nats "$n")" "$NATS_BIN" -c "$(cl_nats_conf "$n")"
+}
+
+cl_nats_leader() { # the JetStream meta leader as node N sees it
+    command -v curl >/dev/null || return 1
+    curl -sf -m 3 "http://$HOST:$(cl_nats_mon "$1")/jsz" 2>/dev/null | tr -d ' \n' |
+        sed -n 's/.*"meta_cluster":{[^}]*"leader":"\([^"]*\)".*/\1/p' | grep .
+}
+
+# cl_nats_wait N T0: until node N's /healthz is ok (JetStream current with the meta leader and its streams).
+cl_nats_wait() {
+    local n=$1 t0=$2 pid i
+    pid=$(cl_pid nats "$n") || die "nats n$n is not running"
+    for ((i = 0; i < CL_NATS_TIMEOUT * 10; i++)); do
+        if nats_ping "$(cl_nats_port "$n")" && nats_healthz "$(cl_nats_mon "$n")"; then
+            printf '%-9s n%s  up  nats://%s:%s  v%s, pid %s, healthy in %s, rss %s\n' nats "$n" "$HOST" "$(cl_nats_port "$n")" \
+                "$(cat "$CL_DIR/nats/n$n.version" 2>/dev/null)" "$pid" "$(since "$t0")" "$(rss_of "$pid")"
+            return 0
+        fi
+        if ! alive "$pid"; then
+            show_tail "$(cl_log nats "$n")"
+            die "nats n$n exited during startup (log: $(cl_log nats "$n"))"
+        fi
+        sleep 0.1
+    done
+    show_tail "$(cl_log nats "$n")"
+    die "nats n$n did not become healthy within ${CL_NATS_TIMEOUT}s (log: $(cl_log nats "$n"))"
+}
+
+cl_nats_up() {
+    local n want pid v t0 stale=0
+    mkdir -p "$CL_DIR/nats"
+    want=$(nats_wanted_version)
+    for n in "${CL_NODES[@]}"; do
+        if cl_pid nats "$n" >/dev/null; then
+            v=$(cat "$CL_DIR/nats/n$n.version" 2>/dev/null || echo '?')
+            [ "$v" = "$want" ] || stale=1
+        fi
+    done
+    if [ "$stale" = 1 ]; then
+        log "the NATS cluster runs another version than v$want: stopping it (each version has its own store)"
+        cl_stop nats TERM "${CL_NODES[@]}" >&2
+    fi
+    if [ "${SCORE_WORKER_FRESH_CLUSTER:-0}" = 1 ]; then
+        cl_stop nats TERM "${CL_NODES[@]}" >&2
+        log "SCORE_WORKER_FRESH_CLUSTER=1: wiping $CL_DIR/nats"
+        rm -rf "$CL_DIR/nats"
+        mkdir -p "$CL_DIR/nats"
+    fi
+    t0=$(now_us)
+    # All three at once: JetStream needs a quorum (2 of 3) before any node reports healthy.
+    for n in "${CL_NODES[@]}"; do
+        if pid=$(cl_pid nats "$n"); then
+            stopped "$pid" && die "nats n$n (pid $pid) is SIGSTOPped; send it SIGCONT (kill -CONT $pid)"
+        else
+            cl_nats_launch "$n"
+        fi
+    done
+    for n in "${CL_NODES[@]}"; do cl_nats_wait "$n" "$t0"; done
+    printf '%-9s cluster %s: %s nodes, JetStream meta leader %s, up in %s\n' nats "$CL_NATS_NAME" "${#CL_NODES[@]}" \
+        "$(cl_nats_leader 1 || echo '?')" "$(since "$t0")"
+}
+
+# ---- Cassandra cluster
+
+cl_cass_write_yaml() { # cl_cass_write_yaml N: deploy/cassandra/cassandra.yaml with this node's address, ports, token
+    local n=$1 addr yaml seeds="" r key
+    addr=$(cl_cass_addr "$n")
+    yaml=$(cl_cass_yaml "$n")
+    for r in "${CL_NODES[@]}"; do seeds+="${seeds:+,}$(cl_cass_addr "$r"):$CL_STORAGE_PORT"; done
+    {
+        printf '# Generated by scripts/services.sh from deploy/cassandra/cassandra.yaml: node n%s of the loopback cluster.\n' "$n"
+        sed -e "s/^cluster_name:.*/cluster_name: $CL_CASS_NAME/" \
+            -e "s/^num_tokens:.*/num_tokens: 1\ninitial_token: ${CL_TOKENS[$((n - 1))]}/" \
+            -e "s/- seeds: .*/- seeds: \"$seeds\"/" \
+            -e "s/^listen_address:.*/listen_address: $addr/" \
+            -e "s/^rpc_address:.*/rpc_address: $addr/" \
+            -e "s/^storage_port:.*/storage_port: $CL_STORAGE_PORT/" \
+            -e "s/^native_transport_port:.*/native_transport_port: $CL_CQL_PORT/" \
+            -e "s/^hinted_handoff_enabled:.*/hinted_handoff_enabled: true   # as on Scylla: a node back from an outage gets the writes it missed/" \
+            "$DEPLOY/cassandra.yaml"
+    } >"$yaml"
+    for key in "cluster_name: $CL_CASS_NAME" "initial_token: ${CL_TOKENS[$((n - 1))]}" "listen_address: $addr" \
+        "rpc_address: $addr" "storage_port: $CL_STORAGE_PORT" "native_transport_port: $CL_CQL_PORT" \
+        "hinted_handoff_enabled: true" "auto_bootstrap: false" "      - seeds: \"$seeds\""; do
+        grep -qxF -- "$key" <(sed 's/[[:space:]]*#.*//' "$yaml") || die "could not set '$key' in $yaml (deploy/cassandra/cassandra.yaml changed?)"
+    done
+}
+
+cl_cass_launch() { # cl_cass_launch N: start node N (not running), no wait
+    local n=$1 addr data tmp p
+    addr=$(cl_cass_addr "$n")
+    for p in "$CL_CQL_PORT" "$CL_STORAGE_PORT"; do
+        tcp_open "$p" "$addr" && die "port $addr:$p (cassandra n$n) is taken by something this script did not start (pid $(listener_pid "$p" || echo '?'))"
+    done
+    p=$(cl_jmx_port "$n")
+    tcp_open "$p" && die "port $HOST:$p (JMX of cassandra n$n) is taken (pid $(listener_pid "$p" || echo '?'))"
+    ensure_java17
+    ensure_cassandra_jars
+    command -v python3 >/dev/null || apt_install python3
+    data=$CL_DIR/cassandra/n$n
+    tmp=$CL_DIR/cassandra/n$n-tmp
+    rm -rf "$tmp"
+    mkdir -p "$data" "$tmp"
+    cl_cass_write_yaml "$n"
+    rotate_log "$(cl_log cassandra "$n")"
+    cassandra_jvm_opts
+    # JMX for nodetool only, local (loopback) only; without the port, no JMX listener at all.
+    # ring_delay 5 s, not 30: the first node's shadow gossip round waits that long for the other seeds, not yet
+    # started (measured: n1 took 40 s to CQL instead of ~12 s).
+    cassandra_daemon_args "$CL_CASS_HEAP" "$(cl_cass_yaml "$n")" "$data" "$tmp" "-Dcassandra.jmx.local.port=$p" \
+        -Dcassandra.ring_delay_ms=5000
+    launch "$(cl_log cassandra "$n")" "$(cl_pidfile cassandra "$n")" "$JAVA" "${CASS_ARGS[@]}"
+}
+
+# cl_cass_converged: every running node answers CQL and gossips every other running node as NORMAL, at the
+# generation that node reports for itself (so a restarted node has been seen again), with one schema version.
+# A CQL-only stand-in for "nodetool status says UN everywhere". Sets CL_WHY when it says no.
+cl_cass_converged() {
+    local j k rows addr g st sch self schema=
+    local -a up=()
+    local -A view=()
+    for j in "${CL_NODES[@]}"; do
+        if cl_pid cassandra "$j" >/dev/null; then
+            cql_ping "$(cl_cass_addr "$j")" "$CL_CQL_PORT" || {
+                CL_WHY="n$j does not answer CQL yet"
+                return 1
+            }
+            up+=("$j")
+        fi
+    done
+    [ "${#up[@]}" -gt 0 ] || {
+        CL_WHY="no node is running"
+        return 1
+    }
+    for j in "${up[@]}"; do
+        rows=$("$ROOT/scripts/cql.py" "$(cl_cass_addr "$j")" "$CL_CQL_PORT" \
+            'SELECT address, generation, status_with_port, "schema" FROM system_views.gossip_info' 2>&1) || {
+            CL_WHY="n$j: gossip_info query failed: $rows"
+            return 1
+        }
+        while IFS=$'\t' read -r addr g st sch; do
+            [ -n "$addr" ] && view[$j,$addr]="$g $st $sch"
+        done <<<"$rows"
+    done
+    for j in "${up[@]}"; do
+        for k in "${up[@]}"; do
+            self=${view[$k,$(cl_cass_addr "$k")]:-}
+            read -r g st sch <<<"${view[$j,$(cl_cass_addr "$k")]:-}"
+            if [ -z "$g" ] || [ "$g" != "${self%% *}" ]; then
+                CL_WHY="n$j has not seen n$k (generation ${g:-none}, n$k says ${self%% *})"
+                return 1
+            fi
+            [[ $st == NORMAL* ]] || {
+                CL_WHY="n$j sees n$k as '${st:-?}'"
+                return 1
+            }
+            : "${schema:=$sch}"
+            [ "$sch" = "$schema" ] || {
+                CL_WHY="schema versions differ (n$j sees n$k at $sch, not $schema)"
+                return 1
+            }
+        done
+    done
+}
+
+# cl_cass_wait N T0: until node N answers CQL and the running nodes have converged.
+cl_cass_wait() {
+    local n=$1 t0=$2 pid i cql_at=
+    pid=$(cl_pid cassandra "$n") || die "cassandra n$n is not running"
+    for ((i = 0; i < CASS_TIMEOUT * 4; i++)); do
+        if [ -z "$cql_at" ] && cql_ping "$(cl_cass_addr "$n")" "$CL_CQL_PORT"; then cql_at=$(since "$t0"); fi
+        if [ -n "$cql_at" ] && cl_cass_converged; then
+            printf '%-9s n%s  up  %s:%s  pid %s, CQL in %s, UN (gossip) in %s, rss %s\n' cassandra "$n" "$(cl_cass_addr "$n")" \
+                "$CL_CQL_PORT" "$pid" "$cql_at" "$(since "$t0")" "$(rss_of "$pid")"
+            return 0
+        fi
+        if ! alive "$pid"; then
+            show_tail "$(cl_log cassandra "$n")"
+            rm -f "$(cl_pidfile cassandra "$n")"
+            die "cassandra n$n exited during startup (log: $(cl_log cassandra "$n"))"
+        fi
+        sleep 0.25
+    done
+    show_tail "$(cl_log cassandra "$n")"
+    die "cassandra n$n not ready within ${CASS_TIMEOUT}s: ${CL_WHY:-no CQL} (log: $(cl_log cassandra "$n"))"
+}
+
+cl_cass_start() { # cl_cass_start N: start node N unless running, wait until the cluster has converged
+    local n=$1 pid t0
+    t0=$(now_us)
+    if pid=$(cl_pid cassandra "$n"); then
+        stopped "$pid" && die "cassandra n$n (pid $pid) is SIGSTOPped; send it SIGCONT (kill -CONT $pid)"
+    elif cl_answers cassandra "$n"; then
+        die "$(cl_cass_addr "$n"):$CL_CQL_PORT answers CQL but is not a node this script started"
+    else
+        cl_cass_launch "$n"
+        t0=$(now_us) # report JVM start -> ready; installs are logged separately
+    fi
+    cl_cass_wait "$n" "$t0"
+}
+
+cl_cass_up() {
+    local n t0
+    mkdir -p "$CL_DIR/cassandra"
+    if [ "${SCORE_WORKER_FRESH_CLUSTER:-0}" = 1 ]; then
+        cl_stop cassandra TERM "${CL_NODES[@]}" >&2
+        log "SCORE_WORKER_FRESH_CLUSTER=1: wiping $CL_DIR/cassandra"
+        rm -rf "$CL_DIR/cassandra"
+        mkdir -p "$CL_DIR/cassandra"
+    fi
+    ensure_java17
+    ensure_cassandra_jars
+    t0=$(now_us)
+    # One after another: each node joins the ring (NORMAL in every running node's gossip) before the next starts.
+    for n in "${CL_NODES[@]}"; do cl_cass_start "$n"; done
+    printf '%-9s cluster %s: %s nodes, CQL %s:%s (all addresses the same port), heap %s each, up in %s\n' cassandra \
+        "$CL_CASS_NAME" "${#CL_NODES[@]}" "$(cl_cass_addr 1)-3" "$CL_CQL_PORT" "$CL_CASS_HEAP" "$(since "$t0")"
+}
+
+# ---- status, env
+
+cl_status_line() { # cl_status_line KIND N
+    local kind=$1 n=$2 pid how where
+    case $kind in
+    nats) where="nats://$HOST:$(cl_nats_port "$n")" ;;
+    cassandra) where="$(cl_cass_addr "$n"):$CL_CQL_PORT" ;;
+    esac
+    pid=$(cl_pid "$kind" "$n") || pid=
+    if cl_answers "$kind" "$n"; then
+        if [ -n "$pid" ]; then how="pid $pid, rss $(rss_of "$pid")"; else how="not started by this script"; fi
+        if [ "$kind" = nats ]; then
+            how="v$(nats_running_version "$(cl_nats_port "$n")" || echo '?'), $how, $(nats_healthz "$(cl_nats_mon "$n")" && echo healthy || echo 'not healthy'), meta leader $(cl_nats_leader "$n" || echo none)"
+        else
+            how="$how, gossip: $("$ROOT/scripts/cql.py" "$(cl_cass_addr "$n")" "$CL_CQL_PORT" \
+                'SELECT address, status_with_port FROM system_views.gossip_info' 2>/dev/null |
+                sed 's/^127\.0\.0\.\([0-9]*\)\t\([A-Za-z]*\).*/n\1=\2/' | sort | tr '\n' ' ' | sed 's/ $//')"
+        fi
+        printf '%-9s n%s  up      %s  (%s)\n' "$kind" "$n" "$where" "$how"
+        return 0
+    fi
+    if [ -n "$pid" ]; then
+        if stopped "$pid"; then
+            printf '%-9s n%s  frozen  %s  (pid %s is SIGSTOPped)\n' "$kind" "$n" "$where" "$pid"
+        else
+            printf '%-9s n%s  starting %s  (pid %s alive, not answering)\n' "$kind" "$n" "$where" "$pid"
+        fi
+    else
+        printf '%-9s n%s  down    %s\n' "$kind" "$n" "$where"
+    fi
+    return 1
+}
+
+cl_env() {
+    local n urls="" nodes=""
+    for n in "${CL_NODES[@]}"; do
+        urls+="${urls:+,}nats://$HOST:$(cl_nats_port "$n")"
+        nodes+="${nodes:+,}\"$(cl_cass_addr "$n"):$CL_CQL_PORT\""
+    done
+    printf 'SCORE_WORKER__NATS__URL=%s\n' "$urls"
+    printf "SCORE_WORKER__SCYLLA__NODES='[%s]'\n" "$nodes"
+}
+
+cl_kinds() { # cl_kinds [KIND]: the kinds a cluster command applies to
+    if [ -n "${1:-}" ]; then cl_kind "$1"; else printf '%s\n' nats cassandra; fi
+}
+
 # ------------------------------------------------------------------------------------------------ status
 
 status_line() { # status_line NAME
@@ -464,6 +1047,7 @@ status_line() { # status_line NAME
     fi
     if { [ "$name" = nats ] && nats_ping; } || { [ "$name" = cassandra ] && cql_ping; }; then
         [ "$name" = cassandra ] && [ -n "$pid" ] && how="$how, $(cat "$CASS_MODEFILE" 2>/dev/null || echo noauth), rss $(rss_of "$pid")"
+        [ "$name" = nats ] && how="v$(nats_running_version || echo '?'), $how${pid:+, rss $(rss_of "$pid")}"
         printf '%-9s up      %s  (%s)\n' "$name" "$([ "$name" = nats ] && echo "nats://$HOST:$NATS_PORT" || echo "$HOST:$CQL_PORT")" "$how"
         return 0
     fi
@@ -513,6 +1097,65 @@ start-cassandra) take_lock && start_cassandra ;;
 stop-cassandra) take_lock && stop_server cassandra "$CASS_PIDFILE" ;;
 nats-pid) print_pid nats "$NATS_PORT" ;;
 cassandra-pid) print_pid cassandra "$CQL_PORT" ;;
+nats-bin)
+    ensure_nats_server
+    echo "$NATS_BIN"
+    ;;
+cluster-up)
+    take_cluster_lock
+    for kind in $(cl_kinds "${2:-}"); do
+        if [ "$kind" = nats ]; then cl_nats_up; else cl_cass_up; fi
+    done
+    ;;
+cluster-down)
+    take_cluster_lock
+    for kind in $(cl_kinds "${2:-}"); do cl_stop "$kind" TERM "${CL_NODES[@]}"; done
+    ;;
+cluster-status)
+    rc=0
+    for kind in $(cl_kinds "${2:-}"); do
+        for n in "${CL_NODES[@]}"; do cl_status_line "$kind" "$n" || rc=3; done
+    done
+    exit "$rc"
+    ;;
+cluster-kill | cluster-stop)
+    kind=$(cl_kind "${2:-}")
+    n=$(cl_node "${3:-}")
+    take_cluster_lock
+    cl_pid "$kind" "$n" >/dev/null || die "$kind n$n is not running (not started by this script)"
+    cl_stop "$kind" "$([ "$cmd" = cluster-kill ] && echo KILL || echo TERM)" "$n"
+    ;;
+cluster-start)
+    kind=$(cl_kind "${2:-}")
+    n=$(cl_node "${3:-}")
+    take_cluster_lock
+    if [ "$kind" = nats ]; then
+        if ! cl_pid nats "$n" >/dev/null; then
+            t0=$(now_us)
+            cl_nats_launch "$n"
+        else
+            t0=$(now_us)
+        fi
+        cl_nats_wait "$n" "$t0"
+    else
+        cl_cass_start "$n"
+    fi
+    ;;
+cluster-pid)
+    kind=$(cl_kind "${2:-}")
+    n=$(cl_node "${3:-}")
+    cl_pid "$kind" "$n" || die "$kind n$n is not running (not started by this script)"
+    ;;
+cluster-env) cl_env ;;
+cluster-nodetool)
+    n=$(cl_node "${2:-}")
+    shift 2
+    ensure_java17
+    cassandra_jars_ok || die "no Cassandra jars in $CASS_LIB yet (run cluster-up)"
+    cassandra_jvm_opts # the JPMS flags the tools need too
+    exec "$JAVA" "${CASS_ARGS[@]}" -Xmx128m -Djava.net.preferIPv4Stack=true "-Dlogback.configurationFile=$DEPLOY/logback.xml" \
+        -cp "$CASS_LIB/*" org.apache.cassandra.tools.NodeTool -h "$HOST" -p "$(cl_jmx_port "$n")" "$@"
+    ;;
 -h | --help | help)
     sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
     ;;
