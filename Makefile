@@ -25,6 +25,7 @@ help:
 	@echo "make chaos         fault-injection suite (also part of make test); make soak: the long version"
 	@echo "make bench         end-to-end throughput, CPU/event, peak RSS, latency percentiles (release build)"
 	@echo "make services-down stop the local servers"
+	@echo "make cluster-up    3-node NATS JetStream + 3-node Cassandra clusters on loopback (cluster-down stops them)"
 
 services:
 	scripts/services.sh up
@@ -33,6 +34,15 @@ services-down:
 	scripts/services.sh down
 	$(SECURE_ENV) scripts/services.sh down
 	$(CHAOS_ENV) scripts/services.sh down
+	scripts/services.sh cluster-down
+
+# 3-node NATS JetStream and Cassandra 5.0 clusters on loopback: ports and costs in docs/reliability.md.
+.PHONY: cluster-up cluster-down
+cluster-up:
+	scripts/services.sh cluster-up
+
+cluster-down:
+	scripts/services.sh cluster-down
 
 run: services
 	$(CARGO) build --locked

@@ -100,8 +100,19 @@ def read_frame(sock):
             buf += chunk
         return buf
 
-    _ver, _flags, _stream, opcode, length = struct.unpack(">BBhBi", exact(9))
-    return opcode, exact(length)
+    _ver, flags, _stream, opcode, length = struct.unpack(">BBhBi", exact(9))
+    body = exact(length)
+    r = Reader(body)
+    if flags & 0x02:  # tracing id
+        r.take(16)
+    if flags & 0x08:  # warnings: [string list]
+        for _ in range(r.short()):
+            sys.stderr.write("cql.py: warning: %s\n" % r.string())
+    if flags & 0x04:  # custom payload: [bytes map]
+        for _ in range(r.short()):
+            r.string()
+            r.bytes()
+    return opcode, body[r.i:]
 
 
 def string_map(m):

@@ -851,6 +851,8 @@ cl_cass_write_yaml() { # cl_cass_write_yaml N: deploy/cassandra/cassandra.yaml w
             -e "s/^native_transport_port:.*/native_transport_port: $CL_CQL_PORT/" \
             -e "s/^hinted_handoff_enabled:.*/hinted_handoff_enabled: true   # as on Scylla: a node back from an outage gets the writes it missed/" \
             "$DEPLOY/cassandra.yaml"
+        printf '\n# Cluster only. Before serving CQL, a node waits for its known peers; on a warm start of n1 none is up yet.\n'
+        printf 'block_for_peers_timeout_in_secs: 2\n'
     } >"$yaml"
     for key in "cluster_name: $CL_CASS_NAME" "initial_token: ${CL_TOKENS[$((n - 1))]}" "listen_address: $addr" \
         "rpc_address: $addr" "storage_port: $CL_STORAGE_PORT" "native_transport_port: $CL_CQL_PORT" \
