@@ -26,7 +26,7 @@
 #   cluster-start KIND N              start node N again and wait until it is healthy (NATS: /healthz of that
 #                                     node; Cassandra: CQL answers and every running node gossips it NORMAL)
 #   cluster-pid KIND N                print node N's pid
-#   cluster-env                       print the worker's connection settings for the clusters
+#   cluster-env                       print the worker's settings for the clusters: eval "$(scripts/services.sh cluster-env)"
 #   cluster-nodetool N ARGS...        run Cassandra's nodetool against node N (JMX on 127.0.0.1:760N)
 #
 #   NATS      n1..n3: client nats://127.0.0.1:4501..4503, routes 127.0.0.1:6501..6503, monitor
@@ -781,9 +781,10 @@ cl_nats_leader() { # the JetStream meta leader as node N sees it
 
 # cl_nats_wait N T0: until node N's /healthz is ok (JetStream current with the meta leader and its streams).
 cl_nats_wait() {
-    local n=$1 t0=$2 pid i
+    local n=$1 t0=$2 pid deadline
     pid=$(cl_pid nats "$n") || die "nats n$n is not running"
-    for ((i = 0; i < CL_NATS_TIMEOUT * 10; i++)); do
+    deadline=$(($(now_us) + CL_NATS_TIMEOUT * 1000000))
+    while [ "$(now_us)" -lt "$deadline" ]; do
         if nats_ping "$(cl_nats_port "$n")" && nats_healthz "$(cl_nats_mon "$n")"; then
             printf '%-9s n%s  up  nats://%s:%s  v%s, pid %s, healthy in %s, rss %s\n' nats "$n" "$HOST" "$(cl_nats_port "$n")" \
                 "$(cat "$CL_DIR/nats/n$n.version" 2>/dev/null)" "$pid" "$(since "$t0")" "$(rss_of "$pid")"
@@ -793,7 +794,7 @@ cl_nats_wait() {
             show_tail "$(cl_log nats "$n")"
             die "nats n$n exited during startup (log: $(cl_log nats "$n"))"
         fi
-        sleep 0.1
+        sleep 0.2 # each failed /healthz is a WRN line in the node's log
     done
     show_tail "$(cl_log nats "$n")"
     die "nats n$n did not become healthy within ${CL_NATS_TIMEOUT}s (log: $(cl_log nats "$n"))"
@@ -940,9 +941,10 @@ cl_cass_converged() {
 
 # cl_cass_wait N T0: until node N answers CQL and the running nodes have converged.
 cl_cass_wait() {
-    local n=$1 t0=$2 pid i cql_at=
+    local n=$1 t0=$2 pid deadline cql_at=
     pid=$(cl_pid cassandra "$n") || die "cassandra n$n is not running"
-    for ((i = 0; i < CASS_TIMEOUT * 4; i++)); do
+    deadline=$(($(now_us) + CASS_TIMEOUT * 1000000))
+    while [ "$(now_us)" -lt "$deadline" ]; do
         if [ -z "$cql_at" ] && cql_ping "$(cl_cass_addr "$n")" "$CL_CQL_PORT"; then cql_at=$(since "$t0"); fi
         if [ -n "$cql_at" ] && cl_cass_converged; then
             printf '%-9s n%s  up  %s:%s  pid %s, CQL in %s, UN (gossip) in %s, rss %s\n' cassandra "$n" "$(cl_cass_addr "$n")" \
@@ -1031,8 +1033,8 @@ cl_env() {
         urls+="${urls:+,}nats://$HOST:$(cl_nats_port "$n")"
         nodes+="${nodes:+,}\"$(cl_cass_addr "$n"):$CL_CQL_PORT\""
     done
-    printf 'SCORE_WORKER__NATS__URL=%s\n' "$urls"
-    printf "SCORE_WORKER__SCYLLA__NODES='[%s]'\n" "$nodes"
+    printf "export SCORE_WORKER__NATS__URL='%s'\n" "$urls"
+    printf "export SCORE_WORKER__SCYLLA__NODES='[%s]'\n" "$nodes"
 }
 
 cl_kinds() { # cl_kinds [KIND]: the kinds a cluster command applies to
