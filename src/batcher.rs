@@ -18,6 +18,9 @@ use crate::score::ScoreUpdate;
 pub struct Flush<R> {
     /// Newest update per key, in order of first appearance.
     pub latest: Vec<ScoreUpdate>,
+    /// Per key of `latest`: every message for it in this flush is a first delivery (no earlier
+    /// delivery of any of them can have written part of its rows).
+    pub first_delivery: Vec<bool>,
     /// Every event of the flush (for history rows); duplicates by `event_id` are removed.
     pub events: Vec<ScoreUpdate>,
     /// One receipt per message, settled together after the write.
@@ -51,6 +54,7 @@ impl<R> Batcher<R> {
             linger,
             current: Flush {
                 latest: Vec::new(),
+                first_delivery: Vec::new(),
                 events: Vec::new(),
                 receipts: Vec::new(),
                 opened_at: None,
@@ -60,8 +64,15 @@ impl<R> Batcher<R> {
         }
     }
 
-    /// Adds one message; returns a full flush if this one closed it.
-    pub fn push(&mut self, update: ScoreUpdate, receipt: R, now: Instant) -> Option<Flush<R>> {
+    /// Adds one message (`first_delivery`: the broker delivers it for the first time); returns a full
+    /// flush if this one closed it.
+    pub fn push(
+        &mut self,
+        update: ScoreUpdate,
+        receipt: R,
+        first_delivery: bool,
+        now: Instant,
+    ) -> Option<Flush<R>> {
         if self.current.opened_at.is_none() {
             self.current.opened_at = Some(now);
             self.deadline = Some(now + self.linger);
@@ -70,6 +81,7 @@ impl<R> Batcher<R> {
         let key = (update.leaderboard_id.clone(), update.profile_id);
         match self.index.get(&key) {
             Some(&i) => {
+                self.current.first_delivery[i] &= first_delivery;
                 if update.supersedes(&self.current.latest[i]) {
                     self.current.latest[i] = update.clone();
                 }
@@ -86,6 +98,7 @@ impl<R> Batcher<R> {
             None => {
                 self.index.insert(key, self.current.latest.len());
                 self.current.latest.push(update.clone());
+                self.current.first_delivery.push(first_delivery);
                 self.current.events.push(update);
             }
         }
@@ -111,6 +124,7 @@ impl<R> Batcher<R> {
             &mut self.current,
             Flush {
                 latest: Vec::with_capacity(self.max_scores),
+                first_delivery: Vec::with_capacity(self.max_scores),
                 events: Vec::with_capacity(self.max_scores),
                 receipts: Vec::with_capacity(self.max_scores),
                 opened_at: None,
@@ -140,7 +154,7 @@ mod tests {
         let now = Instant::now();
         let mut flushes = vec![];
         for i in 0..100u128 {
-            if let Some(f) = b.push(update("lb", i, 1, 1, &format!("e{i}")), i, now) {
+            if let Some(f) = b.push(update("lb", i, 1, 1, &format!("e{i}")), i, true, now) {
                 flushes.push(f);
             }
         }
@@ -155,10 +169,12 @@ mod tests {
     fn same_key_collapses_to_newest_but_keeps_history_and_receipts() {
         let mut b = Batcher::new(50, Duration::from_millis(100));
         let now = Instant::now();
-        assert!(b.push(update("lb", 1, 30, 3, "c"), 1, now).is_none());
-        assert!(b.push(update("lb", 1, 10, 1, "a"), 2, now).is_none());
-        assert!(b.push(update("lb", 1, 20, 2, "b"), 3, now).is_none());
-        assert!(b.push(update("other", 1, 5, 1, "d"), 4, now).is_none());
+        assert!(b.push(update("lb", 1, 30, 3, "c"), 1, true, now).is_none());
+        assert!(b.push(update("lb", 1, 10, 1, "a"), 2, true, now).is_none());
+        assert!(b.push(update("lb", 1, 20, 2, "b"), 3, true, now).is_none());
+        assert!(b
+            .push(update("other", 1, 5, 1, "d"), 4, true, now)
+            .is_none());
         let f = b.take();
         assert_eq!(f.scores(), 2);
         assert_eq!(f.latest[0].score, 30);
@@ -170,8 +186,8 @@ mod tests {
     fn duplicate_event_is_one_history_row_but_both_receipts() {
         let mut b = Batcher::new(50, Duration::from_millis(100));
         let now = Instant::now();
-        b.push(update("lb", 1, 30, 3, "dup"), 1, now);
-        b.push(update("lb", 1, 30, 3, "dup"), 2, now);
+        b.push(update("lb", 1, 30, 3, "dup"), 1, true, now);
+        b.push(update("lb", 1, 30, 3, "dup"), 2, true, now);
         let f = b.take();
         assert_eq!(f.events.len(), 1);
         assert_eq!(f.receipts.len(), 2);
@@ -181,9 +197,21 @@ mod tests {
     fn equal_time_tie_keeps_the_larger_score() {
         let mut b = Batcher::new(50, Duration::from_millis(100));
         let now = Instant::now();
-        b.push(update("lb", 1, 7, 5, "x"), 1, now);
-        b.push(update("lb", 1, 3, 5, "y"), 2, now);
+        b.push(update("lb", 1, 7, 5, "x"), 1, true, now);
+        b.push(update("lb", 1, 3, 5, "y"), 2, true, now);
         assert_eq!(b.take().latest[0].score, 7);
+    }
+
+    #[test]
+    fn a_key_is_first_delivery_only_if_all_its_messages_are() {
+        let mut b = Batcher::new(50, Duration::from_millis(100));
+        let now = Instant::now();
+        b.push(update("lb", 1, 1, 1, "a"), 1, true, now);
+        b.push(update("lb", 1, 2, 2, "b"), 2, false, now);
+        b.push(update("lb", 2, 1, 1, "c"), 3, true, now);
+        b.push(update("lb", 3, 1, 1, "d"), 4, false, now);
+        let f = b.take();
+        assert_eq!(f.first_delivery, vec![false, true, false]);
     }
 
     #[test]
@@ -191,10 +219,11 @@ mod tests {
         let mut b = Batcher::new(50, Duration::from_millis(100));
         let t0 = Instant::now();
         assert_eq!(b.deadline(), None);
-        b.push(update("lb", 1, 1, 1, "a"), 1, t0);
+        b.push(update("lb", 1, 1, 1, "a"), 1, true, t0);
         b.push(
             update("lb", 2, 1, 1, "b"),
             2,
+            true,
             t0 + Duration::from_millis(90),
         );
         assert_eq!(b.deadline(), Some(t0 + Duration::from_millis(100)));
@@ -207,7 +236,7 @@ mod tests {
         let mut b = Batcher::new(50, Duration::from_millis(100));
         let now = Instant::now();
         let closed = (0..200)
-            .filter_map(|i| b.push(update("lb", 1, i, i, &format!("e{i}")), i, now))
+            .filter_map(|i| b.push(update("lb", 1, i, i, &format!("e{i}")), i, true, now))
             .count();
         assert_eq!(closed, 1);
         assert!(b.is_empty());

@@ -25,16 +25,17 @@ pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0]
 /// Failure reason for a message whose write did not succeed in time (it is nak'd, not lost).
 pub const FAILED_WRITE: &str = "write";
 
-/// The statements the store executes (label `statement`).
-pub const STATEMENTS: &[&str] = &[
-    "add_ranked",
-    "insert_leaderboard",
-    "update_profile",
-    "read_profile",
-    "delete_stale",
-    "insert_history",
-    "invalidate_cache",
+/// The requests the store sends (label `statement`), one per phase of a flush, in order; each is a
+/// single statement or an unlogged batch.
+pub const REQUESTS: [&str; 5] = [
+    "write_profiles",
+    "write_rows",
+    "read_back",
+    "cleanup",
+    "prune_ranked",
 ];
+/// Statements per request.
+pub const STATEMENT_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0];
 
 /// Database error kinds (label `kind`); see `store::error`.
 pub const ERROR_KINDS: &[&str] = &[
@@ -60,6 +61,8 @@ pub struct Metrics {
     pub consumer_pending: IntGauge,
     pub nats_connected: IntGauge,
     pub scylla_query_duration: HistogramVec,
+    pub scylla_statements: Histogram,
+    pub superseded_skips: IntCounter,
     pub scylla_errors: IntCounterVec,
     pub scylla_connection_failures: IntCounter,
     pub ready: IntGauge,
@@ -140,6 +143,15 @@ impl Metrics {
                 registry.register(Box::new(h.clone())).expect("unique metric");
                 h
             },
+            scylla_statements: histogram(
+                "score_worker_scylla_statements_per_request",
+                "Statements carried by each database request (1, or the size of an unlogged batch).",
+                STATEMENT_BUCKETS,
+            ),
+            superseded_skips: counter(
+                "score_worker_superseded_skips_total",
+                "Keys whose leaderboard writes were skipped because this process had already written a newer event for them (history is still written).",
+            ),
             scylla_errors: counter_vec(
                 "score_worker_scylla_errors_total",
                 "Database statement errors, by kind.",
@@ -170,7 +182,7 @@ impl Metrics {
             m.dead_letters.with_label_values(&[reason.as_str()]);
         }
         m.messages_failed.with_label_values(&[FAILED_WRITE]);
-        for statement in STATEMENTS {
+        for statement in REQUESTS {
             m.scylla_query_duration.with_label_values(&[statement]);
         }
         for kind in ERROR_KINDS {
@@ -243,7 +255,7 @@ mod tests {
             );
         }
         assert!(text.contains("score_worker_processing_duration_seconds_bucket{le=\"2\"} 1"));
-        assert!(text.contains("score_worker_scylla_query_duration_seconds_bucket{statement=\"read_profile\",le=\"0.1\"} 0"));
+        assert!(text.contains("score_worker_scylla_query_duration_seconds_bucket{statement=\"read_back\",le=\"0.1\"} 0"));
         assert!(text.contains("score_worker_dead_letters_total{reason=\"malformed_json\"} 0"));
         assert!(text.contains(&format!(
             "score_worker_build_info{{version=\"{}\"}} 1",

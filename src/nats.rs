@@ -48,9 +48,10 @@ pub async fn connect(
     config: &NatsConfig,
     metrics: Option<Arc<Metrics>>,
 ) -> Result<Client, NatsError> {
-    // Several rustls crypto providers are compiled in (ring here, aws-lc-rs through the database
-    // driver), so rustls cannot pick one for async-nats' TLS by itself: name ours. Idempotent.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // aws-lc-rs is the one rustls crypto provider compiled in (the database driver enables it; ring is
+    // not built). Installing it as the process default keeps async-nats' TLS from depending on
+    // rustls' feature detection. Idempotent.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut options = match &config.auth {
         NatsAuth::CredentialsFile(path) => ConnectOptions::with_credentials_file(path)
             .await

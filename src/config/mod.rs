@@ -188,6 +188,9 @@ pub struct ScyllaConfig {
     pub replication: String,
     pub leaderboard_buckets: i32,
     pub write_concurrency: usize,
+    pub batch_max_bytes: usize,
+    pub read_back: ReadBack,
+    pub connections_per_shard: usize,
     #[serde(deserialize_with = "duration")]
     pub connect_timeout: Duration,
     #[serde(deserialize_with = "duration")]
@@ -204,6 +207,16 @@ impl ScyllaConfig {
     }
 }
 
+/// How a flush reads its keys back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadBack {
+    /// One multi-partition read per group of partitions that share their replicas.
+    Grouped,
+    /// One single-partition read per key, concurrently.
+    PerKey,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
@@ -211,6 +224,7 @@ pub struct BatchConfig {
     #[serde(deserialize_with = "duration")]
     pub linger: Duration,
     pub max_inflight: usize,
+    pub newest_written_keys: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -269,6 +283,8 @@ pub struct PipelineConfig {
     pub max_scores: usize,
     pub linger: Duration,
     pub max_inflight: usize,
+    /// Keys remembered with the newest event this process wrote for them (0: no skipping).
+    pub newest_written_keys: usize,
     /// Deliveries before an unwritten message is dead-lettered instead of nak'd.
     pub max_deliver: i64,
     pub retry: RetryConfig,
@@ -335,6 +351,7 @@ impl Config {
             max_scores: self.batch.max_scores,
             linger: self.batch.linger,
             max_inflight: self.batch.max_inflight,
+            newest_written_keys: self.batch.newest_written_keys,
             max_deliver: self.nats.max_deliver,
             retry: self.retry.clone(),
         }

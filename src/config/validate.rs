@@ -105,6 +105,12 @@ impl ScyllaConfig {
         if self.write_concurrency == 0 {
             return Err(invalid("scylla.write_concurrency", "must be positive"));
         }
+        if !(1..=64).contains(&self.connections_per_shard) {
+            return Err(invalid(
+                "scylla.connections_per_shard",
+                "must be between 1 and 64",
+            ));
+        }
         self.tls.validate("scylla.tls")
     }
 }

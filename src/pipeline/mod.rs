@@ -8,6 +8,7 @@
 
 pub mod ports;
 pub mod settle;
+mod written;
 
 use std::sync::Arc;
 
@@ -24,10 +25,12 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::retry;
 use crate::score::ScoreUpdate;
+use written::NewestWritten;
 
 pub struct Pipeline<S> {
     store: Arc<S>,
     config: PipelineConfig,
+    written: NewestWritten,
     settler: Settler,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -49,6 +52,7 @@ impl<S: Store> Pipeline<S> {
         );
         Self {
             store,
+            written: NewestWritten::new(config.newest_written_keys),
             config,
             settler,
             metrics,
@@ -77,7 +81,8 @@ impl<S: Store> Pipeline<S> {
             let closed = tokio::select! {
                 item = input.recv() => match item {
                     Some((update, receipt)) => {
-                        if let Some(flush) = batcher.push(update, receipt, Instant::now()) {
+                        let first_delivery = receipt.delivered() <= 1;
+                        if let Some(flush) = batcher.push(update, receipt, first_delivery, Instant::now()) {
                             this.dispatch(flush, &permits, &mut tasks).await;
                         }
                         false
@@ -132,13 +137,23 @@ impl<S: Store> Pipeline<S> {
         let m = &self.metrics;
         m.inflight_batches.inc();
         m.batch_size.observe(flush.scores() as f64);
+        let skipped: Vec<ScoreUpdate>;
+        let latest = match self.unwritten(&flush) {
+            None => &flush.latest[..],
+            Some(keys) => {
+                m.superseded_skips
+                    .inc_by((flush.latest.len() - keys.len()) as u64);
+                skipped = keys;
+                &skipped[..]
+            }
+        };
         // `retry.total_budget` bounds the wall clock of all attempts; a write cut off by it may or may
         // not have landed, which is fine: it is idempotent and its messages are nak'd, never acked.
         let write = tokio::time::timeout(
             self.config.retry.total_budget,
             retry::run_with_retries(
                 &self.config.retry,
-                || self.store.write(&flush.latest, &flush.events),
+                || self.store.write(latest, &flush.events),
                 |e| e.class() == Class::Retryable,
                 |e, delay| {
                     m.batch_retries.inc();
@@ -163,6 +178,7 @@ impl<S: Store> Pipeline<S> {
         let attempt = match result {
             Ok(Ok(())) => {
                 self.health.write_succeeded();
+                self.written.record(latest);
                 Attempt::Written
             }
             Ok(Err(error)) => {
@@ -198,6 +214,27 @@ impl<S: Store> Pipeline<S> {
         )
         .await;
         m.inflight_batches.dec();
+    }
+}
+
+impl<S> Pipeline<S> {
+    /// The keys of a flush that still need their leaderboard writes, when the newest-written hint
+    /// covers some (`None`: all of them). Only keys whose messages are all first deliveries may be
+    /// skipped: an earlier delivery may have written part of its rows, which the full protocol cleans.
+    fn unwritten<R>(&self, flush: &Flush<R>) -> Option<Vec<ScoreUpdate>> {
+        let covered = |(u, first): (&ScoreUpdate, &bool)| *first && self.written.covers(u);
+        if !flush.latest.iter().zip(&flush.first_delivery).any(covered) {
+            return None;
+        }
+        Some(
+            flush
+                .latest
+                .iter()
+                .zip(&flush.first_delivery)
+                .filter(|&pair| !covered(pair))
+                .map(|(u, _)| u.clone())
+                .collect(),
+        )
     }
 }
 
@@ -318,6 +355,7 @@ mod tests {
             max_scores: 50,
             linger: Duration::from_millis(100),
             max_inflight: 2,
+            newest_written_keys: 1000,
             max_deliver: 5,
             retry: RetryConfig {
                 initial_backoff: Duration::from_millis(100),

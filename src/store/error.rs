@@ -42,15 +42,36 @@ impl Kind {
     }
 }
 
-/// A failed statement.
+/// A failed request.
 #[derive(Debug, thiserror::Error)]
 #[error("{statement} failed ({}): {source}", kind.as_str())]
 pub struct StoreError {
-    /// Which statement (a label of `score_worker_scylla_query_duration_seconds`).
+    /// Which request (a label of `score_worker_scylla_query_duration_seconds`).
     pub statement: &'static str,
     pub kind: Kind,
     #[source]
-    pub source: ExecutionError,
+    pub source: Cause,
+}
+
+/// What went wrong with a request.
+// The driver's error dominates the size; failures are rare, so boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    /// The driver or the server refused or lost it.
+    #[error(transparent)]
+    Execution(#[from] ExecutionError),
+    /// A read-back whose rows do not have the expected shape: the schema is not the one this build
+    /// writes (permanent until migrated).
+    #[error("unexpected result: {0}")]
+    Decode(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A row this flush has just written at quorum is not visible: a consistency level too weak for
+    /// the protocol, or a replica that lost it (worth another attempt).
+    #[error("row not visible after its write: profile {profile}, leaderboard {leaderboard}")]
+    NotVisible {
+        profile: uuid::Uuid,
+        leaderboard: String,
+    },
 }
 
 impl StoreError {
@@ -58,7 +79,31 @@ impl StoreError {
         Self {
             statement,
             kind: classify(&source),
-            source,
+            source: Cause::Execution(source),
+        }
+    }
+
+    /// A result that did not decode.
+    pub fn decode(
+        statement: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            statement,
+            kind: Kind::Permanent,
+            source: Cause::Decode(Box::new(source)),
+        }
+    }
+
+    /// A row missing after its write.
+    pub fn not_visible(statement: &'static str, profile: uuid::Uuid, leaderboard: &str) -> Self {
+        Self {
+            statement,
+            kind: Kind::Server,
+            source: Cause::NotVisible {
+                profile,
+                leaderboard: leaderboard.to_string(),
+            },
         }
     }
 

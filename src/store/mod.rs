@@ -1,61 +1,147 @@
 //! The database side: session, prepared statements, and the write protocol that keeps the leaderboard
 //! invariant (each (leaderboard, profile) exactly once, at its newest score) without locks, across any
-//! number of replicas. The argument for why it holds is in `docs/design.md`; in short, per key:
+//! number of replicas. The argument for why it holds is in `docs/design.md`. A flush is written in five
+//! phases; each finishes before the next starts, and each is sent as a handful of unlogged batches of
+//! statements that share their replicas ([`phase`]):
 //!
-//! 1. `add_ranked`: add `(bucket, score)` to the key's `ranked` set at the event time `t`;
-//! 2. `insert_leaderboard`: insert the leaderboard row at `t`;
-//! 3. `update_profile`: set score, wallet and `updated_at` at `t` (older events lose to newer cells);
-//! 4. `read_profile`: read back the current score `s*`, its write time `t*` and `ranked`;
-//! 5. `delete_stale`: delete every other `ranked` row from the leaderboard, and from the set, at `t*`;
-//! 6. `invalidate_cache`: if this event is the newest, drop the wallet's eligibility cache entries.
+//! 1. `write_profiles`: per key, one statement on the `scores_by_profile` row at event time `t`: add
+//!    `(bucket, score)` to `ranked`, set score, wallet and `updated_at` (older events lose cell by cell);
+//! 2. `write_rows`: per key the leaderboard row at `t`; per event its history row;
+//! 3. `read_back`: the current score `s*`, its write time `t*` and `ranked` of every key, a few
+//!    multi-partition reads (or one read per key, `scylla.read_back = "per_key"`);
+//! 4. `cleanup`: delete every `ranked` row other than `(bucket, s*)` from the leaderboard at `t*`, and
+//!    invalidate the eligibility cache of each wallet whose event is the newest, once per wallet;
+//! 5. `prune_ranked`: remove the deleted entries from `ranked`, only once their rows are gone.
 //!
-//! Every write carries `USING TIMESTAMP` (event time or `t*`), so all of it is idempotent and safe to
-//! retry or redeliver.
+//! Every write carries `USING TIMESTAMP` (event time or `t*`) or is a delete that is safe to repeat,
+//! so all of it is idempotent and safe to retry or redeliver.
 
 pub mod error;
+mod phase;
 mod session;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use prometheus::Histogram;
 use scylla::client::session::Session;
+use scylla::cluster::ClusterState;
 use scylla::response::query_result::QueryResult;
-use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
 use uuid::Uuid;
 
-pub use error::{Kind, StoreError};
+pub use error::{Cause, Kind, StoreError};
 pub use session::{connect, ConnectError, TlsError};
 
-use crate::config::ScyllaConfig;
-use crate::metrics::Metrics;
+use crate::config::{ReadBack, ScyllaConfig};
+use crate::metrics::{Metrics, REQUESTS};
 use crate::pipeline::Store;
 use crate::score::{tie_rank, ScoreUpdate};
+use phase::{Phase, Request};
 
-/// A prepared statement with its name (metric label) and its latency histogram.
-struct Stmt {
-    name: &'static str,
-    prepared: PreparedStatement,
-    latency: Histogram,
+// Indexes into `REQUESTS`, the request kinds in the order a flush sends them.
+const WRITE_PROFILES: usize = 0;
+const WRITE_ROWS: usize = 1;
+const READ_BACK: usize = 2;
+const CLEANUP: usize = 3;
+const PRUNE_RANKED: usize = 4;
+
+/// Partitions per multi-partition read-back request.
+const READ_BACK_PARTITIONS: usize = 100;
+
+/// What the read-back found for one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Current {
+    score: i64,
+    written_at: i64,
+    ranked: Vec<(i32, i64)>,
+}
+
+type ProfileRow = (Option<i64>, Option<i64>, Option<Vec<(i32, i64)>>);
+
+/// The prepared statements, one per kind of row the protocol touches.
+struct Statements {
+    upsert_profile: PreparedStatement,
+    insert_leaderboard: PreparedStatement,
+    insert_history: PreparedStatement,
+    read_profiles: PreparedStatement,
+    read_profile: PreparedStatement,
+    delete_row: PreparedStatement,
+    prune_ranked: PreparedStatement,
+    invalidate_cache: PreparedStatement,
+}
+
+impl Statements {
+    async fn prepare(session: &Session, ks: &str) -> Result<Self, ConnectError> {
+        let prepare = |cql: String| async move {
+            let mut prepared = session
+                .prepare(cql)
+                .await
+                .map_err(|e| ConnectError::Prepare(StoreError::new("prepare", e.into())))?;
+            prepared.set_is_idempotent(true);
+            Ok::<_, ConnectError>(prepared)
+        };
+        Ok(Self {
+            upsert_profile: prepare(format!(
+                "UPDATE {ks}.scores_by_profile USING TIMESTAMP ? SET ranked = ranked + ?, score = ?, \
+                 wallet_address = ?, updated_at = ? WHERE profile_id = ? AND leaderboard_id = ?"
+            ))
+            .await?,
+            insert_leaderboard: prepare(format!(
+                "INSERT INTO {ks}.scores (leaderboard_id, bucket, score, profile_id, wallet_address, \
+                 updated_at) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+            ))
+            .await?,
+            // No `USING TIMESTAMP`: history rows are idempotent by key, and write time is what the
+            // table's time-window compaction buckets by (see docs/design.md).
+            insert_history: prepare(format!(
+                "INSERT INTO {ks}.score_history (profile_id, day, occurred_at, event_id, \
+                 leaderboard_id, score, wallet_address) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            ))
+            .await?,
+            read_profiles: prepare(format!(
+                "SELECT profile_id, leaderboard_id, score, WRITETIME(score), ranked \
+                 FROM {ks}.scores_by_profile WHERE profile_id IN ?"
+            ))
+            .await?,
+            read_profile: prepare(format!(
+                "SELECT score, WRITETIME(score), ranked FROM {ks}.scores_by_profile \
+                 WHERE profile_id = ? AND leaderboard_id = ?"
+            ))
+            .await?,
+            delete_row: prepare(format!(
+                "DELETE FROM {ks}.scores USING TIMESTAMP ? WHERE leaderboard_id = ? AND bucket = ? \
+                 AND score = ? AND profile_id = ?"
+            ))
+            .await?,
+            prune_ranked: prepare(format!(
+                "UPDATE {ks}.scores_by_profile USING TIMESTAMP ? SET ranked = ranked - ? \
+                 WHERE profile_id = ? AND leaderboard_id = ?"
+            ))
+            .await?,
+            invalidate_cache: prepare(format!(
+                "DELETE FROM {ks}.eligibility_cache WHERE wallet_address = ?"
+            ))
+            .await?,
+        })
+    }
 }
 
 /// The real store.
 pub struct ScyllaStore {
     session: Arc<Session>,
     metrics: Arc<Metrics>,
+    keyspace: String,
     buckets: i32,
     concurrency: usize,
-    add_ranked: Stmt,
-    insert_leaderboard: Stmt,
-    update_profile: Stmt,
-    read_profile: Stmt,
-    delete_row: Stmt,
-    prune_ranked: Stmt,
-    insert_history: Stmt,
-    invalidate_cache: Stmt,
+    batch_max_bytes: usize,
+    read_back: ReadBack,
+    statements: Statements,
+    latency: [Histogram; 5],
 }
 
 impl ScyllaStore {
@@ -65,81 +151,36 @@ impl ScyllaStore {
         config: &ScyllaConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConnectError> {
-        let ks = &config.keyspace;
-        let prepare = |name: &'static str, cql: String| {
-            let session = session.clone();
-            let metrics = metrics.clone();
-            async move {
-                let mut prepared = session
-                    .prepare(cql)
-                    .await
-                    .map_err(|e| ConnectError::Prepare(StoreError::new(name, e.into())))?;
-                prepared.set_is_idempotent(true);
-                Ok::<_, ConnectError>(Stmt {
-                    name,
-                    prepared,
-                    latency: metrics.scylla_query_duration.with_label_values(&[name]),
-                })
-            }
-        };
+        let statements = Statements::prepare(&session, &config.keyspace).await?;
+        let latency = REQUESTS.map(|r| metrics.scylla_query_duration.with_label_values(&[r]));
         Ok(Self {
-            add_ranked: prepare(
-                "add_ranked",
-                format!("UPDATE {ks}.scores_by_profile USING TIMESTAMP ? SET ranked = ranked + ? WHERE profile_id = ? AND leaderboard_id = ?"),
-            )
-            .await?,
-            insert_leaderboard: prepare(
-                "insert_leaderboard",
-                format!("INSERT INTO {ks}.scores (leaderboard_id, bucket, score, profile_id, wallet_address, updated_at) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"),
-            )
-            .await?,
-            update_profile: prepare(
-                "update_profile",
-                format!("UPDATE {ks}.scores_by_profile USING TIMESTAMP ? SET score = ?, wallet_address = ?, updated_at = ? WHERE profile_id = ? AND leaderboard_id = ?"),
-            )
-            .await?,
-            read_profile: prepare(
-                "read_profile",
-                format!("SELECT score, WRITETIME(score), ranked FROM {ks}.scores_by_profile WHERE profile_id = ? AND leaderboard_id = ?"),
-            )
-            .await?,
-            delete_row: prepare(
-                "delete_stale",
-                format!("DELETE FROM {ks}.scores USING TIMESTAMP ? WHERE leaderboard_id = ? AND bucket = ? AND score = ? AND profile_id = ?"),
-            )
-            .await?,
-            prune_ranked: prepare(
-                "delete_stale",
-                format!("UPDATE {ks}.scores_by_profile USING TIMESTAMP ? SET ranked = ranked - ? WHERE profile_id = ? AND leaderboard_id = ?"),
-            )
-            .await?,
-            insert_history: prepare(
-                "insert_history",
-                format!("INSERT INTO {ks}.score_history (profile_id, day, occurred_at, event_id, leaderboard_id, score, wallet_address) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"),
-            )
-            .await?,
-            invalidate_cache: prepare(
-                "invalidate_cache",
-                format!("DELETE FROM {ks}.eligibility_cache WHERE wallet_address = ?"),
-            )
-            .await?,
             session,
             metrics,
+            keyspace: config.keyspace.clone(),
             buckets: config.leaderboard_buckets,
             concurrency: config.write_concurrency,
+            batch_max_bytes: config.batch_max_bytes,
+            read_back: config.read_back,
+            statements,
+            latency,
         })
     }
 
-    async fn exec(
-        &self,
-        stmt: &Stmt,
-        values: impl SerializeRow,
-    ) -> Result<QueryResult, StoreError> {
+    /// Sends one request, timing and counting it under its kind.
+    async fn send(&self, kind: usize, request: Request<'_>) -> Result<QueryResult, StoreError> {
         let start = Instant::now();
-        let result = self.session.execute_unpaged(&stmt.prepared, values).await;
-        stmt.latency.observe(start.elapsed().as_secs_f64());
+        let result = match &request {
+            Request::Single(statement, values) => {
+                self.session.execute_unpaged(statement, values).await
+            }
+            Request::Batch(batch, values) => self.session.batch(batch, values).await,
+        };
+        self.latency[kind].observe(start.elapsed().as_secs_f64());
+        self.metrics
+            .scylla_statements
+            .observe(request.statements() as f64);
         result.map_err(|e| {
-            let e = StoreError::new(stmt.name, e);
+            let e = StoreError::new(REQUESTS[kind], e);
             self.metrics
                 .scylla_errors
                 .with_label_values(&[e.kind.as_str()])
@@ -151,99 +192,173 @@ impl ScyllaStore {
         })
     }
 
-    /// Steps 1–6 of the module doc for one key.
-    async fn apply_latest(&self, u: &ScoreUpdate) -> Result<(), StoreError> {
-        let bucket = bucket_of(u.profile_id, self.buckets);
-        let t = u.occurred_at_micros;
-        let updated_at = CqlTimestamp(t.div_euclid(1000));
-        let (lb, pid) = (u.leaderboard_id.as_str(), u.profile_id);
-
-        self.exec(&self.add_ranked, (t, vec![(bucket, u.score)], pid, lb))
-            .await?;
-        self.exec(
-            &self.insert_leaderboard,
-            (
-                lb,
-                bucket,
-                u.score,
-                pid,
-                u.wallet_address.as_str(),
-                updated_at,
-                t,
-            ),
-        )
-        .await?;
-        self.exec(
-            &self.update_profile,
-            (t, u.score, u.wallet_address.as_str(), updated_at, pid, lb),
-        )
-        .await?;
-
-        let read = self.exec(&self.read_profile, (pid, lb)).await?;
-        let row = read.into_rows_result().ok().and_then(|rows| {
-            rows.maybe_first_row::<(Option<i64>, Option<i64>, Option<Vec<(i32, i64)>>)>()
-                .ok()
-                .flatten()
-        });
-        let Some((Some(current), Some(written_at), ranked)) = row else {
-            // Not visible yet at this consistency (cannot happen with quorum reads after quorum writes);
-            // the next write of this key cleans up.
+    /// Sends a phase's requests at once (at most `write_concurrency` in flight) and waits for all.
+    async fn run(&self, kind: usize, phase: Phase<'_>) -> Result<(), StoreError> {
+        if phase.is_empty() {
             return Ok(());
-        };
-        let stale: Vec<(i32, i64)> = ranked
-            .unwrap_or_default()
+        }
+        // Boxed: a closure over borrowed values makes the future's `Send` bound unprovable for the
+        // compiler (higher-ranked lifetimes).
+        let sends: Vec<BoxFuture<'_, Result<QueryResult, StoreError>>> = phase
+            .requests(self.batch_max_bytes)
             .into_iter()
-            .filter(|entry| *entry != (bucket, current))
+            .map(|r| Box::pin(self.send(kind, r)) as _)
             .collect();
-        if !stale.is_empty() {
-            // A stale entry that would beat `current` in a same-timestamp tie may be a write still in
-            // flight at exactly `written_at`: delete it one microsecond earlier so that write survives.
-            // Every other stale entry is deleted at `written_at`, where a tombstone wins the tie.
-            let delete_at = |score: i64| {
-                if tie_rank(score) > tie_rank(current) {
-                    written_at - 1
-                } else {
-                    written_at
-                }
-            };
-            futures::future::try_join_all(
-                stale
-                    .iter()
-                    .map(|&(b, s)| self.exec(&self.delete_row, (delete_at(s), lb, b, s, pid))),
-            )
-            .await?;
-            for entry in stale {
-                self.exec(
-                    &self.prune_ranked,
-                    (delete_at(entry.1), vec![entry], pid, lb),
-                )
-                .await?;
-            }
-        }
-        if current == u.score && written_at == t {
-            self.exec(&self.invalidate_cache, (u.wallet_address.as_str(),))
-                .await?;
-        }
-        Ok(())
+        futures::stream::iter(sends)
+            .buffer_unordered(self.concurrency)
+            .try_for_each(|_| async { Ok(()) })
+            .await
     }
 
-    async fn insert_history(&self, e: &ScoreUpdate) -> Result<(), StoreError> {
-        let at = CqlTimestamp(e.occurred_at_micros.div_euclid(1000));
-        self.exec(
-            &self.insert_history,
-            (
-                e.profile_id,
-                day_of(e.occurred_at_micros),
-                at,
-                e.event_id.as_str(),
-                e.leaderboard_id.as_str(),
-                e.score,
-                e.wallet_address.as_str(),
-                e.occurred_at_micros,
-            ),
-        )
-        .await
-        .map(drop)
+    /// Phase 3: what the database now holds for every key of the flush.
+    async fn read_back(
+        &self,
+        cluster: &ClusterState,
+        latest: &[ScoreUpdate],
+    ) -> Result<HashMap<(Uuid, String), Current>, StoreError> {
+        let mut found = HashMap::with_capacity(latest.len());
+        match self.read_back {
+            ReadBack::Grouped => {
+                let mut groups: HashMap<Vec<(Uuid, u32)>, Vec<Uuid>> = HashMap::new();
+                let mut seen = HashSet::new();
+                for u in latest.iter().filter(|u| seen.insert(u.profile_id)) {
+                    let owners = phase::owners_of(
+                        cluster,
+                        &self.keyspace,
+                        "scores_by_profile",
+                        &(u.profile_id,),
+                    );
+                    groups.entry(owners).or_default().push(u.profile_id);
+                }
+                let reads: Vec<BoxFuture<'_, Result<QueryResult, StoreError>>> = groups
+                    .into_values()
+                    .flat_map(|ids| {
+                        ids.chunks(READ_BACK_PARTITIONS)
+                            .map(|c| c.to_vec())
+                            .collect::<Vec<_>>()
+                    })
+                    .map(|ids| {
+                        let request = Request::Single(
+                            self.statements.read_profiles.clone(),
+                            Box::new((ids,)),
+                        );
+                        Box::pin(self.send(READ_BACK, request)) as _
+                    })
+                    .collect();
+                let results: Vec<QueryResult> = futures::stream::iter(reads)
+                    .buffer_unordered(self.concurrency)
+                    .try_collect()
+                    .await?;
+                for result in results {
+                    let rows = result.into_rows_result().map_err(decode)?;
+                    for row in rows
+                        .rows::<(
+                            Uuid,
+                            String,
+                            Option<i64>,
+                            Option<i64>,
+                            Option<Vec<(i32, i64)>>,
+                        )>()
+                        .map_err(decode)?
+                    {
+                        let (pid, lb, score, written_at, ranked) = row.map_err(decode)?;
+                        if let Some(current) = current((score, written_at, ranked)) {
+                            found.insert((pid, lb), current);
+                        }
+                    }
+                }
+            }
+            ReadBack::PerKey => {
+                let reads: Vec<BoxFuture<'_, Result<(ScoreUpdateKey, QueryResult), StoreError>>> =
+                    latest
+                        .iter()
+                        .map(|u| {
+                            let request = Request::Single(
+                                self.statements.read_profile.clone(),
+                                Box::new((u.profile_id, u.leaderboard_id.as_str())),
+                            );
+                            let key = (u.profile_id, u.leaderboard_id.clone());
+                            Box::pin(async move { Ok((key, self.send(READ_BACK, request).await?)) })
+                                as _
+                        })
+                        .collect();
+                let results: Vec<(ScoreUpdateKey, QueryResult)> = futures::stream::iter(reads)
+                    .buffer_unordered(self.concurrency)
+                    .try_collect()
+                    .await?;
+                for (key, result) in results {
+                    let rows = result.into_rows_result().map_err(decode)?;
+                    if let Some(row) = rows.maybe_first_row::<ProfileRow>().map_err(decode)? {
+                        if let Some(current) = current(row) {
+                            found.insert(key, current);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+type ScoreUpdateKey = (Uuid, String);
+
+/// A read-back whose rows do not decode.
+fn decode(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::decode(REQUESTS[READ_BACK], e)
+}
+
+fn current((score, written_at, ranked): ProfileRow) -> Option<Current> {
+    Some(Current {
+        score: score?,
+        written_at: written_at?,
+        ranked: ranked.unwrap_or_default(),
+    })
+}
+
+/// The `ranked` entries of a key other than its current row, each with the timestamp to delete it at:
+/// `t*`, where a tombstone wins the tie with a row written at `t*`, or `t* − 1` for an entry that would
+/// beat the current score in a same-timestamp tie (a write still in flight at exactly `t*` must
+/// survive; such an entry was written before `t*`, so `t* − 1` still removes it).
+fn stale_entries(bucket: i32, current: &Current) -> Vec<((i32, i64), i64)> {
+    current
+        .ranked
+        .iter()
+        .filter(|&&entry| entry != (bucket, current.score))
+        .map(|&(b, s)| {
+            let at = if tie_rank(s) > tie_rank(current.score) {
+                current.written_at - 1
+            } else {
+                current.written_at
+            };
+            ((b, s), at)
+        })
+        .collect()
+}
+
+/// Each statement's share of a batch's size as Cassandra counts it against
+/// `batch_size_warn_threshold` (the mutations' data size: cells, clustering, timestamps; the partition
+/// key is not counted). Calibrated against the sizes a Cassandra 5.0 server reported for batches of
+/// 50 statements (docs/performance.md, "Batch sizes").
+mod bytes {
+    use crate::score::ScoreUpdate;
+
+    pub fn profile(u: &ScoreUpdate) -> usize {
+        178 + u.leaderboard_id.len() + u.wallet_address.len()
+    }
+    pub fn leaderboard(u: &ScoreUpdate) -> usize {
+        130 + u.wallet_address.len()
+    }
+    pub fn history(e: &ScoreUpdate) -> usize {
+        105 + e.event_id.len() + e.leaderboard_id.len() + e.wallet_address.len()
+    }
+    pub fn delete(_: &ScoreUpdate) -> usize {
+        60
+    }
+    pub fn prune(u: &ScoreUpdate, entries: usize) -> usize {
+        60 + u.leaderboard_id.len() + 30 * entries
+    }
+    pub fn invalidate(_wallet: &str) -> usize {
+        30
     }
 }
 
@@ -255,16 +370,90 @@ impl Store for ScyllaStore {
         latest: &[ScoreUpdate],
         events: &[ScoreUpdate],
     ) -> Result<(), StoreError> {
-        // Boxed rather than mapped through a closure: a closure over borrowed updates makes the
-        // future's `Send` bound unprovable for the compiler (higher-ranked lifetimes).
-        let mut jobs: Vec<futures::future::BoxFuture<'_, Result<(), StoreError>>> =
-            Vec::with_capacity(latest.len() + events.len());
-        jobs.extend(latest.iter().map(|u| Box::pin(self.apply_latest(u)) as _));
-        jobs.extend(events.iter().map(|e| Box::pin(self.insert_history(e)) as _));
-        futures::stream::iter(jobs)
-            .buffer_unordered(self.concurrency)
-            .try_collect::<()>()
-            .await
+        let cluster = self.session.get_cluster_state();
+        let st = &self.statements;
+        let bucket = |u: &ScoreUpdate| bucket_of(u.profile_id, self.buckets);
+        let updated_at = |u: &ScoreUpdate| CqlTimestamp(u.occurred_at_micros.div_euclid(1000));
+
+        let mut profiles = Phase::new(cluster.clone());
+        for u in latest {
+            let values = (
+                u.occurred_at_micros,
+                vec![(bucket(u), u.score)],
+                u.score,
+                u.wallet_address.as_str(),
+                updated_at(u),
+                u.profile_id,
+                u.leaderboard_id.as_str(),
+            );
+            profiles.push(&st.upsert_profile, values, bytes::profile(u));
+        }
+        self.run(WRITE_PROFILES, profiles).await?;
+
+        let mut rows = Phase::new(cluster.clone());
+        for u in latest {
+            let values = (
+                u.leaderboard_id.as_str(),
+                bucket(u),
+                u.score,
+                u.profile_id,
+                u.wallet_address.as_str(),
+                updated_at(u),
+                u.occurred_at_micros,
+            );
+            rows.push(&st.insert_leaderboard, values, bytes::leaderboard(u));
+        }
+        for e in events {
+            let values = (
+                e.profile_id,
+                day_of(e.occurred_at_micros),
+                updated_at(e),
+                e.event_id.as_str(),
+                e.leaderboard_id.as_str(),
+                e.score,
+                e.wallet_address.as_str(),
+            );
+            rows.push(&st.insert_history, values, bytes::history(e));
+        }
+        self.run(WRITE_ROWS, rows).await?;
+
+        let found = self.read_back(&cluster, latest).await?;
+        let mut cleanup = Phase::new(cluster.clone());
+        let mut prunes = Phase::new(cluster);
+        let mut wallets = HashSet::new();
+        for u in latest {
+            let lb = u.leaderboard_id.as_str();
+            let current = found
+                .get(&(u.profile_id, u.leaderboard_id.clone()))
+                .ok_or_else(|| StoreError::not_visible(REQUESTS[READ_BACK], u.profile_id, lb))?;
+            let stale = stale_entries(bucket(u), current);
+            for &((b, s), at) in &stale {
+                cleanup.push(
+                    &st.delete_row,
+                    (at, lb, b, s, u.profile_id),
+                    bytes::delete(u),
+                );
+            }
+            for at in [current.written_at, current.written_at - 1] {
+                let entries: Vec<(i32, i64)> = stale
+                    .iter()
+                    .filter(|(_, t)| *t == at)
+                    .map(|(e, _)| *e)
+                    .collect();
+                if !entries.is_empty() {
+                    let size = bytes::prune(u, entries.len());
+                    prunes.push(&st.prune_ranked, (at, entries, u.profile_id, lb), size);
+                }
+            }
+            if current.score == u.score && current.written_at == u.occurred_at_micros {
+                wallets.insert(u.wallet_address.as_str());
+            }
+        }
+        for wallet in wallets {
+            cleanup.push(&st.invalidate_cache, (wallet,), bytes::invalidate(wallet));
+        }
+        self.run(CLEANUP, cleanup).await?;
+        self.run(PRUNE_RANKED, prunes).await
     }
 }
 
@@ -301,6 +490,30 @@ mod tests {
         }
         assert_eq!(seen.len(), 16, "all buckets used");
         assert_eq!(bucket_of(id, 1), 0);
+    }
+
+    fn current(score: i64, written_at: i64, ranked: &[(i32, i64)]) -> Current {
+        Current {
+            score,
+            written_at,
+            ranked: ranked.to_vec(),
+        }
+    }
+
+    #[test]
+    fn stale_entries_spare_the_current_row_and_respect_ties() {
+        // Nothing else owned: nothing to delete.
+        assert!(stale_entries(3, &current(10, 100, &[(3, 10)])).is_empty());
+        // An older score and the same score in another bucket go at t*.
+        let c = current(10, 100, &[(3, 10), (3, 5), (7, 10)]);
+        assert_eq!(stale_entries(3, &c), vec![((3, 5), 100), ((7, 10), 100)]);
+        // A score that beats the current one in a same-time tie (a larger u64: 11, or a negative
+        // score) goes at t* - 1, so a write in flight at exactly t* survives.
+        let c = current(10, 100, &[(3, 11), (3, -1), (3, 9)]);
+        assert_eq!(
+            stale_entries(3, &c),
+            vec![((3, 11), 99), ((3, -1), 99), ((3, 9), 100)]
+        );
     }
 
     #[test]

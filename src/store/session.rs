@@ -1,6 +1,7 @@
 //! Opening a database session: nodes, credentials, TLS, the consistency of every statement, timeouts
 //! and token-aware load balancing.
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::client::PoolSize;
 use scylla::errors::NewSessionError;
 use scylla::policies::load_balancing::DefaultPolicy;
 
@@ -73,8 +75,10 @@ pub async fn connect(config: &ScyllaConfig) -> Result<Session, ConnectError> {
         .request_timeout(Some(config.request_timeout))
         .load_balancing_policy(policy.build())
         .build();
+    let per_shard = NonZeroUsize::new(config.connections_per_shard).unwrap_or(NonZeroUsize::MIN);
     let mut builder = SessionBuilder::new()
         .known_nodes(&config.nodes)
+        .pool_size(PoolSize::PerShard(per_shard))
         .connection_timeout(config.connect_timeout)
         .default_execution_profile_handle(profile.into_handle());
     if let Some((user, password)) = config.credentials() {
@@ -100,7 +104,7 @@ fn pem_error(path: &Path) -> impl FnOnce(rustls::pki_types::pem::Error) -> TlsEr
 }
 
 fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     match &files.ca_file {
         Some(ca) => {

@@ -153,9 +153,9 @@ fn events_for(board: &str, n: usize) -> Vec<Event> {
         .collect()
 }
 
-/// The library's NATS client (the test process links both rustls providers, so pick one).
+/// The library's NATS client, with the worker's rustls provider (aws-lc-rs) as the process default.
 async fn publisher(config: &Config) -> (async_nats::Client, async_nats::jetstream::Context) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let client = score_worker::nats::connect(&config.nats, None)
         .await
         .expect("the test's publisher connects with the worker's NATS settings");
