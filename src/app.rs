@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::advisory;
 use crate::config::Config;
-use crate::consumer::Consumer;
+use crate::consumer::{Consumer, Unsettled};
 use crate::deadletter::DeadLetters;
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -58,6 +58,9 @@ pub struct App {
 
 /// How often readiness and consumer lag are refreshed.
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// After the drain deadline: the longest the hand-back (nak) of unsettled deliveries, the probes, the
+/// NATS flush and the HTTP server may take, so the process exits within `shutdown.timeout` + 1 s.
+const SHUTDOWN_TAIL: Duration = Duration::from_millis(500);
 
 impl App {
     pub async fn build(config: Config) -> Result<App, AppError> {
@@ -108,7 +111,8 @@ impl App {
 
     /// Runs until `shutdown` resolves, then stops pulling, writes and settles what it holds (bounded by
     /// `shutdown.timeout`), and closes the connections. Whatever is not settled by the deadline is
-    /// redelivered by NATS to another replica: the writes are idempotent.
+    /// nak'd, so NATS redelivers it to another replica at once (the writes are idempotent); the
+    /// process exits at most [`SHUTDOWN_TAIL`] after the deadline, even with NATS unreachable.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
         let App {
             config,
@@ -131,10 +135,14 @@ impl App {
             metrics.clone(),
         ));
         let (tx, rx) = mpsc::channel(config.batch.max_scores);
-        let pipeline = Pipeline::new(store, config.pipeline(), metrics.clone(), health.clone());
+        // The last delivery is the server's `max_deliver` (operators may own the consumer).
+        let mut pipeline_config = config.pipeline();
+        pipeline_config.max_deliver = nats::max_deliver(&consumer);
+        let pipeline = Pipeline::new(store, pipeline_config, metrics.clone(), health.clone());
         let settler = pipeline.settler().clone();
-        let pipeline_task = tokio::spawn(pipeline.run(rx));
-        let consumer_task = tokio::spawn(
+        let mut pipeline_task = tokio::spawn(pipeline.run(rx));
+        let unsettled = Arc::new(Unsettled::default());
+        let mut consumer_task = tokio::spawn(
             Consumer {
                 consumer: consumer.clone(),
                 pull_batch: config.nats.pull_batch,
@@ -143,6 +151,7 @@ impl App {
                 settler: settler.clone(),
                 deadletters: deadletters.clone(),
                 metrics: metrics.clone(),
+                unsettled: unsettled.clone(),
             }
             .run(tx, cancel.clone()),
         );
@@ -177,25 +186,43 @@ impl App {
         tracing::info!(stream = %config.nats.stream, consumer = %config.nats.consumer, "score-worker running");
 
         shutdown.await;
+        let deadline = tokio::time::Instant::now() + config.shutdown.timeout;
         tracing::info!(timeout = ?config.shutdown.timeout, "shutting down: no more pulls; writing what is buffered");
         health.set_draining();
         cancel.cancel();
         let drain = async {
-            let _ = consumer_task.await;
-            let _ = pipeline_task.await;
+            let _ = (&mut consumer_task).await;
+            let _ = (&mut pipeline_task).await;
         };
-        if tokio::time::timeout(config.shutdown.timeout, drain)
-            .await
-            .is_err()
-        {
-            tracing::warn!("drain deadline passed; unsettled messages will be redelivered");
+        let drained = tokio::time::timeout_at(deadline, drain).await.is_ok();
+        // Past the deadline every step is bounded by SHUTDOWN_TAIL, whatever NATS or the database do.
+        let tail = tokio::time::Instant::now() + SHUTDOWN_TAIL;
+        if !drained {
+            let naked = tokio::time::timeout_at(tail, async {
+                let naked = unsettled.abandon(&client).await;
+                if !consumer_task.is_finished() {
+                    let _ = consumer_task.await;
+                }
+                naked
+            })
+            .await;
+            tracing::warn!(
+                naked = ?naked.ok(),
+                "drain deadline passed; unsettled deliveries handed back for redelivery"
+            );
         }
-        while background.join_next().await.is_some() {}
-        if let Err(e) = client.flush().await {
-            tracing::warn!(error = %e, "NATS flush on shutdown failed");
+        let _ = tokio::time::timeout_at(tail, async {
+            while background.join_next().await.is_some() {}
+        })
+        .await;
+        background.abort_all();
+        match tokio::time::timeout_at(tail, client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "NATS flush on shutdown failed"),
+            Err(_) => tracing::warn!("NATS flush on shutdown timed out"),
         }
         http_cancel.cancel();
-        let _ = http_task.await;
+        let _ = tokio::time::timeout_at(tail, http_task).await;
         tracing::info!("score-worker stopped");
     }
 }

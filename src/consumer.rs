@@ -2,12 +2,13 @@
 //! to the pipeline as `(ScoreUpdate, JsReceipt)` and settles bad ones as the pipeline's
 //! [`settle::decide`](crate::pipeline::settle::decide) says (a dead letter).
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::{self, AckKind};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +26,57 @@ pub struct JsReceipt {
     delivered: i64,
     stream_sequence: u64,
     deadletters: Arc<DeadLetters>,
+    unsettled: Arc<Unsettled>,
+}
+
+impl Drop for JsReceipt {
+    fn drop(&mut self) {
+        self.unsettled.remove(&self.message);
+    }
+}
+
+/// The deliveries this process holds and has not settled, so that a shutdown past its deadline can
+/// hand them back at once (`-NAK`: another replica takes them now, not after `ack_wait`).
+#[derive(Default)]
+pub struct Unsettled {
+    replies: Mutex<HashSet<String>>,
+    abandoned: CancellationToken,
+}
+
+impl Unsettled {
+    fn insert(&self, message: &jetstream::Message) {
+        if let Some(reply) = &message.reply {
+            self.replies.lock().expect("lock").insert(reply.to_string());
+        }
+    }
+
+    fn remove(&self, message: &jetstream::Message) {
+        if let Some(reply) = &message.reply {
+            self.replies.lock().expect("lock").remove(reply.as_str());
+        }
+    }
+
+    /// Deliveries held and not settled.
+    pub fn len(&self) -> usize {
+        self.replies.lock().expect("lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Naks every delivery held (publishes only; the caller flushes), and makes the pull loop nak
+    /// whatever it still reads instead of handing it on. Returns how many were nak'd here.
+    pub async fn abandon(&self, client: &async_nats::Client) -> usize {
+        self.abandoned.cancel();
+        let replies: Vec<String> = self.replies.lock().expect("lock").drain().collect();
+        for reply in &replies {
+            if let Err(e) = client.publish(reply.clone(), "-NAK".into()).await {
+                tracing::warn!(error = %e, "cannot nak an unsettled delivery");
+            }
+        }
+        replies.len()
+    }
 }
 
 fn settle_error(
@@ -62,6 +114,23 @@ impl Receipt for JsReceipt {
     /// `Ack` → a confirmed (double) ack; `Retry` → nak with delay; `DeadLetter` → publish to the
     /// dead-letter stream, then `+TERM` so the message never comes back whatever `max_deliver` says.
     async fn settle(&self, outcome: &Outcome) -> Result<(), SettleError> {
+        let settled = self.settle_now(outcome).await;
+        if settled.is_ok() {
+            self.unsettled.remove(&self.message);
+        }
+        settled
+    }
+
+    async fn progress(&self) -> Result<(), SettleError> {
+        self.message
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(settle_error("progress"))
+    }
+}
+
+impl JsReceipt {
+    async fn settle_now(&self, outcome: &Outcome) -> Result<(), SettleError> {
         match outcome {
             Outcome::Ack => self.message.double_ack().await.map_err(settle_error("ack")),
             Outcome::Retry { delay } => self
@@ -81,13 +150,6 @@ impl Receipt for JsReceipt {
             }
         }
     }
-
-    async fn progress(&self) -> Result<(), SettleError> {
-        self.message
-            .ack_with(AckKind::Progress)
-            .await
-            .map_err(settle_error("progress"))
-    }
 }
 
 /// Everything the pull loop needs.
@@ -101,11 +163,14 @@ pub struct Consumer {
     pub settler: Settler,
     pub deadletters: Arc<DeadLetters>,
     pub metrics: Arc<Metrics>,
+    /// Shared with the shutdown, which hands back what is still held at the deadline.
+    pub unsettled: Arc<Unsettled>,
 }
 
 impl Consumer {
-    /// Pulls until `cancel` fires or the pipeline goes away. Pull errors are logged and the pull
-    /// stream is rebuilt; NATS reconnects by itself.
+    /// Pulls until `cancel` fires or the pipeline goes away. Pull errors are logged, counted and
+    /// backed off ([`pull_backoff`]); NATS reconnects by itself. Once [`Unsettled::abandon`] is
+    /// called, what is still read is nak'd instead of handed on.
     pub async fn run(
         self,
         output: mpsc::Sender<(ScoreUpdate, JsReceipt)>,
@@ -115,22 +180,29 @@ impl Consumer {
         // is read the next is already on its way, and on shutdown the worker stops asking and reads
         // what the server already handed over to the end, instead of leaving it unacknowledged in a
         // client buffer until `ack_wait`.
-        let Some(mut current) = self.request(&cancel).await else {
+        let mut failures = 0;
+        let Some(mut current) = self.request(&cancel, &mut failures).await else {
             return;
         };
         loop {
             let next = if cancel.is_cancelled() {
                 None
             } else {
-                self.request(&cancel).await
+                self.request(&cancel, &mut failures).await
             };
-            if !self.read_to_end(&mut current, &output, &cancel).await {
+            if !self
+                .read_to_end(&mut current, &output, &cancel, &mut failures)
+                .await
+            {
+                if let Some(mut next) = next {
+                    self.hand_back(&mut next).await;
+                }
                 return;
             }
             current = match next {
                 Some(batch) => batch,
                 None if cancel.is_cancelled() => return,
-                None => match self.request(&cancel).await {
+                None => match self.request(&cancel, &mut failures).await {
                     Some(batch) => batch,
                     None => return,
                 },
@@ -138,8 +210,8 @@ impl Consumer {
         }
     }
 
-    /// Sends one pull request; retries failures every second. `None` once cancelled.
-    async fn request(&self, cancel: &CancellationToken) -> Option<pull::Batch> {
+    /// Sends one pull request; retries failures with a growing wait. `None` once cancelled.
+    async fn request(&self, cancel: &CancellationToken, failures: &mut u32) -> Option<pull::Batch> {
         while !cancel.is_cancelled() {
             let request = self
                 .consumer
@@ -151,8 +223,7 @@ impl Consumer {
             match request.await {
                 Ok(batch) => return Some(batch),
                 Err(e) => {
-                    tracing::warn!(error = %e, "pull request failed; retrying");
-                    if sleep_or_cancel(Duration::from_secs(1), cancel).await {
+                    if self.pull_failed(&e, failures, cancel).await {
                         return None;
                     }
                 }
@@ -161,32 +232,71 @@ impl Consumer {
         None
     }
 
+    /// Counts and logs a pull failure, then waits [`pull_backoff`]; true if cancelled meanwhile.
+    async fn pull_failed(
+        &self,
+        error: &(dyn std::fmt::Display + Send + Sync),
+        failures: &mut u32,
+        cancel: &CancellationToken,
+    ) -> bool {
+        *failures = failures.saturating_add(1);
+        let wait = pull_backoff(*failures);
+        self.metrics.pull_errors.inc();
+        tracing::warn!(%error, failures = *failures, retry_in = ?wait, "pull failed");
+        sleep_or_cancel(wait, cancel).await
+    }
+
     /// Hands every message of a batch to the pipeline; the batch ends when full or expired (the client
-    /// bounds it too). Returns false when the pipeline has gone away.
+    /// bounds it too). Returns false when the pipeline has gone away or the deliveries are abandoned.
     async fn read_to_end(
         &self,
         batch: &mut pull::Batch,
         output: &mpsc::Sender<(ScoreUpdate, JsReceipt)>,
         cancel: &CancellationToken,
+        failures: &mut u32,
     ) -> bool {
-        while let Some(next) = batch.next().await {
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = self.unsettled.abandoned.cancelled() => {
+                    self.hand_back(batch).await;
+                    return false;
+                }
+                next = batch.next() => next,
+            };
             match next {
-                Ok(message) => {
+                None => return true,
+                Some(Ok(message)) => {
+                    *failures = 0;
                     if !self.handle(message, output).await {
+                        self.hand_back(batch).await;
                         return false;
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "pull error");
-                    sleep_or_cancel(Duration::from_millis(200), cancel).await;
-                    break;
+                Some(Err(e)) => {
+                    self.pull_failed(&e, failures, cancel).await;
+                    return true;
                 }
             }
         }
-        true
     }
 
-    /// Decodes one message; returns false when the pipeline has gone away.
+    /// Naks what the client already holds of a batch (never waits for more).
+    async fn hand_back(&self, batch: &mut pull::Batch) {
+        let mut naked = 0;
+        while let Some(Some(next)) = batch.next().now_or_never() {
+            if let Ok(message) = next {
+                nak_now(&message).await;
+                naked += 1;
+            }
+        }
+        if naked > 0 {
+            tracing::info!(naked, "handed back buffered deliveries");
+        }
+    }
+
+    /// Decodes one message; returns false when the pipeline has gone away or the deliveries are
+    /// abandoned (the message is then nak'd).
     async fn handle(
         &self,
         message: jetstream::Message,
@@ -200,15 +310,34 @@ impl Consumer {
             .unwrap_or((1, 0));
         let now = chrono::Utc::now().timestamp_micros();
         let decoded = score::decode(&message.payload, self.limits, now);
+        self.unsettled.insert(&message);
         let receipt = JsReceipt {
             message,
             received_at,
             delivered,
             stream_sequence,
             deadletters: self.deadletters.clone(),
+            unsettled: self.unsettled.clone(),
         };
         match decoded {
-            Ok(update) => output.send((update, receipt)).await.is_ok(),
+            Ok(update) => {
+                // Waits for room in the channel (backpressure), unless the deliveries are abandoned.
+                let permit = tokio::select! {
+                    biased;
+                    () = self.unsettled.abandoned.cancelled() => None,
+                    permit = output.reserve() => permit.ok(),
+                };
+                match permit {
+                    Some(permit) => {
+                        permit.send((update, receipt));
+                        true
+                    }
+                    None => {
+                        nak_now(&receipt.message).await;
+                        false
+                    }
+                }
+            }
             Err(rejection) => {
                 self.settler
                     .settle(&receipt, Attempt::Rejected(&rejection))
@@ -219,10 +348,43 @@ impl Consumer {
     }
 }
 
+/// `-NAK` without delay: redeliver now, to any replica.
+async fn nak_now(message: &jetstream::Message) {
+    if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
+        tracing::warn!(error = %e, "cannot nak a delivery");
+    }
+}
+
+/// The wait after the `failures`-th pull failure in a row: 250 ms, doubling, at most 30 s. A deleted
+/// consumer or a revoked permission fails every pull; this keeps such a worker from hammering the
+/// server while readiness reports why.
+pub fn pull_backoff(failures: u32) -> Duration {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(30);
+    FIRST
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(MAX)
+}
+
 /// Sleeps; returns true if cancelled first.
 async fn sleep_or_cancel(duration: Duration, cancel: &CancellationToken) -> bool {
     tokio::select! {
         () = cancel.cancelled() => true,
         () = tokio::time::sleep(duration) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_failures_back_off_from_250ms_to_30s() {
+        let waits: Vec<u64> = (1..=10).map(|n| pull_backoff(n).as_millis() as u64).collect();
+        assert_eq!(
+            waits,
+            [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+        assert_eq!(pull_backoff(u32::MAX), Duration::from_secs(30));
     }
 }

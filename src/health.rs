@@ -1,6 +1,6 @@
-//! Readiness: NATS connected, database session up, schema at the expected version, no unresolved
-//! permanent write failure, not draining. A probe task refreshes the first three (and the consumer
-//! lag gauge) every few seconds.
+//! Readiness: NATS connected, the durable consumer readable, database session up, schema at the
+//! expected version, no unresolved permanent write failure, not draining. A probe task refreshes the
+//! first four (and the consumer lag gauge) every few seconds; a probe in progress ends on shutdown.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,6 +17,7 @@ use crate::schema;
 pub struct Health {
     metrics: Arc<Metrics>,
     nats: AtomicBool,
+    consumer: Mutex<Option<String>>,
     database: AtomicBool,
     schema: Mutex<Option<String>>,
     permanent: Mutex<Option<String>>,
@@ -28,6 +29,7 @@ impl Health {
         Self {
             metrics,
             nats: AtomicBool::new(false),
+            consumer: Mutex::new(None),
             database: AtomicBool::new(false),
             schema: Mutex::new(Some("schema not checked yet".into())),
             permanent: Mutex::new(None),
@@ -43,6 +45,8 @@ impl Health {
         }
         if !self.nats.load(Ordering::Relaxed) {
             reasons.push("NATS not connected".to_string());
+        } else if let Some(problem) = self.consumer.lock().expect("lock").clone() {
+            reasons.push(problem);
         }
         if !self.database.load(Ordering::Relaxed) {
             reasons.push("database unreachable".to_string());
@@ -93,35 +97,67 @@ impl Health {
         cancel: CancellationToken,
     ) {
         loop {
-            let connected = client.connection_state() == async_nats::connection::State::Connected;
-            self.nats.store(connected, Ordering::Relaxed);
-            self.metrics.nats_connected.set(i64::from(connected));
-
-            match schema::current_version(&session, &keyspace).await {
-                Ok(version) => {
-                    self.database.store(true, Ordering::Relaxed);
-                    let expected = schema::expected_version();
-                    *self.schema.lock().expect("lock") = (version != Some(expected)).then(|| {
-                        format!("schema at version {version:?}, this build expects {expected}: run `score-worker migrate`")
-                    });
-                }
-                Err(e) => {
-                    if self.database.swap(false, Ordering::Relaxed) {
-                        tracing::warn!(error = %e, "database probe failed");
-                    }
-                }
-            }
-            if connected {
-                if let Ok(info) = consumer.info().await {
-                    let pending = info.num_pending as i64 + info.num_ack_pending as i64;
-                    self.metrics.consumer_pending.set(pending);
-                }
+            // A query or consumer read in progress (up to its timeout) must not delay a shutdown.
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = self.probe_once(&client, &mut consumer, &session, &keyspace) => {}
             }
             let _ = self.readiness();
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(interval) => {}
             }
+        }
+    }
+
+    async fn probe_once(
+        &self,
+        client: &async_nats::Client,
+        consumer: &mut jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+        session: &Session,
+        keyspace: &str,
+    ) {
+        let connected = client.connection_state() == async_nats::connection::State::Connected;
+        self.nats.store(connected, Ordering::Relaxed);
+        self.metrics.nats_connected.set(i64::from(connected));
+
+        match schema::current_version(session, keyspace).await {
+            Ok(version) => {
+                self.database.store(true, Ordering::Relaxed);
+                let expected = schema::expected_version();
+                *self.schema.lock().expect("lock") = (version != Some(expected)).then(|| {
+                    format!("schema at version {version:?}, this build expects {expected}: run `score-worker migrate`")
+                });
+            }
+            Err(e) => {
+                if self.database.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "database probe failed");
+                }
+            }
+        }
+        if connected {
+            // A deleted consumer or a revoked permission: pulls fail too, so the worker does nothing.
+            let problem = match consumer.info().await {
+                Ok(info) => {
+                    let pending = info.num_pending as i64 + info.num_ack_pending as i64;
+                    self.metrics.consumer_pending.set(pending);
+                    None
+                }
+                Err(e) => Some(format!("JetStream consumer cannot be read: {e}")),
+            };
+            self.consumer_state(problem);
+        }
+    }
+
+    /// Records whether the consumer can be read; logs each change.
+    fn consumer_state(&self, problem: Option<String>) {
+        let mut slot = self.consumer.lock().expect("lock");
+        if *slot != problem {
+            match &problem {
+                Some(p) => tracing::error!(problem = %p, "not ready: the consumer cannot be read"),
+                None => tracing::info!("the consumer can be read again"),
+            }
+            *slot = problem;
         }
     }
 }
@@ -142,6 +178,13 @@ mod tests {
         let reasons = h.readiness().unwrap_err();
         assert!(reasons[0].contains("table missing"));
         h.write_succeeded();
+        assert!(h.readiness().is_ok());
+        h.consumer_state(Some("JetStream consumer cannot be read: not found".into()));
+        assert_eq!(
+            h.readiness().unwrap_err(),
+            vec!["JetStream consumer cannot be read: not found".to_string()]
+        );
+        h.consumer_state(None);
         assert!(h.readiness().is_ok());
         h.set_draining();
         assert_eq!(h.readiness().unwrap_err(), vec!["draining".to_string()]);

@@ -59,6 +59,7 @@ pub struct Metrics {
     pub batch_retries: IntCounter,
     pub inflight_batches: IntGauge,
     pub consumer_pending: IntGauge,
+    pub pull_errors: IntCounter,
     pub nats_connected: IntGauge,
     pub scylla_query_duration: HistogramVec,
     pub scylla_statements: Histogram,
@@ -128,6 +129,10 @@ impl Metrics {
             consumer_pending: gauge(
                 "score_worker_consumer_pending",
                 "Messages pending on the durable consumer plus those awaiting acknowledgement.",
+            ),
+            pull_errors: counter(
+                "score_worker_pull_errors_total",
+                "Pull requests to the durable consumer that failed (each is followed by a growing wait).",
             ),
             nats_connected: gauge("score_worker_nats_connected", "1 while connected to NATS."),
             scylla_query_duration: {
@@ -239,6 +244,7 @@ mod tests {
             "score_worker_batch_retries_total",
             "score_worker_inflight_batches",
             "score_worker_consumer_pending",
+            "score_worker_pull_errors_total",
             "score_worker_nats_connected",
             "score_worker_scylla_query_duration_seconds",
             "score_worker_scylla_errors_total",

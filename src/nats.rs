@@ -8,7 +8,7 @@ use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, stream};
 use async_nats::{Client, ConnectOptions, Event};
 use secrecy::ExposeSecret;
 
-use crate::config::{NatsAuth, NatsConfig};
+use crate::config::{NatsAuth, NatsConfig, Retention};
 use crate::metrics::Metrics;
 
 /// One of async-nats' many JetStream error types (each API call has its own).
@@ -41,6 +41,24 @@ pub enum NatsError {
         #[source]
         source: BoxError,
     },
+    /// The server cannot change these settings of an existing stream or consumer in place.
+    #[error("{}; NATS cannot change this in place: recreate it (docs/runbooks/nats-jetstream-storage-near-limit.md) or align the configuration", list(drift))]
+    Drift { drift: Vec<Drift> },
+    /// The server refused to bring a stream or consumer to the configuration.
+    #[error("updating {}: {source}", list(drift))]
+    Update {
+        drift: Vec<Drift>,
+        #[source]
+        source: BoxError,
+    },
+}
+
+fn list(drift: &[Drift]) -> String {
+    drift
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Connects with the configured auth and TLS. `metrics` (if given) tracks the connection state.
@@ -125,10 +143,31 @@ pub fn scores_stream_config(config: &NatsConfig) -> stream::Config {
         subjects: config.subjects.clone(),
         storage: stream::StorageType::File,
         duplicate_window: config.duplicate_window,
+        // What the consumer acknowledged is deleted (work queue); the limits are a safety net.
+        retention: retention(config.retention),
+        max_age: config.max_age,
+        max_bytes: byte_limit(config.max_bytes),
         // Never delete unconsumed updates to make room: publishers get an error instead.
         discard: stream::DiscardPolicy::New,
         description: Some("Score updates from the gateway, consumed by score-worker".into()),
         ..Default::default()
+    }
+}
+
+fn retention(r: Retention) -> stream::RetentionPolicy {
+    match r {
+        Retention::WorkQueue => stream::RetentionPolicy::WorkQueue,
+        Retention::Interest => stream::RetentionPolicy::Interest,
+        Retention::Limits => stream::RetentionPolicy::Limits,
+    }
+}
+
+/// `0` (none) is the server's `-1`.
+fn byte_limit(bytes: u64) -> i64 {
+    if bytes == 0 {
+        -1
+    } else {
+        i64::try_from(bytes).unwrap_or(i64::MAX)
     }
 }
 
@@ -158,58 +197,256 @@ pub fn consumer_config(config: &NatsConfig) -> pull::Config {
     }
 }
 
+/// One setting of a stream or the consumer whose value on the server differs from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    /// `stream SCORES`, `consumer score-worker`.
+    pub object: String,
+    pub field: &'static str,
+    pub configured: String,
+    pub server: String,
+    /// NATS can change it on an existing stream or consumer.
+    pub in_place: bool,
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} is {} on the server, {} in the configuration",
+            self.object, self.field, self.server, self.configured
+        )
+    }
+}
+
+/// Collects the fields that differ, formatted for people.
+struct Differ {
+    object: String,
+    out: Vec<Drift>,
+}
+
+impl Differ {
+    fn new(object: String) -> Self {
+        Self {
+            object,
+            out: Vec::new(),
+        }
+    }
+
+    fn field<T: PartialEq + std::fmt::Debug>(
+        &mut self,
+        field: &'static str,
+        configured: T,
+        server: T,
+        in_place: bool,
+    ) {
+        if configured != server {
+            self.out.push(Drift {
+                object: self.object.clone(),
+                field,
+                configured: format!("{configured:?}"),
+                server: format!("{server:?}"),
+                in_place,
+            });
+        }
+    }
+}
+
+/// How the stream on the server differs from `want` in the settings the worker sets.
+pub fn stream_drift(want: &stream::Config, have: &stream::Config) -> Vec<Drift> {
+    let mut d = Differ::new(format!("stream {}", want.name));
+    let sorted = |s: &[String]| {
+        let mut s = s.to_vec();
+        s.sort();
+        s
+    };
+    d.field(
+        "subjects",
+        sorted(&want.subjects),
+        sorted(&have.subjects),
+        true,
+    );
+    d.field("storage", want.storage, have.storage, false);
+    // limits ↔ interest can change in place on NATS 2.10+, nothing else can: treat it as fixed.
+    d.field("retention", want.retention, have.retention, false);
+    d.field("discard", want.discard, have.discard, true);
+    d.field("max_age", want.max_age, have.max_age, true);
+    d.field(
+        "max_bytes",
+        want.max_bytes.max(-1),
+        have.max_bytes.max(-1),
+        true,
+    );
+    d.field(
+        "duplicate_window",
+        want.duplicate_window,
+        have.duplicate_window,
+        true,
+    );
+    d.out
+}
+
+/// The dead-letter stream's drift: only what [`deadletter_stream_config`] sets beyond the defaults.
+fn deadletter_drift(want: &stream::Config, have: &stream::Config) -> Vec<Drift> {
+    let mut d = Differ::new(format!("stream {}", want.name));
+    d.field("subjects", &want.subjects, &have.subjects, true);
+    d.field("storage", want.storage, have.storage, false);
+    d.field("max_age", want.max_age, have.max_age, true);
+    d.out
+}
+
+/// How the consumer on the server differs from `want`.
+pub fn consumer_drift(want: &pull::Config, have: &jetstream::consumer::Config) -> Vec<Drift> {
+    let name = want.durable_name.clone().unwrap_or_default();
+    let mut d = Differ::new(format!("consumer {name}"));
+    d.field("ack_policy", want.ack_policy, have.ack_policy, false);
+    d.field("ack_wait", want.ack_wait, have.ack_wait, true);
+    d.field("max_deliver", want.max_deliver, have.max_deliver, true);
+    d.field(
+        "max_ack_pending",
+        want.max_ack_pending,
+        have.max_ack_pending,
+        true,
+    );
+    d.out
+}
+
+/// Every drift between the configuration and the server's streams and consumer (for `check`).
+pub async fn drift(js: &jetstream::Context, config: &NatsConfig) -> Result<Vec<Drift>, NatsError> {
+    let mut out = Vec::new();
+    let scores = get_stream(js, &config.stream).await?;
+    out.extend(stream_drift(
+        &scores_stream_config(config),
+        &scores.cached_info().config,
+    ));
+    let dlq = get_stream(js, &config.deadletter_stream).await?;
+    out.extend(deadletter_drift(
+        &deadletter_stream_config(config),
+        &dlq.cached_info().config,
+    ));
+    let consumer: jetstream::consumer::Consumer<pull::Config> = scores
+        .get_consumer(&config.consumer)
+        .await
+        .map_err(|e| consumer_error(config, e.into()))?;
+    out.extend(consumer_drift(
+        &consumer_config(config),
+        &consumer.cached_info().config,
+    ));
+    Ok(out)
+}
+
+async fn get_stream(js: &jetstream::Context, name: &str) -> Result<stream::Stream, NatsError> {
+    js.get_stream(name).await.map_err(|e| NatsError::Stream {
+        stream: name.to_string(),
+        source: e.into(),
+    })
+}
+
+fn consumer_error(config: &NatsConfig, source: BoxError) -> NatsError {
+    NatsError::Consumer {
+        consumer: config.consumer.clone(),
+        source,
+    }
+}
+
+/// Creates a stream, or brings an existing one to `want` (logging each change). A change NATS
+/// cannot make in place is an error that names it.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    want: stream::Config,
+    drift_of: fn(&stream::Config, &stream::Config) -> Vec<Drift>,
+) -> Result<stream::Stream, NatsError> {
+    let name = want.name.clone();
+    let existing = js
+        .get_or_create_stream(want.clone())
+        .await
+        .map_err(|e| NatsError::Stream {
+            stream: name.clone(),
+            source: e.into(),
+        })?;
+    let drift = drift_of(&want, &existing.cached_info().config);
+    if drift.is_empty() {
+        return Ok(existing);
+    }
+    if drift.iter().any(|d| !d.in_place) {
+        return Err(NatsError::Drift { drift });
+    }
+    js.update_stream(&want)
+        .await
+        .map_err(|e| NatsError::Update {
+            drift: drift.clone(),
+            source: e.into(),
+        })?;
+    for d in &drift {
+        tracing::info!(object = %d.object, field = d.field, from = %d.server, to = %d.configured, "updated to the configuration");
+    }
+    get_stream(js, &name).await
+}
+
 /// Creates (or, when not managing, looks up) both streams and the consumer; returns the consumer.
+///
+/// Managed (`nats.manage_jetstream`): what differs from the configuration is updated and logged.
+/// Operator-owned: each difference is logged as a warning and the server's settings apply (the last
+/// delivery comes from [`max_deliver`] of the returned consumer).
 pub async fn ensure_topology(
     js: &jetstream::Context,
     config: &NatsConfig,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, NatsError> {
-    let stream_err = |name: &str, e: BoxError| NatsError::Stream {
-        stream: name.to_string(),
-        source: e,
-    };
-    let stream = if config.manage_jetstream {
-        js.get_or_create_stream(scores_stream_config(config))
+    let want = consumer_config(config);
+    if config.manage_jetstream {
+        let stream = ensure_stream(js, scores_stream_config(config), stream_drift).await?;
+        ensure_stream(js, deadletter_stream_config(config), deadletter_drift).await?;
+        let existing: jetstream::consumer::Consumer<pull::Config> = stream
+            .get_or_create_consumer(&config.consumer, want.clone())
             .await
-            .map_err(|e| stream_err(&config.stream, e.into()))?;
-        js.get_or_create_stream(deadletter_stream_config(config))
+            .map_err(|e| consumer_error(config, e.into()))?;
+        let drift = consumer_drift(&want, &existing.cached_info().config);
+        if drift.is_empty() {
+            return Ok(existing);
+        }
+        if drift.iter().any(|d| !d.in_place) {
+            return Err(NatsError::Drift { drift });
+        }
+        // Creating a durable that exists updates it (every server since 2.9; no 2.10 `action`).
+        let updated = stream
+            .create_consumer(want)
             .await
-            .map_err(|e| stream_err(&config.deadletter_stream, e.into()))?;
-        js.get_stream(&config.stream)
-            .await
-            .map_err(|e| stream_err(&config.stream, e.into()))?
-    } else {
-        js.get_stream(&config.deadletter_stream)
-            .await
-            .map_err(|e| stream_err(&config.deadletter_stream, e.into()))?;
-        js.get_stream(&config.stream)
-            .await
-            .map_err(|e| stream_err(&config.stream, e.into()))?
-    };
-    let consumer_err = |e: BoxError| NatsError::Consumer {
-        consumer: config.consumer.clone(),
-        source: e,
-    };
-    let consumer = if config.manage_jetstream {
-        stream
-            .get_or_create_consumer(&config.consumer, consumer_config(config))
-            .await
-            .map_err(|e| consumer_err(e.into()))?
-    } else {
-        stream
-            .get_consumer(&config.consumer)
-            .await
-            .map_err(consumer_err)?
-    };
-    let actual = &consumer.cached_info().config;
-    if actual.ack_wait != config.ack_wait || actual.max_deliver != config.max_deliver {
-        tracing::warn!(
-            consumer = %config.consumer,
-            ack_wait = ?actual.ack_wait,
-            max_deliver = actual.max_deliver,
-            "the existing consumer's settings differ from the configuration; the server's settings apply"
-        );
+            .map_err(|e| NatsError::Update {
+                drift: drift.clone(),
+                source: e.into(),
+            })?;
+        for d in &drift {
+            tracing::info!(object = %d.object, field = d.field, from = %d.server, to = %d.configured, "updated to the configuration");
+        }
+        return Ok(updated);
+    }
+    let dlq = get_stream(js, &config.deadletter_stream).await?;
+    let stream = get_stream(js, &config.stream).await?;
+    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
+        .get_consumer(&config.consumer)
+        .await
+        .map_err(|e| consumer_error(config, e.into()))?;
+    let drift = stream_drift(&scores_stream_config(config), &stream.cached_info().config)
+        .into_iter()
+        .chain(deadletter_drift(
+            &deadletter_stream_config(config),
+            &dlq.cached_info().config,
+        ))
+        .chain(consumer_drift(&want, &consumer.cached_info().config));
+    for d in drift {
+        tracing::warn!(object = %d.object, field = d.field, server = %d.server, configured = %d.configured,
+            "the server's setting differs from the configuration and applies (nats.manage_jetstream = false)");
     }
     Ok(consumer)
+}
+
+/// The delivery after which the server delivers a message no more: the consumer's `max_deliver`
+/// as the server has it (unlimited, -1, is `i64::MAX`).
+pub fn max_deliver(consumer: &jetstream::consumer::Consumer<pull::Config>) -> i64 {
+    match consumer.cached_info().config.max_deliver {
+        n if n > 0 => n,
+        _ => i64::MAX,
+    }
 }
 
 /// Lifetime of one pull request: how long an idle worker waits for messages before asking again,

@@ -86,6 +86,21 @@ async fn checks(config: &Config) -> Report {
                     format!("consumer {}: its stream is missing", config.nats.consumer),
                 ),
             }
+            // Settings on the server against the configuration, one line each.
+            if let Ok(drift) = nats::drift(&js, &config.nats).await {
+                if drift.is_empty() {
+                    push(true, "streams and consumer match the configuration".into());
+                }
+                for d in drift {
+                    let managed = config.nats.manage_jetstream;
+                    let (ok, note) = match (managed, d.in_place) {
+                        (true, true) => (true, "`run` updates it"),
+                        (true, false) => (false, "NATS cannot change this in place: see docs/runbooks/nats-jetstream-storage-near-limit.md"),
+                        (false, _) => (false, "the server's value applies (nats.manage_jetstream = false)"),
+                    };
+                    push(ok, format!("{d}; {note}"));
+                }
+            }
         }
         Err(e) => push(false, e.to_string()),
     }

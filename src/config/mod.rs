@@ -115,6 +115,12 @@ pub struct NatsConfig {
     pub manage_jetstream: bool,
     #[serde(deserialize_with = "duration")]
     pub duplicate_window: Duration,
+    /// What the score stream keeps (see [`Retention`]).
+    pub retention: Retention,
+    /// Safety limits of the score stream: age (0: none) and bytes (0: none; the server's storage bounds it).
+    #[serde(deserialize_with = "duration")]
+    pub max_age: Duration,
+    pub max_bytes: u64,
     #[serde(deserialize_with = "duration")]
     pub ack_wait: Duration,
     pub max_deliver: i64,
@@ -130,6 +136,17 @@ pub struct NatsConfig {
     pub request_timeout: Duration,
     pub auth: NatsAuth,
     pub tls: TlsFiles,
+}
+
+/// What the score stream keeps: `work_queue` removes a message once it is acknowledged; `interest`
+/// once every consumer acknowledged it (a message published while no consumer exists is dropped);
+/// `limits` keeps it until `max_age` or `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Retention {
+    WorkQueue,
+    Interest,
+    Limits,
 }
 
 /// A consistency level of the database, as written in the configuration (any case).
