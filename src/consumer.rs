@@ -355,12 +355,12 @@ async fn nak_now(message: &jetstream::Message) {
     }
 }
 
-/// The wait after the `failures`-th pull failure in a row: 250 ms, doubling, at most 30 s. A deleted
+/// The wait after the `failures`-th pull failure in a row: 250 ms, doubling, at most 10 s. A deleted
 /// consumer or a revoked permission fails every pull; this keeps such a worker from hammering the
 /// server while readiness reports why.
 pub fn pull_backoff(failures: u32) -> Duration {
     const FIRST: Duration = Duration::from_millis(250);
-    const MAX: Duration = Duration::from_secs(30);
+    const MAX: Duration = Duration::from_secs(10);
     FIRST
         .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
         .min(MAX)
@@ -379,12 +379,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pull_failures_back_off_from_250ms_to_30s() {
-        let waits: Vec<u64> = (1..=10).map(|n| pull_backoff(n).as_millis() as u64).collect();
-        assert_eq!(
-            waits,
-            [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
-        );
-        assert_eq!(pull_backoff(u32::MAX), Duration::from_secs(30));
+    fn pull_failures_back_off_from_250ms_to_10s() {
+        let waits: Vec<u64> = (1..=8).map(|n| pull_backoff(n).as_millis() as u64).collect();
+        assert_eq!(waits, [250, 500, 1000, 2000, 4000, 8000, 10000, 10000]);
+        assert_eq!(pull_backoff(u32::MAX), Duration::from_secs(10));
     }
 }

@@ -1,5 +1,6 @@
-//! Faults with real processes: the database frozen longer than the retry budget, and SIGTERM of the
-//! real binary during load.
+//! Faults with real processes: the database frozen longer than the retry budget, SIGTERM of the
+//! real binary during load, with the database frozen and with NATS down, and an operator-owned
+//! consumer whose `max_deliver` differs from the configuration.
 
 use std::process::Command;
 use std::time::Duration;
@@ -37,6 +38,47 @@ impl Drop for Thaw {
         signal(&self.0, "CONT");
     }
 }
+
+/// `score_worker_messages_processed_total` of a worker binary serving HTTP on `port` (0 if unreachable).
+fn processed_at(port: u16) -> u64 {
+    let Ok(out) = Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{port}/metrics")])
+        .output()
+    else {
+        return 0;
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("score_worker_messages_processed_total ")
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// SIGTERM, then the exit status and how long the exit took; panics after `limit`.
+async fn terminate(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> (std::process::ExitStatus, Duration) {
+    signal(&child.id().to_string(), "TERM");
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, started.elapsed());
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the worker did not exit within {limit:?} of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Process teardown after the drain deadline: SIGTERM must end the process within
+/// `shutdown.timeout` plus this, whatever NATS and the database do.
+const EXIT_MARGIN: Duration = Duration::from_secs(1);
 
 fn events_for(tag: &str, n: usize, profiles: usize) -> Vec<Event> {
     let mut rng = rand::rng();
@@ -136,21 +178,6 @@ async fn sigterm_during_load_drains_and_exits_zero_then_another_worker_finishes(
         .expect("the worker binary starts");
 
     // Let it get going, then SIGTERM while flushes are in flight.
-    let processed = || -> u64 {
-        let Ok(out) = Command::new("curl")
-            .args(["-sf", &format!("http://127.0.0.1:{port}/metrics")])
-            .output()
-        else {
-            return 0;
-        };
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("score_worker_messages_processed_total ")
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
-    };
     wait_until(
         "the binary processes something",
         Duration::from_secs(60),
@@ -158,28 +185,26 @@ async fn sigterm_during_load_drains_and_exits_zero_then_another_worker_finishes(
             if let Some(status) = child.try_wait().unwrap() {
                 panic!("the worker exited early: {status:?}");
             }
-            processed() > 0
+            processed_at(port) > 0
         },
     )
     .await;
-    let before = processed();
-    signal(&child.id().to_string(), "TERM");
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "worker did not exit within shutdown.timeout"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let before = processed_at(port);
+    let (status, took) = terminate(&mut child, config.shutdown.timeout * 3).await;
     assert!(status.success(), "exit status {status:?}");
+    assert!(
+        took <= config.shutdown.timeout + EXIT_MARGIN,
+        "exited {took:?} after SIGTERM; shutdown.timeout is {:?}",
+        config.shutdown.timeout
+    );
     assert!(
         before < events.len() as u64,
         "SIGTERM arrived during load ({before} already processed)"
     );
+    // The drain settled everything it held: nothing waits for ack_wait.
+    let (_, _, awaiting) = deliverable_now(&js, &config).await;
+    assert_eq!(awaiting, 0, "deliveries left unsettled by a drained worker");
+    eprintln!("sigterm during load: exit 0 after {took:?} (timeout {:?}), unacked after exit {awaiting}", config.shutdown.timeout);
 
     // A new worker takes the rest; afterwards the consumer has nothing pending.
     let worker = Worker::start(config.clone()).await;
@@ -268,4 +293,194 @@ async fn outage_past_max_deliver_parks_messages_in_the_dlq_and_replay_restores_t
     .await;
     worker.stop().await;
     assert_final_state(&session, &events, config.scylla.leaderboard_buckets).await;
+}
+
+/// SIGTERM while the database is frozen: the drain cannot finish, so at the deadline the worker naks
+/// what it holds (written nowhere yet) and exits within `shutdown.timeout` + 1 s; every delivery it
+/// had is deliverable again at once, not after `ack_wait` (60 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_database_frozen_hands_back_every_unsettled_delivery() {
+    ensure_schema().await;
+    let _alone = exclusive().await;
+    let mut config = base_config("handback");
+    config.nats.ack_wait = Duration::from_secs(60);
+    config.retry.total_budget = Duration::from_secs(30);
+    config.retry.progress_interval = Duration::from_secs(5);
+    config.scylla.request_timeout = Duration::from_secs(5);
+    config.shutdown.timeout = Duration::from_secs(3);
+    let (_client, js) = jetstream(&config).await;
+    let session = session().await;
+    let events = events_for("handback", 1500, 300);
+    for e in &events {
+        publish(&js, &config, e, &e.event_id).await;
+    }
+    let port = free_port();
+    let mut child = worker_command(&config, port)
+        .arg("run")
+        .spawn()
+        .expect("the worker binary starts");
+    wait_until("the binary processes something", Duration::from_secs(60), || {
+        processed_at(port) > 0
+    })
+    .await;
+
+    let pid = services("cassandra-pid");
+    signal(&pid, "STOP");
+    let thaw = Thaw(pid);
+    let (status, took) = terminate(&mut child, config.shutdown.timeout * 5).await;
+    let (deliverable, pending, awaiting) = deliverable_now(&js, &config).await;
+    drop(thaw);
+    eprintln!(
+        "sigterm, database frozen: exit {:?} after {took:?} (timeout {:?}); after exit: {awaiting} awaiting ack, {pending} pending, {deliverable} deliverable at once",
+        status.code(),
+        config.shutdown.timeout
+    );
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        took <= config.shutdown.timeout + EXIT_MARGIN,
+        "exited {took:?} after SIGTERM; shutdown.timeout is {:?}",
+        config.shutdown.timeout
+    );
+    assert!(awaiting > 0, "the frozen database left deliveries unsettled");
+    assert_eq!(
+        deliverable as u64,
+        pending + awaiting,
+        "every unsettled delivery was nak'd (else it waits ack_wait)"
+    );
+
+    let worker = Worker::start(config.clone()).await;
+    wait_drained(&js, &config, Duration::from_secs(90)).await;
+    worker.stop().await;
+    assert_final_state(&session, &events, config.scylla.leaderboard_buckets).await;
+}
+
+/// Waits until the durable consumer has nothing pending and nothing awaiting ack.
+async fn wait_drained(
+    js: &async_nats::jetstream::Context,
+    config: &score_worker::config::Config,
+    timeout: Duration,
+) {
+    let stream = js.get_stream(&config.nats.stream).await.unwrap();
+    let mut consumer = stream
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&config.nats.consumer)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let info = consumer.info().await.unwrap();
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backlog not drained: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// SIGTERM with NATS gone (killed) and with NATS hung (SIGSTOP, connections open but silent): acks,
+/// probes and the final flush cannot complete, and the worker still exits 0 within
+/// `shutdown.timeout` + 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_nats_down_exits_within_the_timeout() {
+    ensure_schema().await;
+    let _servers = shared().await;
+    let mut figures = Vec::new();
+    for fault in ["KILL", "STOP"] {
+        let mut nats = OwnNats::start();
+        let mut config = base_config("natsdown");
+        config.nats.url = nats.url.clone();
+        config.shutdown.timeout = Duration::from_secs(3);
+        let (_client, js) = jetstream(&config).await;
+        let events = events_for("natsdown", 1500, 300);
+        for e in &events {
+            publish(&js, &config, e, &e.event_id).await;
+        }
+        let port = free_port();
+        let mut child = worker_command(&config, port)
+            .arg("run")
+            .spawn()
+            .expect("the worker binary starts");
+        wait_until("the binary processes something", Duration::from_secs(60), || {
+            processed_at(port) > 0
+        })
+        .await;
+        nats.signal(fault);
+        let (status, took) = terminate(&mut child, config.shutdown.timeout * 10).await;
+        figures.push(format!("{fault}: exit {:?} after {took:?}", status.code()));
+        assert!(status.success(), "NATS {fault}: exit status {status:?}");
+        assert!(
+            took <= config.shutdown.timeout + EXIT_MARGIN,
+            "NATS {fault}: exited {took:?} after SIGTERM; shutdown.timeout is {:?}",
+            config.shutdown.timeout
+        );
+    }
+    eprintln!("sigterm with NATS down (shutdown.timeout 3s): {figures:?}");
+}
+
+/// Operators own the topology and their consumer's `max_deliver` (2) differs from the configuration
+/// (20): `check` reports it, and the worker dead-letters on the server's last delivery itself (with
+/// the write error), rather than naking it and leaving it to the max-deliveries advisory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_owned_consumer_decides_the_last_delivery() {
+    ensure_schema().await;
+    let _alone = exclusive().await;
+    let mut config = base_config("owned");
+    config.nats.max_deliver = 2;
+    config.nats.ack_wait = Duration::from_secs(5);
+    let (_client, js) = jetstream(&config).await; // the operators' topology
+    config.nats.manage_jetstream = false;
+    config.nats.max_deliver = 20;
+    config.retry.progress_interval = Duration::from_secs(1);
+    config.retry.total_budget = Duration::from_secs(1);
+    config.retry.nak_delay = Duration::from_millis(200);
+    config.scylla.request_timeout = Duration::from_millis(500);
+
+    let check = worker_command(&config, 0).arg("check").output().unwrap();
+    let report = String::from_utf8_lossy(&check.stdout);
+    let drift = format!(
+        "[FAIL] consumer {}: max_deliver is 2 on the server, 20 in the configuration; the server's value applies",
+        config.nats.consumer
+    );
+    assert!(report.contains(&drift), "{report}");
+    assert!(!check.status.success(), "check fails on drift it cannot fix");
+
+    let events = events_for("owned", 10, 10);
+    let worker = Worker::start(config.clone()).await;
+    let pid = services("cassandra-pid");
+    signal(&pid, "STOP");
+    let thaw = Thaw(pid);
+    for e in &events {
+        publish(&js, &config, e, &e.event_id).await;
+    }
+    wait_until("every message dead-lettered", Duration::from_secs(60), || {
+        worker
+            .metrics
+            .dead_letters
+            .with_label_values(&["max_deliveries"])
+            .get()
+            >= events.len() as u64
+    })
+    .await;
+    drop(thaw);
+    worker.stop().await;
+    let letters = read_stream(&js, &config.nats.deadletter_stream, events.len()).await;
+    assert_eq!(letters.len(), events.len());
+    for letter in &letters {
+        let error = letter
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(score_worker::deadletter::ERROR))
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default();
+        assert!(
+            error.starts_with("not written after 2 deliveries"),
+            "dead-lettered by the worker on the server's last delivery: {error}"
+        );
+    }
+    eprintln!(
+        "operator-owned consumer: check reported `{drift}`; {} letters `not written after 2 deliveries`",
+        letters.len()
+    );
 }

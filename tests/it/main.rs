@@ -8,3 +8,4 @@ mod hostile;
 mod http;
 mod invariant;
 mod support;
+mod topology;

@@ -13,7 +13,7 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use score_worker::app::App;
 use score_worker::cmd::sample;
-use score_worker::config::Config;
+use score_worker::config::{Config, Retention};
 use score_worker::metrics::Metrics;
 use score_worker::{nats, schema, store};
 use scylla::client::session::Session;
@@ -55,9 +55,16 @@ pub async fn ensure_schema_for(config: &Config) {
     }
 }
 
-/// Defaults pointed at the default local servers, with names unique to `test`.
+/// Defaults pointed at the default local servers, with names unique to `test`. The ports follow
+/// `SCORE_WORKER_NATS_PORT` / `SCORE_WORKER_CQL_PORT` when set, as `scripts/services.sh` does, so the
+/// suite (including the tests that freeze the database) can run against a pair of its own.
 pub fn base_config(test: &str) -> Config {
-    base_config_at(test, "nats://127.0.0.1:4222", "127.0.0.1:9042")
+    let port = |var: &str, default: &str| std::env::var(var).unwrap_or_else(|_| default.into());
+    base_config_at(
+        test,
+        &format!("nats://127.0.0.1:{}", port("SCORE_WORKER_NATS_PORT", "4222")),
+        &format!("127.0.0.1:{}", port("SCORE_WORKER_CQL_PORT", "9042")),
+    )
 }
 
 /// Like [`base_config`] for a server pair on other ports (see `scripts/services.sh`, SCORE_WORKER_*_PORT).
@@ -99,6 +106,13 @@ pub struct Worker {
 
 impl Worker {
     pub async fn start(config: Config) -> Worker {
+        // Silent unless asked: SCORE_WORKER_TEST_LOG=1 (RUST_LOG picks the level).
+        if std::env::var_os("SCORE_WORKER_TEST_LOG").is_some() {
+            score_worker::telemetry::init(
+                score_worker::config::LogFormat::Text,
+                std::io::stderr,
+            );
+        }
         let app = App::build(config).await.expect("worker starts");
         let addr = app.http_addr();
         let metrics = app.metrics();
@@ -414,6 +428,18 @@ pub fn worker_env(c: &Config, http_port: u16) -> Vec<(String, String)> {
         ("NATS__CONSUMER", c.nats.consumer.clone()),
         ("NATS__DEADLETTER_STREAM", c.nats.deadletter_stream.clone()),
         ("NATS__DEADLETTER_PREFIX", c.nats.deadletter_prefix.clone()),
+        ("NATS__MANAGE_JETSTREAM", c.nats.manage_jetstream.to_string()),
+        (
+            "NATS__RETENTION",
+            match c.nats.retention {
+                Retention::WorkQueue => "work_queue",
+                Retention::Interest => "interest",
+                Retention::Limits => "limits",
+            }
+            .into(),
+        ),
+        ("NATS__MAX_AGE", ms(c.nats.max_age)),
+        ("NATS__MAX_BYTES", c.nats.max_bytes.to_string()),
         ("NATS__ACK_WAIT", ms(c.nats.ack_wait)),
         ("NATS__MAX_DELIVER", c.nats.max_deliver.to_string()),
         ("NATS__MAX_ACK_PENDING", c.nats.max_ack_pending.to_string()),
@@ -474,4 +500,112 @@ pub fn cli(config: &Config, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// A nats-server of the test's own (the version `scripts/services.sh nats-bin` selects) on a free
+/// loopback port with a fresh store, for faults that must not touch the shared server. Killed on drop.
+pub struct OwnNats {
+    pub url: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnNats {
+    pub fn start() -> OwnNats {
+        let bin = std::process::Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/services.sh"
+        ))
+        .arg("nats-bin")
+        .output()
+        .expect("scripts/services.sh nats-bin");
+        assert!(bin.status.success(), "{}", String::from_utf8_lossy(&bin.stderr));
+        let bin = String::from_utf8(bin.stdout).unwrap().trim().to_string();
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..5 {
+            let port = free_port();
+            let log = dir.path().join("nats.log");
+            let mut child = std::process::Command::new(&bin)
+                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+                .arg(dir.path().join("js"))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("nats-server starts");
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            while std::time::Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    break; // e.g. the port was taken meanwhile: try another
+                }
+                let ready = std::fs::read_to_string(&log)
+                    .is_ok_and(|l| l.contains("Server is ready"));
+                if ready {
+                    return OwnNats {
+                        url: format!("nats://127.0.0.1:{port}"),
+                        child,
+                        _dir: dir,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("a nats-server of the test's own did not start");
+    }
+
+    /// Sends `sig` (KILL, STOP, CONT) to the server.
+    pub fn signal(&mut self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} nats-server");
+        if sig == "KILL" {
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Right after a worker exited: (deliverable now, pending, awaiting ack) of its durable consumer.
+/// What the worker nak'd is deliverable at once; what it left unsettled only after `ack_wait`. The
+/// fetched messages are nak'd back, so the next worker still gets them.
+pub async fn deliverable_now(js: &jetstream::Context, config: &Config) -> (usize, u64, u64) {
+    let stream = js.get_stream(&config.nats.stream).await.unwrap();
+    let mut consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::Config> =
+        stream.get_consumer(&config.nats.consumer).await.unwrap();
+    let info = consumer.info().await.unwrap();
+    let (pending, awaiting) = (info.num_pending, info.num_ack_pending as u64);
+    let want = (pending + awaiting) as usize;
+    let mut best = 0;
+    // The worker's naks are on the wire when it exits; give the server a moment to apply them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while want > 0 && tokio::time::Instant::now() < deadline {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(want)
+            .messages()
+            .await
+            .unwrap();
+        let mut got = 0;
+        while let Some(Ok(m)) = batch.next().await {
+            got += 1;
+            m.ack_with(jetstream::AckKind::Nak(None)).await.unwrap();
+        }
+        best = best.max(got);
+        if best >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (best, pending, awaiting)
 }
