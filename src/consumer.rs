@@ -380,7 +380,9 @@ mod tests {
 
     #[test]
     fn pull_failures_back_off_from_250ms_to_10s() {
-        let waits: Vec<u64> = (1..=8).map(|n| pull_backoff(n).as_millis() as u64).collect();
+        let waits: Vec<u64> = (1..=8)
+            .map(|n| pull_backoff(n).as_millis() as u64)
+            .collect();
         assert_eq!(waits, [250, 500, 1000, 2000, 4000, 8000, 10000, 10000]);
         assert_eq!(pull_backoff(u32::MAX), Duration::from_secs(10));
     }

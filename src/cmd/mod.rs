@@ -95,6 +95,9 @@ pub enum DlqAction {
         /// Keep the dead letters after replaying them.
         #[arg(long)]
         keep: bool,
+        /// Count what would be replayed and skipped; publish and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Servers: a nats-server and a Cassandra of their own (`.local/chaos`, ports below), started through
 //! `scripts/services.sh` with the environment of [`services`]; the default pair (4222/9042) that
-//! other tests use is never touched. Every wait has a deadline, every loop a bound, every address is
+//! other tests use is never touched. `SCORE_WORKER_LOCAL` and the `SCORE_WORKER_*_PORT` variables
+//! (as `make chaos` sets them) move the pair, e.g. to run the suite from a second work tree. Every wait has a deadline, every loop a bound, every address is
 //! loopback. Worker logs go to `target/tmp/chaos/<scenario>/`.
 
 use std::collections::HashMap;
@@ -24,17 +25,35 @@ use tokio::sync::{Mutex, MutexGuard, OnceCell};
 use crate::support;
 use crate::workload::Workload;
 
-pub const NATS_PORT: u16 = 4322;
-pub const NATS_MON_PORT: u16 = 8322;
-pub const CQL_PORT: u16 = 9142;
-pub const STORAGE_PORT: u16 = 7100;
+/// A port of the pair: `var` from the environment, else the suite's default.
+fn port(var: &str, default: u16) -> u16 {
+    std::env::var(var)
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(default)
+}
+
+fn nats_port() -> u16 {
+    port("SCORE_WORKER_NATS_PORT", 4322)
+}
+
+fn cql_port() -> u16 {
+    port("SCORE_WORKER_CQL_PORT", 9142)
+}
+
+/// The pair's state directory (`.local/chaos`).
+fn local() -> PathBuf {
+    std::env::var_os("SCORE_WORKER_LOCAL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".local/chaos"))
+}
 
 pub fn nats_url() -> String {
-    format!("nats://127.0.0.1:{NATS_PORT}")
+    format!("nats://127.0.0.1:{}", nats_port())
 }
 
 pub fn cql_node() -> String {
-    format!("127.0.0.1:{CQL_PORT}")
+    format!("127.0.0.1:{}", cql_port())
 }
 
 fn repo() -> &'static Path {
@@ -45,11 +64,17 @@ fn repo() -> &'static Path {
 fn services_blocking(cmd: &str) -> Result<String, String> {
     let out = Command::new(repo().join("scripts/services.sh"))
         .arg(cmd)
-        .env("SCORE_WORKER_LOCAL", repo().join(".local/chaos"))
-        .env("SCORE_WORKER_NATS_PORT", NATS_PORT.to_string())
-        .env("SCORE_WORKER_NATS_MON_PORT", NATS_MON_PORT.to_string())
-        .env("SCORE_WORKER_CQL_PORT", CQL_PORT.to_string())
-        .env("SCORE_WORKER_STORAGE_PORT", STORAGE_PORT.to_string())
+        .env("SCORE_WORKER_LOCAL", local())
+        .env("SCORE_WORKER_NATS_PORT", nats_port().to_string())
+        .env(
+            "SCORE_WORKER_NATS_MON_PORT",
+            port("SCORE_WORKER_NATS_MON_PORT", 8322).to_string(),
+        )
+        .env("SCORE_WORKER_CQL_PORT", cql_port().to_string())
+        .env(
+            "SCORE_WORKER_STORAGE_PORT",
+            port("SCORE_WORKER_STORAGE_PORT", 7100).to_string(),
+        )
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("scripts/services.sh {cmd}: {e}"))?;
@@ -303,7 +328,7 @@ impl Scenario {
 /// Another process running the suite (a second `make chaos`) shares the pair too: an exclusive
 /// lock on `.local/chaos/suite.lock`, held for one scenario, waited for up to 30 minutes.
 fn suite_lock() -> File {
-    let dir = repo().join(".local/chaos");
+    let dir = local();
     std::fs::create_dir_all(&dir).expect(".local/chaos");
     let file = File::create(dir.join("suite.lock")).expect("suite.lock");
     let deadline = Instant::now() + Duration::from_secs(1800);

@@ -475,7 +475,7 @@ async fn large_backlog_drains_with_bounded_memory() {
 }
 
 /// Scenario 6: SIGTERM during load, three times: each worker exits 0 within `shutdown.timeout`
-/// (10 s); a new worker finishes the rest.
+/// (10 s) + 1 s, leaving nothing unacknowledged; a new worker finishes the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_load_exits_zero_and_a_new_worker_finishes() {
     let mut s = Scenario::start("sigterm", |_| {}).await;
@@ -520,13 +520,19 @@ async fn sigterm_during_load_exits_zero_and_a_new_worker_finishes() {
             worker.log_tail(30)
         );
         exits.push(took);
-        // Deliveries the stopped worker left unacknowledged: NATS gives them to the next worker
-        // after ack_wait. Reported, not asserted (the design allows it).
-        left.push(
-            s.consumer_info()
-                .await
-                .map_or(-1, |i| i.num_ack_pending as i64),
+        // Deliveries the stopped worker left unacknowledged would wait ack_wait for the next worker:
+        // a drain within shutdown.timeout settles everything it took.
+        let unacked = s
+            .consumer_info()
+            .await
+            .map_or(-1, |i| i.num_ack_pending as i64);
+        assert_eq!(
+            unacked,
+            0,
+            "deliveries left unacknowledged after a drained exit\n{}",
+            worker.log_tail(30)
         );
+        left.push(unacked);
     }
     let last_fault = Instant::now();
     let mut worker = s.spawn_worker();
@@ -561,8 +567,8 @@ async fn sigterm_during_load_exits_zero_and_a_new_worker_finishes() {
 /// Scenario 7 (a combination the list above does not name): SIGTERM while the database is frozen,
 /// as in a rolling restart during a database incident. The worker's timings keep the default
 /// proportions (`retry.total_budget` 10 s, longer than `shutdown.timeout` 7 s; statements time out
-/// after 5 s): it must still exit 0 within `shutdown.timeout`, leaving what it could not write to
-/// be redelivered; a new worker finishes once the database is back.
+/// after 5 s): it must still exit 0 within `shutdown.timeout` + 1 s, nak'ing what it could not write
+/// so it is deliverable at once; a new worker finishes once the database is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_while_the_database_is_frozen() {
     let mut s = Scenario::start("sigterm-db-frozen", |c| {
@@ -599,6 +605,8 @@ async fn sigterm_while_the_database_is_frozen() {
     // Let the flushes in flight hang on the frozen database, then ask the worker to stop.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let exit = worker.terminate(timeout * 4).await;
+    // What it held unsettled at the deadline was nak'd: deliverable now, not after ack_wait (15 s).
+    let (deliverable, pending, awaiting) = support::deliverable_now(&s.js, &s.config).await;
     drop(thaw);
     let resumed = Instant::now();
     let log = worker.log_tail(40);
@@ -615,10 +623,11 @@ async fn sigterm_while_the_database_is_frozen() {
         "sigterm-db-frozen",
         &secs(recover),
         &format!(
-            "exit={:?} exit_s={} shutdown_timeout_s={} seed={}",
+            "exit={:?} exit_s={} shutdown_timeout_s={} unacked_after_exit={awaiting} deliverable_at_once={deliverable}/{} seed={}",
             exit.map(|(status, _)| status.code()),
             exit.map_or("none".into(), |(_, took)| secs(took)),
             secs(timeout),
+            pending + awaiting,
             s.seed
         ),
     );
@@ -630,6 +639,11 @@ async fn sigterm_while_the_database_is_frozen() {
     assert!(
         took <= timeout + EXIT_MARGIN,
         "exited {took:?} after SIGTERM with the database frozen; shutdown.timeout is {timeout:?}\n{log}"
+    );
+    assert_eq!(
+        deliverable as u64,
+        pending + awaiting,
+        "every delivery left unsettled at the deadline was nak'd ({awaiting} awaiting ack)\n{log}"
     );
     assert!(
         last_exit.is_some_and(|(status, _)| status.success()),

@@ -204,7 +204,10 @@ async fn sigterm_during_load_drains_and_exits_zero_then_another_worker_finishes(
     // The drain settled everything it held: nothing waits for ack_wait.
     let (_, _, awaiting) = deliverable_now(&js, &config).await;
     assert_eq!(awaiting, 0, "deliveries left unsettled by a drained worker");
-    eprintln!("sigterm during load: exit 0 after {took:?} (timeout {:?}), unacked after exit {awaiting}", config.shutdown.timeout);
+    eprintln!(
+        "sigterm during load: exit 0 after {took:?} (timeout {:?}), unacked after exit {awaiting}",
+        config.shutdown.timeout
+    );
 
     // A new worker takes the rest; afterwards the consumer has nothing pending.
     let worker = Worker::start(config.clone()).await;
@@ -319,9 +322,11 @@ async fn sigterm_with_the_database_frozen_hands_back_every_unsettled_delivery() 
         .arg("run")
         .spawn()
         .expect("the worker binary starts");
-    wait_until("the binary processes something", Duration::from_secs(60), || {
-        processed_at(port) > 0
-    })
+    wait_until(
+        "the binary processes something",
+        Duration::from_secs(60),
+        || processed_at(port) > 0,
+    )
     .await;
 
     let pid = services("cassandra-pid");
@@ -341,7 +346,10 @@ async fn sigterm_with_the_database_frozen_hands_back_every_unsettled_delivery() 
         "exited {took:?} after SIGTERM; shutdown.timeout is {:?}",
         config.shutdown.timeout
     );
-    assert!(awaiting > 0, "the frozen database left deliveries unsettled");
+    assert!(
+        awaiting > 0,
+        "the frozen database left deliveries unsettled"
+    );
     assert_eq!(
         deliverable as u64,
         pending + awaiting,
@@ -402,9 +410,11 @@ async fn sigterm_with_nats_down_exits_within_the_timeout() {
             .arg("run")
             .spawn()
             .expect("the worker binary starts");
-        wait_until("the binary processes something", Duration::from_secs(60), || {
-            processed_at(port) > 0
-        })
+        wait_until(
+            "the binary processes something",
+            Duration::from_secs(60),
+            || processed_at(port) > 0,
+        )
         .await;
         nats.signal(fault);
         let (status, took) = terminate(&mut child, config.shutdown.timeout * 10).await;
@@ -444,7 +454,10 @@ async fn an_operator_owned_consumer_decides_the_last_delivery() {
         config.nats.consumer
     );
     assert!(report.contains(&drift), "{report}");
-    assert!(!check.status.success(), "check fails on drift it cannot fix");
+    assert!(
+        !check.status.success(),
+        "check fails on drift it cannot fix"
+    );
 
     let events = events_for("owned", 10, 10);
     let worker = Worker::start(config.clone()).await;
@@ -454,14 +467,18 @@ async fn an_operator_owned_consumer_decides_the_last_delivery() {
     for e in &events {
         publish(&js, &config, e, &e.event_id).await;
     }
-    wait_until("every message dead-lettered", Duration::from_secs(60), || {
-        worker
-            .metrics
-            .dead_letters
-            .with_label_values(&["max_deliveries"])
-            .get()
-            >= events.len() as u64
-    })
+    wait_until(
+        "every message dead-lettered",
+        Duration::from_secs(60),
+        || {
+            worker
+                .metrics
+                .dead_letters
+                .with_label_values(&["max_deliveries"])
+                .get()
+                >= events.len() as u64
+        },
+    )
     .await;
     drop(thaw);
     worker.stop().await;

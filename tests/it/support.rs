@@ -62,7 +62,10 @@ pub fn base_config(test: &str) -> Config {
     let port = |var: &str, default: &str| std::env::var(var).unwrap_or_else(|_| default.into());
     base_config_at(
         test,
-        &format!("nats://127.0.0.1:{}", port("SCORE_WORKER_NATS_PORT", "4222")),
+        &format!(
+            "nats://127.0.0.1:{}",
+            port("SCORE_WORKER_NATS_PORT", "4222")
+        ),
         &format!("127.0.0.1:{}", port("SCORE_WORKER_CQL_PORT", "9042")),
     )
 }
@@ -108,10 +111,7 @@ impl Worker {
     pub async fn start(config: Config) -> Worker {
         // Silent unless asked: SCORE_WORKER_TEST_LOG=1 (RUST_LOG picks the level).
         if std::env::var_os("SCORE_WORKER_TEST_LOG").is_some() {
-            score_worker::telemetry::init(
-                score_worker::config::LogFormat::Text,
-                std::io::stderr,
-            );
+            score_worker::telemetry::init(score_worker::config::LogFormat::Text, std::io::stderr);
         }
         let app = App::build(config).await.expect("worker starts");
         let addr = app.http_addr();
@@ -428,7 +428,10 @@ pub fn worker_env(c: &Config, http_port: u16) -> Vec<(String, String)> {
         ("NATS__CONSUMER", c.nats.consumer.clone()),
         ("NATS__DEADLETTER_STREAM", c.nats.deadletter_stream.clone()),
         ("NATS__DEADLETTER_PREFIX", c.nats.deadletter_prefix.clone()),
-        ("NATS__MANAGE_JETSTREAM", c.nats.manage_jetstream.to_string()),
+        (
+            "NATS__MANAGE_JETSTREAM",
+            c.nats.manage_jetstream.to_string(),
+        ),
         (
             "NATS__RETENTION",
             match c.nats.retention {
@@ -512,14 +515,16 @@ pub struct OwnNats {
 
 impl OwnNats {
     pub fn start() -> OwnNats {
-        let bin = std::process::Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/services.sh"
-        ))
-        .arg("nats-bin")
-        .output()
-        .expect("scripts/services.sh nats-bin");
-        assert!(bin.status.success(), "{}", String::from_utf8_lossy(&bin.stderr));
+        let bin =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
+                .arg("nats-bin")
+                .output()
+                .expect("scripts/services.sh nats-bin");
+        assert!(
+            bin.status.success(),
+            "{}",
+            String::from_utf8_lossy(&bin.stderr)
+        );
         let bin = String::from_utf8(bin.stdout).unwrap().trim().to_string();
         let dir = tempfile::tempdir().unwrap();
         for _ in 0..5 {
@@ -538,8 +543,8 @@ impl OwnNats {
                 if child.try_wait().unwrap().is_some() {
                     break; // e.g. the port was taken meanwhile: try another
                 }
-                let ready = std::fs::read_to_string(&log)
-                    .is_ok_and(|l| l.contains("Server is ready"));
+                let ready =
+                    std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Server is ready"));
                 if ready {
                     return OwnNats {
                         url: format!("nats://127.0.0.1:{port}"),

@@ -94,7 +94,8 @@ async fn a_full_stream_refuses_publishes_and_keeps_what_it_holds() {
     let mut accepted = Vec::new();
     let mut refusal = None;
     for e in &events {
-        let subject = score_worker::cmd::sample::subject_for(&config.nats.subjects[0], &e.leaderboard);
+        let subject =
+            score_worker::cmd::sample::subject_for(&config.nats.subjects[0], &e.leaderboard);
         match score_worker::cmd::sample::publish(&js, subject, &e.event_id, e.payload()).await {
             Ok(()) => accepted.push(e.clone()),
             Err(err) => {
@@ -109,16 +110,22 @@ async fn a_full_stream_refuses_publishes_and_keeps_what_it_holds() {
         "the publisher is told why: {refusal}"
     );
     let held = stream_messages(&js, &config.nats.stream).await;
-    assert_eq!(held, accepted.len() as u64, "nothing stored was deleted to make room");
+    assert_eq!(
+        held,
+        accepted.len() as u64,
+        "nothing stored was deleted to make room"
+    );
     eprintln!(
         "full stream: max_bytes=16384 accepted={} refused with `{refusal}` held={held}",
         accepted.len()
     );
 
     let worker = Worker::start(config.clone()).await;
-    wait_until("every accepted event written", Duration::from_secs(60), || {
-        worker.processed() >= accepted.len() as u64
-    })
+    wait_until(
+        "every accepted event written",
+        Duration::from_secs(60),
+        || worker.processed() >= accepted.len() as u64,
+    )
     .await;
     assert_final_state(&session, &accepted, config.scylla.leaderboard_buckets).await;
     // Drained, the stream has room again.
@@ -163,7 +170,10 @@ async fn a_managed_worker_brings_the_stream_and_consumer_to_the_configuration() 
     let worker = Worker::start(new.clone()).await;
     let mut stream = js.get_stream(&new.nats.stream).await.unwrap();
     let s = stream.info().await.unwrap().config.clone();
-    assert_eq!((s.max_age, s.max_bytes), (Duration::from_secs(7200), 1 << 20));
+    assert_eq!(
+        (s.max_age, s.max_bytes),
+        (Duration::from_secs(7200), 1 << 20)
+    );
     let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> =
         stream.get_consumer(&new.nats.consumer).await.unwrap();
     let c = &consumer.cached_info().config;
