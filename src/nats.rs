@@ -327,7 +327,7 @@ pub async fn drift(js: &jetstream::Context, config: &NatsConfig) -> Result<Vec<D
     let consumer: jetstream::consumer::Consumer<pull::Config> = scores
         .get_consumer(&config.consumer)
         .await
-        .map_err(|e| consumer_error(config, e.into()))?;
+        .map_err(|e| consumer_error(config, e))?;
     out.extend(consumer_drift(
         &consumer_config(config),
         &consumer.cached_info().config,
@@ -425,7 +425,7 @@ pub async fn ensure_topology(
     let consumer: jetstream::consumer::Consumer<pull::Config> = stream
         .get_consumer(&config.consumer)
         .await
-        .map_err(|e| consumer_error(config, e.into()))?;
+        .map_err(|e| consumer_error(config, e))?;
     let drift = stream_drift(&scores_stream_config(config), &stream.cached_info().config)
         .into_iter()
         .chain(deadletter_drift(
