@@ -28,7 +28,7 @@
 //!
 //! The message path, in order:
 //! - [`score`]: the wire contract: `ScoreUpdate`, decode + validate from bytes, the tie order.
-//! - [`nats`]: NATS connection, JetStream stream/consumer set-up.
+//! - [`nats`]: NATS connection, JetStream stream/consumer set-up, and their drift from the configuration.
 //! - [`consumer`]: the pull loop; turns messages into `(ScoreUpdate, JsReceipt)`.
 //! - [`batcher`]: pure accumulator: flush at `max_scores` / linger, coalescing by key.
 //! - [`pipeline`]: batch → write with retries → settle; owns the ports ([`pipeline::Store`],
