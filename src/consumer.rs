@@ -56,15 +56,6 @@ impl Unsettled {
         }
     }
 
-    /// Deliveries held and not settled.
-    pub fn len(&self) -> usize {
-        self.replies.lock().expect("lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Naks every delivery held (publishes only; the caller flushes), and makes the pull loop nak
     /// whatever it still reads instead of handing it on. Returns how many were nak'd here.
     pub async fn abandon(&self, client: &async_nats::Client) -> usize {
@@ -284,11 +275,9 @@ impl Consumer {
     /// Naks what the client already holds of a batch (never waits for more).
     async fn hand_back(&self, batch: &mut pull::Batch) {
         let mut naked = 0;
-        while let Some(Some(next)) = batch.next().now_or_never() {
-            if let Ok(message) = next {
-                nak_now(&message).await;
-                naked += 1;
-            }
+        while let Some(Some(Ok(message))) = batch.next().now_or_never() {
+            nak_now(&message).await;
+            naked += 1;
         }
         if naked > 0 {
             tracing::info!(naked, "handed back buffered deliveries");

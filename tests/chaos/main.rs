@@ -645,6 +645,12 @@ async fn sigterm_while_the_database_is_frozen() {
         pending + awaiting,
         "every delivery left unsettled at the deadline was nak'd ({awaiting} awaiting ack)\n{log}"
     );
+    // Nothing waited for ack_wait before the next worker could take it (it used to: recover_s 15.1).
+    let ack_wait = s.config.nats.ack_wait;
+    assert!(
+        recover < ack_wait,
+        "recovered in {recover:?}, not faster than ack_wait {ack_wait:?}: deliveries were left unsettled"
+    );
     assert!(
         last_exit.is_some_and(|(status, _)| status.success()),
         "exit 0 on SIGTERM: {last_exit:?}"

@@ -592,8 +592,9 @@ pub async fn deliverable_now(js: &jetstream::Context, config: &Config) -> (usize
     let (pending, awaiting) = (info.num_pending, info.num_ack_pending as u64);
     let want = (pending + awaiting) as usize;
     let mut best = 0;
-    // The worker's naks are on the wire when it exits; give the server a moment to apply them.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    // The worker's naks are on the wire when it exits; give the server a moment to apply them (and
+    // no more: a delivery whose retry budget runs out in the meantime would look nak'd).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
     while want > 0 && tokio::time::Instant::now() < deadline {
         let mut batch = consumer
             .fetch()
