@@ -7,4 +7,5 @@ mod faults;
 mod hostile;
 mod http;
 mod invariant;
+mod knobs;
 mod support;
