@@ -32,6 +32,13 @@ pub enum ConnectError {
         "preparing statements failed (is the schema applied? run `score-worker migrate`): {0}"
     )]
     Prepare(#[source] StoreError),
+    #[error(transparent)]
+    Datacenter(#[from] DatacenterError),
+}
+
+/// The configured consistency and datacenter do not fit the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum DatacenterError {
     #[error(
         "scylla.consistency {consistency:?} counts replicas of one datacenter, and the cluster has \
          {datacenters:?}: set scylla.local_datacenter to this worker's datacenter"
@@ -121,16 +128,19 @@ pub async fn connect(config: &ScyllaConfig) -> Result<Session, ConnectError> {
 
 /// A `LOCAL_*` level on a cluster of several datacenters needs to know which one is local, or the
 /// driver may coordinate from another datacenter, whose quorum says nothing about this one's.
-fn check_datacenters(config: &ScyllaConfig, datacenters: Vec<String>) -> Result<(), ConnectError> {
+fn check_datacenters(
+    config: &ScyllaConfig,
+    datacenters: Vec<String>,
+) -> Result<(), DatacenterError> {
     match &config.local_datacenter {
         Some(dc) if !datacenters.is_empty() && !datacenters.contains(dc) => {
-            Err(ConnectError::UnknownDatacenter {
+            Err(DatacenterError::UnknownDatacenter {
                 configured: dc.clone(),
                 datacenters,
             })
         }
         None if config.consistency.is_local() && datacenters.len() > 1 => {
-            Err(ConnectError::NoLocalDatacenter {
+            Err(DatacenterError::NoLocalDatacenter {
                 consistency: config.consistency,
                 datacenters,
             })
