@@ -121,9 +121,9 @@ impl<S: Store> Pipeline<S> {
         if flush.receipts.is_empty() {
             return;
         }
-        let permit = permits
-            .clone()
-            .acquire_owned()
+        // A closed flush waiting for a slot is as much in progress as one being written.
+        let permit = self
+            .with_progress(&flush.receipts, permits.clone().acquire_owned())
             .await
             .expect("semaphore is never closed");
         let this = self.clone();
@@ -607,6 +607,40 @@ mod tests {
         let (_, settled, progress) = run(store, 5, 1, config()).await;
         assert!(progress >= 5 * 3, "progress sent {progress} times");
         assert_all(&settled, 5, Settled::Ack);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_waiting_for_a_write_slot_sends_progress_too() {
+        // One slot, writes of 3 s, progress every 250 ms: the second and third flushes wait 3 s and 6 s
+        // for the slot and must keep their messages alive meanwhile.
+        let mut store = FakeStore::new(0, false);
+        store.write_delay = Duration::from_secs(3);
+        let mut c = config();
+        c.max_inflight = 1;
+        let store = Arc::new(store);
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::new(metrics.clone()));
+        let pipeline = Pipeline::new(store.clone(), c, metrics, health);
+        let (tx, rx) = mpsc::channel(200);
+        let log = Arc::new(Mutex::new(vec![]));
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let handle = tokio::spawn(pipeline.run(rx));
+        for i in 0..150 {
+            let receipt = FakeReceipt {
+                id: i,
+                delivered: 1,
+                log: log.clone(),
+                // Count only the progress of the last flush's messages: they only ever wait.
+                progress: if i >= 100 { waiting.clone() } else { Arc::new(AtomicUsize::new(0)) },
+            };
+            tx.send((update(i), receipt)).await.unwrap();
+        }
+        drop(tx);
+        handle.await.unwrap();
+        assert_all(&log.lock().unwrap(), 150, Settled::Ack);
+        // 50 messages × at least 6 s of waiting / 250 ms, before their own 3 s write.
+        let sent = waiting.load(Ordering::SeqCst);
+        assert!(sent >= 50 * 20, "progress while waiting: {sent}");
     }
 
     #[tokio::test(start_paused = true)]
