@@ -631,7 +631,11 @@ mod tests {
                 delivered: 1,
                 log: log.clone(),
                 // Count only the progress of the last flush's messages: they only ever wait.
-                progress: if i >= 100 { waiting.clone() } else { Arc::new(AtomicUsize::new(0)) },
+                progress: if i >= 100 {
+                    waiting.clone()
+                } else {
+                    Arc::new(AtomicUsize::new(0))
+                },
             };
             tx.send((update(i), receipt)).await.unwrap();
         }

@@ -152,6 +152,9 @@ impl ScyllaStore {
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConnectError> {
         let statements = Statements::prepare(&session, &config.keyspace).await?;
+        crate::schema::check_buckets(&session, config)
+            .await
+            .map_err(|e| ConnectError::Buckets(Box::new(e)))?;
         let latency = REQUESTS.map(|r| metrics.scylla_query_duration.with_label_values(&[r]));
         Ok(Self {
             session,

@@ -34,6 +34,8 @@ pub enum ConnectError {
     Prepare(#[source] StoreError),
     #[error(transparent)]
     Datacenter(#[from] DatacenterError),
+    #[error(transparent)]
+    Buckets(Box<crate::schema::SchemaError>),
 }
 
 /// The configured consistency and datacenter do not fit the cluster.

@@ -1,6 +1,7 @@
 //! Integration tests against a real nats-server and a real Cassandra on loopback
 //! (`make test` starts both through `scripts/services.sh up`).
 
+mod buckets;
 mod deadletters;
 mod end_to_end;
 mod faults;
