@@ -27,6 +27,8 @@ pub struct Knobs {
     pub naive_batch: usize,
     /// Keep the keyspaces after the run (they are dropped by default).
     pub keep: bool,
+    /// Only drop what interrupted runs left behind, then exit.
+    pub cleanup: bool,
     /// Where the SVG goes; `None` (SCORE_WORKER_BENCH_SVG=0) writes none.
     pub svg: Option<PathBuf>,
     /// Where the JSON goes.
@@ -111,6 +113,7 @@ impl Knobs {
             naive_concurrency: num("NAIVE_CONCURRENCY", 32usize).max(1),
             naive_batch: num("NAIVE_BATCH", 50usize).max(1),
             keep: flag("KEEP", false),
+            cleanup: flag("CLEANUP", false),
             svg: match var("SVG") {
                 Some(v) if v == "0" => None,
                 Some(v) => Some(PathBuf::from(v)),

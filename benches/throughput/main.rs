@@ -51,6 +51,8 @@ mod workload;
 
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
+
 use knobs::Knobs;
 use report::{Pass, Row};
 use worker::Variant;
@@ -135,6 +137,11 @@ async fn main() {
     let knobs = Knobs::from_env();
     let started = chrono::Utc::now();
     let clock = Instant::now();
+    let admin = library::connect(&worker::pass_config("admin").scylla).await;
+    if knobs.cleanup {
+        cleanup(&admin).await;
+        return;
+    }
     let servers = procfs::Servers::find();
     let build = format!(
         "{}{}",
@@ -172,69 +179,33 @@ async fn main() {
         units.iter().map(Unit::name).collect::<Vec<_>>()
     );
 
-    let admin = library::connect(&worker::pass_config("admin").scylla).await;
-    let mut rounds: Vec<Vec<(Unit, Pass)>> = Vec::new();
+    // A panic (a server gone for good) still drops this run's keyspaces before it propagates.
     let mut keyspaces = Vec::new();
-    for round in 0..knobs.rounds {
-        let mut order = units.clone();
-        if round % 2 == 1 {
-            order.reverse();
-        }
-        // Every keyspace of the round first, so that no schema change overlaps a measurement.
-        let configs: Vec<_> = order
-            .iter()
-            .map(|u| worker::pass_config(&u.name()))
-            .collect();
-        for (unit, config) in order.iter().zip(&configs) {
-            match unit {
-                Unit::Worker(v) => worker::migrate(config, v),
-                Unit::Protocol(_) | Unit::Naive => library::migrate(&admin, &config.scylla).await,
+    let measured = std::panic::AssertUnwindSafe(measure(
+        &knobs,
+        &units,
+        &backlog,
+        &paced,
+        &servers,
+        &admin,
+        &mut keyspaces,
+    ))
+    .catch_unwind()
+    .await;
+    let drop_all = || async {
+        if !knobs.keep {
+            for ks in &keyspaces {
+                verify::drop_keyspace(&admin, ks).await;
             }
-            keyspaces.push(config.scylla.keyspace.clone());
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-
-        let mut passes = Vec::new();
-        for (unit, config) in order.into_iter().zip(configs) {
-            eprintln!("bench: round {} {} …", round + 1, unit.name());
-            let load = procfs::loadavg();
-            let (mut pass, written) = match &unit {
-                Unit::Worker(v) => {
-                    worker::run(
-                        v,
-                        &config,
-                        &backlog,
-                        &paced,
-                        knobs.rate,
-                        knobs.paced_seconds,
-                        &servers,
-                    )
-                    .await
-                }
-                Unit::Protocol(c) => (
-                    ceilings::protocol(&config, &backlog, knobs.protocol_flush, *c, &servers).await,
-                    backlog.clone(),
-                ),
-                Unit::Naive => (
-                    ceilings::naive(
-                        &config,
-                        &backlog,
-                        knobs.naive_batch,
-                        knobs.naive_concurrency,
-                        &servers,
-                    )
-                    .await,
-                    backlog.clone(),
-                ),
-            };
-            pass.check = verify::check(&admin, &config.scylla.keyspace, &expected(&written)).await;
-            pass.load_avg = load;
-            println!("{}", report::pass_line(round + 1, &pass));
-            passes.push((unit, pass));
+    };
+    let rounds = match measured {
+        Ok(rounds) => rounds,
+        Err(panic) => {
+            drop_all().await;
+            std::panic::resume_unwind(panic);
         }
-        rounds.push(passes);
-    }
-
+    };
     let rows = rows(&units, &rounds);
     let title = format!(
         "score-worker {build}: {} messages, {} profiles × {} leaderboards, {} rounds, {}",
@@ -273,11 +244,7 @@ async fn main() {
         .map(|r| r.iter().map(|(_, p)| p).collect())
         .collect();
     output::write(&run, &rows, &passes);
-    if !knobs.keep {
-        for ks in &keyspaces {
-            verify::drop_keyspace(&admin, ks).await;
-        }
-    }
+    drop_all().await;
 
     let dirty: Vec<&Pass> = rounds
         .iter()
@@ -286,7 +253,8 @@ async fn main() {
         .map(|(_, p)| p)
         .collect();
     // Writers that may leave the database wrong (the naive ceiling, another build): said, not failed.
-    for row in rows.iter().filter(|r| !r.name.starts_with("protocol")) {
+    let ours = |name: &str| matches!(name, "worker" | "flush1") || name.starts_with("protocol");
+    for row in rows.iter().filter(|r| !ours(&r.name)) {
         let wrong: Vec<String> = row
             .passes
             .iter()
@@ -315,6 +283,104 @@ async fn main() {
             );
         }
         std::process::exit(1);
+    }
+}
+
+/// Every round: the keyspaces first, then each writer's pass and its check. Records each keyspace in
+/// `keyspaces` as soon as it exists.
+async fn measure(
+    knobs: &Knobs,
+    units: &[Unit],
+    backlog: &[Message],
+    paced: &Generator,
+    servers: &procfs::Servers,
+    admin: &scylla::client::session::Session,
+    keyspaces: &mut Vec<String>,
+) -> Vec<Vec<(Unit, Pass)>> {
+    let mut rounds: Vec<Vec<(Unit, Pass)>> = Vec::new();
+    for round in 0..knobs.rounds {
+        let mut order = units.to_vec();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        // Every keyspace of the round first, so that no schema change overlaps a measurement.
+        let configs: Vec<_> = order
+            .iter()
+            .map(|u| worker::pass_config(&u.name()))
+            .collect();
+        for (unit, config) in order.iter().zip(&configs) {
+            match unit {
+                Unit::Worker(v) => worker::migrate(config, v),
+                Unit::Protocol(_) | Unit::Naive => library::migrate(admin, &config.scylla).await,
+            }
+            keyspaces.push(config.scylla.keyspace.clone());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        let mut passes = Vec::new();
+        for (unit, config) in order.into_iter().zip(configs) {
+            eprintln!("bench: round {} {} …", round + 1, unit.name());
+            let load = procfs::loadavg();
+            let (mut pass, written) = match &unit {
+                Unit::Worker(v) => {
+                    worker::run(
+                        v,
+                        &config,
+                        backlog,
+                        paced,
+                        knobs.rate,
+                        knobs.paced_seconds,
+                        servers,
+                    )
+                    .await
+                }
+                Unit::Protocol(c) => (
+                    ceilings::protocol(&config, backlog, knobs.protocol_flush, *c, servers).await,
+                    backlog.to_vec(),
+                ),
+                Unit::Naive => (
+                    ceilings::naive(
+                        &config,
+                        backlog,
+                        knobs.naive_batch,
+                        knobs.naive_concurrency,
+                        servers,
+                    )
+                    .await,
+                    backlog.to_vec(),
+                ),
+            };
+            pass.check = verify::check(admin, &config.scylla.keyspace, &expected(&written)).await;
+            pass.load_avg = load;
+            println!("{}", report::pass_line(round + 1, &pass));
+            passes.push((unit, pass));
+        }
+        rounds.push(passes);
+    }
+
+    rounds
+}
+
+/// Drops what interrupted runs left behind: `bench_*` keyspaces and `IT_bench_*` streams.
+async fn cleanup(admin: &scylla::client::session::Session) {
+    use futures::StreamExt;
+    for ks in verify::leftover_keyspaces(admin).await {
+        println!("bench: dropping keyspace {ks}");
+        verify::drop_keyspace(admin, &ks).await;
+    }
+    let url = worker::pass_config("cleanup").nats.url;
+    let client = async_nats::connect(url.as_str())
+        .await
+        .expect("NATS answers");
+    let js = async_nats::jetstream::new(client);
+    let names: Vec<String> = js
+        .stream_names()
+        .filter_map(|n| async move { n.ok() })
+        .collect()
+        .await;
+    for name in names.iter().filter(|n| n.starts_with("IT_bench_")) {
+        println!("bench: deleting stream {name}");
+        let _ = js.delete_stream(name).await;
     }
 }
 

@@ -7,6 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// The counter behind "database requests": one observation per CQL request, whatever the label.
 pub const REQUESTS: &str = "score_worker_scylla_query_duration_seconds_count";
 pub const PROCESSED: &str = "score_worker_messages_processed_total";
+pub const RETRIES: &str = "score_worker_batch_retries_total";
 pub const LATENCY: &str = "score_worker_processing_duration_seconds_bucket";
 
 /// `GET /metrics`, or `None` while nothing answers.

@@ -26,6 +26,8 @@ pub struct Pass {
     /// Protocol ceiling: duration of one flush write.
     pub flush_p50_ms: Option<f64>,
     pub flush_p99_ms: Option<f64>,
+    /// Flush (or batch) writes that failed at least once and were retried.
+    pub retried_writes: u64,
     /// The database's CPU in the second before the pass, in % of a core (other load on the machine).
     pub db_idle_cpu_pct: f64,
     pub load_avg: f64,
@@ -103,7 +105,7 @@ pub fn pass_line(round: usize, p: &Pass) -> String {
     let c = &p.check;
     format!(
         "round {round} {:<22} {:>9} events/s {:>7} req/event  DB {:>6} µs/event  writer {:>6} µs/event  \
-         stale {} missing {} wrong {}  ({:.1} s, load {:.1}, DB idle {:.0} %)",
+         stale {} missing {} wrong {}  ({:.1} s, load {:.1}, DB idle {:.0} %{})",
         p.variant,
         num(p.events_per_s),
         num(p.requests_per_event),
@@ -114,7 +116,11 @@ pub fn pass_line(round: usize, p: &Pass) -> String {
         c.wrong_by_profile,
         p.seconds,
         p.load_avg,
-        p.db_idle_cpu_pct
+        p.db_idle_cpu_pct,
+        match p.retried_writes {
+            0 => String::new(),
+            n => format!(", {n} writes retried"),
+        }
     )
 }
 

@@ -95,3 +95,16 @@ pub async fn drop_keyspace(session: &Session, ks: &str) {
         eprintln!("bench: could not drop keyspace {ks}: {e}");
     }
 }
+
+/// Every keyspace a bench run made and did not drop (an interrupted run's).
+pub async fn leftover_keyspaces(session: &Session) -> Vec<String> {
+    scan::<(String,)>(
+        session,
+        "SELECT keyspace_name FROM system_schema.keyspaces".into(),
+    )
+    .await
+    .into_iter()
+    .map(|(ks,)| ks)
+    .filter(|ks| ks.starts_with("bench_"))
+    .collect()
+}

@@ -159,9 +159,10 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let (s0, worker0) = (servers.sample(), procfs::cpu_seconds(pid));
-    let (done0, requests0) = (
+    let (done0, requests0, retries0) = (
         prom::sum(&first, prom::PROCESSED),
         prom::sum(&first, prom::REQUESTS),
+        prom::sum(&first, prom::RETRIES),
     );
     let n = backlog.len() as f64;
     let timeout = Duration::from_secs(600.max(backlog.len() as u64 / 50));
@@ -181,6 +182,7 @@ pub async fn run(
         db_cpu_us_per_event: per_event(s1.cassandra - s0.cassandra),
         nats_cpu_us_per_event: Some(per_event(s1.nats - s0.nats)),
         db_idle_cpu_pct: idle,
+        retried_writes: (prom::sum(&drained, prom::RETRIES) - retries0) as u64,
         ..Pass::default()
     };
 
