@@ -26,7 +26,8 @@
 //!   (paced phase, 10; 0 skips it), `BASELINE` + `BASELINE_LABEL`, `FLUSH1` (0), `CEILINGS` (1),
 //!   `PROTOCOL_CONCURRENCY` (flushes in flight to try, "1,4,16,64"), `PROTOCOL_FLUSH` (keys per flush,
 //!   50), `NAIVE_CONCURRENCY` (batches in flight, 32), `NAIVE_BATCH` (events per batch, 50), `KEEP`
-//!   (keep the keyspaces, 0);
+//!   (keep the keyspaces, 0), `CLEANUP` (only drop what an interrupted run left: `bench_*` keyspaces,
+//!   `IT_bench_*` streams; 0);
 //! - output: `OUT` (JSON directory, `target/bench`), `SVG` (plot path, `docs/performance.svg`; 0: none).
 //!
 //! Layout: `knobs` (settings), `workload` (the generated messages), `worker` (a binary variant),
