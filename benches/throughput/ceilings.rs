@@ -101,7 +101,7 @@ pub async fn protocol(
     let idle = servers.idle_db_cpu_pct(Duration::from_secs(1)).await;
 
     RETRIED.store(0, Ordering::Relaxed);
-    let (s0, requests0) = (servers.sample(), store.requests());
+    let (s0, requests0, statements0) = (servers.sample(), store.requests(), store.statements());
     let store = &store;
     let mut latencies: Vec<f64> = futures::stream::iter(flushes.iter())
         .map(|flush| async move {
@@ -122,6 +122,9 @@ pub async fn protocol(
         s1,
         store.requests() - requests0,
     );
+    pass.statements_per_event = statements0
+        .zip(store.statements())
+        .map(|(before, after)| (after - before) / backlog.len() as f64);
     pass.concurrency = Some(concurrency);
     pass.db_idle_cpu_pct = idle;
     pass.flush_p50_ms = Some(percentile(&mut latencies, 0.50) * 1e3);
@@ -255,6 +258,7 @@ pub async fn naive(
     let s1 = servers.sample();
 
     let mut pass = finish("naive", config, backlog.len(), s0, s1, f64::from(requests));
+    pass.statements_per_event = Some(3.0);
     pass.concurrency = Some(concurrency);
     pass.db_idle_cpu_pct = idle;
     pass

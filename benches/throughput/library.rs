@@ -1,6 +1,5 @@
 //! Every call the bench makes into score-worker's library (apart from `tests/it/support.rs`), in one
-//! file: when the write path's API moves (the `Store` trait to `score_worker::pipeline::Store` with an
-//! associated error type, say), this is the only place to adapt. The worker variants run the binary and
+//! file: when the write path's API moves, this is the only place to adapt. The worker variants run the binary and
 //! need none of it; the protocol ceiling uses [`ProtocolStore`] and [`flushes`], everything else only
 //! sessions, the schema and the bucket function.
 
@@ -10,8 +9,9 @@ use std::time::Duration;
 use score_worker::batcher::Batcher;
 use score_worker::config::ScyllaConfig;
 use score_worker::metrics::Metrics;
+use score_worker::pipeline::Store;
 use score_worker::score::ScoreUpdate;
-use score_worker::store::{ScyllaStore, Store};
+use score_worker::store::ScyllaStore;
 use scylla::client::session::Session;
 use uuid::Uuid;
 
@@ -54,14 +54,15 @@ pub fn bucket_of(profile: Uuid, buckets: i32) -> i32 {
 /// One flush as the worker's batcher closes it: (newest update per key, every event).
 pub type FlushRows = (Vec<ScoreUpdate>, Vec<ScoreUpdate>);
 
-/// The flushes the worker's batcher makes of `events` arriving back to back (a backlog): each closes
-/// at `max_scores` distinct keys (or the batcher's event bound), the last one when input ends.
+/// The flushes the worker's batcher makes of `events` arriving back to back (a backlog), each a first
+/// delivery: each closes at `max_scores` distinct keys (or the batcher's event bound), the last one
+/// when input ends.
 pub fn flushes(events: &[Event], max_scores: usize) -> Vec<FlushRows> {
     let mut batcher = Batcher::new(max_scores, Duration::from_secs(3600));
     let now = tokio::time::Instant::now();
     let mut out: Vec<FlushRows> = events
         .iter()
-        .filter_map(|e| batcher.push(update(e), (), now))
+        .filter_map(|e| batcher.push(update(e), (), true, now))
         .map(|f| (f.latest, f.events))
         .collect();
     if !batcher.is_empty() {
@@ -86,7 +87,8 @@ impl ProtocolStore {
         ProtocolStore { store, metrics }
     }
 
-    /// Writes one flush exactly as the pipeline does (without its retries).
+    /// Writes one flush as the pipeline does, without its retries and without its per-process skip of
+    /// superseded first deliveries (that hint lives in the pipeline, not in the store).
     pub async fn write(&self, flush: &FlushRows) -> Result<(), String> {
         Store::write(&self.store, &flush.0, &flush.1)
             .await
@@ -96,5 +98,10 @@ impl ProtocolStore {
     /// CQL requests sent so far (the same counter the worker exports).
     pub fn requests(&self) -> f64 {
         prom::sum(&self.metrics.encode(), prom::REQUESTS)
+    }
+
+    /// Statements sent so far, if the store counts them.
+    pub fn statements(&self) -> Option<f64> {
+        prom::sum_if_exported(&self.metrics.encode(), prom::STATEMENTS)
     }
 }

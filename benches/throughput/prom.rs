@@ -6,6 +6,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The counter behind "database requests": one observation per CQL request, whatever the label.
 pub const REQUESTS: &str = "score_worker_scylla_query_duration_seconds_count";
+/// Statements per request, summed: the statements sent (exported by builds that batch).
+pub const STATEMENTS: &str = "score_worker_scylla_statements_per_request_sum";
 pub const PROCESSED: &str = "score_worker_messages_processed_total";
 pub const RETRIES: &str = "score_worker_batch_retries_total";
 pub const LATENCY: &str = "score_worker_processing_duration_seconds_bucket";
@@ -21,6 +23,11 @@ pub async fn scrape(addr: SocketAddr) -> Option<String> {
     stream.read_to_string(&mut response).await.ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// Like [`sum`], or `None` when the text has no such metric (an older build).
+pub fn sum_if_exported(text: &str, name: &str) -> Option<f64> {
+    text.contains(name).then(|| sum(text, name))
 }
 
 /// The sum of every series of metric `name` (any labels, or none).

@@ -15,6 +15,8 @@ pub struct Pass {
     pub seconds: f64,
     pub events_per_s: f64,
     pub requests_per_event: f64,
+    /// Statements (rows touched) per event, where the writer counts them.
+    pub statements_per_event: Option<f64>,
     /// The worker process, or this process for a ceiling.
     pub writer_cpu_us_per_event: f64,
     pub db_cpu_us_per_event: f64,
@@ -173,6 +175,11 @@ pub const FIGURES: &[Figure] = &[
         get: |p| Some(p.requests_per_event),
     },
     Figure {
+        key: "statements_per_event",
+        label: "DB statements/event",
+        get: |p| p.statements_per_event,
+    },
+    Figure {
         key: "db_cpu_us_per_event",
         label: "DB CPU µs/event",
         get: |p| Some(p.db_cpu_us_per_event),
@@ -240,7 +247,7 @@ pub const FIGURES: &[Figure] = &[
 ];
 
 /// The first table's figures (cost and correctness); the rest go in the second.
-const FIRST_TABLE: usize = 8;
+const FIRST_TABLE: usize = 9;
 
 /// A table row: one writer, one pass per round.
 #[derive(Clone)]

@@ -164,6 +164,7 @@ pub async fn run(
         prom::sum(&first, prom::REQUESTS),
         prom::sum(&first, prom::RETRIES),
     );
+    let statements0 = prom::sum_if_exported(&first, prom::STATEMENTS);
     let n = backlog.len() as f64;
     let timeout = Duration::from_secs(600.max(backlog.len() as u64 / 50));
     let drained = wait_processed(addr, n, timeout).await;
@@ -178,6 +179,9 @@ pub async fn run(
         seconds,
         events_per_s: counted / seconds,
         requests_per_event: (prom::sum(&drained, prom::REQUESTS) - requests0) / counted,
+        statements_per_event: statements0
+            .zip(prom::sum_if_exported(&drained, prom::STATEMENTS))
+            .map(|(before, after)| (after - before) / counted),
         writer_cpu_us_per_event: per_event(worker1 - worker0),
         db_cpu_us_per_event: per_event(s1.cassandra - s0.cassandra),
         nats_cpu_us_per_event: Some(per_event(s1.nats - s0.nats)),
