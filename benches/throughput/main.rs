@@ -144,6 +144,7 @@ async fn main() {
         return;
     }
     let servers = procfs::Servers::find();
+    let versions = versions(&admin).await;
     let build = format!(
         "{}{}",
         git(&["rev-parse", "--short", "HEAD"]),
@@ -175,6 +176,7 @@ async fn main() {
         knobs.spec.profiles, knobs.spec.leaderboards, knobs.spec.hot * 100.0, knobs.spec.skew, knobs.spec.duplicates * 100.0,
         knobs.rounds, procfs::loadavg()
     );
+    println!("bench: servers {versions}");
     println!(
         "bench: writers {:?}",
         units.iter().map(Unit::name).collect::<Vec<_>>()
@@ -236,6 +238,7 @@ async fn main() {
         knobs: &knobs,
         shape: &shape,
         build: &build,
+        servers: &versions,
         title: &title,
         started,
         seconds: elapsed,
@@ -360,6 +363,23 @@ async fn measure(
     }
 
     rounds
+}
+
+/// The servers' versions, for the record: "nats-server X, Cassandra Y".
+async fn versions(admin: &scylla::client::session::Session) -> String {
+    let url = worker::pass_config("versions").nats.url;
+    let nats = match async_nats::connect(url.as_str()).await {
+        Ok(client) => client.server_info().version,
+        Err(_) => "?".into(),
+    };
+    let cassandra = admin
+        .query_unpaged("SELECT release_version FROM system.local", ())
+        .await
+        .ok()
+        .and_then(|r| r.into_rows_result().ok())
+        .and_then(|r| r.maybe_first_row::<(String,)>().ok().flatten())
+        .map_or("?".into(), |(v,)| v);
+    format!("nats-server {nats}, Cassandra {cassandra}")
 }
 
 /// Drops what interrupted runs left behind: `bench_*` keyspaces and `IT_bench_*` streams.
