@@ -143,6 +143,7 @@ impl App {
                 settler: settler.clone(),
                 deadletters: deadletters.clone(),
                 metrics: metrics.clone(),
+                health: health.clone(),
             }
             .run(tx, cancel.clone()),
         );

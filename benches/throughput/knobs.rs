@@ -16,6 +16,9 @@ pub struct Knobs {
     /// Another build of the binary: (label, path).
     pub baseline: Option<(String, PathBuf)>,
     pub flush1: bool,
+    /// More worker variants of this build with other settings (ablation):
+    /// `SCORE_WORKER_BENCH_VARIANTS="inflight16:BATCH__MAX_INFLIGHT=16;nobatch:SCYLLA__BATCH_MAX_BYTES=0,X=Y"`.
+    pub variants: Vec<(String, Vec<(String, String)>)>,
     pub ceilings: bool,
     /// Flushes in flight tried by the protocol ceiling; the best is reported.
     pub protocol_concurrency: Vec<usize>,
@@ -107,6 +110,7 @@ impl Knobs {
             paced_seconds: num("SECONDS", 10.0),
             baseline,
             flush1: flag("FLUSH1", false),
+            variants: var("VARIANTS").map(|v| variants(&v)).unwrap_or_default(),
             ceilings: flag("CEILINGS", true),
             protocol_concurrency,
             protocol_flush: num("PROTOCOL_FLUSH", 50usize).max(1),
@@ -122,4 +126,26 @@ impl Knobs {
             out_dir: var("OUT").map_or_else(|| target.join("bench"), PathBuf::from),
         }
     }
+}
+
+/// `name:KEY=VALUE,KEY=VALUE;name2:...`
+fn variants(text: &str) -> Vec<(String, Vec<(String, String)>)> {
+    text.split(';')
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| {
+            let (name, settings) = v.split_once(':').unwrap_or_else(|| {
+                panic!("SCORE_WORKER_BENCH_VARIANTS: `{v}` is not name:KEY=VALUE,...")
+            });
+            let settings = settings
+                .split(',')
+                .map(|kv| {
+                    let (k, val) = kv.split_once('=').unwrap_or_else(|| {
+                        panic!("SCORE_WORKER_BENCH_VARIANTS: `{kv}` is not KEY=VALUE")
+                    });
+                    (k.trim().to_string(), val.trim().to_string())
+                })
+                .collect();
+            (name.trim().to_string(), settings)
+        })
+        .collect()
 }

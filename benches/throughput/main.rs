@@ -91,12 +91,22 @@ fn units(knobs: &Knobs) -> Vec<Unit> {
         name: "worker".into(),
         max_scores: 50,
         binary: None,
+        env: vec![],
     })];
     if knobs.flush1 {
         units.push(Unit::Worker(Variant {
             name: "flush1".into(),
             max_scores: 1,
             binary: None,
+            env: vec![],
+        }));
+    }
+    for (name, env) in &knobs.variants {
+        units.push(Unit::Worker(Variant {
+            name: name.clone(),
+            max_scores: 50,
+            binary: None,
+            env: env.clone(),
         }));
     }
     if let Some((label, path)) = &knobs.baseline {
@@ -104,6 +114,7 @@ fn units(knobs: &Knobs) -> Vec<Unit> {
             name: format!("baseline {label}"),
             max_scores: 50,
             binary: Some(path.clone()),
+            env: vec![],
         }));
     }
     if knobs.ceilings {

@@ -20,6 +20,8 @@ pub struct Variant {
     pub max_scores: usize,
     /// Another build of the binary; `None` is this build.
     pub binary: Option<PathBuf>,
+    /// Settings of this variant on top of the shipped ones: (`SECTION__KEY`, value).
+    pub env: Vec<(String, String)>,
 }
 
 /// Names unique to one pass: stream, consumer and subjects from the test support, and a keyspace of
@@ -47,8 +49,12 @@ pub fn pass_config(name: &str) -> Config {
 }
 
 /// The variant's binary with the configuration of `config` in its environment.
-fn command(config: &Config, http_port: u16, binary: Option<&Path>) -> Command {
+fn command(config: &Config, http_port: u16, v: &Variant) -> Command {
+    let binary: Option<&Path> = v.binary.as_deref();
     let mut command = worker_command(config, http_port);
+    for (key, value) in &v.env {
+        command.env(format!("SCORE_WORKER__{key}"), value);
+    }
     if let Some(binary) = binary {
         let mut other = Command::new(binary);
         for (k, v) in command.get_envs() {
@@ -65,7 +71,7 @@ fn command(config: &Config, http_port: u16, binary: Option<&Path>) -> Command {
 
 /// Applies the variant's own schema (`score-worker migrate`) to its keyspace.
 pub fn migrate(config: &Config, v: &Variant) {
-    let out = command(config, 0, v.binary.as_deref())
+    let out = command(config, 0, v)
         .arg("migrate")
         .output()
         .expect("the worker binary runs");
@@ -141,7 +147,7 @@ pub async fn run(
 
     let port = crate::support::free_port();
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut child = command(config, port, v.binary.as_deref())
+    let mut child = command(config, port, v)
         .arg("run")
         .spawn()
         .expect("the worker binary starts");

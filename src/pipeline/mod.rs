@@ -148,7 +148,16 @@ impl<S: Store> Pipeline<S> {
                     &skipped[..]
                 }
             };
-            match self.write_with_retries(latest, &flush.events).await {
+            let mut result = self.write_with_retries(latest, &flush.events).await;
+            // While the database cannot be reached, hold the flush (its messages kept alive by +WPI)
+            // instead of giving it back: a nak would burn a delivery per cycle, and an outage longer
+            // than max_deliver cycles would dead-letter good traffic. Pulling is paused meanwhile.
+            while let Err(Written::No(Class::Retryable, detail)) = &result {
+                self.health.pause_pulls(detail);
+                self.health.resumed().await;
+                result = self.write_with_retries(latest, &flush.events).await;
+            }
+            match result {
                 Ok(()) => vec![Written::Yes; flush.latest.len()],
                 Err(Written::No(Class::Permanent, _)) if flush.latest.len() > 1 => {
                     self.isolate(&flush).await
@@ -189,19 +198,21 @@ impl<S: Store> Pipeline<S> {
             |e| e.class() == Class::Retryable,
             |e, delay| {
                 self.metrics.batch_retries.inc();
+                self.health.pause_pulls(&e.to_string());
                 tracing::warn!(error = %e, retry_in = ?delay, scores = latest.len(), "flush write failed; retrying");
             },
         );
         match tokio::time::timeout(self.config.retry.total_budget, attempts).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(Written::No(error.class(), error.to_string())),
-            Err(_elapsed) => Err(Written::No(
-                Class::Retryable,
-                format!(
+            Err(_elapsed) => {
+                let detail = format!(
                     "retry budget of {:?} exhausted",
                     self.config.retry.total_budget
-                ),
-            )),
+                );
+                self.health.pause_pulls(&detail);
+                Err(Written::No(Class::Retryable, detail))
+            }
         }
     }
 
@@ -264,7 +275,10 @@ impl<S: Store> Pipeline<S> {
             .collect();
         if !written.is_empty() {
             self.health.write_succeeded();
+            self.health.resume_pulls();
             self.written.record(&written);
+        } else if let Some(Written::No(Class::Retryable, detail)) = outcomes.first() {
+            self.health.pause_pulls(detail);
         }
         for o in outcomes.iter() {
             match o {
@@ -406,6 +420,8 @@ mod tests {
         failures: AtomicUsize,
         permanent: bool,
         write_delay: Duration,
+        /// How many writes wait `write_delay` (all of them unless set).
+        hangs: AtomicUsize,
         /// Scores the database refuses permanently, in any write that holds them.
         poison: Vec<i64>,
         flushes: Mutex<Vec<(usize, usize)>>,
@@ -417,6 +433,7 @@ mod tests {
                 failures: AtomicUsize::new(failures),
                 permanent,
                 write_delay: Duration::ZERO,
+                hangs: AtomicUsize::new(usize::MAX),
                 poison: vec![],
                 flushes: Mutex::new(vec![]),
             }
@@ -431,7 +448,13 @@ mod tests {
             latest: &[ScoreUpdate],
             events: &[ScoreUpdate],
         ) -> Result<(), FakeError> {
-            tokio::time::sleep(self.write_delay).await;
+            if self
+                .hangs
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                tokio::time::sleep(self.write_delay).await;
+            }
             if latest.iter().any(|u| self.poison.contains(&u.score)) {
                 return Err(FakeError(Class::Permanent));
             }
@@ -493,10 +516,17 @@ mod tests {
         let store = Arc::new(store);
         let metrics = Arc::new(Metrics::new());
         let health = Arc::new(Health::new(metrics.clone()));
-        let pipeline = Pipeline::new(store.clone(), config, metrics, health);
+        let pipeline = Pipeline::new(store.clone(), config, metrics, health.clone());
         let (tx, rx) = mpsc::channel(8);
         let log = Arc::new(Mutex::new(vec![]));
         let progress = Arc::new(AtomicUsize::new(0));
+        // The health probe's stand-in: the "database answers" every second.
+        let probe = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                health.resume_pulls();
+            }
+        });
         let handle = tokio::spawn(pipeline.run(rx));
         for i in 0..n {
             let receipt = FakeReceipt {
@@ -509,6 +539,7 @@ mod tests {
         }
         drop(tx);
         handle.await.unwrap();
+        probe.abort();
         let settled = log.lock().unwrap().clone();
         (store, settled, progress.load(Ordering::SeqCst))
     }
@@ -539,15 +570,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn exhausted_budget_naks_and_never_acks() {
+    async fn an_unreachable_database_holds_the_flush_until_it_answers_never_naking() {
+        // 100 failures: 25 rounds of 4 attempts, each round ending paused and held until the probe
+        // says the database answers; then the write lands. Nothing is given back, nothing is acked early.
+        let started = Instant::now();
         let (store, settled, _) = run(FakeStore::new(100, false), 10, 1, config()).await;
-        assert!(store.flushes.lock().unwrap().is_empty());
-        assert_all(&settled, 10, Settled::Nak);
+        assert_eq!(store.flushes.lock().unwrap().len(), 1);
+        assert_all(&settled, 10, Settled::Ack);
+        assert!(
+            started.elapsed() >= Duration::from_secs(25),
+            "held across rounds"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn last_delivery_is_dead_lettered_instead_of_dropped() {
-        let (_, settled, _) = run(FakeStore::new(100, false), 3, 5, config()).await;
+        // A permanent failure of every key (not a poison row) on the last delivery.
+        let (_, settled, _) = run(FakeStore::new(100, true), 3, 5, config()).await;
         assert_all(&settled, 3, Settled::Dead(RejectReason::MaxDeliveries));
     }
 
@@ -649,10 +688,19 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_budget_bounds_the_wall_clock_of_a_hanging_write() {
+        // The first write hangs for 600 s: the 60 s budget cuts it off, the flush is held, the next
+        // write (once the database answers) lands.
         let mut store = FakeStore::new(0, false);
         store.write_delay = Duration::from_secs(600);
+        store.hangs = AtomicUsize::new(1);
+        let started = Instant::now();
         let (store, settled, _) = run(store, 3, 1, config()).await;
-        assert!(store.flushes.lock().unwrap().is_empty());
-        assert_all(&settled, 3, Settled::Nak);
+        assert_eq!(store.flushes.lock().unwrap().len(), 1);
+        assert_all(&settled, 3, Settled::Ack);
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(60) && took < Duration::from_secs(120),
+            "{took:?}"
+        );
     }
 }
