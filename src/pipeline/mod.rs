@@ -12,7 +12,7 @@ mod written;
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -127,13 +127,12 @@ impl<S: Store> Pipeline<S> {
             .await
             .expect("semaphore is never closed");
         let this = self.clone();
-        tasks.spawn(async move {
-            this.write_flush(flush).await;
-            drop(permit);
-        });
+        tasks.spawn(async move { this.write_flush(flush, permit).await });
     }
 
-    async fn write_flush<R: Receipt>(&self, flush: Flush<R>) {
+    /// Writes a flush holding a write slot, frees the slot, then settles its messages (acks need no
+    /// database, so the next flush need not wait for them).
+    async fn write_flush<R: Receipt>(&self, flush: Flush<R>, slot: OwnedSemaphorePermit) {
         let m = &self.metrics;
         m.inflight_batches.inc();
         m.batch_size.observe(flush.scores() as f64);
@@ -166,6 +165,8 @@ impl<S: Store> Pipeline<S> {
             }
         };
         let mut outcomes = self.with_progress(&flush.receipts, write).await;
+        drop(slot);
+        m.inflight_batches.dec();
         self.account(&flush, &mut outcomes);
         futures::future::join_all(flush.receipts.iter().zip(&flush.receipt_keys).map(
             |(receipt, &key)| {
@@ -181,7 +182,6 @@ impl<S: Store> Pipeline<S> {
             },
         ))
         .await;
-        m.inflight_batches.dec();
     }
 
     /// Writes, retrying transient failures within `retry.total_budget` (which bounds the wall clock of
