@@ -11,7 +11,7 @@ CHAOS_ENV := SCORE_WORKER_LOCAL=$(CURDIR)/.local/chaos SCORE_WORKER_NATS_PORT=43
 SECURE_ENV := SCORE_WORKER_LOCAL=$(CURDIR)/.local/secure SCORE_WORKER_NATS_PORT=4422 SCORE_WORKER_NATS_MON_PORT=8422 \
 	SCORE_WORKER_CQL_PORT=9242 SCORE_WORKER_STORAGE_PORT=7200 SCORE_WORKER_CASSANDRA_AUTH=1
 
-.PHONY: help services services-down run test unit it security chaos soak lint supply-chain msrv deploy-check metrics-contract sample check bench ci clean
+.PHONY: help services services-down run test unit it security chaos soak lint supply-chain msrv deploy-check metrics-contract sample check bench bench-baseline ci clean
 
 help:
 	@echo "make run           start local nats-server + Cassandra, apply the schema, run the worker"
@@ -23,7 +23,8 @@ help:
 	@echo "make msrv          cargo check with the rust-version Cargo.toml declares (part of make lint)"
 	@echo "make deploy-check  promtool / kubernetes-validate / dashboard checks of deploy/"
 	@echo "make chaos         fault-injection suite (also part of make test); make soak: the long version"
-	@echo "make bench         end-to-end throughput, CPU/event, peak RSS, latency percentiles (release build)"
+	@echo "make bench         throughput, DB requests, CPU per event, latency, stale rows vs the ceilings (release)"
+	@echo "make bench-baseline  the same with the build of BASELINE (default $(BASELINE_DEFAULT)) as a variant"
 	@echo "make services-down stop the local servers"
 	@echo "make cluster-up    3-node NATS JetStream + 3-node Cassandra clusters on loopback (cluster-down stops them)"
 
@@ -55,9 +56,24 @@ sample:
 check:
 	$(RUN_ENV) $(CARGO) run --locked --quiet -- check
 
-# Figures, not pass/fail: see benches/throughput.rs for the knobs.
+# Figures, not pass/fail: docs/performance.md has the method, benches/throughput/main.rs the knobs
+# (SCORE_WORKER_BENCH_*). BASELINE=<git rev> adds that commit's release binary as a variant, built once in
+# a throwaway worktree into target/bench/baseline-<sha>/; `make bench-baseline` defaults it to the commit
+# before the write-path work.
+BASELINE ?=
+BASELINE_DEFAULT := b191ec3
+BENCH_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/bench
+
 bench: services
+	@set -e; \
+	if [ -n "$(BASELINE)" ]; then \
+		binary=$$(CARGO=$(CARGO) benches/build-baseline.sh "$(BASELINE)" "$(BENCH_DIR)"); \
+		export SCORE_WORKER_BENCH_BASELINE=$$binary SCORE_WORKER_BENCH_BASELINE_LABEL="$(BASELINE)"; \
+	fi; \
 	$(CARGO) bench --locked --bench throughput
+
+bench-baseline:
+	$(MAKE) --no-print-directory bench BASELINE=$(or $(BASELINE),$(BASELINE_DEFAULT))
 
 lint: supply-chain msrv
 	$(CARGO) fmt --all -- --check

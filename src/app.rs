@@ -151,6 +151,7 @@ impl App {
                 settler: settler.clone(),
                 deadletters: deadletters.clone(),
                 metrics: metrics.clone(),
+                health: health.clone(),
                 unsettled: unsettled.clone(),
             }
             .run(tx, cancel.clone()),

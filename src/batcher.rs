@@ -23,8 +23,10 @@ pub struct Flush<R> {
     pub first_delivery: Vec<bool>,
     /// Every event of the flush (for history rows); duplicates by `event_id` are removed.
     pub events: Vec<ScoreUpdate>,
-    /// One receipt per message, settled together after the write.
+    /// One receipt per message, settled after the write.
     pub receipts: Vec<R>,
+    /// Per receipt, the index in `latest` of its key.
+    pub receipt_keys: Vec<usize>,
     /// When the first message of the flush was received.
     pub opened_at: Option<Instant>,
 }
@@ -57,6 +59,7 @@ impl<R> Batcher<R> {
                 first_delivery: Vec::new(),
                 events: Vec::new(),
                 receipts: Vec::new(),
+                receipt_keys: Vec::new(),
                 opened_at: None,
             },
             index: HashMap::new(),
@@ -81,6 +84,7 @@ impl<R> Batcher<R> {
         let key = (update.leaderboard_id.clone(), update.profile_id);
         match self.index.get(&key) {
             Some(&i) => {
+                self.current.receipt_keys.push(i);
                 self.current.first_delivery[i] &= first_delivery;
                 if update.supersedes(&self.current.latest[i]) {
                     self.current.latest[i] = update.clone();
@@ -96,6 +100,7 @@ impl<R> Batcher<R> {
                 }
             }
             None => {
+                self.current.receipt_keys.push(self.current.latest.len());
                 self.index.insert(key, self.current.latest.len());
                 self.current.latest.push(update.clone());
                 self.current.first_delivery.push(first_delivery);
@@ -127,6 +132,7 @@ impl<R> Batcher<R> {
                 first_delivery: Vec::with_capacity(self.max_scores),
                 events: Vec::with_capacity(self.max_scores),
                 receipts: Vec::with_capacity(self.max_scores),
+                receipt_keys: Vec::with_capacity(self.max_scores),
                 opened_at: None,
             },
         )
@@ -180,6 +186,7 @@ mod tests {
         assert_eq!(f.latest[0].score, 30);
         assert_eq!(f.events.len(), 4);
         assert_eq!(f.receipts, vec![1, 2, 3, 4]);
+        assert_eq!(f.receipt_keys, vec![0, 0, 0, 1]);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::deadletter::{DeadLetters, Original};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::nats::PULL_EXPIRES;
 use crate::pipeline::{Attempt, Outcome, Receipt, SettleError, Settler};
@@ -154,6 +155,8 @@ pub struct Consumer {
     pub settler: Settler,
     pub deadletters: Arc<DeadLetters>,
     pub metrics: Arc<Metrics>,
+    /// Pulling waits while the health's pull breaker is open.
+    pub health: Arc<Health>,
     /// Shared with the shutdown, which hands back what is still held at the deadline.
     pub unsettled: Arc<Unsettled>,
 }
@@ -176,7 +179,8 @@ impl Consumer {
             return;
         };
         loop {
-            let next = if cancel.is_cancelled() {
+            // While pulling is paused, read what the server already handed over, but ask for no more.
+            let next = if cancel.is_cancelled() || self.health.pulls_paused() {
                 None
             } else {
                 self.request(&cancel, &mut failures).await
@@ -204,6 +208,10 @@ impl Consumer {
     /// Sends one pull request; retries failures with a growing wait. `None` once cancelled.
     async fn request(&self, cancel: &CancellationToken, failures: &mut u32) -> Option<pull::Batch> {
         while !cancel.is_cancelled() {
+            // While flushes cannot be written, pulling more would only burn their deliveries.
+            if !self.health.wait_resumed(cancel).await {
+                return None;
+            }
             let request = self
                 .consumer
                 .batch()

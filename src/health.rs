@@ -1,6 +1,12 @@
 //! Readiness: NATS connected, the durable consumer readable, database session up, schema at the
 //! expected version, no unresolved permanent write failure, not draining. A probe task refreshes the
 //! first four (and the consumer lag gauge) every few seconds; a probe in progress ends on shutdown.
+//!
+//! Also the pull breaker: when a write fails for a transient reason (the database is down or
+//! overloaded), the pipeline pauses pulling and holds the flushes it cannot write (their messages kept
+//! alive by `+WPI`) instead of giving them back, so an outage of any length burns no delivery and
+//! dead-letters nothing; the probe (or any write that succeeds) resumes pulling once the database
+//! answers again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +28,7 @@ pub struct Health {
     schema: Mutex<Option<String>>,
     permanent: Mutex<Option<String>>,
     draining: AtomicBool,
+    paused: tokio::sync::watch::Sender<bool>,
 }
 
 impl Health {
@@ -34,6 +41,41 @@ impl Health {
             schema: Mutex::new(Some("schema not checked yet".into())),
             permanent: Mutex::new(None),
             draining: AtomicBool::new(false),
+            paused: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    /// Flushes fail for transient reasons: stop pulling until the database answers again.
+    pub fn pause_pulls(&self, cause: &str) {
+        if !self.paused.send_replace(true) {
+            tracing::warn!(%cause, "database writes failing; pulling paused until it answers again");
+            self.metrics.pulls_paused.set(1);
+        }
+    }
+
+    /// The database answers (a probe) or a flush was written: pull again.
+    pub fn resume_pulls(&self) {
+        if self.paused.send_replace(false) {
+            tracing::info!("database answers again; pulling resumed");
+            self.metrics.pulls_paused.set(0);
+        }
+    }
+
+    pub fn pulls_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
+    /// Resolves once pulling is not paused.
+    pub async fn resumed(&self) {
+        let _ = self.paused.subscribe().wait_for(|p| !*p).await;
+    }
+
+    /// Waits while pulling is paused; false if `cancel` fired first.
+    pub async fn wait_resumed(&self, cancel: &CancellationToken) -> bool {
+        let mut paused = self.paused.subscribe();
+        tokio::select! {
+            () = cancel.cancelled() => false,
+            resumed = paused.wait_for(|p| !*p) => resumed.is_ok(),
         }
     }
 
@@ -56,6 +98,9 @@ impl Health {
         }
         if let Some(problem) = self.permanent.lock().expect("lock").clone() {
             reasons.push(format!("permanent write failure: {problem}"));
+        }
+        if *self.paused.borrow() {
+            reasons.push("database writes failing: pulling paused".to_string());
         }
         self.metrics.ready.set(i64::from(reasons.is_empty()));
         if reasons.is_empty() {
@@ -124,6 +169,7 @@ impl Health {
         match schema::current_version(session, keyspace).await {
             Ok(version) => {
                 self.database.store(true, Ordering::Relaxed);
+                self.resume_pulls();
                 let expected = schema::expected_version();
                 *self.schema.lock().expect("lock") = (version != Some(expected)).then(|| {
                     format!("schema at version {version:?}, this build expects {expected}: run `score-worker migrate`")
@@ -186,7 +232,30 @@ mod tests {
         );
         h.consumer_state(None);
         assert!(h.readiness().is_ok());
+        h.pause_pulls("db down");
+        assert!(h.readiness().unwrap_err()[0].contains("pulling paused"));
+        h.resume_pulls();
+        assert!(h.readiness().is_ok());
         h.set_draining();
         assert_eq!(h.readiness().unwrap_err(), vec!["draining".to_string()]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pulls_wait_while_paused_and_go_on_when_resumed_or_cancelled() {
+        let h = Arc::new(Health::new(Arc::new(Metrics::new())));
+        let cancel = CancellationToken::new();
+        assert!(h.wait_resumed(&cancel).await, "not paused: no wait");
+        h.pause_pulls("db down");
+        let waiter = tokio::spawn({
+            let (h, cancel) = (h.clone(), cancel.clone());
+            async move { h.wait_resumed(&cancel).await }
+        });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!waiter.is_finished(), "waits while paused");
+        h.resume_pulls();
+        assert!(waiter.await.unwrap());
+        h.pause_pulls("again");
+        cancel.cancel();
+        assert!(!h.wait_resumed(&cancel).await, "cancelled");
     }
 }

@@ -67,6 +67,7 @@ pub struct Metrics {
     pub scylla_errors: IntCounterVec,
     pub scylla_connection_failures: IntCounter,
     pub ready: IntGauge,
+    pub pulls_paused: IntGauge,
 }
 
 impl Metrics {
@@ -167,6 +168,10 @@ impl Metrics {
                 "Failed attempts to open or keep a database session.",
             ),
             ready: gauge("score_worker_ready", "1 while /readyz reports ready."),
+            pulls_paused: gauge(
+                "score_worker_pulls_paused",
+                "1 while pulling is paused because flushes cannot be written (the database is unreachable).",
+            ),
             registry,
         };
 
@@ -250,6 +255,7 @@ mod tests {
             "score_worker_scylla_errors_total",
             "score_worker_scylla_connection_failures_total",
             "score_worker_build_info",
+            "score_worker_pulls_paused",
         ] {
             assert!(
                 text.contains(&format!("# HELP {name} ")),

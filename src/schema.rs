@@ -15,17 +15,29 @@ pub struct Migration {
 }
 
 /// Every version, in order. Files are embedded so the binary carries its schema.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_initial",
-    cql: include_str!("../schema/0001_initial.cql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_initial",
+        cql: include_str!("../schema/0001_initial.cql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_settings",
+        cql: include_str!("../schema/0002_settings.cql"),
+    },
+];
+
+/// The setting that records `scylla.leaderboard_buckets`.
+pub const BUCKETS_SETTING: &str = "leaderboard_buckets";
 
 /// The version this build writes to.
 pub fn expected_version() -> i32 {
     MIGRATIONS.last().map_or(0, |m| m.version)
 }
 
+// The driver's error dominates the size; these are start-up and `migrate` errors, so boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
     #[error("schema statement failed: {statement}: {source}")]
@@ -34,6 +46,50 @@ pub enum SchemaError {
         #[source]
         source: ExecutionError,
     },
+    #[error(
+        "keyspace {keyspace} was migrated with leaderboard_buckets = {stored}, the configuration says \
+         {configured}: a worker with another count writes leaderboard rows its peers cannot find. Keep \
+         scylla.leaderboard_buckets = {stored}, or rebuild the scores table for the new count"
+    )]
+    BucketMismatch {
+        keyspace: String,
+        stored: String,
+        configured: i32,
+    },
+}
+
+/// The bucket count recorded in the keyspace, if any.
+pub async fn stored_buckets(
+    session: &Session,
+    keyspace: &str,
+) -> Result<Option<String>, SchemaError> {
+    let query = format!("SELECT value FROM {keyspace}.settings WHERE name = ?");
+    let result = session
+        .query_unpaged(query.clone(), (BUCKETS_SETTING,))
+        .await
+        .map_err(|source| SchemaError::Statement {
+            statement: query,
+            source,
+        })?;
+    Ok(result
+        .into_rows_result()
+        .ok()
+        .and_then(|rows| rows.maybe_first_row::<(Option<String>,)>().ok().flatten())
+        .and_then(|(value,)| value))
+}
+
+/// Refuses a configuration whose bucket count differs from the one recorded by `migrate`.
+pub async fn check_buckets(session: &Session, config: &ScyllaConfig) -> Result<(), SchemaError> {
+    match stored_buckets(session, &config.keyspace).await? {
+        Some(stored) if stored != config.leaderboard_buckets.to_string() => {
+            Err(SchemaError::BucketMismatch {
+                keyspace: config.keyspace.clone(),
+                stored,
+                configured: config.leaderboard_buckets,
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Splits a CQL file into statements, dropping `--` comments and blank lines.
@@ -171,7 +227,33 @@ pub async fn migrate(
             expected_version()
         ));
     }
+    if dry_run {
+        report.push(format!(
+            "record {BUCKETS_SETTING} = {} unless already recorded",
+            config.leaderboard_buckets
+        ));
+    } else {
+        record_buckets(session, config).await?;
+    }
     Ok(report)
+}
+
+/// Records the bucket count once (the first `migrate` wins, with a lightweight transaction); a later
+/// `migrate` with another count fails.
+async fn record_buckets(session: &Session, config: &ScyllaConfig) -> Result<(), SchemaError> {
+    let ks = &config.keyspace;
+    let insert = format!("INSERT INTO {ks}.settings (name, value) VALUES (?, ?) IF NOT EXISTS");
+    session
+        .query_unpaged(
+            insert.clone(),
+            (BUCKETS_SETTING, config.leaderboard_buckets.to_string()),
+        )
+        .await
+        .map_err(|source| SchemaError::Statement {
+            statement: insert,
+            source,
+        })?;
+    check_buckets(session, config).await
 }
 
 #[cfg(test)]
@@ -219,6 +301,6 @@ mod tests {
     #[test]
     fn versions_are_increasing() {
         assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
-        assert_eq!(expected_version(), 1);
+        assert_eq!(expected_version(), 2);
     }
 }

@@ -60,17 +60,21 @@ pub enum RejectReason {
     FutureTimestamp,
     /// NATS delivered the message `max_deliver` times without a successful write.
     MaxDeliveries,
+    /// The database refused this event's rows permanently while its flush-mates were written (the
+    /// database's message is in the dead letter's error header).
+    WriteRejected,
 }
 
 impl RejectReason {
     /// Every reason, for pre-registering metric labels.
-    pub const ALL: [RejectReason; 6] = [
+    pub const ALL: [RejectReason; 7] = [
         Self::MalformedJson,
         Self::MissingField,
         Self::InvalidValue,
         Self::TooLarge,
         Self::FutureTimestamp,
         Self::MaxDeliveries,
+        Self::WriteRejected,
     ];
 
     /// The stable token used in subjects and metric labels.
@@ -82,6 +86,7 @@ impl RejectReason {
             Self::TooLarge => "too_large",
             Self::FutureTimestamp => "future_timestamp",
             Self::MaxDeliveries => "max_deliveries",
+            Self::WriteRejected => "write_rejected",
         }
     }
 

@@ -186,6 +186,22 @@ impl FromStr for Consistency {
     }
 }
 
+impl Consistency {
+    /// Whether a read at this level always overlaps a write at this level (on every replication
+    /// factor): the property the leaderboard invariant rests on.
+    pub fn is_quorum(self) -> bool {
+        match self {
+            Self::Quorum | Self::All | Self::LocalQuorum | Self::EachQuorum => true,
+            Self::One | Self::Two | Self::Three | Self::LocalOne => false,
+        }
+    }
+
+    /// Whether the level counts replicas of the local datacenter only.
+    pub fn is_local(self) -> bool {
+        matches!(self, Self::LocalQuorum | Self::LocalOne)
+    }
+}
+
 impl TryFrom<String> for Consistency {
     type Error = ConsistencyError;
 
@@ -200,6 +216,7 @@ pub struct ScyllaConfig {
     pub nodes: Vec<String>,
     pub keyspace: String,
     pub consistency: Consistency,
+    pub allow_weak_consistency: bool,
     #[serde(deserialize_with = "optional_string")]
     pub local_datacenter: Option<String>,
     pub replication: String,
@@ -560,6 +577,95 @@ mod tests {
         assert_eq!(c.nats.tls.ca_file, None);
         assert_eq!(c.scylla.local_datacenter, None);
         assert!(c.scylla.credentials().is_none());
+    }
+
+    /// The error of `config` after `tweak`, which must name `key`.
+    fn rejects(key: &str, tweak: impl FnOnce(&mut Config)) -> String {
+        let mut c = Config::defaults();
+        tweak(&mut c);
+        let err = c
+            .validate()
+            .expect_err(&format!("{key} should be refused"))
+            .to_string();
+        assert!(err.contains(key), "{key}: {err}");
+        err
+    }
+
+    #[test]
+    fn knobs_that_break_the_worker_are_refused_naming_the_key() {
+        rejects("retry.progress_interval", |c| {
+            c.retry.progress_interval = Duration::ZERO
+        });
+        rejects("retry.total_budget", |c| {
+            c.retry.total_budget = Duration::ZERO
+        });
+        rejects("retry.initial_backoff", |c| {
+            c.retry.initial_backoff = Duration::ZERO
+        });
+        rejects("nats.request_timeout", |c| {
+            c.nats.request_timeout = Duration::ZERO
+        });
+        rejects("nats.connect_timeout", |c| {
+            c.nats.connect_timeout = Duration::ZERO
+        });
+        rejects("scylla.request_timeout", |c| {
+            c.scylla.request_timeout = Duration::ZERO
+        });
+        rejects("scylla.connect_timeout", |c| {
+            c.scylla.connect_timeout = Duration::ZERO
+        });
+        rejects("shutdown.timeout", |c| c.shutdown.timeout = Duration::ZERO);
+        let err = rejects("nats.ack_wait", |c| {
+            c.nats.ack_wait = Duration::from_secs(30);
+            c.retry.total_budget = Duration::from_secs(30);
+        });
+        assert!(err.contains("batch.linger + retry.total_budget"), "{err}");
+        // linger and nak_delay may be zero.
+        let mut c = Config::defaults();
+        c.batch.linger = Duration::ZERO;
+        c.retry.nak_delay = Duration::ZERO;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn weak_consistency_needs_the_opt_in() {
+        for weak in [
+            Consistency::One,
+            Consistency::Two,
+            Consistency::Three,
+            Consistency::LocalOne,
+        ] {
+            let err = rejects("scylla.consistency", |c| c.scylla.consistency = weak);
+            assert!(err.contains("allow_weak_consistency"), "{err}");
+            let mut c = Config::defaults();
+            c.scylla.consistency = weak;
+            c.scylla.allow_weak_consistency = true;
+            c.validate().unwrap();
+        }
+        for strong in [
+            Consistency::Quorum,
+            Consistency::LocalQuorum,
+            Consistency::EachQuorum,
+            Consistency::All,
+        ] {
+            let mut c = Config::defaults();
+            c.scylla.consistency = strong;
+            c.validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn an_overflowing_duration_names_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[retry]\ntotal_budget = \"999999999999999999d\"\n").unwrap();
+        let err = Config::load_from(Some(&path), no_env(), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("total_budget") && err.contains("too large"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The rules types cannot express, one section at a time, then the rules that tie sections together.
 //! Each failure names the key and the expected form.
 
+use std::time::Duration;
+
 use super::{
     invalid, BatchConfig, Config, ConfigError, NatsConfig, RetryConfig, ScyllaConfig, TlsFiles,
     ValidationConfig,
@@ -14,7 +16,18 @@ impl Config {
         self.batch.validate()?;
         self.retry.validate()?;
         self.validation.validate()?;
+        self.shutdown.validate()?;
         // A flush must settle (or send progress) before NATS gives its messages to another replica.
+        let window = self.batch.linger.saturating_add(self.retry.total_budget);
+        if self.nats.ack_wait <= window {
+            return Err(invalid(
+                "nats.ack_wait",
+                format!(
+                    "must exceed batch.linger + retry.total_budget ({window:?}), or NATS redelivers a \
+                     flush that is still being written"
+                ),
+            ));
+        }
         if self.retry.progress_interval >= self.nats.ack_wait {
             return Err(invalid(
                 "retry.progress_interval",
@@ -31,8 +44,28 @@ impl Config {
     }
 }
 
+/// Durations that must not be zero, with their keys.
+fn positive(durations: &[(&'static str, Duration)]) -> Result<(), ConfigError> {
+    for &(key, d) in durations {
+        if d.is_zero() {
+            return Err(invalid(
+                key,
+                "must be longer than 0 (a duration such as \"5s\")",
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl NatsConfig {
     fn validate(&self) -> Result<(), ConfigError> {
+        positive(&[
+            ("nats.ack_wait", self.ack_wait),
+            ("nats.connect_timeout", self.connect_timeout),
+            ("nats.request_timeout", self.request_timeout),
+            ("nats.duplicate_window", self.duplicate_window),
+            ("nats.deadletter_max_age", self.deadletter_max_age),
+        ])?;
         if self.url.contains('@') {
             return Err(invalid(
                 "nats.url",
@@ -78,6 +111,21 @@ impl NatsConfig {
 
 impl ScyllaConfig {
     fn validate(&self) -> Result<(), ConfigError> {
+        positive(&[
+            ("scylla.connect_timeout", self.connect_timeout),
+            ("scylla.request_timeout", self.request_timeout),
+        ])?;
+        if !self.consistency.is_quorum() && !self.allow_weak_consistency {
+            return Err(invalid(
+                "scylla.consistency",
+                format!(
+                    "is {:?}, which does not make every read overlap the last write (the leaderboard \
+                     invariant needs quorum, local_quorum, each_quorum or all); set \
+                     scylla.allow_weak_consistency = true to run with it anyway",
+                    self.consistency
+                ),
+            ));
+        }
         if self.nodes.is_empty() {
             return Err(invalid("scylla.nodes", "must list at least one host:port"));
         }
@@ -141,6 +189,12 @@ impl BatchConfig {
 
 impl RetryConfig {
     fn validate(&self) -> Result<(), ConfigError> {
+        positive(&[
+            ("retry.initial_backoff", self.initial_backoff),
+            ("retry.max_backoff", self.max_backoff),
+            ("retry.total_budget", self.total_budget),
+            ("retry.progress_interval", self.progress_interval),
+        ])?;
         if self.max_attempts == 0 {
             return Err(invalid("retry.max_attempts", "must be at least 1"));
         }
@@ -160,5 +214,11 @@ impl ValidationConfig {
             return Err(invalid("validation.max_payload_bytes", "must be positive"));
         }
         Ok(())
+    }
+}
+
+impl super::ShutdownConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        positive(&[("shutdown.timeout", self.timeout)])
     }
 }

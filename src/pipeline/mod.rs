@@ -12,7 +12,7 @@ mod written;
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -121,100 +121,213 @@ impl<S: Store> Pipeline<S> {
         if flush.receipts.is_empty() {
             return;
         }
-        let permit = permits
-            .clone()
-            .acquire_owned()
+        // A closed flush waiting for a slot is as much in progress as one being written.
+        let permit = self
+            .with_progress(&flush.receipts, permits.clone().acquire_owned())
             .await
             .expect("semaphore is never closed");
         let this = self.clone();
-        tasks.spawn(async move {
-            this.write_flush(flush).await;
-            drop(permit);
-        });
+        tasks.spawn(async move { this.write_flush(flush, permit).await });
     }
 
-    async fn write_flush<R: Receipt>(&self, flush: Flush<R>) {
+    /// Writes a flush holding a write slot, frees the slot, then settles its messages (acks need no
+    /// database, so the next flush need not wait for them).
+    async fn write_flush<R: Receipt>(&self, flush: Flush<R>, slot: OwnedSemaphorePermit) {
         let m = &self.metrics;
         m.inflight_batches.inc();
         m.batch_size.observe(flush.scores() as f64);
-        let skipped: Vec<ScoreUpdate>;
-        let latest = match self.unwritten(&flush) {
-            None => &flush.latest[..],
-            Some(keys) => {
-                m.superseded_skips
-                    .inc_by((flush.latest.len() - keys.len()) as u64);
-                skipped = keys;
-                &skipped[..]
+        let write = async {
+            let skipped: Vec<ScoreUpdate>;
+            let latest = match self.unwritten(&flush) {
+                None => &flush.latest[..],
+                Some(keys) => {
+                    m.superseded_skips
+                        .inc_by((flush.latest.len() - keys.len()) as u64);
+                    skipped = keys;
+                    &skipped[..]
+                }
+            };
+            let mut result = self.write_with_retries(latest, &flush.events).await;
+            // While the database cannot be reached, hold the flush (its messages kept alive by +WPI)
+            // instead of giving it back: a nak would burn a delivery per cycle, and an outage longer
+            // than max_deliver cycles would dead-letter good traffic. Pulling is paused meanwhile.
+            while let Err(Written::No(Class::Retryable, detail)) = &result {
+                self.health.pause_pulls(detail);
+                self.health.resumed().await;
+                result = self.write_with_retries(latest, &flush.events).await;
+            }
+            match result {
+                Ok(()) => vec![Written::Yes; flush.latest.len()],
+                Err(Written::No(Class::Permanent, _)) if flush.latest.len() > 1 => {
+                    self.isolate(&flush).await
+                }
+                Err(failure) => vec![failure; flush.latest.len()],
             }
         };
-        // `retry.total_budget` bounds the wall clock of all attempts; a write cut off by it may or may
-        // not have landed, which is fine: it is idempotent and its messages are nak'd, never acked.
-        let write = tokio::time::timeout(
-            self.config.retry.total_budget,
-            retry::run_with_retries(
-                &self.config.retry,
-                || self.store.write(latest, &flush.events),
-                |e| e.class() == Class::Retryable,
-                |e, delay| {
-                    m.batch_retries.inc();
-                    tracing::warn!(error = %e, retry_in = ?delay, scores = flush.scores(), "flush write failed; retrying");
-                },
-            ),
+        let mut outcomes = self.with_progress(&flush.receipts, write).await;
+        drop(slot);
+        m.inflight_batches.dec();
+        self.account(&flush, &mut outcomes);
+        futures::future::join_all(flush.receipts.iter().zip(&flush.receipt_keys).map(
+            |(receipt, &key)| {
+                let attempt = match &outcomes[key] {
+                    Written::Yes => Attempt::Written,
+                    Written::Rejected(detail) => Attempt::WriteRejected { detail },
+                    Written::No(class, detail) => Attempt::NotWritten {
+                        class: *class,
+                        detail,
+                    },
+                };
+                self.settler.settle(receipt, attempt)
+            },
+        ))
+        .await;
+    }
+
+    /// Writes, retrying transient failures within `retry.total_budget` (which bounds the wall clock of
+    /// all attempts: a write cut off by it may or may not have landed, which is fine, it is idempotent
+    /// and its messages are given back, never acked).
+    async fn write_with_retries(
+        &self,
+        latest: &[ScoreUpdate],
+        events: &[ScoreUpdate],
+    ) -> Result<(), Written> {
+        let attempts = retry::run_with_retries(
+            &self.config.retry,
+            || self.store.write(latest, events),
+            |e| e.class() == Class::Retryable,
+            |e, delay| {
+                self.metrics.batch_retries.inc();
+                self.health.pause_pulls(&e.to_string());
+                tracing::warn!(error = %e, retry_in = ?delay, scores = latest.len(), "flush write failed; retrying");
+            },
         );
-        tokio::pin!(write);
+        match tokio::time::timeout(self.config.retry.total_budget, attempts).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(Written::No(error.class(), error.to_string())),
+            Err(_elapsed) => {
+                let detail = format!(
+                    "retry budget of {:?} exhausted",
+                    self.config.retry.total_budget
+                );
+                self.health.pause_pulls(&detail);
+                Err(Written::No(Class::Retryable, detail))
+            }
+        }
+    }
+
+    /// A flush that failed permanently, split in halves until the keys the database refuses are found;
+    /// the rest are written. Each part is one attempt (a transient failure gives that part back).
+    async fn isolate<R>(&self, flush: &Flush<R>) -> Vec<Written> {
+        let mut outcomes = vec![Written::Yes; flush.latest.len()];
+        let all: Vec<usize> = (0..flush.latest.len()).collect();
+        let mut parts: Vec<Vec<usize>> = all
+            .chunks(all.len().div_ceil(2))
+            .map(<[_]>::to_vec)
+            .collect();
+        while let Some(part) = parts.pop() {
+            let latest: Vec<ScoreUpdate> = part.iter().map(|&i| flush.latest[i].clone()).collect();
+            let events: Vec<ScoreUpdate> = flush
+                .events
+                .iter()
+                .filter(|e| latest.iter().any(|u| u.key() == e.key()))
+                .cloned()
+                .collect();
+            let failure = match self.store.write(&latest, &events).await {
+                Ok(()) => continue,
+                Err(e) => (e.class(), e.to_string()),
+            };
+            match failure {
+                (Class::Permanent, detail) if part.len() == 1 => {
+                    outcomes[part[0]] = Written::Rejected(detail);
+                }
+                (Class::Permanent, _) => {
+                    parts.extend(part.chunks(part.len().div_ceil(2)).map(<[_]>::to_vec));
+                }
+                (class, detail) => {
+                    for &i in &part {
+                        outcomes[i] = Written::No(class, detail.clone());
+                    }
+                }
+            }
+        }
+        outcomes
+    }
+
+    /// Health, the hint and the log for a flush's outcomes. A refusal counts as the key's own only if
+    /// some flush-mate was written; if none was, the cause is not in the rows (a missing table, a
+    /// revoked grant): nothing is dead-lettered, the messages are given back and readiness fails until
+    /// an operator fixes it.
+    fn account<R>(&self, flush: &Flush<R>, outcomes: &mut [Written]) {
+        if !outcomes.iter().any(|o| matches!(o, Written::Yes)) {
+            for o in outcomes.iter_mut() {
+                if let Written::Rejected(detail) = o {
+                    *o = Written::No(Class::Permanent, std::mem::take(detail));
+                }
+            }
+        }
+        let written: Vec<ScoreUpdate> = flush
+            .latest
+            .iter()
+            .zip(outcomes.iter())
+            .filter(|(_, o)| matches!(o, Written::Yes))
+            .map(|(u, _)| u.clone())
+            .collect();
+        if !written.is_empty() {
+            self.health.write_succeeded();
+            self.health.resume_pulls();
+            self.written.record(&written);
+        } else if let Some(Written::No(Class::Retryable, detail)) = outcomes.first() {
+            self.health.pause_pulls(detail);
+        }
+        for o in outcomes.iter() {
+            match o {
+                Written::No(Class::Permanent, detail) => {
+                    self.health.permanent_failure(detail);
+                    break;
+                }
+                Written::Rejected(detail) => {
+                    tracing::warn!(%detail, "the database refused one key's rows; its messages are dead-lettered, its flush-mates written");
+                }
+                Written::Yes | Written::No(..) => {}
+            }
+        }
+        if let Some(Written::No(_, detail)) = outcomes.iter().find(|o| matches!(o, Written::No(..)))
+        {
+            tracing::warn!(%detail, messages = flush.receipts.len(), "flush not written; giving its messages back");
+        }
+    }
+
+    /// Runs `work`, sending `+WPI` for every message of the flush each `retry.progress_interval`.
+    async fn with_progress<R: Receipt, T>(
+        &self,
+        receipts: &[R],
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        tokio::pin!(work);
         let mut progress = tokio::time::interval_at(
             Instant::now() + self.config.retry.progress_interval,
             self.config.retry.progress_interval,
         );
-        let result = loop {
+        loop {
             tokio::select! {
-                result = &mut write => break result,
+                result = &mut work => return result,
                 _ = progress.tick() => {
-                    futures::future::join_all(flush.receipts.iter().map(|r| r.progress())).await;
+                    futures::future::join_all(receipts.iter().map(|r| r.progress())).await;
                 }
             }
-        };
-        let detail;
-        let attempt = match result {
-            Ok(Ok(())) => {
-                self.health.write_succeeded();
-                self.written.record(latest);
-                Attempt::Written
-            }
-            Ok(Err(error)) => {
-                let class = error.class();
-                detail = error.to_string();
-                if class == Class::Permanent {
-                    self.health.permanent_failure(&detail);
-                }
-                Attempt::NotWritten {
-                    class,
-                    detail: &detail,
-                }
-            }
-            Err(_elapsed) => {
-                detail = format!(
-                    "retry budget of {:?} exhausted",
-                    self.config.retry.total_budget
-                );
-                Attempt::NotWritten {
-                    class: Class::Retryable,
-                    detail: &detail,
-                }
-            }
-        };
-        if let Attempt::NotWritten { detail, .. } = attempt {
-            tracing::warn!(%detail, messages = flush.receipts.len(), "flush not written; giving its messages back");
         }
-        futures::future::join_all(
-            flush
-                .receipts
-                .iter()
-                .map(|r| self.settler.settle(r, attempt)),
-        )
-        .await;
-        m.inflight_batches.dec();
     }
+}
+
+/// What happened to one key of a flush.
+#[derive(Debug, Clone)]
+enum Written {
+    Yes,
+    /// Refused permanently by the database while flush-mates were written.
+    Rejected(String),
+    /// Not written: the class of the last failure, and what it was.
+    No(Class, String),
 }
 
 impl<S> Pipeline<S> {
@@ -307,6 +420,10 @@ mod tests {
         failures: AtomicUsize,
         permanent: bool,
         write_delay: Duration,
+        /// How many writes wait `write_delay` (all of them unless set).
+        hangs: AtomicUsize,
+        /// Scores the database refuses permanently, in any write that holds them.
+        poison: Vec<i64>,
         flushes: Mutex<Vec<(usize, usize)>>,
     }
 
@@ -316,6 +433,8 @@ mod tests {
                 failures: AtomicUsize::new(failures),
                 permanent,
                 write_delay: Duration::ZERO,
+                hangs: AtomicUsize::new(usize::MAX),
+                poison: vec![],
                 flushes: Mutex::new(vec![]),
             }
         }
@@ -329,7 +448,16 @@ mod tests {
             latest: &[ScoreUpdate],
             events: &[ScoreUpdate],
         ) -> Result<(), FakeError> {
-            tokio::time::sleep(self.write_delay).await;
+            if self
+                .hangs
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                tokio::time::sleep(self.write_delay).await;
+            }
+            if latest.iter().any(|u| self.poison.contains(&u.score)) {
+                return Err(FakeError(Class::Permanent));
+            }
             if self
                 .failures
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -388,10 +516,17 @@ mod tests {
         let store = Arc::new(store);
         let metrics = Arc::new(Metrics::new());
         let health = Arc::new(Health::new(metrics.clone()));
-        let pipeline = Pipeline::new(store.clone(), config, metrics, health);
+        let pipeline = Pipeline::new(store.clone(), config, metrics, health.clone());
         let (tx, rx) = mpsc::channel(8);
         let log = Arc::new(Mutex::new(vec![]));
         let progress = Arc::new(AtomicUsize::new(0));
+        // The health probe's stand-in: the "database answers" every second.
+        let probe = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                health.resume_pulls();
+            }
+        });
         let handle = tokio::spawn(pipeline.run(rx));
         for i in 0..n {
             let receipt = FakeReceipt {
@@ -404,6 +539,7 @@ mod tests {
         }
         drop(tx);
         handle.await.unwrap();
+        probe.abort();
         let settled = log.lock().unwrap().clone();
         (store, settled, progress.load(Ordering::SeqCst))
     }
@@ -434,25 +570,73 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn exhausted_budget_naks_and_never_acks() {
+    async fn an_unreachable_database_holds_the_flush_until_it_answers_never_naking() {
+        // 100 failures: 25 rounds of 4 attempts, each round ending paused and held until the probe
+        // says the database answers; then the write lands. Nothing is given back, nothing is acked early.
+        let started = Instant::now();
         let (store, settled, _) = run(FakeStore::new(100, false), 10, 1, config()).await;
-        assert!(store.flushes.lock().unwrap().is_empty());
-        assert_all(&settled, 10, Settled::Nak);
+        assert_eq!(store.flushes.lock().unwrap().len(), 1);
+        assert_all(&settled, 10, Settled::Ack);
+        assert!(
+            started.elapsed() >= Duration::from_secs(25),
+            "held across rounds"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn last_delivery_is_dead_lettered_instead_of_dropped() {
-        let (_, settled, _) = run(FakeStore::new(100, false), 3, 5, config()).await;
+        // A permanent failure of every key (not a poison row) on the last delivery.
+        let (_, settled, _) = run(FakeStore::new(100, true), 3, 5, config()).await;
         assert_all(&settled, 3, Settled::Dead(RejectReason::MaxDeliveries));
     }
 
     #[tokio::test(start_paused = true)]
     async fn permanent_failures_are_not_retried() {
+        // A flush of one key: nothing to isolate.
         let store = FakeStore::new(1, true);
-        let (store, settled, _) = run(store, 5, 1, config()).await;
+        let (store, settled, _) = run(store, 1, 1, config()).await;
         // One failed attempt (not retried), nak'd; the store would have accepted a second attempt.
         assert!(store.flushes.lock().unwrap().is_empty());
-        assert_all(&settled, 5, Settled::Nak);
+        assert_all(&settled, 1, Settled::Nak);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_failure_of_a_larger_flush_is_tried_again_in_halves_without_backoff() {
+        // The first attempt fails permanently; the halves are written at once, not after a backoff.
+        let store = FakeStore::new(1, true);
+        let started = Instant::now();
+        let (store, settled, _) = run(store, 6, 1, config()).await;
+        assert_all(&settled, 6, Settled::Ack);
+        assert_eq!(store.flushes.lock().unwrap().len(), 2, "two halves");
+        assert!(started.elapsed() < Duration::from_millis(200), "no backoff");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poison_key_is_isolated_and_dead_lettered_while_its_flush_mates_land() {
+        let mut store = FakeStore::new(0, false);
+        store.poison = vec![3, 17];
+        let (store, settled, _) = run(store, 20, 1, config()).await;
+        let dead: Vec<usize> = settled
+            .iter()
+            .filter(|(_, s)| *s == Settled::Dead(RejectReason::WriteRejected))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut dead = dead;
+        dead.sort_unstable();
+        assert_eq!(dead, vec![3, 17], "{settled:?}");
+        let acked = settled.iter().filter(|(_, s)| *s == Settled::Ack).count();
+        assert_eq!(acked, 18, "{settled:?}");
+        assert_eq!(settled.len(), 20);
+        let written: usize = store.flushes.lock().unwrap().iter().map(|(l, _)| l).sum();
+        assert_eq!(written, 18, "every good key written once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_the_database_refuses_entirely_is_given_back_not_dead_lettered() {
+        let mut store = FakeStore::new(0, false);
+        store.poison = (0..10).collect();
+        let (_, settled, _) = run(store, 10, 1, config()).await;
+        assert_all(&settled, 10, Settled::Nak);
     }
 
     #[tokio::test(start_paused = true)]
@@ -465,11 +649,58 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_flush_waiting_for_a_write_slot_sends_progress_too() {
+        // One slot, writes of 3 s, progress every 250 ms: the second and third flushes wait 3 s and 6 s
+        // for the slot and must keep their messages alive meanwhile.
+        let mut store = FakeStore::new(0, false);
+        store.write_delay = Duration::from_secs(3);
+        let mut c = config();
+        c.max_inflight = 1;
+        let store = Arc::new(store);
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::new(metrics.clone()));
+        let pipeline = Pipeline::new(store.clone(), c, metrics, health);
+        let (tx, rx) = mpsc::channel(200);
+        let log = Arc::new(Mutex::new(vec![]));
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let handle = tokio::spawn(pipeline.run(rx));
+        for i in 0..150 {
+            let receipt = FakeReceipt {
+                id: i,
+                delivered: 1,
+                log: log.clone(),
+                // Count only the progress of the last flush's messages: they only ever wait.
+                progress: if i >= 100 {
+                    waiting.clone()
+                } else {
+                    Arc::new(AtomicUsize::new(0))
+                },
+            };
+            tx.send((update(i), receipt)).await.unwrap();
+        }
+        drop(tx);
+        handle.await.unwrap();
+        assert_all(&log.lock().unwrap(), 150, Settled::Ack);
+        // 50 messages × at least 6 s of waiting / 250 ms, before their own 3 s write.
+        let sent = waiting.load(Ordering::SeqCst);
+        assert!(sent >= 50 * 20, "progress while waiting: {sent}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_budget_bounds_the_wall_clock_of_a_hanging_write() {
+        // The first write hangs for 600 s: the 60 s budget cuts it off, the flush is held, the next
+        // write (once the database answers) lands.
         let mut store = FakeStore::new(0, false);
         store.write_delay = Duration::from_secs(600);
+        store.hangs = AtomicUsize::new(1);
+        let started = Instant::now();
         let (store, settled, _) = run(store, 3, 1, config()).await;
-        assert!(store.flushes.lock().unwrap().is_empty());
-        assert_all(&settled, 3, Settled::Nak);
+        assert_eq!(store.flushes.lock().unwrap().len(), 1);
+        assert_all(&settled, 3, Settled::Ack);
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(60) && took < Duration::from_secs(120),
+            "{took:?}"
+        );
     }
 }

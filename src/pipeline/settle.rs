@@ -33,6 +33,8 @@ pub enum Attempt<'a> {
     NotWritten { class: Class, detail: &'a str },
     /// It failed validation.
     Rejected(&'a Rejection),
+    /// The database refused its rows permanently while its flush-mates were written.
+    WriteRejected { detail: &'a str },
     /// The broker stopped delivering it after this many deliveries without a settlement.
     Abandoned { deliveries: i64 },
 }
@@ -64,6 +66,10 @@ pub fn decide(attempt: Attempt<'_>, delivered: i64, limits: Limits) -> Outcome {
         }
         Attempt::NotWritten { .. } => Outcome::Retry {
             delay: limits.nak_delay,
+        },
+        Attempt::WriteRejected { detail } => Outcome::DeadLetter {
+            reason: RejectReason::WriteRejected,
+            detail: detail.to_string(),
         },
         Attempt::Abandoned { deliveries } => Outcome::DeadLetter {
             reason: RejectReason::MaxDeliveries,
@@ -154,7 +160,7 @@ mod tests {
             class,
             detail: "db down",
         };
-        let cases: Vec<(Attempt<'_>, i64, Outcome)> = vec![
+        let mut cases: Vec<(Attempt<'_>, i64, Outcome)> = vec![
             (Attempt::Written, 1, Outcome::Ack),
             (Attempt::Written, 5, Outcome::Ack),
             (Attempt::Written, 99, Outcome::Ack),
@@ -189,7 +195,17 @@ mod tests {
                 },
             ),
         ];
-        assert_eq!(cases.len(), 12);
+        cases.push((
+            Attempt::WriteRejected {
+                detail: "insert_rows failed (permanent): Invalid",
+            },
+            2,
+            Outcome::DeadLetter {
+                reason: RejectReason::WriteRejected,
+                detail: "insert_rows failed (permanent): Invalid".into(),
+            },
+        ));
+        assert_eq!(cases.len(), 13);
         for (attempt, delivered, want) in cases {
             assert_eq!(
                 decide(attempt, delivered, LIMITS),

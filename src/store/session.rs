@@ -32,6 +32,28 @@ pub enum ConnectError {
         "preparing statements failed (is the schema applied? run `score-worker migrate`): {0}"
     )]
     Prepare(#[source] StoreError),
+    #[error(transparent)]
+    Datacenter(#[from] DatacenterError),
+    #[error(transparent)]
+    Buckets(Box<crate::schema::SchemaError>),
+}
+
+/// The configured consistency and datacenter do not fit the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum DatacenterError {
+    #[error(
+        "scylla.consistency {consistency:?} counts replicas of one datacenter, and the cluster has \
+         {datacenters:?}: set scylla.local_datacenter to this worker's datacenter"
+    )]
+    NoLocalDatacenter {
+        consistency: Consistency,
+        datacenters: Vec<String>,
+    },
+    #[error("scylla.local_datacenter `{configured}` is not one of the cluster's datacenters {datacenters:?}")]
+    UnknownDatacenter {
+        configured: String,
+        datacenters: Vec<String>,
+    },
 }
 
 /// A TLS file that cannot be used.
@@ -87,13 +109,46 @@ pub async fn connect(config: &ScyllaConfig) -> Result<Session, ConnectError> {
     if config.tls.enabled {
         builder = builder.tls_context(Some(tls_config(&config.tls)?));
     }
-    builder
+    let session = builder
         .build()
         .await
         .map_err(|source| ConnectError::Session {
             nodes: config.nodes.clone(),
             source,
-        })
+        })?;
+    let mut datacenters: Vec<String> = session
+        .get_cluster_state()
+        .get_nodes_info()
+        .iter()
+        .filter_map(|node| node.datacenter.clone())
+        .collect();
+    datacenters.sort_unstable();
+    datacenters.dedup();
+    check_datacenters(config, datacenters)?;
+    Ok(session)
+}
+
+/// A `LOCAL_*` level on a cluster of several datacenters needs to know which one is local, or the
+/// driver may coordinate from another datacenter, whose quorum says nothing about this one's.
+fn check_datacenters(
+    config: &ScyllaConfig,
+    datacenters: Vec<String>,
+) -> Result<(), DatacenterError> {
+    match &config.local_datacenter {
+        Some(dc) if !datacenters.is_empty() && !datacenters.contains(dc) => {
+            Err(DatacenterError::UnknownDatacenter {
+                configured: dc.clone(),
+                datacenters,
+            })
+        }
+        None if config.consistency.is_local() && datacenters.len() > 1 => {
+            Err(DatacenterError::NoLocalDatacenter {
+                consistency: config.consistency,
+                datacenters,
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 fn pem_error(path: &Path) -> impl FnOnce(rustls::pki_types::pem::Error) -> TlsError + '_ {
@@ -132,4 +187,29 @@ fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsError> {
         }
     };
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dcs(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn local_levels_on_several_datacenters_need_the_local_one() {
+        let mut c = crate::config::Config::defaults().scylla;
+        assert!(check_datacenters(&c, dcs(&["dc1"])).is_ok());
+        let err = check_datacenters(&c, dcs(&["dc1", "dc2"])).unwrap_err();
+        assert!(err.to_string().contains("scylla.local_datacenter"), "{err}");
+        c.consistency = Consistency::Quorum;
+        assert!(check_datacenters(&c, dcs(&["dc1", "dc2"])).is_ok());
+        c.consistency = Consistency::LocalQuorum;
+        c.local_datacenter = Some("dc2".into());
+        assert!(check_datacenters(&c, dcs(&["dc1", "dc2"])).is_ok());
+        c.local_datacenter = Some("dc3".into());
+        let err = check_datacenters(&c, dcs(&["dc1", "dc2"])).unwrap_err();
+        assert!(err.to_string().contains("dc3"), "{err}");
+    }
 }

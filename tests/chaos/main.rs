@@ -158,6 +158,7 @@ async fn database_frozen_past_the_retry_budget() {
     let get = |k: &str| during.get(k).copied().unwrap_or(0.0) as u64;
     let retries = get("score_worker_batch_retries_total");
     let naks = get("score_worker_messages_failed_total{reason=\"write\"}");
+    let paused = get("score_worker_pulls_paused");
     let exit = worker.terminate(Duration::from_secs(30)).await;
 
     let outcome = verify(&s.session, &s.js, &s.config, &[&w]).await;
@@ -165,16 +166,16 @@ async fn database_frozen_past_the_retry_budget() {
         "db-freeze",
         &secs(recover),
         &format!(
-            "frozen_s={} retries={retries} nakd={naks} seed={}",
+            "frozen_s={} retries={retries} nakd={naks} paused_during={paused} seed={}",
             secs(frozen_s),
             s.seed
         ),
     );
     assert!(retries > 0, "flush writes were retried during the freeze");
-    assert!(
-        naks > 0,
-        "flushes past the retry budget were nak'd for redelivery"
-    );
+    // Past the retry budget, flushes are held (not nak'd) and pulling pauses until the database
+    // answers: no delivery is burnt by the outage.
+    assert_eq!(naks, 0, "no flush was given back during the freeze");
+    assert_eq!(paused, 1, "pulling was paused during the freeze");
     assert!(
         exit.is_some_and(|(status, _)| status.success()),
         "exit 0 on SIGTERM: {exit:?}"

@@ -125,7 +125,7 @@ async fn database_frozen_past_the_retry_budget_loses_nothing() {
     for e in &events[100..] {
         publish(&js, &config, e, &e.event_id).await;
     }
-    // Three times retry.total_budget (3 s): flushes are retried, then nak'd and redelivered.
+    // Three times retry.total_budget (3 s): flushes are retried, then held until the database answers.
     tokio::time::sleep(Duration::from_secs(9)).await;
     assert!(
         worker.processed() < events.len() as u64,
@@ -143,14 +143,15 @@ async fn database_frozen_past_the_retry_budget_loses_nothing() {
         worker.metrics.batch_retries.get() > 0,
         "writes were retried"
     );
-    assert!(
+    // Past the budget the flushes were held, not given back: no delivery burnt by the outage.
+    assert_eq!(
         worker
             .metrics
             .messages_failed
             .with_label_values(&["write"])
-            .get()
-            > 0,
-        "messages past the retry budget were nak'd and redelivered"
+            .get(),
+        0,
+        "flushes past the retry budget are held while the database is down, not nak'd"
     );
     worker.stop().await;
     assert_final_state(&session, &events, config.scylla.leaderboard_buckets).await;
@@ -242,58 +243,87 @@ async fn sigterm_during_load_drains_and_exits_zero_then_another_worker_finishes(
 
 /// A database outage longer than max_deliver deliveries parks messages as `max_deliveries` dead
 /// letters (never dropped); `dlq replay` brings them back once the database is up.
+/// An outage of 10 × `max_deliver` × (`retry.total_budget` + `retry.nak_delay`) — long enough to
+/// burn every delivery many times over if the worker kept pulling — ends with zero dead letters and
+/// every event in place: pulling pauses while flushes cannot be written and resumes when the database
+/// answers. (Before the pull breaker, this outage parked every message as `max_deliveries`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outage_past_max_deliver_parks_messages_in_the_dlq_and_replay_restores_them() {
+async fn an_outage_of_any_length_dead_letters_nothing() {
     ensure_schema().await;
     let _alone = exclusive().await;
-    let mut config = base_config("parked");
+    let mut config = base_config("breaker");
     config.nats.max_deliver = 2;
     config.nats.ack_wait = Duration::from_secs(5);
     config.retry.progress_interval = Duration::from_secs(1);
     config.retry.total_budget = Duration::from_secs(1);
     config.retry.nak_delay = Duration::from_millis(200);
     config.scylla.request_timeout = Duration::from_millis(500);
+    let outage = Duration::from_millis(
+        10 * config.nats.max_deliver as u64
+            * (config.retry.total_budget + config.retry.nak_delay).as_millis() as u64,
+    );
     let (_client, js) = jetstream(&config).await;
     let session = session().await;
-    let events = events_for("parked", 40, 40);
+    let events = events_for("breaker", 200, 80);
     let worker = Worker::start(config.clone()).await;
+    for e in &events[..50] {
+        publish(&js, &config, e, &e.event_id).await;
+    }
+    wait_until("first events written", Duration::from_secs(60), || {
+        worker.processed() >= 50
+    })
+    .await;
 
     let pid = services("cassandra-pid");
     signal(&pid, "STOP");
     let thaw = Thaw(pid);
-    for e in &events {
+    let started = std::time::Instant::now();
+    for e in &events[50..] {
         publish(&js, &config, e, &e.event_id).await;
     }
-    wait_until(
-        "every message parked as max_deliveries",
-        Duration::from_secs(60),
-        || {
-            worker
-                .metrics
-                .dead_letters
-                .with_label_values(&["max_deliveries"])
-                .get()
-                >= events.len() as u64
-        },
-    )
-    .await;
-    assert_eq!(worker.processed(), 0);
-    drop(thaw);
-
-    let listed = cli(&config, &["dlq", "list", "--reason", "max_deliveries"]);
-    assert!(
-        listed.ends_with(&format!("{} dead letters\n", events.len())),
-        "{listed}"
-    );
-    let replayed = cli(&config, &["dlq", "replay", "--reason", "max_deliveries"]);
-    assert_eq!(
-        replayed.trim(),
-        format!("replayed {} dead letters, skipped 0", events.len())
-    );
-    wait_until("replayed events written", Duration::from_secs(90), || {
-        worker.processed() >= events.len() as u64
+    wait_until("pulling paused", Duration::from_secs(30), || {
+        worker.metrics.pulls_paused.get() == 1
     })
     .await;
+    tokio::time::sleep(outage.saturating_sub(started.elapsed())).await;
+    let dead = |m: &score_worker::metrics::Metrics| -> u64 {
+        score_worker::score::RejectReason::ALL
+            .iter()
+            .map(|r| m.dead_letters.with_label_values(&[r.as_str()]).get())
+            .sum()
+    };
+    assert_eq!(
+        dead(&worker.metrics),
+        0,
+        "nothing dead-lettered during the outage"
+    );
+    assert_eq!(worker.metrics.pulls_paused.get(), 1, "still paused");
+    drop(thaw);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while worker.processed() < events.len() as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every event written after the database came back: processed {}, received {}, paused {}, dead {}",
+            worker.processed(),
+            worker.metrics.messages_received.get(),
+            worker.metrics.pulls_paused.get(),
+            dead(&worker.metrics)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(worker.metrics.pulls_paused.get(), 0, "pulling resumed");
+    assert_eq!(dead(&worker.metrics), 0, "nothing dead-lettered at all");
+    let failed = worker
+        .metrics
+        .messages_failed
+        .with_label_values(&["write"])
+        .get();
+    eprintln!(
+        "breaker: outage {outage:?} (max_deliver {}), {failed} messages given back once, 0 dead letters, {} events in place",
+        config.nats.max_deliver,
+        events.len()
+    );
     worker.stop().await;
     assert_final_state(&session, &events, config.scylla.leaderboard_buckets).await;
 }
@@ -431,12 +461,18 @@ async fn sigterm_with_nats_down_exits_within_the_timeout() {
 
 /// Operators own the topology and their consumer's `max_deliver` (2) differs from the configuration
 /// (20): `check` reports it, and the worker dead-letters on the server's last delivery itself (with
-/// the write error), rather than naking it and leaving it to the max-deliveries advisory.
+/// the write error), rather than naking it and leaving it to the max-deliveries advisory. The writes
+/// fail permanently (a table dropped from a keyspace of the test's own): a frozen database would
+/// only pause pulling now.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_owned_consumer_decides_the_last_delivery() {
-    ensure_schema().await;
-    let _alone = exclusive().await;
+    let _servers = shared().await;
     let mut config = base_config("owned");
+    config.scylla.keyspace = format!("it_owned_{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let admin = session().await;
+    score_worker::schema::migrate(&admin, &config.scylla, false)
+        .await
+        .expect("migrate the test's keyspace");
     config.nats.max_deliver = 2;
     config.nats.ack_wait = Duration::from_secs(5);
     let (_client, js) = jetstream(&config).await; // the operators' topology
@@ -445,7 +481,6 @@ async fn an_operator_owned_consumer_decides_the_last_delivery() {
     config.retry.progress_interval = Duration::from_secs(1);
     config.retry.total_budget = Duration::from_secs(1);
     config.retry.nak_delay = Duration::from_millis(200);
-    config.scylla.request_timeout = Duration::from_millis(500);
 
     let check = worker_command(&config, 0).arg("check").output().unwrap();
     let report = String::from_utf8_lossy(&check.stdout);
@@ -461,9 +496,13 @@ async fn an_operator_owned_consumer_decides_the_last_delivery() {
 
     let events = events_for("owned", 10, 10);
     let worker = Worker::start(config.clone()).await;
-    let pid = services("cassandra-pid");
-    signal(&pid, "STOP");
-    let thaw = Thaw(pid);
+    admin
+        .query_unpaged(
+            format!("DROP TABLE {}.score_history", config.scylla.keyspace),
+            (),
+        )
+        .await
+        .expect("drop a table the write path needs");
     for e in &events {
         publish(&js, &config, e, &e.event_id).await;
     }
@@ -480,9 +519,11 @@ async fn an_operator_owned_consumer_decides_the_last_delivery() {
         },
     )
     .await;
-    drop(thaw);
     worker.stop().await;
     let letters = read_stream(&js, &config.nats.deadletter_stream, events.len()).await;
+    let _ = admin
+        .query_unpaged(format!("DROP KEYSPACE {}", config.scylla.keyspace), ())
+        .await;
     assert_eq!(letters.len(), events.len());
     for letter in &letters {
         let error = letter

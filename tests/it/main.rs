@@ -1,6 +1,7 @@
 //! Integration tests against a real nats-server and a real Cassandra on loopback
 //! (`make test` starts both through `scripts/services.sh up`).
 
+mod buckets;
 mod deadletters;
 mod dlq;
 mod end_to_end;
@@ -8,5 +9,6 @@ mod faults;
 mod hostile;
 mod http;
 mod invariant;
+mod knobs;
 mod support;
 mod topology;

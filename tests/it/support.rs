@@ -450,6 +450,10 @@ pub fn worker_env(c: &Config, http_port: u16) -> Vec<(String, String)> {
         ("NATS__REQUEST_TIMEOUT", ms(c.nats.request_timeout)),
         ("SCYLLA__NODES", list(&c.scylla.nodes)),
         ("SCYLLA__KEYSPACE", c.scylla.keyspace.clone()),
+        (
+            "SCYLLA__LEADERBOARD_BUCKETS",
+            c.scylla.leaderboard_buckets.to_string(),
+        ),
         ("SCYLLA__REQUEST_TIMEOUT", ms(c.scylla.request_timeout)),
         ("BATCH__MAX_SCORES", c.batch.max_scores.to_string()),
         ("BATCH__LINGER", ms(c.batch.linger)),

@@ -577,3 +577,111 @@ async fn invalid_configuration_never_echoes_a_secret() {
         );
     }
 }
+
+/// 9. One row the database refuses does not fail its flush-mates (issue 9.3). The database: the
+/// password-auth Cassandra, where guardrails apply to an ordinary role such as the worker's, with
+/// `maximum_timestamp_fail_threshold: 3d` (ScyllaDB's `restrict_future_timestamp`). The poison: one
+/// event 30 days ahead, let through by a widened `validation.max_clock_skew`; the flush is split until
+/// it is found, it alone is dead-lettered as `write_rejected` with the database's message, the other
+/// 29 events land. Statements go out one by one (`scylla.batch_max_bytes = 0`): Cassandra 5.0 was seen
+/// to apply this guardrail to single statements only, not inside batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_database_refuses_is_dead_lettered_alone_and_its_flush_mates_land() {
+    let role = CqlRole::create().await;
+    let nats_password = secret("nats");
+    let server = NatsServer::start(
+        &ServerAuth::UserPassword {
+            user: "svc".into(),
+            password: nats_password.clone(),
+        },
+        None,
+    );
+    let nats = NatsSide::plain(server.port).user("svc", &nats_password);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut env, mut config) = worker_setup(&nats, &role.user, &role.password);
+    set(&mut env, "VALIDATION__MAX_CLOCK_SKEW", "3650d");
+    set(&mut env, "BATCH__LINGER", "500ms");
+    set(&mut env, "SCYLLA__BATCH_MAX_BYTES", "0");
+    config.validation.max_clock_skew = Duration::from_secs(3650 * 86_400);
+    let migrate = {
+        let _one_at_a_time = MIGRATE.lock().await;
+        run_to_end(&["migrate"], &env, dir.path(), Duration::from_secs(180)).await
+    };
+    assert_eq!(migrate.code(), Some(0), "migrate\n{migrate}");
+    let mut worker = Running::spawn(&env, dir.path());
+    worker.wait_ready(READY_TIMEOUT).await;
+
+    let board = format!("sec-poison-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let mut events = events_for(&board, 29);
+    let mut poison = events_for(&board, 1).remove(0);
+    poison.profile = Uuid::new_v4();
+    poison.wallet = wallet_of(poison.profile);
+    poison.at_micros = chrono::Utc::now().timestamp_micros() + 30 * 86_400 * 1_000_000;
+    let (client, js) = publisher(&config).await;
+    for e in events.iter().take(10) {
+        publish(&js, &config, e, &e.event_id).await;
+    }
+    publish(&js, &config, &poison, &poison.event_id).await;
+    for e in events.iter().skip(10) {
+        publish(&js, &config, e, &e.event_id).await;
+    }
+    client.flush().await.unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let text = http_get(worker.http, "/metrics")
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        let dead = metric(
+            &text,
+            "score_worker_dead_letters_total{reason=\"write_rejected\"}",
+        );
+        if metric(&text, "score_worker_messages_processed_total") >= Some(29.0) && dead >= Some(1.0)
+        {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not settled in 60 s; metrics:\n{text}\nstderr:\n{}",
+            worker.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        metric(&text, "score_worker_messages_processed_total"),
+        Some(29.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "score_worker_dead_letters_total{reason=\"write_rejected\"}"
+        ),
+        Some(1.0)
+    );
+    let letters = support::read_stream(&js, &config.nats.deadletter_stream, 1).await;
+    assert_eq!(letters.len(), 1, "exactly one dead letter");
+    let headers = letters[0].headers.as_ref().expect("headers");
+    let header = |name: &str| headers.get(name).map(|v| v.as_str().to_string());
+    assert_eq!(
+        header(score_worker::deadletter::REASON).as_deref(),
+        Some("write_rejected")
+    );
+    assert_eq!(
+        header(score_worker::deadletter::ORIGINAL_MSG_ID).as_deref(),
+        Some(poison.event_id.as_str())
+    );
+    let error = header(score_worker::deadletter::ERROR).unwrap_or_default();
+    assert!(
+        error.contains("maximum_timestamp"),
+        "the database's message is in the error header: {error}"
+    );
+    eprintln!("write_rejected: 29 events written, the poison dead-lettered with: {error}");
+    let session = cql_session(&role.user, &role.password).await;
+    events.retain(|e| e.profile != poison.profile);
+    assert_final_state(&session, &events, config.scylla.leaderboard_buckets).await;
+    let stopped = worker.terminate(Duration::from_secs(30)).await;
+    assert_eq!(stopped.code(), Some(0), "{stopped}");
+    drop(client);
+    role.drop_role().await;
+}

@@ -1,0 +1,94 @@
+//! Reading the worker's `/metrics` text: counters, sums over labelled series, histogram quantiles.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The counter behind "database requests": one observation per CQL request, whatever the label.
+pub const REQUESTS: &str = "score_worker_scylla_query_duration_seconds_count";
+/// Statements per request, summed: the statements sent (exported by builds that batch).
+pub const STATEMENTS: &str = "score_worker_scylla_statements_per_request_sum";
+pub const PROCESSED: &str = "score_worker_messages_processed_total";
+pub const RETRIES: &str = "score_worker_batch_retries_total";
+pub const LATENCY: &str = "score_worker_processing_duration_seconds_bucket";
+
+/// `GET /metrics`, or `None` while nothing answers.
+pub async fn scrape(addr: SocketAddr) -> Option<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// Like [`sum`], or `None` when the text has no such metric (an older build).
+pub fn sum_if_exported(text: &str, name: &str) -> Option<f64> {
+    text.contains(name).then(|| sum(text, name))
+}
+
+/// The sum of every series of metric `name` (any labels, or none).
+pub fn sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = if rest.starts_with('{') {
+                rest.split_once("} ")?.1
+            } else {
+                rest.strip_prefix(' ')?
+            };
+            value.trim().parse::<f64>().ok()
+        })
+        .sum()
+}
+
+/// Cumulative bucket counts `(le, count)` of an unlabelled histogram's `_bucket` series.
+pub fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}{{le=\"");
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Quantile of the difference of two cumulative histograms, interpolated linearly within a bucket
+/// (as Prometheus' `histogram_quantile` does); `NaN` without observations.
+pub fn quantile(q: f64, before: &[(f64, f64)], after: &[(f64, f64)]) -> f64 {
+    let delta: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, c)| {
+            let b = before
+                .iter()
+                .find(|(l, _)| l == le)
+                .map_or(0.0, |(_, b)| *b);
+            (*le, c - b)
+        })
+        .collect();
+    let total = delta.last().map_or(0.0, |(_, c)| *c);
+    if total == 0.0 {
+        return f64::NAN;
+    }
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for (le, c) in &delta {
+        if *c >= rank {
+            if le.is_infinite() {
+                return prev.0;
+            }
+            return prev.0 + (le - prev.0) * (rank - prev.1) / (c - prev.1).max(1e-9);
+        }
+        prev = (*le, *c);
+    }
+    prev.0
+}
