@@ -41,6 +41,11 @@ impl Drop for Thaw {
 
 /// `score_worker_messages_processed_total` of a worker binary serving HTTP on `port` (0 if unreachable).
 fn processed_at(port: u16) -> u64 {
+    counter_at(port, "score_worker_messages_processed_total")
+}
+
+/// A counter of the worker's `/metrics` (0 while it does not answer).
+fn counter_at(port: u16, name: &str) -> u64 {
     let Ok(out) = Command::new("curl")
         .args(["-sf", &format!("http://127.0.0.1:{port}/metrics")])
         .output()
@@ -50,7 +55,8 @@ fn processed_at(port: u16) -> u64 {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| {
-            l.strip_prefix("score_worker_messages_processed_total ")
+            l.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
@@ -344,7 +350,7 @@ async fn sigterm_with_the_database_frozen_hands_back_every_unsettled_delivery() 
     let (_client, js) = jetstream(&config).await;
     let session = session().await;
     let events = events_for("handback", 1500, 300);
-    for e in &events {
+    for e in &events[..100] {
         publish(&js, &config, e, &e.event_id).await;
     }
     let port = free_port();
@@ -359,9 +365,20 @@ async fn sigterm_with_the_database_frozen_hands_back_every_unsettled_delivery() 
     )
     .await;
 
+    // Freeze first, then publish the rest, so the worker holds deliveries it cannot write (a fast
+    // write path would otherwise drain a whole backlog before the freeze takes hold).
     let pid = services("cassandra-pid");
     signal(&pid, "STOP");
     let thaw = Thaw(pid);
+    for e in &events[100..] {
+        publish(&js, &config, e, &e.event_id).await;
+    }
+    wait_until(
+        "the worker holds deliveries it cannot write",
+        Duration::from_secs(30),
+        || counter_at(port, "score_worker_messages_received_total") >= processed_at(port) + 100,
+    )
+    .await;
     let (status, took) = terminate(&mut child, config.shutdown.timeout * 5).await;
     let (deliverable, pending, awaiting) = deliverable_now(&js, &config).await;
     drop(thaw);
