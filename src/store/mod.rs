@@ -19,6 +19,7 @@
 pub mod error;
 mod phase;
 mod session;
+mod statements;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -30,7 +31,6 @@ use prometheus::Histogram;
 use scylla::client::session::Session;
 use scylla::cluster::ClusterState;
 use scylla::response::query_result::QueryResult;
-use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
 use uuid::Uuid;
 
@@ -42,6 +42,7 @@ use crate::metrics::{Metrics, REQUESTS};
 use crate::pipeline::Store;
 use crate::score::{tie_rank, ScoreUpdate};
 use phase::{Phase, Request};
+use statements::Statements;
 
 // Indexes into `REQUESTS`, the request kinds in the order a flush sends them.
 const WRITE_PROFILES: usize = 0;
@@ -62,74 +63,6 @@ struct Current {
 }
 
 type ProfileRow = (Option<i64>, Option<i64>, Option<Vec<(i32, i64)>>);
-
-/// The prepared statements, one per kind of row the protocol touches.
-struct Statements {
-    upsert_profile: PreparedStatement,
-    insert_leaderboard: PreparedStatement,
-    insert_history: PreparedStatement,
-    read_profiles: PreparedStatement,
-    read_profile: PreparedStatement,
-    delete_row: PreparedStatement,
-    prune_ranked: PreparedStatement,
-    invalidate_cache: PreparedStatement,
-}
-
-impl Statements {
-    async fn prepare(session: &Session, ks: &str) -> Result<Self, ConnectError> {
-        let prepare = |cql: String| async move {
-            let mut prepared = session
-                .prepare(cql)
-                .await
-                .map_err(|e| ConnectError::Prepare(StoreError::new("prepare", e.into())))?;
-            prepared.set_is_idempotent(true);
-            Ok::<_, ConnectError>(prepared)
-        };
-        Ok(Self {
-            upsert_profile: prepare(format!(
-                "UPDATE {ks}.scores_by_profile USING TIMESTAMP ? SET ranked = ranked + ?, score = ?, \
-                 wallet_address = ?, updated_at = ? WHERE profile_id = ? AND leaderboard_id = ?"
-            ))
-            .await?,
-            insert_leaderboard: prepare(format!(
-                "INSERT INTO {ks}.scores (leaderboard_id, bucket, score, profile_id, wallet_address, \
-                 updated_at) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
-            ))
-            .await?,
-            // No `USING TIMESTAMP`: history rows are idempotent by key, and write time is what the
-            // table's time-window compaction buckets by (see docs/design.md).
-            insert_history: prepare(format!(
-                "INSERT INTO {ks}.score_history (profile_id, day, occurred_at, event_id, \
-                 leaderboard_id, score, wallet_address) VALUES (?, ?, ?, ?, ?, ?, ?)"
-            ))
-            .await?,
-            read_profiles: prepare(format!(
-                "SELECT profile_id, leaderboard_id, score, WRITETIME(score), ranked \
-                 FROM {ks}.scores_by_profile WHERE profile_id IN ?"
-            ))
-            .await?,
-            read_profile: prepare(format!(
-                "SELECT score, WRITETIME(score), ranked FROM {ks}.scores_by_profile \
-                 WHERE profile_id = ? AND leaderboard_id = ?"
-            ))
-            .await?,
-            delete_row: prepare(format!(
-                "DELETE FROM {ks}.scores USING TIMESTAMP ? WHERE leaderboard_id = ? AND bucket = ? \
-                 AND score = ? AND profile_id = ?"
-            ))
-            .await?,
-            prune_ranked: prepare(format!(
-                "UPDATE {ks}.scores_by_profile USING TIMESTAMP ? SET ranked = ranked - ? \
-                 WHERE profile_id = ? AND leaderboard_id = ?"
-            ))
-            .await?,
-            invalidate_cache: prepare(format!(
-                "DELETE FROM {ks}.eligibility_cache WHERE wallet_address = ?"
-            ))
-            .await?,
-        })
-    }
-}
 
 /// The real store.
 pub struct ScyllaStore {

@@ -1,0 +1,74 @@
+//! The prepared statements of the write protocol, one per kind of row it touches, all idempotent.
+
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+
+use super::{ConnectError, StoreError};
+
+/// The prepared statements, one per kind of row the protocol touches.
+pub(super) struct Statements {
+    pub upsert_profile: PreparedStatement,
+    pub insert_leaderboard: PreparedStatement,
+    pub insert_history: PreparedStatement,
+    pub read_profiles: PreparedStatement,
+    pub read_profile: PreparedStatement,
+    pub delete_row: PreparedStatement,
+    pub prune_ranked: PreparedStatement,
+    pub invalidate_cache: PreparedStatement,
+}
+
+impl Statements {
+    pub(super) async fn prepare(session: &Session, ks: &str) -> Result<Self, ConnectError> {
+        let prepare = |cql: String| async move {
+            let mut prepared = session
+                .prepare(cql)
+                .await
+                .map_err(|e| ConnectError::Prepare(StoreError::new("prepare", e.into())))?;
+            prepared.set_is_idempotent(true);
+            Ok::<_, ConnectError>(prepared)
+        };
+        Ok(Self {
+            upsert_profile: prepare(format!(
+                "UPDATE {ks}.scores_by_profile USING TIMESTAMP ? SET ranked = ranked + ?, score = ?, \
+                 wallet_address = ?, updated_at = ? WHERE profile_id = ? AND leaderboard_id = ?"
+            ))
+            .await?,
+            insert_leaderboard: prepare(format!(
+                "INSERT INTO {ks}.scores (leaderboard_id, bucket, score, profile_id, wallet_address, \
+                 updated_at) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+            ))
+            .await?,
+            // No `USING TIMESTAMP`: history rows are idempotent by key, and write time is what the
+            // table's time-window compaction buckets by (see docs/design.md).
+            insert_history: prepare(format!(
+                "INSERT INTO {ks}.score_history (profile_id, day, occurred_at, event_id, \
+                 leaderboard_id, score, wallet_address) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            ))
+            .await?,
+            read_profiles: prepare(format!(
+                "SELECT profile_id, leaderboard_id, score, WRITETIME(score), ranked \
+                 FROM {ks}.scores_by_profile WHERE profile_id IN ?"
+            ))
+            .await?,
+            read_profile: prepare(format!(
+                "SELECT score, WRITETIME(score), ranked FROM {ks}.scores_by_profile \
+                 WHERE profile_id = ? AND leaderboard_id = ?"
+            ))
+            .await?,
+            delete_row: prepare(format!(
+                "DELETE FROM {ks}.scores USING TIMESTAMP ? WHERE leaderboard_id = ? AND bucket = ? \
+                 AND score = ? AND profile_id = ?"
+            ))
+            .await?,
+            prune_ranked: prepare(format!(
+                "UPDATE {ks}.scores_by_profile USING TIMESTAMP ? SET ranked = ranked - ? \
+                 WHERE profile_id = ? AND leaderboard_id = ?"
+            ))
+            .await?,
+            invalidate_cache: prepare(format!(
+                "DELETE FROM {ks}.eligibility_cache WHERE wallet_address = ?"
+            ))
+            .await?,
+        })
+    }
+}
