@@ -268,10 +268,15 @@ async fn ensure_stream(
             drift: drift.clone(),
             source: e.into(),
         })?;
-    for d in &drift {
+    log_applied(&drift);
+    get_stream(js, &name).await
+}
+
+/// One line per setting brought to the configuration.
+fn log_applied(drift: &[Drift]) {
+    for d in drift {
         tracing::info!(object = %d.object, field = d.field, from = %d.server, to = %d.configured, "updated to the configuration");
     }
-    get_stream(js, &name).await
 }
 
 /// Creates (or, when not managing, looks up) both streams and the consumer; returns the consumer.
@@ -306,9 +311,7 @@ pub async fn ensure_topology(
                 drift: drift.clone(),
                 source: e.into(),
             })?;
-        for d in &drift {
-            tracing::info!(object = %d.object, field = d.field, from = %d.server, to = %d.configured, "updated to the configuration");
-        }
+        log_applied(&drift);
         return Ok(updated);
     }
     let dlq = get_stream(js, &config.deadletter_stream).await?;
