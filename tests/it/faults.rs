@@ -62,6 +62,27 @@ fn counter_at(port: u16, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Starts the real binary for `config` and waits until it has acked something; panics if it exits.
+async fn spawn_processing(config: &score_worker::config::Config) -> (std::process::Child, u16) {
+    let port = free_port();
+    let mut child = worker_command(config, port)
+        .arg("run")
+        .spawn()
+        .expect("the worker binary starts");
+    wait_until(
+        "the binary processes something",
+        Duration::from_secs(60),
+        || {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the worker exited early: {status:?}");
+            }
+            processed_at(port) > 0
+        },
+    )
+    .await;
+    (child, port)
+}
+
 /// SIGTERM, then the exit status and how long the exit took; panics after `limit`.
 async fn terminate(
     child: &mut std::process::Child,
@@ -178,24 +199,8 @@ async fn sigterm_during_load_drains_and_exits_zero_then_another_worker_finishes(
     let mut config = config;
     config.batch.max_inflight = 2;
     config.shutdown.timeout = Duration::from_secs(10);
-    let port = free_port();
-    let mut child = worker_command(&config, port)
-        .arg("run")
-        .spawn()
-        .expect("the worker binary starts");
-
     // Let it get going, then SIGTERM while flushes are in flight.
-    wait_until(
-        "the binary processes something",
-        Duration::from_secs(60),
-        || {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("the worker exited early: {status:?}");
-            }
-            processed_at(port) > 0
-        },
-    )
-    .await;
+    let (mut child, port) = spawn_processing(&config).await;
     let before = processed_at(port);
     let (status, took) = terminate(&mut child, config.shutdown.timeout * 3).await;
     assert!(status.success(), "exit status {status:?}");
@@ -353,17 +358,7 @@ async fn sigterm_with_the_database_frozen_hands_back_every_unsettled_delivery() 
     for e in &events[..100] {
         publish(&js, &config, e, &e.event_id).await;
     }
-    let port = free_port();
-    let mut child = worker_command(&config, port)
-        .arg("run")
-        .spawn()
-        .expect("the worker binary starts");
-    wait_until(
-        "the binary processes something",
-        Duration::from_secs(60),
-        || processed_at(port) > 0,
-    )
-    .await;
+    let (mut child, port) = spawn_processing(&config).await;
 
     // Freeze first, then publish the rest, so the worker holds deliveries it cannot write (a fast
     // write path would otherwise drain a whole backlog before the freeze takes hold).
@@ -452,17 +447,7 @@ async fn sigterm_with_nats_down_exits_within_the_timeout() {
         for e in &events {
             publish(&js, &config, e, &e.event_id).await;
         }
-        let port = free_port();
-        let mut child = worker_command(&config, port)
-            .arg("run")
-            .spawn()
-            .expect("the worker binary starts");
-        wait_until(
-            "the binary processes something",
-            Duration::from_secs(60),
-            || processed_at(port) > 0,
-        )
-        .await;
+        let (mut child, _port) = spawn_processing(&config).await;
         nats.signal(fault);
         let (status, took) = terminate(&mut child, config.shutdown.timeout * 10).await;
         figures.push(format!("{fault}: exit {:?} after {took:?}", status.code()));
