@@ -3,6 +3,7 @@
 #
 #   nats-server with JetStream       nats://127.0.0.1:4222   monitoring http://127.0.0.1:8222
 #   Apache Cassandra 5.0 (CQL)       127.0.0.1:9042          storage port 7000 (a ScyllaDB stand-in)
+#   PostgreSQL (Debian's package)    127.0.0.1:5433          user postgres, trust (migrate-postgres source)
 #
 # and, on demand, a 3-node cluster of each on loopback (see "Clusters" below).
 #
@@ -12,6 +13,7 @@
 #   down               stop the servers this script started (SIGTERM, up to 20 s, then SIGKILL)
 #   status             print whether each server answers; exit 0 if both do, 3 otherwise
 #   start-nats | stop-nats | start-cassandra | stop-cassandra     control one server
+#   start-postgres | stop-postgres                                (SCORE_WORKER_PG_PORT, default 5433)
 #   nats-pid | cassandra-pid                                      print its pid (for SIGSTOP/SIGCONT tests)
 #   nats-bin           print the path of the nats-server binary SCORE_WORKER_NATS_SERVER selects
 #                      (building or installing it first), e.g. for tests that start a nats-server of their own
@@ -1041,6 +1043,103 @@ cl_kinds() { # cl_kinds [KIND]: the kinds a cluster command applies to
     if [ -n "${1:-}" ]; then cl_kind "$1"; else printf '%s\n' nats cassandra; fi
 }
 
+# ------------------------------------------------------------------------------------------ PostgreSQL
+# The source of `score-worker migrate-postgres` and its tests: Debian's `postgresql` package, a cluster
+# of our own in $LOCAL/postgres/data on 127.0.0.1:$PG_PORT (TCP only, trust authentication for user
+# postgres, fsync off: a test server), run as the `postgres` OS user because the server refuses root.
+# One already answering on the port is reused and left alone by `down`.
+PG_PORT=${SCORE_WORKER_PG_PORT:-5433}
+PG_HOME=$LOCAL/postgres
+PG_DATA=$PG_HOME/data
+PG_LOG=$PG_HOME/server.log
+PG_TIMEOUT=${SCORE_WORKER_PG_TIMEOUT:-60}
+
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+pg_ping() {
+    local bin
+    bin=$(pg_bin)
+    if [ -n "$bin" ] && [ -x "$bin/pg_isready" ]; then
+        "$bin/pg_isready" -q -h "$HOST" -p "$PG_PORT" -t 3 >/dev/null 2>&1
+    else
+        tcp_open "$PG_PORT"
+    fi
+}
+as_postgres() { # as_postgres CMD...: as the postgres user, holding none of our fds (the lock above all)
+    (
+        for fd in /proc/"$BASHPID"/fd/*; do
+            fd=${fd##*/}
+            if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+        done 2>/dev/null
+        if [ "$(id -u)" = 0 ]; then exec runuser -u postgres -- "$@"; else exec "$@"; fi
+    )
+}
+pg_owned_pid() { # the postmaster of our data dir, if it runs
+    local pid
+    pid=$(head -n 1 "$PG_DATA/postmaster.pid" 2>/dev/null) || return 1
+    [ -n "$pid" ] && alive "$pid" && echo "$pid"
+}
+
+start_postgres() {
+    local t0 bin pid
+    t0=$(now_us)
+    if pg_ping; then
+        printf '%-9s reused  %s:%s  (already answering%s)\n' postgres "$HOST" "$PG_PORT" \
+            "$(pid=$(pg_owned_pid) && echo ", pid $pid, started by this script")"
+        return 0
+    fi
+    bin=$(pg_bin)
+    if [ -z "$bin" ] || [ ! -x "$bin/pg_ctl" ]; then
+        apt_install postgresql
+        bin=$(pg_bin)
+        [ -n "$bin" ] && [ -x "$bin/pg_ctl" ] || die "no PostgreSQL server binaries after installing postgresql"
+    fi
+    if [ "$(id -u)" = 0 ]; then id postgres >/dev/null 2>&1 || die "the postgresql package created no postgres user"; fi
+    mkdir -p "$PG_HOME"
+    [ "$(id -u)" = 0 ] && chown postgres: "$PG_HOME"
+    if [ ! -f "$PG_DATA/PG_VERSION" ]; then
+        log "initdb $PG_DATA"
+        as_postgres "$bin/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 \
+            >"$PG_HOME/initdb.log" 2>&1 || { tail -n 20 "$PG_HOME/initdb.log" >&2; die "initdb failed"; }
+    fi
+    # A postmaster.pid left by a killed server is removed by the server itself when its pid is gone.
+    as_postgres "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t "$PG_TIMEOUT" -s \
+        -o "-p $PG_PORT -c listen_addresses=$HOST -c unix_socket_directories='' -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+        start </dev/null >/dev/null 2>&1 || { show_tail "$PG_LOG"; die "PostgreSQL did not start on $HOST:$PG_PORT"; }
+    pg_ping || { show_tail "$PG_LOG"; die "PostgreSQL started but does not answer on $HOST:$PG_PORT"; }
+    printf '%-9s started %s:%s  (pid %s, %s, in %s)\n' postgres "$HOST" "$PG_PORT" "$(pg_owned_pid || echo '?')" \
+        "$("$bin/postgres" --version | sed 's/^postgres (PostgreSQL) /v/')" "$(since "$t0")"
+}
+
+stop_postgres() {
+    local pid t0
+    if ! pid=$(pg_owned_pid); then
+        if pg_ping; then
+            printf '%-9s left running: it answers but was not started by this script\n' postgres
+        else
+            printf '%-9s not running\n' postgres
+        fi
+        return 0
+    fi
+    t0=$(now_us)
+    as_postgres "$(pg_bin)/pg_ctl" -D "$PG_DATA" -m fast -w -t "$STOP_TIMEOUT" -s stop </dev/null >/dev/null 2>&1 ||
+        { kill -KILL "$pid" 2>/dev/null || true; }
+    printf '%-9s stopped (pid %s, %s)\n' postgres "$pid" "$(since "$t0")"
+}
+
+postgres_status() {
+    local pid
+    if pg_ping; then
+        if pid=$(pg_owned_pid); then
+            printf '%-9s up      %s:%s  (pid %s, started by this script, rss %s)\n' postgres "$HOST" "$PG_PORT" "$pid" "$(rss_of "$pid")"
+        else
+            printf '%-9s up      %s:%s  (not started by this script)\n' postgres "$HOST" "$PG_PORT"
+        fi
+        return 0
+    fi
+    printf '%-9s down\n' postgres
+    return 1
+}
+
 # ------------------------------------------------------------------------------------------------ status
 
 status_line() { # status_line NAME
@@ -1081,20 +1180,25 @@ up)
     take_lock
     start_nats
     start_cassandra
+    start_postgres
     ;;
 down)
     take_lock
     rc=0
     stop_server cassandra "$CASS_PIDFILE" || rc=1
     stop_server nats "$NATS_PIDFILE" || rc=1
+    stop_postgres || rc=1
     exit "$rc"
     ;;
 status)
     rc=0
     status_line nats || rc=3
     status_line cassandra || rc=3
+    postgres_status || rc=3
     exit "$rc"
     ;;
+start-postgres) take_lock && start_postgres ;;
+stop-postgres) take_lock && stop_postgres ;;
 start-nats) take_lock && start_nats ;;
 stop-nats) take_lock && stop_server nats "$NATS_PIDFILE" ;;
 start-cassandra) take_lock && start_cassandra ;;

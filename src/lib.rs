@@ -63,6 +63,7 @@ pub mod http;
 pub mod metrics;
 pub mod nats;
 pub mod pipeline;
+pub mod read;
 pub mod retry;
 pub mod schema;
 pub mod score;

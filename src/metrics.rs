@@ -47,6 +47,9 @@ pub const ERROR_KINDS: &[&str] = &[
     "permanent",
 ];
 
+/// Eligibility cache look-up results (label `result`).
+pub const CACHE_RESULTS: [&str; 2] = ["hit", "miss"];
+
 /// The worker's metrics. Cheap to share behind an `Arc`.
 pub struct Metrics {
     registry: Registry,
@@ -68,6 +71,8 @@ pub struct Metrics {
     pub scylla_connection_failures: IntCounter,
     pub ready: IntGauge,
     pub pulls_paused: IntGauge,
+    /// Look-ups of the read side's eligibility cache (`crate::read`), by `result`.
+    pub eligibility_cache_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -172,6 +177,11 @@ impl Metrics {
                 "score_worker_pulls_paused",
                 "1 while pulling is paused because flushes cannot be written (the database is unreachable).",
             ),
+            eligibility_cache_requests: counter_vec(
+                "score_worker_eligibility_cache_requests_total",
+                "Eligibility look-ups of the read API, by whether the cache answered (hit) or the score tables did (miss).",
+                "result",
+            ),
             registry,
         };
 
@@ -197,6 +207,9 @@ impl Metrics {
         }
         for kind in ERROR_KINDS {
             m.scylla_errors.with_label_values(&[kind]);
+        }
+        for result in CACHE_RESULTS {
+            m.eligibility_cache_requests.with_label_values(&[result]);
         }
         m
     }
@@ -256,6 +269,7 @@ mod tests {
             "score_worker_scylla_connection_failures_total",
             "score_worker_build_info",
             "score_worker_pulls_paused",
+            "score_worker_eligibility_cache_requests_total",
         ] {
             assert!(
                 text.contains(&format!("# HELP {name} ")),

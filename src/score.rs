@@ -254,6 +254,45 @@ pub fn decode(payload: &[u8], limits: Limits, now_micros: i64) -> Result<ScoreUp
     })
 }
 
+/// The fields of an update that did not come through NATS — an operator's repair, a PostgreSQL row —
+/// each possibly absent. [`validate`] holds them to exactly the rules of a payload.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Fields {
+    pub event_id: Option<String>,
+    pub profile_id: Option<String>,
+    pub wallet_address: Option<String>,
+    pub leaderboard_id: Option<String>,
+    /// A JSON number (or the text of one); anything else is an `invalid_value`.
+    pub score: Option<Value>,
+    /// RFC 3339 with an offset.
+    pub occurred_at: Option<String>,
+}
+
+impl Fields {
+    /// The score column's text as the contract's JSON value: an integer stays one, anything else
+    /// (`1.5`, `abc`) is kept as a string and rejected as `invalid_value`.
+    pub fn score_text(text: Option<&str>) -> Option<Value> {
+        text.map(|t| match serde_json::from_str::<Value>(t.trim()) {
+            Ok(Value::Number(n)) => Value::Number(n),
+            _ => Value::String(t.to_string()),
+        })
+    }
+
+    /// Event time in microseconds as the contract's RFC 3339 text.
+    pub fn time_text(micros: Option<i64>) -> Option<String> {
+        micros.map(|m| match DateTime::from_timestamp_micros(m) {
+            Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            None => m.to_string(),
+        })
+    }
+}
+
+/// Validates fields from another source with the rules of [`decode`] (same reasons, same messages).
+pub fn validate(fields: &Fields, limits: Limits, now_micros: i64) -> Result<ScoreUpdate, Rejection> {
+    let payload = serde_json::to_vec(fields).expect("fields serialize");
+    decode(&payload, limits, now_micros)
+}
+
 fn missing(field: &str) -> Rejection {
     Rejection::new(RejectReason::MissingField, format!("{field} is required"))
 }

@@ -18,6 +18,7 @@
 
 pub mod error;
 mod phase;
+pub mod repair;
 mod session;
 mod statements;
 
@@ -35,7 +36,7 @@ use scylla::value::CqlTimestamp;
 use uuid::Uuid;
 
 pub use error::{Cause, Kind, StoreError};
-pub use session::{connect, ConnectError, TlsError};
+pub use session::{connect, consistency, ConnectError, TlsError};
 
 use crate::config::{ReadBack, ScyllaConfig};
 use crate::metrics::{Metrics, REQUESTS};
@@ -57,12 +58,20 @@ const READ_BACK_PARTITIONS: usize = 100;
 /// What the read-back found for one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Current {
-    score: i64,
+    /// The current score; `None` when an operator deleted the key at `written_at` and nothing newer
+    /// was written since ([`repair`]).
+    score: Option<i64>,
     written_at: i64,
     ranked: Vec<(i32, i64)>,
 }
 
-type ProfileRow = (Option<i64>, Option<i64>, Option<Vec<(i32, i64)>>);
+/// `score`, `WRITETIME(score)`, `WRITETIME(updated_at)`, `ranked`.
+type ProfileRow = (
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<Vec<(i32, i64)>>,
+);
 
 /// The real store.
 pub struct ScyllaStore {
@@ -193,12 +202,14 @@ impl ScyllaStore {
                             String,
                             Option<i64>,
                             Option<i64>,
+                            Option<i64>,
                             Option<Vec<(i32, i64)>>,
                         )>()
                         .map_err(decode)?
                     {
-                        let (pid, lb, score, written_at, ranked) = row.map_err(decode)?;
-                        if let Some(current) = current((score, written_at, ranked)) {
+                        let (pid, lb, score, written_at, touched_at, ranked) =
+                            row.map_err(decode)?;
+                        if let Some(current) = current((score, written_at, touched_at, ranked)) {
                             found.insert((pid, lb), current);
                         }
                     }
@@ -243,10 +254,24 @@ fn decode(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::decode(REQUESTS[READ_BACK], e)
 }
 
-fn current((score, written_at, ranked): ProfileRow) -> Option<Current> {
+/// Rows of `statement` that do not decode.
+pub(crate) fn decode_as<E: std::error::Error + Send + Sync + 'static>(
+    statement: &'static str,
+) -> impl Fn(E) -> StoreError {
+    move |e| StoreError::decode(statement, e)
+}
+
+/// A key with a score is current at the score's write time; a key without one but with an
+/// `updated_at` was deleted at that cell's write time (a delete clears the score and rewrites
+/// `updated_at` at its own timestamp); a key with neither was never written (or not visible yet).
+fn current((score, written_at, touched_at, ranked): ProfileRow) -> Option<Current> {
+    let written_at = match score {
+        Some(_) => written_at?,
+        None => touched_at?,
+    };
     Some(Current {
-        score: score?,
-        written_at: written_at?,
+        score,
+        written_at,
         ranked: ranked.unwrap_or_default(),
     })
 }
@@ -254,17 +279,17 @@ fn current((score, written_at, ranked): ProfileRow) -> Option<Current> {
 /// The `ranked` entries of a key other than its current row, each with the timestamp to delete it at:
 /// `t*`, where a tombstone wins the tie with a row written at `t*`, or `t* − 1` for an entry that would
 /// beat the current score in a same-timestamp tie (a write still in flight at exactly `t*` must
-/// survive; such an entry was written before `t*`, so `t* − 1` still removes it).
+/// survive; such an entry was written before `t*`, so `t* − 1` still removes it). A deleted key owns no
+/// row: every entry goes at the delete's `t*` (a delete wins a tie with an event at the same time).
 fn stale_entries(bucket: i32, current: &Current) -> Vec<((i32, i64), i64)> {
     current
         .ranked
         .iter()
-        .filter(|&&entry| entry != (bucket, current.score))
+        .filter(|&&(b, s)| current.score != Some(s) || b != bucket)
         .map(|&(b, s)| {
-            let at = if tie_rank(s) > tie_rank(current.score) {
-                current.written_at - 1
-            } else {
-                current.written_at
+            let at = match current.score {
+                Some(score) if tie_rank(s) > tie_rank(score) => current.written_at - 1,
+                _ => current.written_at,
             };
             ((b, s), at)
         })
@@ -353,6 +378,22 @@ impl Store for ScyllaStore {
         }
         self.run(WRITE_ROWS, rows).await?;
 
+        self.settle_keys(cluster, latest).await
+    }
+}
+
+impl ScyllaStore {
+    /// Phases 3-5 for the keys of `latest` once their rows are written: read back what is current,
+    /// delete every other leaderboard row a key owns, invalidate the eligibility cache of each wallet
+    /// whose event is the newest, and prune `ranked`. An operator's delete ([`repair`]) runs the same
+    /// phases after clearing the score.
+    async fn settle_keys(
+        &self,
+        cluster: Arc<ClusterState>,
+        latest: &[ScoreUpdate],
+    ) -> Result<(), StoreError> {
+        let st = &self.statements;
+        let bucket = |u: &ScoreUpdate| bucket_of(u.profile_id, self.buckets);
         let found = self.read_back(&cluster, latest).await?;
         let mut cleanup = Phase::new(cluster.clone());
         let mut prunes = Phase::new(cluster);
@@ -381,7 +422,7 @@ impl Store for ScyllaStore {
                     prunes.push(&st.prune_ranked, (at, entries, u.profile_id, lb), size);
                 }
             }
-            if current.score == u.score && current.written_at == u.occurred_at_micros {
+            if current.score == Some(u.score) && current.written_at == u.occurred_at_micros {
                 wallets.insert(u.wallet_address.as_str());
             }
         }
@@ -430,7 +471,7 @@ mod tests {
 
     fn current(score: i64, written_at: i64, ranked: &[(i32, i64)]) -> Current {
         Current {
-            score,
+            score: Some(score),
             written_at,
             ranked: ranked.to_vec(),
         }
@@ -449,6 +490,16 @@ mod tests {
         assert_eq!(
             stale_entries(3, &c),
             vec![((3, 11), 99), ((3, -1), 99), ((3, 9), 100)]
+        );
+        // A deleted key: everything goes, at the delete's time.
+        let deleted = Current {
+            score: None,
+            written_at: 100,
+            ranked: vec![(3, 10), (3, -1)],
+        };
+        assert_eq!(
+            stale_entries(3, &deleted),
+            vec![((3, 10), 100), ((3, -1), 100)]
         );
     }
 

@@ -15,6 +15,8 @@ pub(super) struct Statements {
     pub delete_row: PreparedStatement,
     pub prune_ranked: PreparedStatement,
     pub invalidate_cache: PreparedStatement,
+    pub delete_profile: PreparedStatement,
+    pub get_profile: PreparedStatement,
 }
 
 impl Statements {
@@ -46,13 +48,13 @@ impl Statements {
             ))
             .await?,
             read_profiles: prepare(format!(
-                "SELECT profile_id, leaderboard_id, score, WRITETIME(score), ranked \
-                 FROM {ks}.scores_by_profile WHERE profile_id IN ?"
+                "SELECT profile_id, leaderboard_id, score, WRITETIME(score), WRITETIME(updated_at), \
+                 ranked FROM {ks}.scores_by_profile WHERE profile_id IN ?"
             ))
             .await?,
             read_profile: prepare(format!(
-                "SELECT score, WRITETIME(score), ranked FROM {ks}.scores_by_profile \
-                 WHERE profile_id = ? AND leaderboard_id = ?"
+                "SELECT score, WRITETIME(score), WRITETIME(updated_at), ranked \
+                 FROM {ks}.scores_by_profile WHERE profile_id = ? AND leaderboard_id = ?"
             ))
             .await?,
             delete_row: prepare(format!(
@@ -67,6 +69,18 @@ impl Statements {
             .await?,
             invalidate_cache: prepare(format!(
                 "DELETE FROM {ks}.eligibility_cache WHERE wallet_address = ?"
+            ))
+            .await?,
+            // An operator's delete (store::repair): the score and wallet cleared and `updated_at`
+            // rewritten at the delete's timestamp, which the read-back then takes as the key's `t*`.
+            delete_profile: prepare(format!(
+                "UPDATE {ks}.scores_by_profile USING TIMESTAMP ? SET score = null, \
+                 wallet_address = null, updated_at = ? WHERE profile_id = ? AND leaderboard_id = ?"
+            ))
+            .await?,
+            get_profile: prepare(format!(
+                "SELECT score, wallet_address, updated_at, WRITETIME(score), ranked \
+                 FROM {ks}.scores_by_profile WHERE profile_id = ? AND leaderboard_id = ?"
             ))
             .await?,
         })

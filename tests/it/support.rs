@@ -20,7 +20,9 @@ use scylla::client::session::Session;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-pub const KEYSPACE: &str = "score_worker_it";
+/// One keyspace per schema version: branches at different versions share one Cassandra, and a worker
+/// refuses readiness on a keyspace migrated past its own version.
+pub const KEYSPACE: &str = "score_worker_it_v3";
 
 static SCHEMA: Mutex<bool> = Mutex::const_new(false);
 static SERVERS: RwLock<()> = RwLock::const_new(());
