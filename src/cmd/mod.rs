@@ -1,10 +1,14 @@
 //! The command line and its subcommands: `score-worker [--config FILE] <run | migrate [--dry-run] | check
-//! | dlq list|replay | publish-sample>`. [`run`] dispatches; each subcommand other than `run` lives in a
+//! | dlq list|replay | publish-sample | query … | score get|set|delete | migrate-postgres>`. [`run`] dispatches; each subcommand other than `run` lives in a
 //! module of its own here, and `run` is [`crate::app`].
 
 mod check;
 mod dlq;
 mod migrate;
+pub mod migrate_postgres;
+mod progress;
+mod query;
+mod repair;
 pub mod sample;
 
 use std::path::PathBuf;
@@ -62,6 +66,23 @@ pub enum Command {
         #[arg(long, default_value_t = 3)]
         leaderboards: usize,
     },
+    /// Read the score tables: leaderboards, profiles, wallets, history, eligibility.
+    Query {
+        /// JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        query: query::Query,
+    },
+    /// An operator's repair of one score (get, set, delete), safe while workers run.
+    Score {
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: repair::Repair,
+    },
+    /// Copy scores from PostgreSQL, validated, at their updated_at (a newer score always wins).
+    MigratePostgres(migrate_postgres::Args),
 }
 
 /// Which dead letters a `dlq` command acts on.
@@ -120,6 +141,12 @@ pub enum CmdError {
     Flush(#[source] async_nats::client::FlushError),
     #[error(transparent)]
     Argument(#[from] ArgumentError),
+    #[error(transparent)]
+    Read(#[from] crate::read::ReadError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    MigratePostgres(#[from] migrate_postgres::MigrateError),
 }
 
 impl From<SchemaError> for CmdError {
@@ -145,6 +172,8 @@ pub enum ArgumentError {
         #[source]
         source: dlq::TimeError,
     },
+    #[error("the score does not meet the wire contract: {0}")]
+    Invalid(#[source] crate::score::Rejection),
 }
 
 /// Runs one subcommand; the exit code of a subcommand that reports problems without failing
@@ -165,5 +194,8 @@ pub async fn run(command: Command, config: Config) -> Result<ExitCode, CmdError>
             profiles,
             leaderboards,
         } => sample::run(&config, count, profiles, leaderboards).await,
+        Command::Query { json, query } => query::run(&config, query, json).await,
+        Command::Score { json, action } => repair::run(&config, action, json).await,
+        Command::MigratePostgres(args) => migrate_postgres::run(&config, args).await,
     }
 }

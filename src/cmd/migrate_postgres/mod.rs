@@ -1,0 +1,229 @@
+//! `score-worker migrate-postgres`: copies today's scores from PostgreSQL into the score tables,
+//! through the worker's own writer ([`ScyllaStore`], the leaderboard protocol, flushes of
+//! `batch.max_scores` coalesced keys, `retry.*`), with `USING TIMESTAMP` = the row's `updated_at`. It may
+//! run while workers are live: a score that arrived through NATS with a newer event time wins, cell by
+//! cell, and the migration never overwrites it. History rows are not written (a row is a current
+//! score, not an event).
+//!
+//! Every row is validated with the wire contract's rules ([`crate::score::validate`]); invalid rows are
+//! counted by reason, with examples, and skipped. `--dry-run` reads and validates everything and
+//! writes nothing (not even a checkpoint). Progress: a bar on a terminal, a log line every few seconds
+//! otherwise. With `--checkpoint FILE` an interrupted run continues after the last chunk it wrote.
+
+mod checkpoint;
+mod report;
+mod source;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt};
+
+use super::progress::Progress;
+use super::CmdError;
+use crate::batcher::Batcher;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::pipeline::Store;
+use crate::retry::run_with_retries;
+use crate::score::{self, Fields, ScoreUpdate};
+use crate::store::{self, ScyllaStore, StoreError};
+use checkpoint::Checkpoint;
+pub use report::Report;
+use source::Relation;
+
+/// `migrate-postgres` arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// PostgreSQL connection string (`host=… port=… user=… dbname=…` or `postgresql://…`).
+    #[arg(long, env = "SCORE_WORKER_PG_URL", hide_env_values = true)]
+    pub source: String,
+    /// A table (or `schema.table`) with the columns profile_id, wallet_address, leaderboard_id, score,
+    /// updated_at.
+    #[arg(long, conflicts_with = "query", required_unless_present = "query")]
+    pub table: Option<String>,
+    /// A query returning those columns (by name).
+    #[arg(long)]
+    pub query: Option<String>,
+    /// Read and validate everything, print the report, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Resume from and record progress in this file.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Rows per cursor fetch (and per checkpoint).
+    #[arg(long, default_value_t = 2000)]
+    pub chunk: usize,
+}
+
+/// A migration failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("--table `{0}` is not a table name ([A-Za-z0-9_], optionally schema.table)")]
+    Table(String),
+    #[error("checkpoint {}: {problem}", path.display())]
+    Checkpoint { path: PathBuf, problem: String },
+    #[error(transparent)]
+    Database(Box<store::ConnectError>),
+    #[error("writing scores: {0}")]
+    Write(#[from] StoreError),
+}
+
+impl From<store::ConnectError> for MigrateError {
+    fn from(e: store::ConnectError) -> Self {
+        MigrateError::Database(Box::new(e))
+    }
+}
+
+pub async fn run(config: &Config, args: Args) -> Result<ExitCode, CmdError> {
+    let relation = match (&args.table, &args.query) {
+        (Some(t), _) => Relation::Table(t.clone()),
+        (None, Some(q)) => Relation::Query(q.clone()),
+        (None, None) => unreachable!("clap requires --table or --query"),
+    };
+    let report = migrate(config, &args, &relation).await?;
+    if args.dry_run {
+        println!("dry run: nothing written\n{report}");
+    } else {
+        println!("migration complete\n{report}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the migration (see the module doc) and returns its report.
+pub async fn migrate(
+    config: &Config,
+    args: &Args,
+    relation: &Relation,
+) -> Result<Report, MigrateError> {
+    let sql = relation.sql()?;
+    let mut pg = source::connect(&args.source).await?;
+    let (total, leaderboards, profiles) = source::census(&pg, &sql).await?;
+    let mut checkpoint = match (&args.checkpoint, args.dry_run) {
+        (Some(path), false) => Checkpoint::load(path, &sql)?,
+        _ => Checkpoint::new(sql.clone()),
+    };
+    let store = if args.dry_run {
+        None
+    } else {
+        let session = Arc::new(store::connect(&config.scylla).await?);
+        Some(
+            ScyllaStore::new(session, &config.scylla, Arc::new(Metrics::new()))
+                .await?,
+        )
+    };
+    let what = if args.dry_run {
+        "migrate-postgres --dry-run"
+    } else {
+        "migrate-postgres"
+    };
+    let mut progress = Progress::new(what, "rows", total, std::io::stderr().is_terminal());
+    progress.set_position(checkpoint.report.rows_read);
+    let limits = config.limits();
+    let started = Instant::now();
+    let resumed_at = checkpoint.report.rows_read;
+
+    let tx = pg.transaction().await?;
+    let portal = source::open(&tx, &sql, checkpoint.after.as_ref()).await?;
+    loop {
+        let rows = source::fetch(&tx, &portal, args.chunk.max(1)).await?;
+        let Some(last) = rows.last() else { break };
+        let last = last.key();
+        let now = chrono::Utc::now().timestamp_micros();
+        let report = &mut checkpoint.report;
+        let mut updates = Vec::with_capacity(rows.len());
+        for row in &rows {
+            report.rows_read += 1;
+            match score::validate(&fields(row), limits, now) {
+                Ok(update) => {
+                    report.valid += 1;
+                    updates.push(update);
+                }
+                Err(why) => report.reject(row, &why),
+            }
+        }
+        let flushes = flushes(config, updates);
+        report.writes += flushes.iter().map(Vec::len).sum::<usize>() as u64;
+        if let Some(store) = &store {
+            write(config, store, flushes).await?;
+        }
+        checkpoint.after = Some(last);
+        if let (Some(path), false) = (&args.checkpoint, args.dry_run) {
+            checkpoint.save(path)?;
+        }
+        progress.inc_by(rows.len() as u64);
+    }
+    tx.commit().await?;
+    progress.finish();
+    checkpoint.report.leaderboards = leaderboards;
+    checkpoint.report.profiles = profiles;
+    checkpoint.complete = true;
+    if let (Some(path), false) = (&args.checkpoint, args.dry_run) {
+        checkpoint.save(path)?;
+    }
+    let read = checkpoint.report.rows_read - resumed_at;
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        rows = read,
+        seconds = secs,
+        rows_per_second = read as f64 / secs.max(1e-9),
+        dry_run = args.dry_run,
+        "migrate-postgres finished"
+    );
+    Ok(checkpoint.report)
+}
+
+/// A row as the contract's fields (every column as text; `event_id` is not stored).
+fn fields(row: &source::SourceRow) -> Fields {
+    Fields {
+        event_id: Some("postgres".into()),
+        profile_id: row.profile_id.clone(),
+        wallet_address: row.wallet_address.clone(),
+        leaderboard_id: row.leaderboard_id.clone(),
+        score: Fields::score_text(row.score.as_deref()),
+        occurred_at: Fields::time_text(row.updated_at_micros),
+    }
+}
+
+/// The worker's batcher: flushes of at most `batch.max_scores` keys, each key's newest row.
+fn flushes(config: &Config, updates: Vec<ScoreUpdate>) -> Vec<Vec<ScoreUpdate>> {
+    let mut batcher = Batcher::new(config.batch.max_scores, config.batch.linger);
+    let now = tokio::time::Instant::now();
+    let mut out = Vec::new();
+    for u in updates {
+        if let Some(flush) = batcher.push(u, (), false, now) {
+            out.push(flush.latest);
+        }
+    }
+    if !batcher.is_empty() {
+        out.push(batcher.take().latest);
+    }
+    out
+}
+
+/// Writes the flushes, `batch.max_inflight` at once, each with the worker's retry schedule.
+async fn write(
+    config: &Config,
+    store: &ScyllaStore,
+    flushes: Vec<Vec<ScoreUpdate>>,
+) -> Result<(), MigrateError> {
+    futures::stream::iter(flushes)
+        .map(|latest| async move {
+            run_with_retries(
+                &config.retry,
+                || store.write(&latest, &[]),
+                StoreError::is_retryable,
+                |e, delay| tracing::warn!(error = %e, ?delay, "write failed; retrying"),
+            )
+            .await
+        })
+        .buffer_unordered(config.batch.max_inflight.max(1))
+        .try_for_each(|()| async { Ok(()) })
+        .await?;
+    Ok(())
+}

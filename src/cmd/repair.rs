@@ -1,0 +1,140 @@
+//! `score-worker score get|set|delete`: an operator's repair of one score, through the worker's write
+//! protocol ([`crate::store::repair`]), so it is safe while workers run. A set is validated with the
+//! wire contract's rules and written at `--at` (default now): a newer live update still wins.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Subcommand;
+use uuid::Uuid;
+
+use super::dlq::parse_time;
+use super::{ArgumentError, CmdError};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::score::{self, Fields};
+use crate::store::{self, ScyllaStore};
+
+#[derive(Debug, Subcommand)]
+pub enum Repair {
+    /// Print one score.
+    Get {
+        #[arg(long)]
+        profile: Uuid,
+        #[arg(long)]
+        leaderboard: String,
+    },
+    /// Write one score as an event at `--at`.
+    Set {
+        #[arg(long)]
+        profile: Uuid,
+        #[arg(long)]
+        leaderboard: String,
+        #[arg(long)]
+        wallet: String,
+        #[arg(long, allow_hyphen_values = true)]
+        score: i64,
+        /// Event time: RFC 3339 or an age (10m); default now. Older than the current score: no effect.
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Delete one score at `--at`: it is gone unless an update newer than that arrives.
+    Delete {
+        #[arg(long)]
+        profile: Uuid,
+        #[arg(long)]
+        leaderboard: String,
+        #[arg(long)]
+        at: Option<String>,
+    },
+}
+
+pub async fn run(config: &Config, action: Repair, json: bool) -> Result<ExitCode, CmdError> {
+    let session = Arc::new(store::connect(&config.scylla).await?);
+    let store = ScyllaStore::new(session, &config.scylla, Arc::new(Metrics::new())).await?;
+    let at = |at: Option<String>| match at {
+        Some(text) => parse_time(&text)
+            .map(|t| t.timestamp_micros())
+            .map_err(|source| ArgumentError::Time {
+                flag: "--at",
+                source,
+            }),
+        None => Ok(chrono::Utc::now().timestamp_micros()),
+    };
+    match action {
+        Repair::Get {
+            profile,
+            leaderboard,
+        } => {
+            let current = store.get(profile, &leaderboard).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&current).expect("serializes"));
+            } else {
+                match current {
+                    None => println!("no score for profile {profile} on {leaderboard}"),
+                    Some(s) => println!(
+                        "score {} wallet {} updated_at {} (written at {} µs; leaderboard rows {:?})",
+                        s.score,
+                        s.wallet_address,
+                        s.updated_at.to_rfc3339(),
+                        s.written_at_micros,
+                        s.ranked
+                    ),
+                }
+            }
+        }
+        Repair::Set {
+            profile,
+            leaderboard,
+            wallet,
+            score,
+            at: when,
+        } => {
+            let micros = at(when)?;
+            let fields = Fields {
+                event_id: Some(format!("repair-{}", Uuid::new_v4())),
+                profile_id: Some(profile.to_string()),
+                wallet_address: Some(wallet),
+                leaderboard_id: Some(leaderboard),
+                score: Some(score.into()),
+                occurred_at: Fields::time_text(Some(micros)),
+            };
+            let now = chrono::Utc::now().timestamp_micros();
+            let update = score::validate(&fields, config.limits(), now)
+                .map_err(ArgumentError::Invalid)?;
+            store.upsert(&update).await?;
+            let current = store.get(profile, &update.leaderboard_id).await?;
+            let won = current
+                .as_ref()
+                .is_some_and(|c| c.written_at_micros == micros && c.score == update.score);
+            println!(
+                "{} (event {}; current score {})",
+                if won {
+                    "written"
+                } else {
+                    "written, but a newer score is current"
+                },
+                update.event_id,
+                current.map_or("none".into(), |c| c.score.to_string())
+            );
+        }
+        Repair::Delete {
+            profile,
+            leaderboard,
+            at: when,
+        } => {
+            let micros = at(when)?;
+            let before = store.delete(profile, &leaderboard, micros).await?;
+            let after = store.get(profile, &leaderboard).await?;
+            println!(
+                "deleted at {micros} µs (was {}; now {})",
+                before.map_or("no score".into(), |b| b.score.to_string()),
+                after.map_or("no score".into(), |a| format!(
+                    "{}: a newer update won",
+                    a.score
+                ))
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
