@@ -10,6 +10,7 @@ mod hostile;
 mod http;
 mod invariant;
 mod knobs;
+mod postgres;
 mod read;
 mod support;
 mod topology;
