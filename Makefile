@@ -25,6 +25,7 @@ help:
 	@echo "make chaos         fault-injection suite (also part of make test); make soak: the long version"
 	@echo "make bench         throughput, DB requests, CPU per event, latency, stale rows vs the ceilings (release)"
 	@echo "make bench-baseline  the same with the build of BASELINE (default $(BASELINE_DEFAULT)) as a variant"
+	@echo "make bench-read    top-100 latency and rank cost on a 1M-profile board, fresh and after 1M changes"
 	@echo "make services-down stop the local servers"
 	@echo "make cluster-up    3-node NATS JetStream + 3-node Cassandra clusters on loopback (cluster-down stops them)"
 
@@ -74,6 +75,12 @@ bench: services
 
 bench-baseline:
 	$(MAKE) --no-print-directory bench BASELINE=$(or $(BASELINE),$(BASELINE_DEFAULT))
+
+# The read side: top-100 latency and rank cost on a 1,000,000-profile board, fresh and after 1,000,000
+# score changes (knobs SCORE_WORKER_BENCH_READ_*, benches/read/main.rs; figures in docs/performance.md).
+.PHONY: bench-read
+bench-read: services
+	$(CARGO) bench --locked --bench read
 
 lint: supply-chain msrv
 	$(CARGO) fmt --all -- --check

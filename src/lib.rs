@@ -44,8 +44,10 @@
 //! - [`metrics`]: every metric, in a registry of the worker's own.
 //! - [`health`]: readiness state and the periodic probes that feed it.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`read`]: the typed read client other services link (leaderboards, profiles, history, the
+//!   eligibility cache); repairs of one score go through [`store::repair`].
 //! - [`cmd`]: the command line and the subcommands other than `run` (`migrate`, `check`, `dlq`,
-//!   `publish-sample`).
+//!   `publish-sample`, `query`, `score`, `migrate-postgres`).
 //!
 //! Dependencies point one way: `cmd → app → {consumer, pipeline, store, advisory} → {deadletter,
 //! batcher, retry, health} → {metrics, schema, config} → score`; the pipeline knows neither NATS nor
