@@ -288,7 +288,11 @@ impl Fields {
 }
 
 /// Validates fields from another source with the rules of [`decode`] (same reasons, same messages).
-pub fn validate(fields: &Fields, limits: Limits, now_micros: i64) -> Result<ScoreUpdate, Rejection> {
+pub fn validate(
+    fields: &Fields,
+    limits: Limits,
+    now_micros: i64,
+) -> Result<ScoreUpdate, Rejection> {
     let payload = serde_json::to_vec(fields).expect("fields serialize");
     decode(&payload, limits, now_micros)
 }

@@ -61,9 +61,15 @@ async fn main() {
     config.scylla.keyspace = KEYSPACE.into();
     config.scylla.leaderboard_buckets = knob("BUCKETS", 16);
     config.scylla.request_timeout = Duration::from_secs(60);
-    let session = Arc::new(store::connect(&config.scylla).await.expect("Cassandra (scripts/services.sh up)"));
+    let session = Arc::new(
+        store::connect(&config.scylla)
+            .await
+            .expect("Cassandra (scripts/services.sh up)"),
+    );
     drop_keyspace(&session).await;
-    schema::migrate(&session, &config.scylla, false).await.expect("migrate");
+    schema::migrate(&session, &config.scylla, false)
+        .await
+        .expect("migrate");
     let reader = Reader::new(session.clone(), &config.scylla, Arc::new(Metrics::new()))
         .await
         .expect("reader");
@@ -110,7 +116,7 @@ async fn main() {
     );
 
     // Rank probes: the profiles at a few depths of the fresh board, with their by-profile rows.
-    board.sort_by(|a, b| b.score.cmp(&a.score));
+    board.sort_by_key(|r| std::cmp::Reverse(r.score));
     let depths: Vec<usize> = [100, 10_000, profiles / 2, profiles - 1]
         .into_iter()
         .filter(|d| *d < profiles)
@@ -161,7 +167,15 @@ async fn main() {
             statements.push((row.bucket, Statement::Insert(row.profile, new)));
             row.score = new;
         }
-        write(&session, &insert, &delete, statements, t0 + round, concurrency).await;
+        write(
+            &session,
+            &insert,
+            &delete,
+            statements,
+            t0 + round,
+            concurrency,
+        )
+        .await;
         done += take;
         round += 1;
         if round % 10 == 0 {
@@ -209,12 +223,21 @@ async fn write(
     for (bucket, list) in by_bucket {
         for chunk in list.chunks(ROWS_PER_BATCH) {
             let mut batch = Batch::new(BatchType::Unlogged);
-            let mut values: Vec<Box<dyn scylla::serialize::row::SerializeRow + Send + Sync>> = Vec::new();
+            let mut values: Vec<Box<dyn scylla::serialize::row::SerializeRow + Send + Sync>> =
+                Vec::new();
             for s in chunk {
                 match *s {
                     Statement::Insert(p, score) => {
                         batch.append_statement(insert.clone());
-                        values.push(Box::new((BOARD, bucket, score, p, wallet(p), updated_at, at)));
+                        values.push(Box::new((
+                            BOARD,
+                            bucket,
+                            score,
+                            p,
+                            wallet(p),
+                            updated_at,
+                            at,
+                        )));
                     }
                     Statement::Delete(p, score) => {
                         batch.append_statement(delete.clone());
@@ -282,5 +305,8 @@ fn ms(d: Duration) -> f64 {
 async fn drop_keyspace(session: &Session) {
     let mut drop = scylla::statement::Statement::new(format!("DROP KEYSPACE IF EXISTS {KEYSPACE}"));
     drop.set_request_timeout(Some(Duration::from_secs(120)));
-    session.query_unpaged(drop, ()).await.expect("drop keyspace");
+    session
+        .query_unpaged(drop, ())
+        .await
+        .expect("drop keyspace");
 }

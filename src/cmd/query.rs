@@ -178,9 +178,7 @@ pub async fn run(config: &Config, query: Query, json: bool) -> Result<ExitCode, 
             leaderboard,
             min_score,
         } => {
-            let answer = reader
-                .eligibility(&wallet, &leaderboard, min_score)
-                .await?;
+            let answer = reader.eligibility(&wallet, &leaderboard, min_score).await?;
             print(json, &answer, || {
                 format!(
                     "{} (best score {}, cache {})\n",

@@ -68,7 +68,10 @@ pub async fn run(config: &Config, action: Repair, json: bool) -> Result<ExitCode
         } => {
             let current = store.get(profile, &leaderboard).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&current).expect("serializes"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&current).expect("serializes")
+                );
             } else {
                 match current {
                     None => println!("no score for profile {profile} on {leaderboard}"),
@@ -100,8 +103,8 @@ pub async fn run(config: &Config, action: Repair, json: bool) -> Result<ExitCode
                 occurred_at: Fields::time_text(Some(micros)),
             };
             let now = chrono::Utc::now().timestamp_micros();
-            let update = score::validate(&fields, config.limits(), now)
-                .map_err(ArgumentError::Invalid)?;
+            let update =
+                score::validate(&fields, config.limits(), now).map_err(ArgumentError::Invalid)?;
             store.upsert(&update).await?;
             let current = store.get(profile, &update.leaderboard_id).await?;
             let won = current

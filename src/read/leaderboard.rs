@@ -261,7 +261,9 @@ impl Reader {
             let (statement, result) = match segment {
                 Segment::Head => {
                     let s = paged(&st.head, page);
-                    let r = self.session.execute_single_page(&s, (leaderboard, b), paging);
+                    let r = self
+                        .session
+                        .execute_single_page(&s, (leaderboard, b), paging);
                     ("top", r.await)
                 }
                 Segment::TieAfter(score, profile) => {
@@ -327,9 +329,18 @@ mod tests {
 
     #[test]
     fn higher_scores_first_then_profile_bytes() {
-        let mut v = vec![entry(1, 2), entry(5, 9), entry(-3, 1), entry(5, 3), entry(1, 1)];
+        let mut v = [
+            entry(1, 2),
+            entry(5, 9),
+            entry(-3, 1),
+            entry(5, 3),
+            entry(1, 1),
+        ];
         v.sort_by(order);
-        let got: Vec<(i64, u128)> = v.iter().map(|e| (e.score, e.profile_id.as_u128())).collect();
+        let got: Vec<(i64, u128)> = v
+            .iter()
+            .map(|e| (e.score, e.profile_id.as_u128()))
+            .collect();
         assert_eq!(got, vec![(5, 3), (5, 9), (1, 1), (1, 2), (-3, 1)]);
     }
 

@@ -41,7 +41,9 @@ pub enum ReadError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Preparing the read statements failed: usually a schema older than this build.
-    #[error("preparing read statements failed (is the schema applied? run `score-worker migrate`): {0}")]
+    #[error(
+        "preparing read statements failed (is the schema applied? run `score-worker migrate`): {0}"
+    )]
     Prepare(#[source] StoreError),
     /// An argument the read cannot use.
     #[error("{0}")]

@@ -78,7 +78,10 @@ impl Reader {
         Ok(self.wallet_scores(&wallet.to_ascii_lowercase()).await?)
     }
 
-    pub(super) async fn wallet_scores(&self, wallet: &str) -> Result<Vec<ProfileScore>, StoreError> {
+    pub(super) async fn wallet_scores(
+        &self,
+        wallet: &str,
+    ) -> Result<Vec<ProfileScore>, StoreError> {
         let mut rows = self
             .profile_rows("by_wallet", &self.statements.by_wallet, (wallet,))
             .await?;
@@ -157,7 +160,10 @@ impl Reader {
         // Newest first: the end of the range, or the cursor.
         let (mut day, mut upper) = match after {
             Some(c) => (day_of(c.occurred_at.timestamp_micros()), c.occurred_at),
-            None => (day_of((to - Duration::milliseconds(1)).timestamp_micros()), to),
+            None => (
+                day_of((to - Duration::milliseconds(1)).timestamp_micros()),
+                to,
+            ),
         };
         let first_day = day_of(from.timestamp_micros());
         let mut events = Vec::with_capacity(limit);

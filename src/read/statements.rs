@@ -7,7 +7,8 @@ use crate::store::StoreError;
 
 const ENTRY: &str = "score, profile_id, wallet_address, updated_at";
 const HISTORY: &str = "occurred_at, event_id, leaderboard_id, score, wallet_address";
-const PROFILE: &str = "profile_id, leaderboard_id, score, wallet_address, updated_at, WRITETIME(score)";
+const PROFILE: &str =
+    "profile_id, leaderboard_id, score, wallet_address, updated_at, WRITETIME(score)";
 
 pub(super) struct Statements {
     /// A bucket from its head, in clustering order.

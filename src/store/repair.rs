@@ -49,10 +49,7 @@ impl ScyllaStore {
     ) -> Result<Option<StoredScore>, StoreError> {
         let result = self
             .session
-            .execute_unpaged(
-                &self.statements.get_profile,
-                (profile_id, leaderboard_id),
-            )
+            .execute_unpaged(&self.statements.get_profile, (profile_id, leaderboard_id))
             .await
             .map_err(|e| StoreError::new("get", e))?;
         let rows = result.into_rows_result().map_err(decode_as("get"))?;
@@ -108,7 +105,11 @@ impl ScyllaStore {
             profile_id,
             leaderboard_id,
         );
-        clear.push(&self.statements.delete_profile, values, bytes::profile(&key));
+        clear.push(
+            &self.statements.delete_profile,
+            values,
+            bytes::profile(&key),
+        );
         self.run(WRITE_PROFILES, clear).await?;
         self.settle_keys(cluster.clone(), std::slice::from_ref(&key))
             .await?;

@@ -57,10 +57,7 @@ async fn source_table(client: &tokio_postgres::Client, tag: &str) -> (String, St
 }
 
 /// The valid rows, read straight from PostgreSQL: (leaderboard, profile) → (score, wallet).
-async fn source_rows(
-    client: &tokio_postgres::Client,
-    table: &str,
-) -> HashMap<(String, Uuid), i64> {
+async fn source_rows(client: &tokio_postgres::Client, table: &str) -> HashMap<(String, Uuid), i64> {
     let rows = client
         .query(
             &format!(
@@ -73,7 +70,12 @@ async fn source_rows(
         .await
         .unwrap();
     rows.iter()
-        .map(|r| ((r.get::<_, String>(1), r.get::<_, Uuid>(0)), r.get::<_, i64>(2)))
+        .map(|r| {
+            (
+                (r.get::<_, String>(1), r.get::<_, Uuid>(0)),
+                r.get::<_, i64>(2),
+            )
+        })
         .collect()
 }
 
@@ -82,7 +84,9 @@ async fn own_keyspace(test: &str) -> (Config, Session) {
     let mut config = base_config(test);
     config.scylla.keyspace = format!("score_worker_it_{}", config.nats.consumer.to_lowercase());
     let session = session().await;
-    schema::migrate(&session, &config.scylla, false).await.expect("migrate");
+    schema::migrate(&session, &config.scylla, false)
+        .await
+        .expect("migrate");
     (config, session)
 }
 
@@ -93,7 +97,10 @@ async fn drop_keyspace(session: &Session, config: &Config) {
         config.scylla.keyspace
     ));
     drop.set_request_timeout(Some(Duration::from_secs(120)));
-    session.query_unpaged(drop, ()).await.expect("drop keyspace");
+    session
+        .query_unpaged(drop, ())
+        .await
+        .expect("drop keyspace");
 }
 
 /// Every row of every table of the keyspace, with the write times of the score tables' cells, sorted:
@@ -132,7 +139,10 @@ async fn dump(session: &Session, ks: &str) -> Vec<String> {
 /// The leaderboard rows of the keyspace: (leaderboard, profile) → scores.
 async fn board(session: &Session, ks: &str) -> HashMap<(String, Uuid), Vec<i64>> {
     let pager = session
-        .query_iter(format!("SELECT leaderboard_id, score, profile_id FROM {ks}.scores"), ())
+        .query_iter(
+            format!("SELECT leaderboard_id, score, profile_id FROM {ks}.scores"),
+            (),
+        )
         .await
         .unwrap();
     let mut rows = pager.rows_stream::<(String, i64, Uuid)>().unwrap();
@@ -152,7 +162,11 @@ fn migrate_cmd(config: &Config, table: &str, extra: &[&str]) -> std::process::Co
 
 fn run_ok(mut cmd: std::process::Command) -> String {
     let out = cmd.output().expect("the binary runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -169,13 +183,13 @@ fn assert_report(out: &str) {
     ] {
         assert!(out.lines().any(|l| l == line), "no `{line}` in:\n{out}");
     }
-    assert!(out.contains("wallet_address must be 0x followed by 40 hex digits"), "{out}");
+    assert!(
+        out.contains("wallet_address must be 0x followed by 40 hex digits"),
+        "{out}"
+    );
 }
 
-fn assert_moved(
-    got: &HashMap<(String, Uuid), Vec<i64>>,
-    want: &HashMap<(String, Uuid), i64>,
-) {
+fn assert_moved(got: &HashMap<(String, Uuid), Vec<i64>>, want: &HashMap<(String, Uuid), i64>) {
     assert_eq!(want.len() as u64, ROWS);
     let wrong: Vec<_> = want
         .iter()
@@ -210,20 +224,29 @@ async fn dry_run_writes_nothing_and_a_run_moves_every_valid_row_under_newer_nats
         wallet: wallet_of(key.1),
         leaderboard: key.0.clone(),
         score,
-        at_micros: chrono::DateTime::parse_from_rfc3339(at).unwrap().timestamp_micros(),
+        at_micros: chrono::DateTime::parse_from_rfc3339(at)
+            .unwrap()
+            .timestamp_micros(),
     };
     let newer = nats_event(&newer_key, 424_242, "2026-11-20T00:00:00Z");
     let older = nats_event(&older_key, -424_242, "2026-10-01T00:00:00Z");
     publish(&js, &config, &newer, &newer.event_id).await;
     publish(&js, &config, &older, &older.event_id).await;
-    wait_until("NATS events written", Duration::from_secs(30), || worker.processed() >= 2).await;
+    wait_until("NATS events written", Duration::from_secs(30), || {
+        worker.processed() >= 2
+    })
+    .await;
     worker.stop().await;
 
     let before = dump(&session, &ks).await;
     let out = run_ok(migrate_cmd(&config, &table, &["--dry-run"]));
     assert!(out.starts_with("dry run: nothing written"), "{out}");
     assert_report(&out);
-    assert_eq!(dump(&session, &ks).await, before, "a dry run changes nothing");
+    assert_eq!(
+        dump(&session, &ks).await,
+        before,
+        "a dry run changes nothing"
+    );
 
     let out = run_ok(migrate_cmd(&config, &table, &[]));
     assert_report(&out);
@@ -242,7 +265,10 @@ async fn dry_run_writes_nothing_and_a_run_moves_every_valid_row_under_newer_nats
         .unwrap();
     assert_eq!(by_profile.0, Some(424_242), "the newer NATS score survives");
     drop_keyspace(&session, &config).await;
-    client.batch_execute(&format!("DROP TABLE {table}")).await.unwrap();
+    client
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,16 +295,24 @@ async fn a_run_killed_mid_way_and_resumed_ends_with_the_same_result() {
             return (0, false);
         };
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        (v["report"]["rows_read"].as_u64().unwrap(), v["complete"].as_bool().unwrap())
+        (
+            v["report"]["rows_read"].as_u64().unwrap(),
+            v["complete"].as_bool().unwrap(),
+        )
     };
-    wait_until("a fifth of the rows migrated", Duration::from_secs(180), || {
-        read_so_far().0 >= ROWS / 5
-    })
+    wait_until(
+        "a fifth of the rows migrated",
+        Duration::from_secs(180),
+        || read_so_far().0 >= ROWS / 5,
+    )
     .await;
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let (read, complete) = read_so_far();
-    assert!(!complete && read < ROWS, "killed mid-way: {read} rows read, complete {complete}");
+    assert!(
+        !complete && read < ROWS,
+        "killed mid-way: {read} rows read, complete {complete}"
+    );
 
     let out = run_ok(migrate_cmd(&config, &table, &args));
     assert_report(&out);
@@ -287,5 +321,8 @@ async fn a_run_killed_mid_way_and_resumed_ends_with_the_same_result() {
     // Run again on the completed checkpoint: nothing more is read, the report is the same.
     assert_report(&run_ok(migrate_cmd(&config, &table, &args)));
     drop_keyspace(&session, &config).await;
-    client.batch_execute(&format!("DROP TABLE {table}")).await.unwrap();
+    client
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
 }

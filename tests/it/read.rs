@@ -84,12 +84,19 @@ async fn top_n_pages_and_ranks_equal_an_independent_sort_across_buckets() {
 
     for n in [1, 7, 100, 699, 700, 1000] {
         let page = reader.top(&board, n).await.expect("top");
-        let got: Vec<(i64, Uuid)> = page.entries.iter().map(|e| (e.score, e.profile_id)).collect();
+        let got: Vec<(i64, Uuid)> = page
+            .entries
+            .iter()
+            .map(|e| (e.score, e.profile_id))
+            .collect();
         assert_eq!(got, want[..n.min(want.len())], "top {n}");
         assert_eq!(page.next.is_some(), n <= want.len(), "next of top {n}");
     }
     let top = reader.top(&board, 3).await.unwrap();
-    assert_eq!(top.entries[0].wallet_address, wallet_of(top.entries[0].profile_id));
+    assert_eq!(
+        top.entries[0].wallet_address,
+        wallet_of(top.entries[0].profile_id)
+    );
 
     // Pages of 37 from the top, each after the previous page's last row, add up to the board.
     let mut walked = Vec::new();
@@ -113,7 +120,11 @@ async fn top_n_pages_and_ranks_equal_an_independent_sort_across_buckets() {
         .copied()
         .filter(|(s, p)| *s < 0 || (*s == 0 && p.as_bytes() > Uuid::nil().as_bytes()))
         .collect();
-    let got: Vec<(i64, Uuid)> = below.entries.iter().map(|e| (e.score, e.profile_id)).collect();
+    let got: Vec<(i64, Uuid)> = below
+        .entries
+        .iter()
+        .map(|e| (e.score, e.profile_id))
+        .collect();
     assert_eq!(got, expect_below);
 
     // Ranks: the position in the independent sort; the band is the run of equal scores.
@@ -122,8 +133,15 @@ async fn top_n_pages_and_ranks_equal_an_independent_sort_across_buckets() {
         let rank = reader.rank(&board, profile).await.unwrap().expect("ranked");
         let best = want.iter().position(|(s, _)| *s == score).unwrap() as u64 + 1;
         let tied = want.iter().filter(|(s, _)| *s == score).count() as u64;
-        assert_eq!((rank.rank, rank.score), (i as u64 + 1, score), "rank of #{i}");
-        assert_eq!((rank.best, rank.worst, rank.tied), (best, best + tied - 1, tied));
+        assert_eq!(
+            (rank.rank, rank.score),
+            (i as u64 + 1, score),
+            "rank of #{i}"
+        );
+        assert_eq!(
+            (rank.best, rank.worst, rank.tied),
+            (best, best + tied - 1, tied)
+        );
     }
     assert_eq!(reader.rank(&board, Uuid::new_v4()).await.unwrap(), None);
 
@@ -134,7 +152,10 @@ async fn top_n_pages_and_ranks_equal_an_independent_sort_across_buckets() {
     let mine = reader.scores(p).await.unwrap();
     let boards: HashSet<&str> = mine.iter().map(|s| s.leaderboard_id.as_str()).collect();
     assert_eq!(boards, HashSet::from([board.as_str(), other.as_str()]));
-    let by_wallet = reader.by_wallet(&wallet_of(p).to_uppercase().replace("0X", "0x")).await.unwrap();
+    let by_wallet = reader
+        .by_wallet(&wallet_of(p).to_uppercase().replace("0X", "0x"))
+        .await
+        .unwrap();
     assert_eq!(by_wallet.len(), 2, "{by_wallet:?}");
     assert!(by_wallet.iter().all(|s| s.profile_id == p));
 }
@@ -171,7 +192,14 @@ async fn paging_skips_and_repeats_nothing_while_updates_race_it() {
                 rounds += 1;
                 let batch: Vec<ScoreUpdate> = hot
                     .iter()
-                    .map(|p| update(&board, *p, rng.random_range(-100..100), base + rounds as i64))
+                    .map(|p| {
+                        update(
+                            &board,
+                            *p,
+                            rng.random_range(-100..100),
+                            base + rounds as i64,
+                        )
+                    })
                     .collect();
                 store.write(&batch, &[]).await.expect("racing write");
             }
@@ -205,7 +233,11 @@ async fn paging_skips_and_repeats_nothing_while_updates_race_it() {
     for u in &stable {
         want.insert(u.profile_id, u.score);
     }
-    assert_eq!(stable_seen, sorted(&want), "stable rows: no gap, no duplicate");
+    assert_eq!(
+        stable_seen,
+        sorted(&want),
+        "stable rows: no gap, no duplicate"
+    );
 }
 
 /// Polls the by-profile score until it is `score`.
@@ -213,10 +245,16 @@ async fn wait_for_score(reader: &Reader, profile: Uuid, board: &str, score: i64)
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let now = reader.scores(profile).await.unwrap();
-        if now.iter().any(|s| s.leaderboard_id == board && s.score == score) {
+        if now
+            .iter()
+            .any(|s| s.leaderboard_id == board && s.score == score)
+        {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "score {score} never arrived: {now:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "score {score} never arrived: {now:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -245,7 +283,10 @@ async fn eligibility_cache_misses_hits_is_invalidated_by_the_worker_and_expires(
     };
     let first = event(10, at);
     publish(&js, &config, &first, &first.event_id).await;
-    wait_until("first event processed", Duration::from_secs(30), || worker.processed() >= 1).await;
+    wait_until("first event processed", Duration::from_secs(30), || {
+        worker.processed() >= 1
+    })
+    .await;
     wait_for_score(&reader, profile, &board, 10).await;
     let count = |result: &str| {
         metrics
@@ -255,9 +296,15 @@ async fn eligibility_cache_misses_hits_is_invalidated_by_the_worker_and_expires(
     };
 
     let a = reader.eligibility(&wallet, &board, 5).await.unwrap();
-    assert_eq!((a.cache, a.eligible, a.score), (CacheResult::Miss, true, Some(10)));
+    assert_eq!(
+        (a.cache, a.eligible, a.score),
+        (CacheResult::Miss, true, Some(10))
+    );
     let b = reader.eligibility(&wallet, &board, 5).await.unwrap();
-    assert_eq!((b.cache, b.eligible, b.score), (CacheResult::Hit, true, Some(10)));
+    assert_eq!(
+        (b.cache, b.eligible, b.score),
+        (CacheResult::Hit, true, Some(10))
+    );
     assert_eq!((count("hit"), count("miss")), (1, 1));
     // Another threshold is another question: a miss.
     let c = reader.eligibility(&wallet, &board, 11).await.unwrap();
@@ -266,9 +313,15 @@ async fn eligibility_cache_misses_hits_is_invalidated_by_the_worker_and_expires(
     // A newer score through NATS and the real worker: its clean-up drops the wallet's entries.
     let newer = event(3, at + 1_000_000);
     publish(&js, &config, &newer, &newer.event_id).await;
-    wait_until("newer event processed", Duration::from_secs(30), || worker.processed() >= 2).await;
+    wait_until("newer event processed", Duration::from_secs(30), || {
+        worker.processed() >= 2
+    })
+    .await;
     let d = reader.eligibility(&wallet, &board, 5).await.unwrap();
-    assert_eq!((d.cache, d.eligible, d.score), (CacheResult::Miss, false, Some(3)));
+    assert_eq!(
+        (d.cache, d.eligible, d.score),
+        (CacheResult::Miss, false, Some(3))
+    );
     let written = tokio::time::Instant::now();
     let e = reader.eligibility(&wallet, &board, 5).await.unwrap();
     assert_eq!((e.cache, e.score), (CacheResult::Hit, Some(3)));
@@ -281,12 +334,18 @@ async fn eligibility_cache_misses_hits_is_invalidated_by_the_worker_and_expires(
             assert_eq!(r.score, Some(3));
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the entry never expired");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the entry never expired"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let lived = written.elapsed();
     // TTLs count whole seconds on the server: an entry may go up to a second early.
-    assert!(lived >= ttl - Duration::from_millis(1_100), "expired after {lived:?}, TTL {ttl:?}");
+    assert!(
+        lived >= ttl - Duration::from_millis(1_100),
+        "expired after {lived:?}, TTL {ttl:?}"
+    );
     worker.stop().await;
 }
 
@@ -370,7 +429,9 @@ async fn repairs_keep_the_invariant_under_a_concurrent_worker() {
     for u in &upserts {
         let update = update(&board, u.profile, u.score, u.at_micros);
         let store = store.clone();
-        repairs.push(tokio::spawn(async move { store.upsert(&update).await.expect("upsert") }));
+        repairs.push(tokio::spawn(async move {
+            store.upsert(&update).await.expect("upsert")
+        }));
     }
     for &(profile, at) in &deletes {
         let (store, board) = (store.clone(), board.clone());
@@ -400,10 +461,19 @@ async fn repairs_keep_the_invariant_under_a_concurrent_worker() {
         *t = (*t).max(e.at_micros);
     }
     let session = session().await;
-    let rows = leaderboard_rows(&session, std::slice::from_ref(&board), config.scylla.leaderboard_buckets).await;
+    let rows = leaderboard_rows(
+        &session,
+        std::slice::from_ref(&board),
+        config.scylla.leaderboard_buckets,
+    )
+    .await;
     let mut problems = Vec::new();
     for p in &profiles {
-        let deleted_at = deletes.iter().filter(|(q, _)| q == p).map(|(_, t)| *t).max();
+        let deleted_at = deletes
+            .iter()
+            .filter(|(q, _)| q == p)
+            .map(|(_, t)| *t)
+            .max();
         let event_at = newest_at.get(p).copied();
         let want = match (event_at, deleted_at) {
             (Some(e), Some(d)) if d > e => None,
@@ -413,12 +483,25 @@ async fn repairs_keep_the_invariant_under_a_concurrent_worker() {
         let got = rows.get(&(board.clone(), *p)).cloned().unwrap_or_default();
         let current = store.get(*p, &board).await.unwrap().map(|s| s.score);
         if got != want.into_iter().collect::<Vec<_>>() || current != want {
-            problems.push(format!("{p}: want {want:?}, leaderboard rows {got:?}, by profile {current:?}"));
+            problems.push(format!(
+                "{p}: want {want:?}, leaderboard rows {got:?}, by profile {current:?}"
+            ));
         }
     }
     assert!(problems.is_empty(), "{problems:#?}");
-    assert_eq!(store.get(profiles[0], &board).await.unwrap(), None, "deleted last");
-    assert_eq!(store.get(profiles[2], &board).await.unwrap().map(|s| s.score), Some(77));
+    assert_eq!(
+        store.get(profiles[0], &board).await.unwrap(),
+        None,
+        "deleted last"
+    );
+    assert_eq!(
+        store
+            .get(profiles[2], &board)
+            .await
+            .unwrap()
+            .map(|s| s.score),
+        Some(77)
+    );
     // The read API agrees with the tables.
     let top = reader.top(&board, 100).await.unwrap();
     assert_eq!(top.entries.len(), rows.len());
@@ -426,13 +509,43 @@ async fn repairs_keep_the_invariant_under_a_concurrent_worker() {
     // The CLI does the same: a set, a JSON top, a delete.
     let p = Uuid::new_v4();
     let cli_board = format!("{board}-cli");
-    let out = cli(&config, &["score", "set", "--profile", &p.to_string(), "--leaderboard", &cli_board, "--wallet", &wallet_of(p), "--score", "-12"]);
+    let out = cli(
+        &config,
+        &[
+            "score",
+            "set",
+            "--profile",
+            &p.to_string(),
+            "--leaderboard",
+            &cli_board,
+            "--wallet",
+            &wallet_of(p),
+            "--score",
+            "-12",
+        ],
+    );
     assert!(out.starts_with("written"), "{out}");
-    let json = cli(&config, &["query", "top", "--leaderboard", &cli_board, "--json"]);
+    let json = cli(
+        &config,
+        &["query", "top", "--leaderboard", &cli_board, "--json"],
+    );
     let page: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(page["entries"][0]["score"], -12, "{json}");
     assert_eq!(page["entries"][0]["profile_id"], p.to_string());
-    cli(&config, &["score", "delete", "--profile", &p.to_string(), "--leaderboard", &cli_board]);
-    let json = cli(&config, &["query", "top", "--leaderboard", &cli_board, "--json"]);
+    cli(
+        &config,
+        &[
+            "score",
+            "delete",
+            "--profile",
+            &p.to_string(),
+            "--leaderboard",
+            &cli_board,
+        ],
+    );
+    let json = cli(
+        &config,
+        &["query", "top", "--leaderboard", &cli_board, "--json"],
+    );
     assert!(json.contains("\"entries\": []"), "{json}");
 }

@@ -39,10 +39,13 @@ impl Checkpoint {
             }
             Err(e) => return Err(problem(path, e.to_string())),
         };
-        let checkpoint: Checkpoint = serde_json::from_str(&text)
-            .map_err(|e| problem(path, e.to_string()))?;
+        let checkpoint: Checkpoint =
+            serde_json::from_str(&text).map_err(|e| problem(path, e.to_string()))?;
         if checkpoint.source != source {
-            return Err(problem(path, "it was written for another table or query".into()));
+            return Err(problem(
+                path,
+                "it was written for another table or query".into(),
+            ));
         }
         Ok(checkpoint)
     }

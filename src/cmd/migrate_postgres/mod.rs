@@ -71,7 +71,13 @@ pub enum MigrateError {
     #[error(transparent)]
     Database(Box<store::ConnectError>),
     #[error("writing scores: {0}")]
-    Write(#[from] StoreError),
+    Write(Box<StoreError>),
+}
+
+impl From<StoreError> for MigrateError {
+    fn from(e: StoreError) -> Self {
+        MigrateError::Write(Box::new(e))
+    }
 }
 
 impl From<store::ConnectError> for MigrateError {
@@ -112,10 +118,7 @@ pub async fn migrate(
         None
     } else {
         let session = Arc::new(store::connect(&config.scylla).await?);
-        Some(
-            ScyllaStore::new(session, &config.scylla, Arc::new(Metrics::new()))
-                .await?,
-        )
+        Some(ScyllaStore::new(session, &config.scylla, Arc::new(Metrics::new())).await?)
     };
     let what = if args.dry_run {
         "migrate-postgres --dry-run"

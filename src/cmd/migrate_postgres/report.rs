@@ -32,7 +32,10 @@ pub struct Report {
 
 impl Report {
     pub fn reject(&mut self, row: &SourceRow, why: &Rejection) {
-        let entry = self.invalid.entry(why.reason.as_str().to_string()).or_default();
+        let entry = self
+            .invalid
+            .entry(why.reason.as_str().to_string())
+            .or_default();
         entry.rows += 1;
         if entry.examples.len() < EXAMPLES {
             let show = |v: &Option<String>| v.as_deref().unwrap_or("NULL").to_string();
