@@ -363,32 +363,23 @@ async fn repairs_keep_the_invariant_under_a_concurrent_worker() {
     let base = chrono::Utc::now().timestamp_micros() - 60_000_000;
     let mut rng = rand::rng();
     // Events at even microseconds (ties among them), deletes at odd ones: the newest of all wins.
-    let events: Vec<Event> = (0..600)
-        .map(|i| {
-            let profile = profiles[rng.random_range(0..profiles.len())];
-            Event {
-                event_id: format!("crud-{i}"),
-                profile,
-                wallet: wallet_of(profile),
-                leaderboard: board.clone(),
-                score: rng.random_range(-40..40),
-                at_micros: base + 2 * rng.random_range(0..300),
-            }
-        })
-        .collect();
-    let upserts: Vec<Event> = (0..60)
-        .map(|i| {
-            let profile = profiles[rng.random_range(0..profiles.len())];
-            Event {
-                event_id: format!("repair-{i}"),
-                profile,
-                wallet: wallet_of(profile),
-                leaderboard: board.clone(),
-                score: rng.random_range(-40..40),
-                at_micros: base + 2 * rng.random_range(0..300),
-            }
-        })
-        .collect();
+    let mut random_events = |prefix: &str, n: usize| -> Vec<Event> {
+        (0..n)
+            .map(|i| {
+                let profile = profiles[rng.random_range(0..profiles.len())];
+                Event {
+                    event_id: format!("{prefix}-{i}"),
+                    profile,
+                    wallet: wallet_of(profile),
+                    leaderboard: board.clone(),
+                    score: rng.random_range(-40..40),
+                    at_micros: base + 2 * rng.random_range(0..300),
+                }
+            })
+            .collect()
+    };
+    let events = random_events("crud", 600);
+    let upserts = random_events("repair", 60);
     let deletes: Vec<(Uuid, i64)> = (0..40)
         .map(|_| {
             let profile = profiles[rng.random_range(0..profiles.len())];
