@@ -146,7 +146,6 @@ impl App {
             Consumer {
                 consumer: consumer.clone(),
                 pull_batch: config.nats.pull_batch,
-                pull_max_bytes: config.pull_max_bytes(client.server_info().max_payload),
                 limits: config.limits(),
                 settler: settler.clone(),
                 deadletters: deadletters.clone(),

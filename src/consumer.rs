@@ -148,9 +148,6 @@ impl JsReceipt {
 pub struct Consumer {
     pub consumer: jetstream::consumer::Consumer<pull::Config>,
     pub pull_batch: usize,
-    /// Bytes per pull: at least the largest message the server accepts, or a bigger one would
-    /// never be delivered and would block everything behind it.
-    pub pull_max_bytes: usize,
     pub limits: Limits,
     pub settler: Settler,
     pub deadletters: Arc<DeadLetters>,
@@ -212,11 +209,15 @@ impl Consumer {
             if !self.health.wait_resumed(cancel).await {
                 return None;
             }
+            // No `max_bytes`: with it, a server since 2.10 ends every pull that fills its message count
+            // with `409 Batch Completed`, and on a replicated consumer (2.15, R3) that status overtakes
+            // the messages, which wait for the consumer's quorum; async-nats ends the batch at the 409 and
+            // drops the messages behind it, so nothing was ever processed (tests/chaos/cluster.rs).
+            // A pull is bounded by its count and the server's max_payload instead.
             let request = self
                 .consumer
                 .batch()
                 .max_messages(self.pull_batch)
-                .max_bytes(self.pull_max_bytes)
                 .expires(PULL_EXPIRES)
                 .messages();
             match request.await {

@@ -391,15 +391,6 @@ impl Config {
         }
     }
 
-    /// Bytes per pull request: room for a full pull of maximum-size payloads, and at least the largest
-    /// message the server accepts, or a bigger one would never be delivered and block the rest.
-    pub fn pull_max_bytes(&self, server_max_payload: usize) -> usize {
-        self.nats
-            .pull_batch
-            .saturating_mul(self.validation.max_payload_bytes)
-            .max(server_max_payload)
-    }
-
     /// A printable summary with every secret replaced by `***`.
     pub fn redacted(&self) -> String {
         let secret = |s: &SecretString| {

@@ -26,7 +26,9 @@
 #[allow(dead_code)]
 mod support;
 
+mod cluster;
 mod harness;
+mod stopped;
 mod verify;
 mod workload;
 

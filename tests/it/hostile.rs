@@ -555,8 +555,9 @@ async fn hostile_corpus_through_one_live_worker() {
             && dead_lettered() >= rejected.len() as u64
     })
     .await;
-    // Anything redelivered or settled twice would show up in the counters a moment later.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Anything redelivered or settled twice would show up in the counters: wait until the server holds
+    // nothing more that could be delivered.
+    wait_settled(&js, &config, Duration::from_secs(30)).await;
 
     // Every rejected payload: in the dead-letter stream exactly once, with its reason and its
     // original bytes.

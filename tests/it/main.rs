@@ -10,5 +10,6 @@ mod hostile;
 mod http;
 mod invariant;
 mod knobs;
+mod ops;
 mod support;
 mod topology;

@@ -619,3 +619,25 @@ pub async fn deliverable_now(js: &jetstream::Context, config: &Config) -> (usize
     }
     (best, pending, awaiting)
 }
+
+/// Waits until the durable consumer has nothing pending and nothing awaiting ack: the server holds
+/// no delivery that could still come back, so what a worker counted is final.
+pub async fn wait_settled(js: &jetstream::Context, config: &Config, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let stream = js.get_stream(&config.nats.stream).await.unwrap();
+    let mut consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::Config> =
+        stream.get_consumer(&config.nats.consumer).await.unwrap();
+    loop {
+        let info = consumer.info().await.unwrap();
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled within {timeout:?}: {} pending, {} awaiting ack",
+            info.num_pending,
+            info.num_ack_pending
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
