@@ -157,10 +157,11 @@ soak:
 deploy-check:
 	scripts/check-deploy.sh
 
-# Lints the /metrics text a live worker served during `make it` and checks every metric the
-# alert rules and dashboards use is exported.
-metrics-contract:
-	scripts/check-metrics-contract.sh .local/metrics-sample.txt
+# Lints the /metrics text of a live worker it starts itself (on a stream and keyspace of its own) and
+# checks every metric the alert rules and dashboards use is exported.
+metrics-contract: services
+	$(CARGO) build --locked
+	scripts/check-metrics-contract.sh --live $(or $(CARGO_TARGET_DIR),target)/debug/score-worker
 
 test: services lint unit it it-oldest-nats security chaos metrics-contract deploy-check
 	@echo "make test: all checks passed"

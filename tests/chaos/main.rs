@@ -26,6 +26,7 @@
 #[allow(dead_code)]
 mod support;
 
+mod advisory;
 mod cluster;
 mod harness;
 mod stopped;

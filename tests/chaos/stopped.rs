@@ -21,6 +21,7 @@ impl Drop for StartAgain {
 }
 
 const FAILURES: &str = "score_worker_scylla_connection_failures_total";
+const PENDING: &str = "score_worker_consumer_pending";
 
 /// Polls `/readyz` until its status is `want` and its body has `needle`; the body and when.
 async fn wait_readyz(
@@ -76,12 +77,12 @@ async fn database_stopped_fails_readiness_and_counts_connection_failures() {
     );
     let ready_before = worker.readyz().await.map(|(status, _)| status);
 
+    let failures_at_stop = worker.metric(FAILURES).await as u64;
     let stopping = Instant::now();
     let mut again = StartAgain(true);
     let out = services("stop-cassandra").await;
     eprintln!("{out}");
     let stopped_in = stopping.elapsed();
-    let failures_at_stop = worker.metric(FAILURES).await as u64;
     // Load keeps coming while the database is gone.
     publish(&s.js, &w, half..w.items.len(), PUBLISH_TIMEOUT).await;
     let (not_ready, not_ready_after) =
@@ -102,6 +103,34 @@ async fn database_stopped_fails_readiness_and_counts_connection_failures() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // Nothing is acked while the database is gone: the lag gauge must show the known backlog, what
+    // was stored less what this worker acked (written or dead-lettered).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (pending, known) = loop {
+        let m = worker.metrics().await.unwrap_or_default();
+        let acked: f64 = m
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("score_worker_dead_letters_total")
+                    || k.as_str() == "score_worker_messages_processed_total"
+            })
+            .map(|(_, v)| v)
+            .sum();
+        let known = w.stored_messages() as u64 - acked as u64;
+        let pending = m.get(PENDING).copied().unwrap_or(-1.0) as i64;
+        if pending == known as i64 {
+            break (pending, known);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{PENDING} is {pending}, the known backlog {known} (server: {:?})",
+            s.consumer_info()
+                .await
+                .map(|i| (i.num_pending, i.num_ack_pending))
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
 
     // SIGTERM with the database still gone: `draining` while it hands back what it holds.
     let term = Instant::now();
@@ -130,7 +159,7 @@ async fn database_stopped_fails_readiness_and_counts_connection_failures() {
         &secs(recover),
         &format!(
             "stop_s={} readyz=[{ready_before:?}, 503 after {}s: {not_ready:?}, 503 on SIGTERM: {draining:?}, then {ready_after:?}] \
-             connection_failures={} exit={:?} exit_s={} start_s={} seed={}",
+             connection_failures={} consumer_pending={pending} known_backlog={known} exit={:?} exit_s={} start_s={} seed={}",
             secs(stopped_in),
             secs(not_ready_after),
             seen.iter().map(u64::to_string).collect::<Vec<_>>().join("->"),
