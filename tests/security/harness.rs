@@ -249,8 +249,13 @@ impl Ca {
 
 /// How the private nats-server authenticates clients.
 pub enum ServerAuth {
-    UserPassword { user: String, password: String },
+    UserPassword {
+        user: String,
+        password: String,
+    },
     Token(String),
+    /// One user, known by its NKey public key (`U...`): clients sign the server's nonce with the seed.
+    NKey(String),
 }
 
 /// TLS of the private nats-server.
@@ -288,6 +293,9 @@ impl NatsServer {
                     format!("authorization {{ user: {user:?}, password: {password:?} }}\n")
                 }
                 ServerAuth::Token(token) => format!("authorization {{ token: {token:?} }}\n"),
+                ServerAuth::NKey(public) => {
+                    format!("authorization {{ users: [ {{ nkey: {public:?} }} ] }}\n")
+                }
             };
             if let Some(tls) = tls {
                 conf += &format!(

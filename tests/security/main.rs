@@ -31,6 +31,7 @@ struct NatsSide {
     url: String,
     user: Option<(String, String)>,
     token: Option<String>,
+    nkey_seed: Option<String>,
     ca: Option<String>,
     client_cert: Option<(String, String)>,
 }
@@ -41,6 +42,7 @@ impl NatsSide {
             url: format!("nats://127.0.0.1:{port}"),
             user: None,
             token: None,
+            nkey_seed: None,
             ca: None,
             client_cert: None,
         }
@@ -53,6 +55,11 @@ impl NatsSide {
 
     fn token(mut self, token: &str) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    fn nkey(mut self, seed: &str) -> Self {
+        self.nkey_seed = Some(seed.into());
         self
     }
 
@@ -81,6 +88,10 @@ impl NatsSide {
         if let Some(token) = &self.token {
             set(env, "NATS__AUTH__TOKEN", token);
             config.nats.auth = NatsAuth::Token(SecretString::from(token.clone()));
+        }
+        if let Some(seed) = &self.nkey_seed {
+            set(env, "NATS__AUTH__NKEY_SEED", seed);
+            config.nats.auth = NatsAuth::NKey(SecretString::from(seed.clone()));
         }
         if let Some(ca) = &self.ca {
             set(env, "NATS__TLS__ENABLED", "true");
@@ -459,6 +470,40 @@ async fn tls_with_an_untrusted_server_certificate_fails_clearly() {
 
 /// 5. Token auth over TLS (CA only, no client certificate): works end to end and leaks nothing; a
 /// wrong token fails clearly.
+/// NKey authentication: the server knows only the user's public key; the worker signs its nonce
+/// with the seed from `nats.auth.nkey_seed`. Another user's seed is refused, clearly, and no seed
+/// shows in any output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nkey_auth_works_and_a_wrong_seed_fails_clearly() {
+    let role = CqlRole::create().await;
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed().expect("a user seed");
+    let server = NatsServer::start(&ServerAuth::NKey(user.public_key()), None);
+    let nats = NatsSide::plain(server.port).nkey(&seed);
+    happy_path("nkey", &nats, &seed, &role).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let other = nkeys::KeyPair::new_user().seed().expect("a user seed");
+    let nats = NatsSide::plain(server.port).nkey(&other);
+    let (env, _) = worker_setup(&nats, &role.user, &role.password);
+    let secrets = [seed.as_str(), other.as_str(), role.password.as_str()];
+    let run = Running::spawn(&env, dir.path())
+        .wait_exit(RUN_TIMEOUT)
+        .await;
+    assert_clear_failure(
+        "run with another user's NKey seed",
+        &run,
+        &["cannot connect to NATS at", "authorization violation"],
+    );
+    assert_no_secret("`run` output", &run.all(), &secrets);
+    eprintln!(
+        "nkey: the server trusts {}; another seed: exit {:?}",
+        user.public_key(),
+        run.code()
+    );
+    role.drop_role().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_auth_over_tls_works_and_a_wrong_token_fails_clearly() {
     let role = CqlRole::create().await;
