@@ -6,15 +6,26 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use score_worker::config::Config;
-use score_worker::{nats, schema};
+use score_worker::{nats, schema, store};
 use scylla::client::session::Session;
 use uuid::Uuid;
 
 use crate::support::*;
 
-/// A keyspace of the test's own, never migrated yet.
+/// A keyspace of the test's own, never migrated yet. Schema changes wait for every node's agreement
+/// and can take longer than a write on a loaded machine: 60 s per statement (seen: 5 s cut one off).
 fn fresh_keyspace(config: &mut Config, tag: &str) {
     config.scylla.keyspace = format!("it_{tag}_{}", &Uuid::new_v4().simple().to_string()[..8]);
+    config.scylla.request_timeout = SCHEMA_TIMEOUT;
+}
+
+const SCHEMA_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A session for schema changes and `system_schema` reads, with [`SCHEMA_TIMEOUT`].
+async fn admin_session() -> Session {
+    let mut config = base_config("admin").scylla;
+    config.request_timeout = SCHEMA_TIMEOUT;
+    store::connect(&config).await.expect("session")
 }
 
 async fn keyspace_exists(session: &Session, keyspace: &str) -> bool {
@@ -66,7 +77,7 @@ async fn migrate_dry_run_changes_nothing_and_migrate_applies_the_schema_options(
     let mut config = base_config("dryrun");
     fresh_keyspace(&mut config, "dryrun");
     let ks = config.scylla.keyspace.clone();
-    let admin = session().await;
+    let admin = admin_session().await;
 
     let plan = cli(&config, &["migrate", "--dry-run"]);
     for line in [
@@ -185,7 +196,7 @@ async fn check_names_a_missing_stream_consumer_and_schema() {
     let mut config = base_config("checkmissing");
     fresh_keyspace(&mut config, "check");
     let ks = config.scylla.keyspace.clone();
-    let admin = session().await;
+    let admin = admin_session().await;
     let run_check = |config: &Config| {
         let out = worker_command(config, 0).arg("check").output().unwrap();
         (
@@ -287,7 +298,7 @@ async fn readyz_fails_on_a_live_worker_while_the_schema_is_behind() {
     let mut config = base_config("behind");
     fresh_keyspace(&mut config, "behind");
     let ks = config.scylla.keyspace.clone();
-    let admin = session().await;
+    let admin = admin_session().await;
     schema::migrate(&admin, &config.scylla, false)
         .await
         .unwrap();
