@@ -11,7 +11,7 @@ use score_worker::deadletter;
 use uuid::Uuid;
 
 use crate::harness::*;
-use crate::verify::read_all;
+use crate::verify::{header, read_all};
 use crate::START_TIMEOUT;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,14 +95,7 @@ async fn a_message_that_kills_every_worker_is_dead_lettered_after_max_deliver() 
     let exit = worker.terminate(Duration::from_secs(30)).await;
 
     let letter = &letters[0];
-    let header = |name: &str| {
-        letter
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_string())
-            .unwrap_or_default()
-    };
+    let header = |name: &str| header(letter, name);
     let reason = header(deadletter::REASON);
     let error = header(deadletter::ERROR);
     println!(

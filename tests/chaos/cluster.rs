@@ -214,6 +214,26 @@ fn paced_publisher(
     })
 }
 
+/// The scenario's workload, its first `1/parts` published and a worker in the middle of a flush of it.
+async fn under_load(s: &mut Scenario, parts: usize) -> (Arc<Workload>, WorkerProc) {
+    let w = Arc::new(Workload::generate(
+        s.name,
+        &s.config.nats.subjects[0],
+        Spec::standard(scaled(6000)),
+        s.seed,
+    ));
+    eprintln!("{}: seed {} — {}", s.name, s.seed, w.summary());
+    publish(&s.js, &w, 0..w.items.len() / parts, PUBLISH_TIMEOUT).await;
+    let mut worker = s.spawn_worker();
+    worker.wait_up(START_TIMEOUT).await;
+    assert!(
+        worker.wait_mid_flush(300, Duration::from_secs(60)).await,
+        "the worker writes before the kill\n{}",
+        worker.log_tail(20)
+    );
+    (w, worker)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Victim {
     Leader,
@@ -225,22 +245,8 @@ enum Victim {
 /// The node is started again once the backlog is drained and must catch up (every replica current).
 async fn nats_node_killed(name: &'static str, victim: Victim) {
     let mut s = start(name, |_| {}).await;
-    let w = Arc::new(Workload::generate(
-        name,
-        &s.config.nats.subjects[0],
-        Spec::standard(scaled(6000)),
-        s.seed,
-    ));
-    eprintln!("{name}: seed {} — {}", s.seed, w.summary());
+    let (w, mut worker) = under_load(&mut s, 2).await;
     let half = w.items.len() / 2;
-    publish(&s.js, &w, 0..half, PUBLISH_TIMEOUT).await;
-    let mut worker = s.spawn_worker();
-    worker.wait_up(START_TIMEOUT).await;
-    assert!(
-        worker.wait_mid_flush(300, Duration::from_secs(60)).await,
-        "the worker writes before the kill\n{}",
-        worker.log_tail(20)
-    );
     let before = placement(&s.js, &s.config.nats.stream).await;
     let consumer_before = consumer_leader(&s).await;
     let target = match victim {
@@ -338,22 +344,8 @@ fn cassandra_victim(seed: u64) -> u8 {
 async fn cluster_cassandra_node_killed_and_back() {
     let name = "cluster-cassandra-node";
     let mut s = start(name, |_| {}).await;
-    let w = Arc::new(Workload::generate(
-        name,
-        &s.config.nats.subjects[0],
-        Spec::standard(scaled(6000)),
-        s.seed,
-    ));
-    eprintln!("{name}: seed {} — {}", s.seed, w.summary());
+    let (w, mut worker) = under_load(&mut s, 3).await;
     let third = w.items.len() / 3;
-    publish(&s.js, &w, 0..third, PUBLISH_TIMEOUT).await;
-    let mut worker = s.spawn_worker();
-    worker.wait_up(START_TIMEOUT).await;
-    assert!(
-        worker.wait_mid_flush(300, Duration::from_secs(60)).await,
-        "the worker writes before the kill\n{}",
-        worker.log_tail(20)
-    );
     let victim = cassandra_victim(s.seed);
     let publisher = paced_publisher(&s.js, &w, third..2 * third);
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -218,7 +218,7 @@ async fn dead_letters_replay_once_the_cause_is_fixed() {
     })
     .await;
     // Nothing left on the server that could still arrive: the count below is final.
-    wait_settled(&js, &config, Duration::from_secs(30)).await;
+    wait_drained(&js, &config, Duration::from_secs(30)).await;
     // The second replay used the same message ids: NATS stored each replayed event once.
     assert_eq!(fixed.processed(), events.len() as u64);
     assert_eq!(

@@ -223,23 +223,7 @@ async fn sigterm_during_load_drains_and_exits_zero_then_another_worker_finishes(
 
     // A new worker takes the rest; afterwards the consumer has nothing pending.
     let worker = Worker::start(config.clone()).await;
-    let stream = js.get_stream(&config.nats.stream).await.unwrap();
-    let mut consumer = stream
-        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&config.nats.consumer)
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let info = consumer.info().await.unwrap();
-        if info.num_pending == 0 && info.num_ack_pending == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "backlog not drained: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_drained(&js, &config, Duration::from_secs(90)).await;
     worker.stop().await;
     assert_final_state(&session, &events, config.scylla.leaderboard_buckets).await;
     let mut history = history_event_ids(&session, &events).await;
@@ -297,14 +281,8 @@ async fn an_outage_of_any_length_dead_letters_nothing() {
     })
     .await;
     tokio::time::sleep(outage.saturating_sub(started.elapsed())).await;
-    let dead = |m: &score_worker::metrics::Metrics| -> u64 {
-        score_worker::score::RejectReason::ALL
-            .iter()
-            .map(|r| m.dead_letters.with_label_values(&[r.as_str()]).get())
-            .sum()
-    };
     assert_eq!(
-        dead(&worker.metrics),
+        dead_lettered(&worker.metrics),
         0,
         "nothing dead-lettered during the outage"
     );
@@ -319,12 +297,16 @@ async fn an_outage_of_any_length_dead_letters_nothing() {
             worker.processed(),
             worker.metrics.messages_received.get(),
             worker.metrics.pulls_paused.get(),
-            dead(&worker.metrics)
+            dead_lettered(&worker.metrics)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(worker.metrics.pulls_paused.get(), 0, "pulling resumed");
-    assert_eq!(dead(&worker.metrics), 0, "nothing dead-lettered at all");
+    assert_eq!(
+        dead_lettered(&worker.metrics),
+        0,
+        "nothing dead-lettered at all"
+    );
     let failed = worker
         .metrics
         .messages_failed
@@ -402,31 +384,6 @@ async fn sigterm_with_the_database_frozen_hands_back_every_unsettled_delivery() 
     wait_drained(&js, &config, Duration::from_secs(90)).await;
     worker.stop().await;
     assert_final_state(&session, &events, config.scylla.leaderboard_buckets).await;
-}
-
-/// Waits until the durable consumer has nothing pending and nothing awaiting ack.
-async fn wait_drained(
-    js: &async_nats::jetstream::Context,
-    config: &score_worker::config::Config,
-    timeout: Duration,
-) {
-    let stream = js.get_stream(&config.nats.stream).await.unwrap();
-    let mut consumer = stream
-        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&config.nats.consumer)
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let info = consumer.info().await.unwrap();
-        if info.num_pending == 0 && info.num_ack_pending == 0 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "backlog not drained: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// SIGTERM with NATS gone (killed) and with NATS hung (SIGSTOP, connections open but silent): acks,

@@ -270,17 +270,8 @@ async fn publish_sample_publishes_events_a_worker_accepts() {
         worker.processed() >= 200
     })
     .await;
-    wait_settled(&js, &config, Duration::from_secs(30)).await;
-    let dead: u64 = score_worker::score::RejectReason::ALL
-        .iter()
-        .map(|r| {
-            worker
-                .metrics
-                .dead_letters
-                .with_label_values(&[r.as_str()])
-                .get()
-        })
-        .sum();
+    wait_drained(&js, &config, Duration::from_secs(30)).await;
+    let dead = dead_lettered(&worker.metrics);
     assert_eq!(
         (worker.processed(), dead),
         (200, 0),
