@@ -7,9 +7,9 @@ RUN_ENV := SCORE_WORKER__LOG__FORMAT=text SCORE_WORKER__HTTP__LISTEN=127.0.0.1:9
 # A server pair of its own for fault injection (it kills, freezes and restarts them).
 CHAOS_ENV := SCORE_WORKER_LOCAL=$(CURDIR)/.local/chaos SCORE_WORKER_NATS_PORT=4322 SCORE_WORKER_NATS_MON_PORT=8322 \
 	SCORE_WORKER_CQL_PORT=9142 SCORE_WORKER_STORAGE_PORT=7100
-# A second server pair for the security tests: Cassandra with password authentication.
+# A second server pair for the security tests: Cassandra with password authentication and optional TLS.
 SECURE_ENV := SCORE_WORKER_LOCAL=$(CURDIR)/.local/secure SCORE_WORKER_NATS_PORT=4422 SCORE_WORKER_NATS_MON_PORT=8422 \
-	SCORE_WORKER_CQL_PORT=9242 SCORE_WORKER_STORAGE_PORT=7200 SCORE_WORKER_CASSANDRA_AUTH=1
+	SCORE_WORKER_CQL_PORT=9242 SCORE_WORKER_STORAGE_PORT=7200 SCORE_WORKER_CASSANDRA_AUTH=1 SCORE_WORKER_CASSANDRA_TLS=1
 # The oldest nats-server the README supports (Debian's package) under the integration suite, with a pair of
 # its own (the suite freezes and stops its servers); every other suite runs on the pinned current release.
 OLDEST_NATS := 2.9.10

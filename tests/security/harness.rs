@@ -26,7 +26,9 @@ pub fn bin() -> String {
 
 /// The password-authenticated Cassandra of the security pair (see [`ensure_secure_cassandra`]).
 pub const CQL_NODE: &str = "127.0.0.1:9242";
-const CQL_SUPERUSER: (&str, &str) = ("cassandra", "cassandra");
+/// The CA that signed that Cassandra's certificate (its CQL port takes TLS too).
+pub const CQL_CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.local/secure/tls/ca.pem");
+pub const CQL_SUPERUSER: (&str, &str) = ("cassandra", "cassandra");
 /// Environment of `scripts/services.sh` for the security pair (its own state dir and ports).
 fn pair_env() -> Vec<(String, String)> {
     [
@@ -36,6 +38,7 @@ fn pair_env() -> Vec<(String, String)> {
         ("SCORE_WORKER_CQL_PORT", "9242".into()),
         ("SCORE_WORKER_STORAGE_PORT", "7200".into()),
         ("SCORE_WORKER_CASSANDRA_AUTH", "1".into()),
+        ("SCORE_WORKER_CASSANDRA_TLS", "1".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

@@ -470,6 +470,78 @@ async fn tls_with_an_untrusted_server_certificate_fails_clearly() {
 
 /// 5. Token auth over TLS (CA only, no client certificate): works end to end and leaks nothing; a
 /// wrong token fails clearly.
+/// Database TLS: the pair's Cassandra takes TLS on its CQL port (optionally, so the other tests can
+/// stay plaintext). With `scylla.tls` and the pair's CA the worker connects, and Cassandra lists every
+/// connection of its role as encrypted (`system_views.clients`); trusting another CA fails clearly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_tls_is_used_and_an_untrusted_ca_fails_clearly() {
+    let role = CqlRole::create().await;
+    let token = secret("token");
+    let server = NatsServer::start(&ServerAuth::Token(token.clone()), None);
+    let nats = NatsSide::plain(server.port).token(&token);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut env, _) = worker_setup(&nats, &role.user, &role.password);
+    set(&mut env, "SCYLLA__TLS__ENABLED", "true");
+    set(&mut env, "SCYLLA__TLS__CA_FILE", CQL_CA);
+    let secrets = [token.as_str(), role.password.as_str()];
+    let migrate = {
+        let _one_at_a_time = MIGRATE.lock().await;
+        run_to_end(&["migrate"], &env, dir.path(), Duration::from_secs(180)).await
+    };
+    assert_eq!(migrate.code(), Some(0), "migrate over TLS\n{migrate}");
+    let mut worker = Running::spawn(&env, dir.path());
+    worker.wait_ready(READY_TIMEOUT).await;
+    let admin = cql_session(CQL_SUPERUSER.0, CQL_SUPERUSER.1).await;
+    let rows = admin
+        .query_unpaged(
+            "SELECT username, ssl_enabled, ssl_protocol FROM system_views.clients",
+            (),
+        )
+        .await
+        .expect("system_views.clients")
+        .into_rows_result()
+        .unwrap();
+    let mine: Vec<(bool, Option<String>)> = rows
+        .rows::<(Option<String>, Option<bool>, Option<String>)>()
+        .unwrap()
+        .map(Result::unwrap)
+        .filter(|(user, _, _)| user.as_deref() == Some(role.user.as_str()))
+        .map(|(_, ssl, protocol)| (ssl.unwrap_or(false), protocol))
+        .collect();
+    let out = worker.terminate(RUN_TIMEOUT).await;
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert_no_secret("`run` output", &out.all(), &secrets);
+    assert!(
+        !mine.is_empty() && mine.iter().all(|(ssl, _)| *ssl),
+        "every connection of the worker's role is encrypted: {mine:?}"
+    );
+
+    let pki = tempfile::tempdir().unwrap();
+    let other = Ca::new(pki.path(), "other");
+    set(
+        &mut env,
+        "SCYLLA__TLS__CA_FILE",
+        other.cert.to_string_lossy(),
+    );
+    let check = run_to_end(&["check"], &env, dir.path(), RUN_TIMEOUT).await;
+    assert_clear_failure(
+        "check trusting another CA for the database",
+        &check,
+        &["cannot connect to the database at"],
+    );
+    let text = check.all().to_lowercase();
+    assert!(
+        text.contains("certificate") || text.contains("unknownissuer"),
+        "the error should name the certificate problem\n{check}"
+    );
+    eprintln!(
+        "database TLS: {} connections of the worker's role, all encrypted ({:?})",
+        mine.len(),
+        mine.first().and_then(|(_, p)| p.clone())
+    );
+    role.drop_role().await;
+}
+
 /// NKey authentication: the server knows only the user's public key; the worker signs its nonce
 /// with the seed from `nats.auth.nkey_seed`. Another user's seed is refused, clearly, and no seed
 /// shows in any output.
