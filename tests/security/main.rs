@@ -32,6 +32,7 @@ struct NatsSide {
     user: Option<(String, String)>,
     token: Option<String>,
     nkey_seed: Option<String>,
+    creds: Option<String>,
     ca: Option<String>,
     client_cert: Option<(String, String)>,
 }
@@ -43,6 +44,7 @@ impl NatsSide {
             user: None,
             token: None,
             nkey_seed: None,
+            creds: None,
             ca: None,
             client_cert: None,
         }
@@ -60,6 +62,11 @@ impl NatsSide {
 
     fn nkey(mut self, seed: &str) -> Self {
         self.nkey_seed = Some(seed.into());
+        self
+    }
+
+    fn creds(mut self, file: &Path) -> Self {
+        self.creds = Some(file.to_string_lossy().into_owned());
         self
     }
 
@@ -92,6 +99,10 @@ impl NatsSide {
         if let Some(seed) = &self.nkey_seed {
             set(env, "NATS__AUTH__NKEY_SEED", seed);
             config.nats.auth = NatsAuth::NKey(SecretString::from(seed.clone()));
+        }
+        if let Some(file) = &self.creds {
+            set(env, "NATS__AUTH__CREDENTIALS_FILE", file);
+            config.nats.auth = NatsAuth::CredentialsFile(file.into());
         }
         if let Some(ca) = &self.ca {
             set(env, "NATS__TLS__ENABLED", "true");
@@ -539,6 +550,41 @@ async fn database_tls_is_used_and_an_untrusted_ca_fails_clearly() {
         mine.len(),
         mine.first().and_then(|(_, p)| p.clone())
     );
+    role.drop_role().await;
+}
+
+/// Credentials-file (JWT) authentication: a nats-server in operator mode trusting one operator,
+/// whose account signed the worker's user; the `.creds` file holds the user JWT and seed. A user
+/// signed by an account the operator never signed is refused clearly; no seed shows in any output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_file_auth_works_and_an_untrusted_user_fails_clearly() {
+    let role = CqlRole::create().await;
+    let operator = Operator::new();
+    let server = NatsServer::start(&ServerAuth::Operator(operator.server_config()), None);
+    let files = tempfile::tempdir().unwrap();
+    let (creds, seed) = user_creds(&operator.account, "score-worker");
+    let good = files.path().join("worker.creds");
+    std::fs::write(&good, creds).unwrap();
+    let nats = NatsSide::plain(server.port).creds(&good);
+    happy_path("creds", &nats, &seed, &role).await;
+
+    let stranger = nkeys::KeyPair::new_account();
+    let (creds, other_seed) = user_creds(&stranger, "intruder");
+    let bad = files.path().join("intruder.creds");
+    std::fs::write(&bad, creds).unwrap();
+    let nats = NatsSide::plain(server.port).creds(&bad);
+    let dir = tempfile::tempdir().unwrap();
+    let (env, _) = worker_setup(&nats, &role.user, &role.password);
+    let secrets = [seed.as_str(), other_seed.as_str(), role.password.as_str()];
+    let run = Running::spawn(&env, dir.path())
+        .wait_exit(RUN_TIMEOUT)
+        .await;
+    assert_clear_failure(
+        "run with a user the operator does not trust",
+        &run,
+        &["cannot connect to NATS at", "authorization violation"],
+    );
+    assert_no_secret("`run` output", &run.all(), &secrets);
     role.drop_role().await;
 }
 
