@@ -11,7 +11,7 @@ CHAOS_ENV := SCORE_WORKER_LOCAL=$(CURDIR)/.local/chaos SCORE_WORKER_NATS_PORT=43
 SECURE_ENV := SCORE_WORKER_LOCAL=$(CURDIR)/.local/secure SCORE_WORKER_NATS_PORT=4422 SCORE_WORKER_NATS_MON_PORT=8422 \
 	SCORE_WORKER_CQL_PORT=9242 SCORE_WORKER_STORAGE_PORT=7200 SCORE_WORKER_CASSANDRA_AUTH=1
 
-.PHONY: help services services-down run test unit it security chaos soak lint supply-chain msrv deploy-check metrics-contract sample check bench bench-baseline ci clean
+.PHONY: help announce-setup services services-down run test unit it security chaos soak lint supply-chain msrv deploy-check metrics-contract sample check bench bench-baseline ci clean
 
 help:
 	@echo "make run           start local nats-server + Cassandra, apply the schema, run the worker"
@@ -31,6 +31,11 @@ help:
 services:
 	scripts/services.sh up
 
+# What a first run on a fresh machine does before anything answers; each step then prints what it took.
+announce-setup:
+	@ls "$${SCORE_WORKER_CACHE:-$(HOME)/.cache/score-worker}"/cassandra-*/lib/*.jar >/dev/null 2>&1 \
+		|| echo "make run: first run on this machine: installs JDK 17 and Go with apt if missing, fetches the Cassandra 5.0 jars from Maven Central, builds nats-server from the Go module proxy (all cached in ~/.cache/score-worker), then compiles the worker; each step prints how long it took"
+
 services-down:
 	scripts/services.sh down
 	$(SECURE_ENV) scripts/services.sh down
@@ -45,7 +50,7 @@ cluster-up:
 cluster-down:
 	scripts/services.sh cluster-down
 
-run: services
+run: announce-setup services
 	$(CARGO) build --locked
 	$(RUN_ENV) target/debug/score-worker migrate
 	$(RUN_ENV) target/debug/score-worker run

@@ -10,11 +10,13 @@ pub mod ports;
 pub mod settle;
 mod written;
 
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 pub use crate::config::PipelineConfig;
 pub use ports::{Class, Receipt, SettleError, Store, WriteError};
@@ -34,6 +36,8 @@ pub struct Pipeline<S> {
     settler: Settler,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    /// Numbers the flushes of this process, for their log span.
+    flushes: AtomicU64,
 }
 
 impl<S: Store> Pipeline<S> {
@@ -57,6 +61,7 @@ impl<S: Store> Pipeline<S> {
             settler,
             metrics,
             health,
+            flushes: AtomicU64::new(0),
         }
     }
 
@@ -126,14 +131,22 @@ impl<S: Store> Pipeline<S> {
             .acquire_owned()
             .await
             .expect("semaphore is never closed");
+        let span = tracing::info_span!(
+            "flush",
+            id = self.flushes.fetch_add(1, Ordering::Relaxed) + 1,
+            scores = flush.scores(),
+            events = flush.events.len(),
+            attempt = 1u32,
+        );
         let this = self.clone();
-        tasks.spawn(async move { this.write_flush(flush, permit).await });
+        tasks.spawn(async move { this.write_flush(flush, permit).await }.instrument(span));
     }
 
     /// Writes a flush holding a write slot, frees the slot, then settles its messages (acks need no
     /// database, so the next flush need not wait for them).
     async fn write_flush<R: Receipt>(&self, flush: Flush<R>, slot: OwnedSemaphorePermit) {
         let m = &self.metrics;
+        let attempts = AtomicU32::new(1);
         m.inflight_batches.inc();
         m.batch_size.observe(flush.scores() as f64);
         let write = async {
@@ -147,14 +160,20 @@ impl<S: Store> Pipeline<S> {
                     &skipped[..]
                 }
             };
-            let mut result = self.write_with_retries(latest, &flush.events).await;
+            let mut result = self
+                .write_with_retries(latest, &flush.events, &attempts)
+                .await;
             // While the database cannot be reached, hold the flush (its messages kept alive by +WPI)
             // instead of giving it back: a nak would burn a delivery per cycle, and an outage longer
             // than max_deliver cycles would dead-letter good traffic. Pulling is paused meanwhile.
             while let Err(Written::No(Class::Retryable, detail)) = &result {
                 self.health.pause_pulls(detail);
                 self.health.resumed().await;
-                result = self.write_with_retries(latest, &flush.events).await;
+                let next = attempts.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::Span::current().record("attempt", next);
+                result = self
+                    .write_with_retries(latest, &flush.events, &attempts)
+                    .await;
             }
             match result {
                 Ok(()) => vec![Written::Yes; flush.latest.len()],
@@ -191,12 +210,16 @@ impl<S: Store> Pipeline<S> {
         &self,
         latest: &[ScoreUpdate],
         events: &[ScoreUpdate],
+        attempts: &AtomicU32,
     ) -> Result<(), Written> {
         let attempts = retry::run_with_retries(
             &self.config.retry,
             || self.store.write(latest, events),
             |e| e.class() == Class::Retryable,
             |e, delay| {
+                // The span shows the attempt the next lines belong to.
+                let next = attempts.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::Span::current().record("attempt", next);
                 self.metrics.batch_retries.inc();
                 self.health.pause_pulls(&e.to_string());
                 tracing::warn!(error = %e, retry_in = ?delay, scores = latest.len(), "flush write failed; retrying");
