@@ -16,7 +16,7 @@ OLDEST_NATS := 2.9.10
 OLDEST_ENV := SCORE_WORKER_LOCAL=$(CURDIR)/.local/oldest SCORE_WORKER_NATS_SERVER=debian SCORE_WORKER_NATS_PORT=4722 \
 	SCORE_WORKER_NATS_MON_PORT=8722 SCORE_WORKER_CQL_PORT=9442 SCORE_WORKER_STORAGE_PORT=7400 SCORE_WORKER_CASSANDRA_HEAP=512m
 
-.PHONY: help services services-down run test unit it it-oldest-nats security chaos soak lint supply-chain msrv deploy-check metrics-contract sample check bench bench-baseline ci clean
+.PHONY: help announce-setup services services-down run test unit it it-oldest-nats security chaos soak lint supply-chain msrv deploy-check metrics-contract sample check bench bench-baseline ci clean
 
 help:
 	@echo "make run           start local nats-server + Cassandra, apply the schema, run the worker"
@@ -37,6 +37,11 @@ help:
 services:
 	scripts/services.sh up
 
+# What a first run on a fresh machine does before anything answers; each step then prints what it took.
+announce-setup:
+	@ls "$${SCORE_WORKER_CACHE:-$(HOME)/.cache/score-worker}"/cassandra-*/lib/*.jar >/dev/null 2>&1 \
+		|| echo "make run: first run on this machine: installs JDK 17 and Go with apt if missing, fetches the Cassandra 5.0 jars from Maven Central, builds nats-server from the Go module proxy (all cached in ~/.cache/score-worker), then compiles the worker; each step prints how long it took"
+
 services-down:
 	scripts/services.sh down
 	$(SECURE_ENV) scripts/services.sh down
@@ -52,7 +57,7 @@ cluster-up:
 cluster-down:
 	scripts/services.sh cluster-down
 
-run: services
+run: announce-setup services
 	$(CARGO) build --locked
 	$(RUN_ENV) target/debug/score-worker migrate
 	$(RUN_ENV) target/debug/score-worker run

@@ -13,7 +13,6 @@
 //! a log line every few seconds otherwise.
 
 use std::io::{IsTerminal, Write};
-use std::time::{Duration, Instant};
 
 use async_nats::jetstream::Context;
 use async_nats::HeaderMap;
@@ -22,7 +21,8 @@ use futures::StreamExt;
 
 use std::process::ExitCode;
 
-use super::{ArgumentError, CmdError, DlqAction, DlqFilter};
+use super::progress::Progress;
+use super::{ArgumentError, CmdError, DlqAction, DlqFilter, Output};
 use crate::config::{parse_duration, Config, DurationError, NatsConfig};
 use crate::nats::{self, BoxError};
 use crate::score::RejectReason;
@@ -33,33 +33,36 @@ pub use letters::Letters;
 
 /// Replays whose publish ack (and delete) are awaited at once.
 const WINDOW: usize = 256;
-/// Without a terminal, a progress line this often.
-const LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// `dlq list|replay`: prints each letter, or what a replay did.
 pub async fn run(config: &Config, action: DlqAction) -> Result<ExitCode, CmdError> {
     let client = nats::connect(&config.nats, None).await?;
     let js = nats::jetstream(client.clone(), &config.nats);
     match action {
-        DlqAction::List { filter } => {
+        DlqAction::List { filter, output } => {
             let mut out = std::io::BufWriter::new(std::io::stdout());
             // A bar only when the letters go elsewhere: on one terminal they would interleave.
             let bar = std::io::stderr().is_terminal() && !std::io::stdout().is_terminal();
             let count = list(&js, &config.nats, &filter_of(filter)?, bar, |l| {
                 // A closed pipe (`| head`) ends the listing, nothing else to do.
-                let _ = writeln!(
-                    out,
-                    "{}\t{}\t{}\t{}\t{} bytes\t{}",
-                    l.sequence,
-                    l.stored_at.to_rfc3339(),
-                    l.reason,
-                    l.original_subject,
-                    l.payload.len(),
-                    l.error
-                );
+                let _ = match output {
+                    Output::Text => writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}\t{} bytes\t{}",
+                        l.sequence,
+                        l.stored_at.to_rfc3339(),
+                        l.reason,
+                        l.original_subject,
+                        l.payload.len(),
+                        l.error
+                    ),
+                    Output::Json => writeln!(out, "{}", l.json()),
+                };
             })
             .await?;
-            let _ = writeln!(out, "{count} dead letters");
+            if output == Output::Text {
+                let _ = writeln!(out, "{count} dead letters");
+            }
             let _ = out.flush();
         }
         DlqAction::Replay {
@@ -126,6 +129,21 @@ pub struct DeadLetter {
     pub payload: bytes::Bytes,
 }
 
+impl DeadLetter {
+    /// One JSON object: the payload as text when it is UTF-8 (`null` otherwise), and its size.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "sequence": self.sequence,
+            "stored_at": self.stored_at.to_rfc3339(),
+            "reason": self.reason,
+            "error": self.error,
+            "original_subject": self.original_subject,
+            "payload_bytes": self.payload.len(),
+            "payload": std::str::from_utf8(&self.payload).ok(),
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("dead-letter stream {stream}: {source}")]
 pub struct DlqError {
@@ -154,59 +172,6 @@ pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, TimeError
         .ok_or(TimeError::Range)
 }
 
-/// Progress of a long command: a bar on a terminal, else an info line every [`LOG_EVERY`].
-struct Progress {
-    what: &'static str,
-    bar: Option<indicatif::ProgressBar>,
-    total: u64,
-    done: u64,
-    logged: Instant,
-}
-
-impl Progress {
-    fn new(what: &'static str, total: u64, bar: bool) -> Self {
-        let bar = bar.then(|| {
-            let style = indicatif::ProgressStyle::with_template(
-                "{msg} {wide_bar} {pos}/{len} letters, {per_sec}, eta {eta}",
-            )
-            .expect("a valid template");
-            let bar = indicatif::ProgressBar::new(total).with_style(style);
-            bar.set_message(what);
-            bar
-        });
-        Self {
-            what,
-            bar,
-            total,
-            done: 0,
-            logged: Instant::now(),
-        }
-    }
-
-    fn inc(&mut self) {
-        self.done += 1;
-        match &self.bar {
-            Some(bar) => bar.inc(1),
-            None if self.logged.elapsed() >= LOG_EVERY => {
-                self.logged = Instant::now();
-                tracing::info!(
-                    command = self.what,
-                    done = self.done,
-                    total = self.total,
-                    "dead letters so far"
-                );
-            }
-            None => {}
-        }
-    }
-
-    fn finish(self) {
-        if let Some(bar) = self.bar {
-            bar.finish_and_clear();
-        }
-    }
-}
-
 /// Calls `each` on every matching dead letter, oldest first, holding one page at a time; returns
 /// how many there were.
 pub async fn list(
@@ -217,7 +182,7 @@ pub async fn list(
     mut each: impl FnMut(&DeadLetter),
 ) -> Result<u64, DlqError> {
     let mut letters = Letters::open(js, config, filter).await?;
-    let mut progress = Progress::new("dlq list", letters.total, bar);
+    let mut progress = Progress::new("dlq list", "letters", letters.total, bar);
     while let Some(letter) = letters.next().await? {
         each(&letter);
         progress.inc();
@@ -280,6 +245,7 @@ pub async fn replay(
         } else {
             "dlq replay"
         },
+        "letters",
         letters.total,
         bar,
     );

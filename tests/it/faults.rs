@@ -321,6 +321,82 @@ async fn an_outage_of_any_length_dead_letters_nothing() {
     assert_final_state(&session, &events, config.scylla.leaderboard_buckets).await;
 }
 
+/// Every delivery the worker holds is kept alive with `+WPI` wherever it waits — in a flush being
+/// written, in a closed flush queued for a write slot, in the open batch or in the hand-off channel —
+/// so a backlog held longer than `ack_wait` (here 4 × `ack_wait`, the database frozen) is never
+/// redelivered to another replica: the two replicas together receive each message exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_held_longer_than_ack_wait_are_not_redelivered_to_another_replica() {
+    ensure_schema().await;
+    let _alone = exclusive().await;
+    let mut config = base_config("heldlong");
+    config.nats.ack_wait = Duration::from_secs(2);
+    config.nats.max_deliver = 3;
+    config.retry.progress_interval = Duration::from_millis(500);
+    config.retry.total_budget = Duration::from_secs(1);
+    config.retry.nak_delay = Duration::from_millis(200);
+    config.scylla.request_timeout = Duration::from_millis(500);
+    // One write slot: one flush is written, the next ones wait closed, and more wait behind them.
+    config.batch.max_inflight = 1;
+    let (_client, js) = jetstream(&config).await;
+    let session = session().await;
+    let events = events_for("heldlong", 600, 200);
+    let first = Worker::start(config.clone()).await;
+    for e in &events[..50] {
+        publish(&js, &config, e, &e.event_id).await;
+    }
+    wait_until("first events written", Duration::from_secs(60), || {
+        first.processed() >= 50
+    })
+    .await;
+    // A second replica on the same consumer takes whatever the server hands out again (or anew).
+    let second = Worker::start(config.clone()).await;
+
+    let received =
+        || first.metrics.messages_received.get() + second.metrics.messages_received.get();
+    let pid = services("cassandra-pid");
+    signal(&pid, "STOP");
+    let thaw = Thaw(pid);
+    for e in &events[50..] {
+        publish(&js, &config, e, &e.event_id).await;
+    }
+    wait_until(
+        "both replicas paused pulling",
+        Duration::from_secs(30),
+        || first.metrics.pulls_paused.get() == 1 && second.metrics.pulls_paused.get() == 1,
+    )
+    .await;
+    let held = received() - first.processed() - second.processed();
+    tokio::time::sleep(config.nats.ack_wait * 4).await;
+    drop(thaw);
+
+    wait_until("every event written", Duration::from_secs(90), || {
+        first.processed() + second.processed() >= events.len() as u64
+    })
+    .await;
+    wait_drained(&js, &config, Duration::from_secs(30)).await;
+    eprintln!(
+        "held past ack_wait: two replicas held {held} deliveries for 4 x ack_wait ({:?}); received {} + {} = {} for {} messages",
+        config.nats.ack_wait,
+        first.metrics.messages_received.get(),
+        second.metrics.messages_received.get(),
+        received(),
+        events.len()
+    );
+    assert!(
+        held > (config.batch.max_scores * 4) as u64,
+        "the replicas held more than a flush being written and one queued each ({held})"
+    );
+    assert_eq!(
+        received(),
+        events.len() as u64,
+        "each message delivered exactly once: nothing held was redelivered"
+    );
+    first.stop().await;
+    second.stop().await;
+    assert_final_state(&session, &events, config.scylla.leaderboard_buckets).await;
+}
+
 /// SIGTERM while the database is frozen: the drain cannot finish, so at the deadline the worker naks
 /// what it holds (written nowhere yet) and exits within `shutdown.timeout` + 1 s; every delivery it
 /// had is deliverable again at once, not after `ack_wait` (60 s here).

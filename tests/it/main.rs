@@ -2,6 +2,7 @@
 //! (`make test` starts both through `scripts/services.sh up`).
 
 mod buckets;
+mod cli;
 mod deadletters;
 mod dlq;
 mod end_to_end;

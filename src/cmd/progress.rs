@@ -1,0 +1,63 @@
+//! Progress of a long command a person may be watching (`dlq list|replay`, `publish-sample`): a bar with
+//! rate and ETA on a terminal, else an info log line every [`LOG_EVERY`].
+
+use std::time::{Duration, Instant};
+
+/// Without a terminal, a progress line this often.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+pub struct Progress {
+    what: &'static str,
+    unit: &'static str,
+    bar: Option<indicatif::ProgressBar>,
+    total: u64,
+    pub done: u64,
+    logged: Instant,
+}
+
+impl Progress {
+    /// `what` names the command, `unit` what it counts (`letters`, `events`); `bar`: draw one.
+    pub fn new(what: &'static str, unit: &'static str, total: u64, bar: bool) -> Self {
+        let bar = bar.then(|| {
+            let style = indicatif::ProgressStyle::with_template(&format!(
+                "{{msg}} {{wide_bar}} {{pos}}/{{len}} {unit}, {{per_sec}}, eta {{eta}}"
+            ))
+            .expect("a valid template");
+            let bar = indicatif::ProgressBar::new(total).with_style(style);
+            bar.set_message(what);
+            bar
+        });
+        Self {
+            what,
+            unit,
+            bar,
+            total,
+            done: 0,
+            logged: Instant::now(),
+        }
+    }
+
+    pub fn inc(&mut self) {
+        self.done += 1;
+        match &self.bar {
+            Some(bar) => bar.inc(1),
+            None if self.logged.elapsed() >= LOG_EVERY => {
+                self.logged = Instant::now();
+                tracing::info!(
+                    command = self.what,
+                    unit = self.unit,
+                    done = self.done,
+                    total = self.total,
+                    "progress"
+                );
+            }
+            None => {}
+        }
+    }
+
+    pub fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
