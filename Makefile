@@ -7,11 +7,16 @@ RUN_ENV := SCORE_WORKER__LOG__FORMAT=text SCORE_WORKER__HTTP__LISTEN=127.0.0.1:9
 # A server pair of its own for fault injection (it kills, freezes and restarts them).
 CHAOS_ENV := SCORE_WORKER_LOCAL=$(CURDIR)/.local/chaos SCORE_WORKER_NATS_PORT=4322 SCORE_WORKER_NATS_MON_PORT=8322 \
 	SCORE_WORKER_CQL_PORT=9142 SCORE_WORKER_STORAGE_PORT=7100
-# A second server pair for the security tests: Cassandra with password authentication.
+# A second server pair for the security tests: Cassandra with password authentication and optional TLS.
 SECURE_ENV := SCORE_WORKER_LOCAL=$(CURDIR)/.local/secure SCORE_WORKER_NATS_PORT=4422 SCORE_WORKER_NATS_MON_PORT=8422 \
-	SCORE_WORKER_CQL_PORT=9242 SCORE_WORKER_STORAGE_PORT=7200 SCORE_WORKER_CASSANDRA_AUTH=1
+	SCORE_WORKER_CQL_PORT=9242 SCORE_WORKER_STORAGE_PORT=7200 SCORE_WORKER_CASSANDRA_AUTH=1 SCORE_WORKER_CASSANDRA_TLS=1
+# The oldest nats-server the README supports (Debian's package) under the integration suite, with a pair of
+# its own (the suite freezes and stops its servers); every other suite runs on the pinned current release.
+OLDEST_NATS := 2.9.10
+OLDEST_ENV := SCORE_WORKER_LOCAL=$(CURDIR)/.local/oldest SCORE_WORKER_NATS_SERVER=debian SCORE_WORKER_NATS_PORT=4722 \
+	SCORE_WORKER_NATS_MON_PORT=8722 SCORE_WORKER_CQL_PORT=9442 SCORE_WORKER_STORAGE_PORT=7400 SCORE_WORKER_CASSANDRA_HEAP=512m
 
-.PHONY: help services services-down run test unit it security chaos soak lint supply-chain msrv deploy-check metrics-contract sample check bench bench-baseline ci clean
+.PHONY: help announce-setup services services-down run test unit it it-oldest-nats security chaos soak lint supply-chain msrv deploy-check metrics-contract sample check bench bench-baseline ci clean
 
 help:
 	@echo "make run           start local nats-server + Cassandra, apply the schema, run the worker"
@@ -22,7 +27,8 @@ help:
 	@echo "make supply-chain  cargo deny (licences, bans, sources) and cargo audit (RustSec advisories)"
 	@echo "make msrv          cargo check with the rust-version Cargo.toml declares (part of make lint)"
 	@echo "make deploy-check  promtool / kubernetes-validate / dashboard checks of deploy/"
-	@echo "make chaos         fault-injection suite (also part of make test); make soak: the long version"
+	@echo "make chaos         fault-injection suite, single servers and clusters (also part of make test); make soak: the long version"
+	@echo "make it-oldest-nats  the integration suite against nats-server $(OLDEST_NATS), the oldest supported (part of make test)"
 	@echo "make bench         throughput, DB requests, CPU per event, latency, stale rows vs the ceilings (release)"
 	@echo "make bench-baseline  the same with the build of BASELINE (default $(BASELINE_DEFAULT)) as a variant"
 	@echo "make bench-read    top-100 latency and rank cost on a 1M-profile board, fresh and after 1M changes"
@@ -32,10 +38,16 @@ help:
 services:
 	scripts/services.sh up
 
+# What a first run on a fresh machine does before anything answers; each step then prints what it took.
+announce-setup:
+	@ls "$${SCORE_WORKER_CACHE:-$(HOME)/.cache/score-worker}"/cassandra-*/lib/*.jar >/dev/null 2>&1 \
+		|| echo "make run: first run on this machine: installs JDK 17 and Go with apt if missing, fetches the Cassandra 5.0 jars from Maven Central, builds nats-server from the Go module proxy (all cached in ~/.cache/score-worker), then compiles the worker; each step prints how long it took"
+
 services-down:
 	scripts/services.sh down
 	$(SECURE_ENV) scripts/services.sh down
 	$(CHAOS_ENV) scripts/services.sh down
+	$(OLDEST_ENV) scripts/services.sh down
 	scripts/services.sh cluster-down
 
 # 3-node NATS JetStream and Cassandra 5.0 clusters on loopback: ports and costs in docs/reliability.md.
@@ -46,7 +58,7 @@ cluster-up:
 cluster-down:
 	scripts/services.sh cluster-down
 
-run: services
+run: announce-setup services
 	$(CARGO) build --locked
 	$(RUN_ENV) target/debug/score-worker migrate
 	$(RUN_ENV) target/debug/score-worker run
@@ -128,15 +140,24 @@ unit:
 it: services
 	$(CARGO) test --locked --test it
 
+# The status line must name the oldest version, so a fallback to another binary cannot pass unnoticed.
+it-oldest-nats:
+	$(OLDEST_ENV) scripts/services.sh up
+	@$(OLDEST_ENV) scripts/services.sh status | grep -F 'v$(OLDEST_NATS),' || \
+		{ echo "it-oldest-nats: the nats-server on 4722 is not v$(OLDEST_NATS)"; exit 1; }
+	$(OLDEST_ENV) $(CARGO) test --locked --test it
+
 # NATS with TLS + user/password or token (a nats-server the tests start), Cassandra with password auth.
 security:
 	$(SECURE_ENV) scripts/services.sh up
 	$(CARGO) test --locked --test security
 
 # Fault injection with the real binary: SIGKILLs, frozen database, NATS restart, replicas, a 100k backlog
-# with bounded memory, SIGTERM. One summary line per scenario.
+# with bounded memory, SIGTERM; on the 3-node clusters, a NATS or Cassandra node killed mid-load
+# (tests/chaos/cluster.rs). One summary line per scenario.
 chaos:
 	$(CHAOS_ENV) scripts/services.sh up
+	scripts/services.sh cluster-up
 	$(CARGO) test --locked --test chaos -- --test-threads=1 --nocapture
 
 # Long mode: a 1,000,000-message backlog, 5x the events elsewhere, 30 SIGKILLs.
@@ -148,12 +169,13 @@ soak:
 deploy-check:
 	scripts/check-deploy.sh
 
-# Lints the /metrics text a live worker served during `make it` and checks every metric the
-# alert rules and dashboards use is exported.
-metrics-contract:
-	scripts/check-metrics-contract.sh .local/metrics-sample.txt
+# Lints the /metrics text of a live worker it starts itself (on a stream and keyspace of its own) and
+# checks every metric the alert rules and dashboards use is exported.
+metrics-contract: services
+	$(CARGO) build --locked
+	scripts/check-metrics-contract.sh --live $(or $(CARGO_TARGET_DIR),target)/debug/score-worker
 
-test: services lint unit it security chaos metrics-contract deploy-check
+test: services lint unit it it-oldest-nats security chaos metrics-contract deploy-check
 	@echo "make test: all checks passed"
 
 ci: test

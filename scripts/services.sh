@@ -55,6 +55,7 @@
 #   SCORE_WORKER_FRESH_NATS=1         wipe .local/nats-<version> (the JetStream store) before starting NATS
 #   SCORE_WORKER_FRESH_CLUSTER=1      cluster-up: stop and wipe the cluster(s) first
 #   SCORE_WORKER_CASSANDRA_AUTH=1     run Cassandra with PasswordAuthenticator (user cassandra/cassandra)
+#   SCORE_WORKER_CASSANDRA_TLS=1      and with optional TLS on the CQL port (CA in <state dir>/tls/ca.pem)
 #   SCORE_WORKER_CASSANDRA_HEAP=1g    Cassandra heap (-Xms = -Xmx)
 #   SCORE_WORKER_CLUSTER_CASSANDRA_HEAP=512m   heap of each cluster node
 #   SCORE_WORKER_CASSANDRA_TIMEOUT=180, SCORE_WORKER_NATS_TIMEOUT=30   startup timeouts in seconds (per node)
@@ -502,7 +503,31 @@ start_nats() {
 
 # --------------------------------------------------------------------------------------------- Cassandra
 
-cass_mode() { if [ "${SCORE_WORKER_CASSANDRA_AUTH:-0}" = 1 ]; then echo auth; else echo noauth; fi; }
+cass_mode() {
+    local m=noauth
+    if [ "${SCORE_WORKER_CASSANDRA_AUTH:-0}" = 1 ]; then m=auth; fi
+    if [ "${SCORE_WORKER_CASSANDRA_TLS:-0}" = 1 ]; then m=$m+tls; fi
+    echo "$m"
+}
+
+# cassandra_tls_files: a CA and a server certificate for 127.0.0.1 in $LOCAL/tls (once), the server's key and
+# chain in one PEM file for Cassandra's PEMBasedSslContextFactory; clients trust $LOCAL/tls/ca.pem.
+cassandra_tls_files() {
+    local d=$LOCAL/tls
+    [ -s "$d/server.pem" ] && [ -s "$d/ca.pem" ] && return 0
+    command -v openssl >/dev/null || apt_install openssl
+    mkdir -p "$d"
+    (
+        cd "$d"
+        openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 3650 -subj "/CN=score-worker test CA" \
+            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+        openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj "/CN=127.0.0.1"
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' >server.ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.crt -days 3650 -extfile server.ext
+        openssl pkcs8 -topk8 -nocrypt -in server.key -out server.pk8
+        cat server.pk8 server.crt >server.pem.partial && mv server.pem.partial server.pem
+    ) >"$LOCAL/tls.log" 2>&1 || { cat "$LOCAL/tls.log" >&2; die "openssl could not make the Cassandra TLS files (log: $LOCAL/tls.log)"; }
+}
 
 cass_summary() {
     printf '%-9s %-7s %s:%s  (CQL; storage port %s)  %s\n' cassandra "$1" "$HOST" "$CQL_PORT" "$STORAGE_PORT" "$2"
@@ -567,7 +592,13 @@ cassandra_jvm_args() { # fills CASS_ARGS for the single server
     yaml=$LOCAL/cassandra.yaml
     sed -e "s/127.0.0.1:7000/127.0.0.1:$STORAGE_PORT/" -e "s/^storage_port:.*/storage_port: $STORAGE_PORT/" \
         -e "s/^native_transport_port:.*/native_transport_port: $CQL_PORT/" "$DEPLOY/cassandra.yaml" >"$yaml"
-    if [ "$mode" = auth ]; then
+    if [[ $mode == *+tls ]]; then
+        # TLS on the CQL port, optional: plaintext clients (the other tests of the pair) still connect.
+        cassandra_tls_files
+        printf '\nclient_encryption_options:\n  enabled: true\n  optional: true\n  require_client_auth: false\n  keystore: %s\n  ssl_context_factory:\n    class_name: org.apache.cassandra.security.PEMBasedSslContextFactory\n' \
+            "$LOCAL/tls/server.pem" >>"$yaml"
+    fi
+    if [[ $mode == auth* ]]; then
         sed -i 's/^authenticator:.*/authenticator: PasswordAuthenticator/' "$yaml"
         grep -q '^authenticator: PasswordAuthenticator' "$yaml" || die "could not set authenticator in $yaml"
         extra+=(-Dcassandra.superuser_setup_delay_ms=0)

@@ -134,7 +134,7 @@ impl App {
             &config.nats.deadletter_stream,
             metrics.clone(),
         ));
-        let (tx, rx) = mpsc::channel(config.batch.max_scores);
+        let (tx, rx) = mpsc::channel(crate::consumer::channel_capacity(config.nats.pull_batch));
         // The last delivery is the server's `max_deliver` (operators may own the consumer).
         let mut pipeline_config = config.pipeline();
         pipeline_config.max_deliver = nats::max_deliver(&consumer);
@@ -146,7 +146,6 @@ impl App {
             Consumer {
                 consumer: consumer.clone(),
                 pull_batch: config.nats.pull_batch,
-                pull_max_bytes: config.pull_max_bytes(client.server_info().max_payload),
                 limits: config.limits(),
                 settler: settler.clone(),
                 deadletters: deadletters.clone(),
@@ -156,6 +155,13 @@ impl App {
             }
             .run(tx, cancel.clone()),
         );
+        // Every delivery held, wherever it waits, gets `+WPI` until it is settled or handed back.
+        let held_done = CancellationToken::new();
+        let keep_alive = tokio::spawn(unsettled.clone().keep_alive(
+            client.clone(),
+            config.retry.progress_interval,
+            held_done.clone(),
+        ));
         let mut background = tokio::task::JoinSet::new();
         if let Ok(stream) = js.get_stream(&config.nats.stream).await {
             background.spawn(advisory::watch_max_deliveries(
@@ -198,6 +204,8 @@ impl App {
         let drained = tokio::time::timeout_at(deadline, drain).await.is_ok();
         // Past the deadline every step is bounded by SHUTDOWN_TAIL, whatever NATS or the database do.
         let tail = tokio::time::Instant::now() + SHUTDOWN_TAIL;
+        held_done.cancel();
+        keep_alive.abort();
         if !drained {
             let naked = tokio::time::timeout_at(tail, async {
                 let naked = unsettled.abandon(&client).await;

@@ -187,14 +187,14 @@ impl Metrics {
 
         let build_info = IntGaugeVec::new(
             Opts::new("score_worker_build_info", "Build information; always 1."),
-            &["version"],
+            &["version", "revision"],
         )
         .expect("valid metric");
         m.registry
             .register(Box::new(build_info.clone()))
             .expect("unique metric");
         build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("SCORE_WORKER_REVISION")])
             .set(1);
 
         for reason in RejectReason::ALL {
@@ -284,7 +284,8 @@ mod tests {
         assert!(text.contains("score_worker_scylla_query_duration_seconds_bucket{statement=\"read_back\",le=\"0.1\"} 0"));
         assert!(text.contains("score_worker_dead_letters_total{reason=\"malformed_json\"} 0"));
         assert!(text.contains(&format!(
-            "score_worker_build_info{{version=\"{}\"}} 1",
+            "score_worker_build_info{{revision=\"{}\",version=\"{}\"}} 1",
+            env!("SCORE_WORKER_REVISION"),
             env!("CARGO_PKG_VERSION")
         )));
     }

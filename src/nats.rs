@@ -125,13 +125,21 @@ pub async fn connect(
         });
     }
     let client = options
-        .connect(&config.url)
+        .connect(server_urls(&config.url))
         .await
         .map_err(|source| NatsError::Connect {
             url: crate::config::redact_url(&config.url),
             source,
         })?;
     Ok(client)
+}
+
+/// The servers of `nats.url`, comma separated (async-nats parses a string as one URL).
+fn server_urls(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 /// A JetStream context bounded by `request_timeout`.
@@ -346,3 +354,21 @@ pub fn max_deliver(consumer: &jetstream::consumer::Consumer<pull::Config>) -> i6
 /// Lifetime of one pull request: how long an idle worker waits for messages before asking again,
 /// and the longest a shutdown waits for the request in flight to end.
 pub const PULL_EXPIRES: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_server_of_a_comma_separated_url_is_a_seed() {
+        assert_eq!(
+            server_urls("nats://127.0.0.1:4501, nats://127.0.0.1:4502,,nats://127.0.0.1:4503"),
+            [
+                "nats://127.0.0.1:4501",
+                "nats://127.0.0.1:4502",
+                "nats://127.0.0.1:4503"
+            ]
+        );
+        assert_eq!(server_urls("tls://h:4222"), ["tls://h:4222"]);
+    }
+}

@@ -1,5 +1,6 @@
 //! Logging through `tracing`: JSON lines in production, readable text for a terminal; the level comes
-//! from `RUST_LOG` (default `info`, with the drivers at `warn`).
+//! from `RUST_LOG` (default `info`, with the drivers at `warn`). The lines of one flush carry its span
+//! (`flush{id scores events attempt}`), so they can be found together.
 
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
@@ -20,7 +21,9 @@ where
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            // `"span": {"name": "flush", "id": 42, "scores": 50, ...}` on every line of one flush.
+            .with_current_span(true)
+            .with_span_list(false)
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };

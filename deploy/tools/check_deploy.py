@@ -978,6 +978,10 @@ def check_compose():
             where, "worker must start after migrate completed successfully")
     if worker.get("stop_grace_period"):
         p.check(duration_seconds(worker["stop_grace_period"]) > 20, where, "stop_grace_period must exceed shutdown.timeout")
+    # The image is distroless (no shell, no curl): the health check is the binary's own `health` command.
+    test = (worker.get("healthcheck") or {}).get("test") or []
+    p.check(test == ["CMD", "/usr/local/bin/score-worker", "health"], where,
+            'worker healthcheck must be ["CMD", "/usr/local/bin/score-worker", "health"]')
     env = worker.get("environment") or {}
     p.check("nats:4222" in env.get("SCORE_WORKER__NATS__URL", ""), where, "worker must reach NATS by service name")
     p.check("scylla:9042" in env.get("SCORE_WORKER__SCYLLA__NODES", ""), where, "worker must reach ScyllaDB by service name")

@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use super::Output;
 use crate::config::Config;
 use crate::{nats, schema, store};
 
@@ -16,6 +17,18 @@ impl Report {
         self.lines.iter().all(|(ok, _)| *ok)
     }
 
+    /// `{"ok": bool, "checks": [{"ok": bool, "detail": "..."}, ...]}`.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "ok": self.ok(),
+            "checks": self
+                .lines
+                .iter()
+                .map(|(ok, detail)| serde_json::json!({ "ok": ok, "detail": detail }))
+                .collect::<Vec<_>>(),
+        })
+    }
+
     pub fn render(&self) -> String {
         self.lines
             .iter()
@@ -25,9 +38,12 @@ impl Report {
 }
 
 /// Prints the report; fails when any check failed.
-pub async fn run(config: &Config) -> ExitCode {
+pub async fn run(config: &Config, output: Output) -> ExitCode {
     let report = checks(config).await;
-    print!("{}", report.render());
+    match output {
+        Output::Text => print!("{}", report.render()),
+        Output::Json => println!("{}", report.json()),
+    }
     if report.ok() {
         ExitCode::SUCCESS
     } else {

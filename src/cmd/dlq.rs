@@ -22,7 +22,7 @@ use futures::StreamExt;
 use std::process::ExitCode;
 
 use super::progress::Progress;
-use super::{ArgumentError, CmdError, DlqAction, DlqFilter};
+use super::{ArgumentError, CmdError, DlqAction, DlqFilter, Output};
 use crate::config::{parse_duration, Config, DurationError, NatsConfig};
 use crate::nats::{self, BoxError};
 use crate::score::RejectReason;
@@ -39,25 +39,30 @@ pub async fn run(config: &Config, action: DlqAction) -> Result<ExitCode, CmdErro
     let client = nats::connect(&config.nats, None).await?;
     let js = nats::jetstream(client.clone(), &config.nats);
     match action {
-        DlqAction::List { filter } => {
+        DlqAction::List { filter, output } => {
             let mut out = std::io::BufWriter::new(std::io::stdout());
             // A bar only when the letters go elsewhere: on one terminal they would interleave.
             let bar = std::io::stderr().is_terminal() && !std::io::stdout().is_terminal();
             let count = list(&js, &config.nats, &filter_of(filter)?, bar, |l| {
                 // A closed pipe (`| head`) ends the listing, nothing else to do.
-                let _ = writeln!(
-                    out,
-                    "{}\t{}\t{}\t{}\t{} bytes\t{}",
-                    l.sequence,
-                    l.stored_at.to_rfc3339(),
-                    l.reason,
-                    l.original_subject,
-                    l.payload.len(),
-                    l.error
-                );
+                let _ = match output {
+                    Output::Text => writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}\t{} bytes\t{}",
+                        l.sequence,
+                        l.stored_at.to_rfc3339(),
+                        l.reason,
+                        l.original_subject,
+                        l.payload.len(),
+                        l.error
+                    ),
+                    Output::Json => writeln!(out, "{}", l.json()),
+                };
             })
             .await?;
-            let _ = writeln!(out, "{count} dead letters");
+            if output == Output::Text {
+                let _ = writeln!(out, "{count} dead letters");
+            }
             let _ = out.flush();
         }
         DlqAction::Replay {
@@ -122,6 +127,21 @@ pub struct DeadLetter {
     pub error: String,
     pub original_subject: String,
     pub payload: bytes::Bytes,
+}
+
+impl DeadLetter {
+    /// One JSON object: the payload as text when it is UTF-8 (`null` otherwise), and its size.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "sequence": self.sequence,
+            "stored_at": self.stored_at.to_rfc3339(),
+            "reason": self.reason,
+            "error": self.error,
+            "original_subject": self.original_subject,
+            "payload_bytes": self.payload.len(),
+            "payload": std::str::from_utf8(&self.payload).ok(),
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,9 +1,11 @@
 //! The command line and its subcommands: `score-worker [--config FILE] <run | migrate [--dry-run] | check
-//! | dlq list|replay | publish-sample | query … | score get|set|delete | migrate-postgres>`. [`run`] dispatches; each subcommand other than `run` lives in a
+//! | dlq list|replay | publish-sample | health | completions SHELL | query … | score get|set|delete |
+//! migrate-postgres>`. [`run`] dispatches; each subcommand other than `run` lives in a
 //! module of its own here, and `run` is [`crate::app`].
 
 mod check;
 mod dlq;
+pub mod health;
 mod migrate;
 pub mod migrate_postgres;
 mod progress;
@@ -23,10 +25,18 @@ use crate::nats::NatsError;
 use crate::schema::SchemaError;
 use crate::store::ConnectError;
 
+/// `0.1.0 (revision 1a2b3c4d5e6f)`: the crate version and the git revision it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (revision ",
+    env!("SCORE_WORKER_REVISION"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "score-worker",
-    version,
+    version = VERSION,
     about = "NATS JetStream → ScyllaDB score ingestion worker"
 )]
 pub struct Cli {
@@ -48,7 +58,10 @@ pub enum Command {
         dry_run: bool,
     },
     /// Validate the configuration and reach NATS and the database; verify stream, consumer and schema.
-    Check,
+    Check {
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Inspect or replay dead letters.
     Dlq {
         #[command(subcommand)]
@@ -83,6 +96,28 @@ pub enum Command {
     },
     /// Copy scores from PostgreSQL, validated, at their updated_at (a newer score always wins).
     MigratePostgres(migrate_postgres::Args),
+    /// Ask the worker on this host (`http.listen`) whether it is ready; exit 0 if so, 1 otherwise
+    /// (a container health check that needs no shell).
+    Health {
+        /// Ask whether the process is alive (`/healthz`) instead of ready (`/readyz`).
+        #[arg(long)]
+        live: bool,
+    },
+    /// Print a shell completion script, e.g. `score-worker completions bash > /etc/bash_completion.d/score-worker`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// How a command prints what it found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// JSON for programs (`dlq list`: one object per line).
+    Json,
 }
 
 /// Which dead letters a `dlq` command acts on.
@@ -108,6 +143,8 @@ pub enum DlqAction {
     List {
         #[command(flatten)]
         filter: DlqFilter,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
     },
     /// Publish dead letters back to their original subjects, then delete them from the dead-letter stream.
     Replay {
@@ -187,7 +224,7 @@ pub async fn run(command: Command, config: Config) -> Result<ExitCode, CmdError>
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate { dry_run } => migrate::run(&config, dry_run).await,
-        Command::Check => Ok(check::run(&config).await),
+        Command::Check { output } => Ok(check::run(&config, output).await),
         Command::Dlq { action } => dlq::run(&config, action).await,
         Command::PublishSample {
             count,
@@ -197,5 +234,12 @@ pub async fn run(command: Command, config: Config) -> Result<ExitCode, CmdError>
         Command::Query { json, query } => query::run(&config, query, json).await,
         Command::Score { json, action } => repair::run(&config, action, json).await,
         Command::MigratePostgres(args) => migrate_postgres::run(&config, args).await,
+        Command::Health { live } => Ok(health::run(config.http.listen, live).await),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cli = Cli::command();
+            clap_complete::generate(shell, &mut cli, "score-worker", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -1,13 +1,15 @@
-//! Progress of a long command: a bar on a terminal (count, rate, ETA), else an info line every
-//! [`LOG_EVERY`]. Used by `dlq` and `migrate-postgres`.
+//! Progress of a long command a person may be watching (`dlq list|replay`, `publish-sample`,
+//! `migrate-postgres`): a bar with
+//! rate and ETA on a terminal, else an info log line every [`LOG_EVERY`].
 
 use std::time::{Duration, Instant};
 
 /// Without a terminal, a progress line this often.
-pub const LOG_EVERY: Duration = Duration::from_secs(5);
+const LOG_EVERY: Duration = Duration::from_secs(5);
 
 pub struct Progress {
     what: &'static str,
+    unit: &'static str,
     bar: Option<indicatif::ProgressBar>,
     total: u64,
     pub done: u64,
@@ -15,8 +17,8 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// `what` names the command, `unit` what it counts; `bar`: draw a bar (else log lines).
-    pub fn new(what: &'static str, unit: &str, total: u64, bar: bool) -> Self {
+    /// `what` names the command, `unit` what it counts (`letters`, `events`); `bar`: draw one.
+    pub fn new(what: &'static str, unit: &'static str, total: u64, bar: bool) -> Self {
         let bar = bar.then(|| {
             let style = indicatif::ProgressStyle::with_template(&format!(
                 "{{msg}} {{wide_bar}} {{pos}}/{{len}} {unit}, {{per_sec}}, eta {{eta}}"
@@ -28,6 +30,7 @@ impl Progress {
         });
         Self {
             what,
+            unit,
             bar,
             total,
             done: 0,
@@ -47,6 +50,7 @@ impl Progress {
                 self.logged = Instant::now();
                 tracing::info!(
                     command = self.what,
+                    unit = self.unit,
                     done = self.done,
                     total = self.total,
                     "progress"

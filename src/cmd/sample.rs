@@ -2,6 +2,7 @@
 //! body, `Nats-Msg-Id` = `event_id`, subject `scores.update.<leaderboard>`), waiting for JetStream to
 //! store each one.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use async_nats::jetstream::context::PublishError;
@@ -11,6 +12,7 @@ use bytes::Bytes;
 use rand::Rng;
 use uuid::Uuid;
 
+use super::progress::Progress;
 use super::CmdError;
 use crate::config::Config;
 use crate::nats;
@@ -26,9 +28,14 @@ pub async fn run(
     let js = nats::jetstream(client.clone(), &config.nats);
     nats::ensure_topology(&js, &config.nats).await?;
     let subject = &config.nats.subjects[0];
-    publish_sample(&js, subject, count, profiles, leaderboards)
-        .await
-        .map_err(CmdError::Sample)?;
+    let bar = std::io::stderr().is_terminal();
+    let mut progress = Progress::new("publish-sample", "events", count as u64, bar);
+    publish_sample(&js, subject, count, profiles, leaderboards, || {
+        progress.inc()
+    })
+    .await
+    .map_err(CmdError::Sample)?;
+    progress.finish();
     client.flush().await.map_err(CmdError::Flush)?;
     println!("published {count} events to {subject}");
     Ok(ExitCode::SUCCESS)
@@ -82,13 +89,15 @@ pub async fn publish(
     Ok(())
 }
 
-/// Publishes `count` events over `profiles` profiles and `leaderboards` leaderboards.
+/// Publishes `count` events over `profiles` profiles and `leaderboards` leaderboards, calling
+/// `published` after each one the stream acknowledged.
 pub async fn publish_sample(
     js: &Context,
     pattern: &str,
     count: usize,
     profiles: usize,
     leaderboards: usize,
+    mut published: impl FnMut(),
 ) -> Result<(), PublishError> {
     let mut rng = rand::rng();
     let people: Vec<(Uuid, String)> = (0..profiles.max(1))
@@ -111,6 +120,7 @@ pub async fn publish_sample(
         let at = start + chrono::Duration::microseconds(i as i64);
         let payload = event_json(&event_id, *profile, wallet, board, score, at);
         publish(js, subject_for(pattern, board), &event_id, payload).await?;
+        published();
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 
 mod connection;
 mod duration;
+mod list;
 mod validate;
 
 use std::net::SocketAddr;
@@ -109,6 +110,7 @@ pub struct Config {
 pub struct NatsConfig {
     pub url: String,
     pub client_name: String,
+    #[serde(deserialize_with = "list::strings")]
     pub subjects: Vec<String>,
     pub stream: String,
     pub consumer: String,
@@ -213,6 +215,7 @@ impl TryFrom<String> for Consistency {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScyllaConfig {
+    #[serde(deserialize_with = "list::strings")]
     pub nodes: Vec<String>,
     pub keyspace: String,
     pub consistency: Consistency,
@@ -391,15 +394,6 @@ impl Config {
         }
     }
 
-    /// Bytes per pull request: room for a full pull of maximum-size payloads, and at least the largest
-    /// message the server accepts, or a bigger one would never be delivered and block the rest.
-    pub fn pull_max_bytes(&self, server_max_payload: usize) -> usize {
-        self.nats
-            .pull_batch
-            .saturating_mul(self.validation.max_payload_bytes)
-            .max(server_max_payload)
-    }
-
     /// A printable summary with every secret replaced by `***`.
     pub fn redacted(&self) -> String {
         let secret = |s: &SecretString| {
@@ -501,6 +495,28 @@ mod tests {
             let shown = c.redacted();
             assert!(!shown.contains("hunter2"), "{shown}");
             assert!(shown.contains("nats.auth.password=***"), "{shown}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's signature
+    fn list_settings_from_the_environment_take_commas_or_an_array() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "SCORE_WORKER__SCYLLA__NODES",
+                "10.0.0.1:9042, 10.0.0.2:9042",
+            );
+            jail.set_env("SCORE_WORKER__NATS__SUBJECTS", r#"["a.>", "b.>"]"#);
+            let c = Config::load(None).unwrap();
+            assert_eq!(c.scylla.nodes, ["10.0.0.1:9042", "10.0.0.2:9042"]);
+            assert_eq!(c.nats.subjects, ["a.>", "b.>"]);
+            jail.set_env("SCORE_WORKER__SCYLLA__NODES", "10.0.0.1:9042,");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("empty item") && err.to_lowercase().contains("scylla.nodes"),
+                "{err}"
+            );
             Ok(())
         });
     }

@@ -3,18 +3,20 @@
 //! Generic over the [`Store`] and the [`Receipt`] (both defined in [`ports`]), so its logic is
 //! unit-tested with fakes; the real servers prove the integration in `tests/`. A flush's messages are
 //! settled together by [`settle::decide`]: written → acked; not written within `retry.total_budget` →
-//! nak'd with `retry.nak_delay`, or dead-lettered as `max_deliveries` on the last delivery. While the
-//! write is pending, `+WPI` progress keeps JetStream from redelivering.
+//! nak'd with `retry.nak_delay`, or dead-lettered as `max_deliveries` on the last delivery. Whatever
+//! the pipeline holds, the consumer keeps alive with `+WPI` (`consumer::Unsettled`).
 
 pub mod ports;
 pub mod settle;
 mod written;
 
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 pub use crate::config::PipelineConfig;
 pub use ports::{Class, Receipt, SettleError, Store, WriteError};
@@ -34,6 +36,8 @@ pub struct Pipeline<S> {
     settler: Settler,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    /// Numbers the flushes of this process, for their log span.
+    flushes: AtomicU64,
 }
 
 impl<S: Store> Pipeline<S> {
@@ -57,6 +61,7 @@ impl<S: Store> Pipeline<S> {
             settler,
             metrics,
             health,
+            flushes: AtomicU64::new(0),
         }
     }
 
@@ -121,19 +126,27 @@ impl<S: Store> Pipeline<S> {
         if flush.receipts.is_empty() {
             return;
         }
-        // A closed flush waiting for a slot is as much in progress as one being written.
-        let permit = self
-            .with_progress(&flush.receipts, permits.clone().acquire_owned())
+        let permit = permits
+            .clone()
+            .acquire_owned()
             .await
             .expect("semaphore is never closed");
+        let span = tracing::info_span!(
+            "flush",
+            id = self.flushes.fetch_add(1, Ordering::Relaxed) + 1,
+            scores = flush.scores(),
+            events = flush.events.len(),
+            attempt = 1u32,
+        );
         let this = self.clone();
-        tasks.spawn(async move { this.write_flush(flush, permit).await });
+        tasks.spawn(async move { this.write_flush(flush, permit).await }.instrument(span));
     }
 
     /// Writes a flush holding a write slot, frees the slot, then settles its messages (acks need no
     /// database, so the next flush need not wait for them).
     async fn write_flush<R: Receipt>(&self, flush: Flush<R>, slot: OwnedSemaphorePermit) {
         let m = &self.metrics;
+        let attempts = AtomicU32::new(1);
         m.inflight_batches.inc();
         m.batch_size.observe(flush.scores() as f64);
         let write = async {
@@ -147,14 +160,20 @@ impl<S: Store> Pipeline<S> {
                     &skipped[..]
                 }
             };
-            let mut result = self.write_with_retries(latest, &flush.events).await;
+            let mut result = self
+                .write_with_retries(latest, &flush.events, &attempts)
+                .await;
             // While the database cannot be reached, hold the flush (its messages kept alive by +WPI)
             // instead of giving it back: a nak would burn a delivery per cycle, and an outage longer
             // than max_deliver cycles would dead-letter good traffic. Pulling is paused meanwhile.
             while let Err(Written::No(Class::Retryable, detail)) = &result {
                 self.health.pause_pulls(detail);
                 self.health.resumed().await;
-                result = self.write_with_retries(latest, &flush.events).await;
+                let next = attempts.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::Span::current().record("attempt", next);
+                result = self
+                    .write_with_retries(latest, &flush.events, &attempts)
+                    .await;
             }
             match result {
                 Ok(()) => vec![Written::Yes; flush.latest.len()],
@@ -164,7 +183,7 @@ impl<S: Store> Pipeline<S> {
                 Err(failure) => vec![failure; flush.latest.len()],
             }
         };
-        let mut outcomes = self.with_progress(&flush.receipts, write).await;
+        let mut outcomes = write.await;
         drop(slot);
         m.inflight_batches.dec();
         self.account(&flush, &mut outcomes);
@@ -191,12 +210,16 @@ impl<S: Store> Pipeline<S> {
         &self,
         latest: &[ScoreUpdate],
         events: &[ScoreUpdate],
+        attempts: &AtomicU32,
     ) -> Result<(), Written> {
         let attempts = retry::run_with_retries(
             &self.config.retry,
             || self.store.write(latest, events),
             |e| e.class() == Class::Retryable,
             |e, delay| {
+                // The span shows the attempt the next lines belong to.
+                let next = attempts.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::Span::current().record("attempt", next);
                 self.metrics.batch_retries.inc();
                 self.health.pause_pulls(&e.to_string());
                 tracing::warn!(error = %e, retry_in = ?delay, scores = latest.len(), "flush write failed; retrying");
@@ -297,27 +320,6 @@ impl<S: Store> Pipeline<S> {
             tracing::warn!(%detail, messages = flush.receipts.len(), "flush not written; giving its messages back");
         }
     }
-
-    /// Runs `work`, sending `+WPI` for every message of the flush each `retry.progress_interval`.
-    async fn with_progress<R: Receipt, T>(
-        &self,
-        receipts: &[R],
-        work: impl std::future::Future<Output = T>,
-    ) -> T {
-        tokio::pin!(work);
-        let mut progress = tokio::time::interval_at(
-            Instant::now() + self.config.retry.progress_interval,
-            self.config.retry.progress_interval,
-        );
-        loop {
-            tokio::select! {
-                result = &mut work => return result,
-                _ = progress.tick() => {
-                    futures::future::join_all(receipts.iter().map(|r| r.progress())).await;
-                }
-            }
-        }
-    }
 }
 
 /// What happened to one key of a flush.
@@ -379,7 +381,6 @@ mod tests {
         id: usize,
         delivered: i64,
         log: Arc<Mutex<Vec<(usize, Settled)>>>,
-        progress: Arc<AtomicUsize>,
     }
 
     impl Receipt for FakeReceipt {
@@ -396,10 +397,6 @@ mod tests {
                 Outcome::DeadLetter { reason, .. } => Settled::Dead(*reason),
             };
             self.log.lock().unwrap().push((self.id, settled));
-            Ok(())
-        }
-        async fn progress(&self) -> Result<(), SettleError> {
-            self.progress.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
     }
@@ -512,14 +509,13 @@ mod tests {
         n: usize,
         delivered: i64,
         config: PipelineConfig,
-    ) -> (Arc<FakeStore>, Vec<(usize, Settled)>, usize) {
+    ) -> (Arc<FakeStore>, Vec<(usize, Settled)>) {
         let store = Arc::new(store);
         let metrics = Arc::new(Metrics::new());
         let health = Arc::new(Health::new(metrics.clone()));
         let pipeline = Pipeline::new(store.clone(), config, metrics, health.clone());
         let (tx, rx) = mpsc::channel(8);
         let log = Arc::new(Mutex::new(vec![]));
-        let progress = Arc::new(AtomicUsize::new(0));
         // The health probe's stand-in: the "database answers" every second.
         let probe = tokio::spawn(async move {
             loop {
@@ -533,7 +529,6 @@ mod tests {
                 id: i,
                 delivered,
                 log: log.clone(),
-                progress: progress.clone(),
             };
             tx.send((update(i), receipt)).await.unwrap();
         }
@@ -541,7 +536,7 @@ mod tests {
         handle.await.unwrap();
         probe.abort();
         let settled = log.lock().unwrap().clone();
-        (store, settled, progress.load(Ordering::SeqCst))
+        (store, settled)
     }
 
     /// Exactly `n` messages, each settled once, all as `want`.
@@ -556,7 +551,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn every_message_is_acked_after_its_flush_is_written() {
-        let (store, settled, _) = run(FakeStore::new(0, false), 120, 1, config()).await;
+        let (store, settled) = run(FakeStore::new(0, false), 120, 1, config()).await;
         let flushes = store.flushes.lock().unwrap().clone();
         assert_eq!(flushes, vec![(50, 50), (50, 50), (20, 20)]);
         assert_all(&settled, 120, Settled::Ack);
@@ -564,7 +559,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn transient_failures_are_retried_then_acked() {
-        let (store, settled, _) = run(FakeStore::new(3, false), 10, 1, config()).await;
+        let (store, settled) = run(FakeStore::new(3, false), 10, 1, config()).await;
         assert_eq!(store.flushes.lock().unwrap().len(), 1);
         assert_all(&settled, 10, Settled::Ack);
     }
@@ -574,7 +569,7 @@ mod tests {
         // 100 failures: 25 rounds of 4 attempts, each round ending paused and held until the probe
         // says the database answers; then the write lands. Nothing is given back, nothing is acked early.
         let started = Instant::now();
-        let (store, settled, _) = run(FakeStore::new(100, false), 10, 1, config()).await;
+        let (store, settled) = run(FakeStore::new(100, false), 10, 1, config()).await;
         assert_eq!(store.flushes.lock().unwrap().len(), 1);
         assert_all(&settled, 10, Settled::Ack);
         assert!(
@@ -586,7 +581,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn last_delivery_is_dead_lettered_instead_of_dropped() {
         // A permanent failure of every key (not a poison row) on the last delivery.
-        let (_, settled, _) = run(FakeStore::new(100, true), 3, 5, config()).await;
+        let (_, settled) = run(FakeStore::new(100, true), 3, 5, config()).await;
         assert_all(&settled, 3, Settled::Dead(RejectReason::MaxDeliveries));
     }
 
@@ -594,7 +589,7 @@ mod tests {
     async fn permanent_failures_are_not_retried() {
         // A flush of one key: nothing to isolate.
         let store = FakeStore::new(1, true);
-        let (store, settled, _) = run(store, 1, 1, config()).await;
+        let (store, settled) = run(store, 1, 1, config()).await;
         // One failed attempt (not retried), nak'd; the store would have accepted a second attempt.
         assert!(store.flushes.lock().unwrap().is_empty());
         assert_all(&settled, 1, Settled::Nak);
@@ -605,7 +600,7 @@ mod tests {
         // The first attempt fails permanently; the halves are written at once, not after a backoff.
         let store = FakeStore::new(1, true);
         let started = Instant::now();
-        let (store, settled, _) = run(store, 6, 1, config()).await;
+        let (store, settled) = run(store, 6, 1, config()).await;
         assert_all(&settled, 6, Settled::Ack);
         assert_eq!(store.flushes.lock().unwrap().len(), 2, "two halves");
         assert!(started.elapsed() < Duration::from_millis(200), "no backoff");
@@ -615,7 +610,7 @@ mod tests {
     async fn a_poison_key_is_isolated_and_dead_lettered_while_its_flush_mates_land() {
         let mut store = FakeStore::new(0, false);
         store.poison = vec![3, 17];
-        let (store, settled, _) = run(store, 20, 1, config()).await;
+        let (store, settled) = run(store, 20, 1, config()).await;
         let dead: Vec<usize> = settled
             .iter()
             .filter(|(_, s)| *s == Settled::Dead(RejectReason::WriteRejected))
@@ -635,55 +630,8 @@ mod tests {
     async fn a_flush_the_database_refuses_entirely_is_given_back_not_dead_lettered() {
         let mut store = FakeStore::new(0, false);
         store.poison = (0..10).collect();
-        let (_, settled, _) = run(store, 10, 1, config()).await;
+        let (_, settled) = run(store, 10, 1, config()).await;
         assert_all(&settled, 10, Settled::Nak);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn slow_writes_send_progress() {
-        let mut store = FakeStore::new(0, false);
-        store.write_delay = Duration::from_secs(1);
-        let (_, settled, progress) = run(store, 5, 1, config()).await;
-        assert!(progress >= 5 * 3, "progress sent {progress} times");
-        assert_all(&settled, 5, Settled::Ack);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_flush_waiting_for_a_write_slot_sends_progress_too() {
-        // One slot, writes of 3 s, progress every 250 ms: the second and third flushes wait 3 s and 6 s
-        // for the slot and must keep their messages alive meanwhile.
-        let mut store = FakeStore::new(0, false);
-        store.write_delay = Duration::from_secs(3);
-        let mut c = config();
-        c.max_inflight = 1;
-        let store = Arc::new(store);
-        let metrics = Arc::new(Metrics::new());
-        let health = Arc::new(Health::new(metrics.clone()));
-        let pipeline = Pipeline::new(store.clone(), c, metrics, health);
-        let (tx, rx) = mpsc::channel(200);
-        let log = Arc::new(Mutex::new(vec![]));
-        let waiting = Arc::new(AtomicUsize::new(0));
-        let handle = tokio::spawn(pipeline.run(rx));
-        for i in 0..150 {
-            let receipt = FakeReceipt {
-                id: i,
-                delivered: 1,
-                log: log.clone(),
-                // Count only the progress of the last flush's messages: they only ever wait.
-                progress: if i >= 100 {
-                    waiting.clone()
-                } else {
-                    Arc::new(AtomicUsize::new(0))
-                },
-            };
-            tx.send((update(i), receipt)).await.unwrap();
-        }
-        drop(tx);
-        handle.await.unwrap();
-        assert_all(&log.lock().unwrap(), 150, Settled::Ack);
-        // 50 messages × at least 6 s of waiting / 250 ms, before their own 3 s write.
-        let sent = waiting.load(Ordering::SeqCst);
-        assert!(sent >= 50 * 20, "progress while waiting: {sent}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -694,7 +642,7 @@ mod tests {
         store.write_delay = Duration::from_secs(600);
         store.hangs = AtomicUsize::new(1);
         let started = Instant::now();
-        let (store, settled, _) = run(store, 3, 1, config()).await;
+        let (store, settled) = run(store, 3, 1, config()).await;
         assert_eq!(store.flushes.lock().unwrap().len(), 1);
         assert_all(&settled, 3, Settled::Ack);
         let took = started.elapsed();

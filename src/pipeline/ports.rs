@@ -41,7 +41,7 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Debug, thiserror::Error)]
 #[error("{action} failed: {source}")]
 pub struct SettleError {
-    /// `ack`, `nak`, `progress`, `dead-letter` or `term`.
+    /// `ack`, `nak`, `dead-letter` or `term`.
     pub action: &'static str,
     #[source]
     pub source: Box<dyn std::error::Error + Send + Sync>,
@@ -55,6 +55,4 @@ pub trait Receipt: Send + Sync + 'static {
     fn delivered(&self) -> i64;
     /// Carries out an outcome: acknowledge, ask for redelivery, or dead-letter and terminate.
     fn settle(&self, outcome: &Outcome) -> impl Future<Output = Result<(), SettleError>> + Send;
-    /// Tells the broker the message is still being worked on.
-    fn progress(&self) -> impl Future<Output = Result<(), SettleError>> + Send;
 }

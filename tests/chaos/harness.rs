@@ -60,10 +60,11 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs `scripts/services.sh <cmd>` for the chaos pair (blocking: call from `spawn_blocking`).
-fn services_blocking(cmd: &str) -> Result<String, String> {
+/// Runs `scripts/services.sh <cmd>` (words separated by spaces) for the chaos pair (blocking: call
+/// from `spawn_blocking`). The cluster commands ignore the pair's settings.
+pub fn services_blocking(cmd: &str) -> Result<String, String> {
     let out = Command::new(repo().join("scripts/services.sh"))
-        .arg(cmd)
+        .args(cmd.split_whitespace())
         .env("SCORE_WORKER_LOCAL", local())
         .env("SCORE_WORKER_NATS_PORT", nats_port().to_string())
         .env(
@@ -90,8 +91,9 @@ fn services_blocking(cmd: &str) -> Result<String, String> {
 }
 
 /// `scripts/services.sh <cmd>` for the chaos pair; panics on failure.
-pub async fn services(cmd: &'static str) -> String {
-    tokio::task::spawn_blocking(move || services_blocking(cmd))
+pub async fn services(cmd: impl Into<String>) -> String {
+    let cmd = cmd.into();
+    tokio::task::spawn_blocking(move || services_blocking(&cmd))
         .await
         .expect("services.sh task")
         .unwrap_or_else(|e| panic!("{e}"))
@@ -160,18 +162,42 @@ pub struct Scenario {
     pub logs: PathBuf,
     pub seed: u64,
     spawned: usize,
-    _suite_lock: File,
+    _locks: Locks,
+}
+
+/// One scenario at a time, in this process (`--test-threads` notwithstanding) and across processes.
+pub struct Locks {
+    _suite: File,
     _serial: MutexGuard<'static, ()>,
+}
+
+impl Locks {
+    pub async fn take() -> Locks {
+        let serial = SERIAL.lock().await;
+        let suite = tokio::task::spawn_blocking(suite_lock)
+            .await
+            .expect("lock task");
+        Locks {
+            _suite: suite,
+            _serial: serial,
+        }
+    }
+}
+
+/// Defaults of the suite (scenarios tweak them): short ack_wait so crashed deliveries come back
+/// quickly, a budget and a nak delay that keep outages short.
+pub fn suite_defaults(config: &mut Config) {
+    config.nats.ack_wait = Duration::from_secs(5);
+    config.retry.progress_interval = Duration::from_secs(1);
+    config.nats.max_deliver = 50;
+    config.shutdown.timeout = Duration::from_secs(10);
 }
 
 impl Scenario {
     /// Takes the serial lock, makes sure the pair is up and migrated, creates the scenario's streams
     /// and consumer with `config` as `tweak` leaves it.
     pub async fn start(name: &'static str, tweak: impl FnOnce(&mut Config)) -> Scenario {
-        let serial = SERIAL.lock().await;
-        let suite_lock = tokio::task::spawn_blocking(suite_lock)
-            .await
-            .expect("lock task");
+        let locks = Locks::take().await;
         SERVERS
             .get_or_init(|| async {
                 // A run killed mid-scenario may have left a server SIGSTOPped: resume it first.
@@ -188,26 +214,28 @@ impl Scenario {
             })
             .await;
         let mut config = support::base_config_at(name, &nats_url(), &cql_node());
-        // Defaults of the suite (scenarios tweak them): short ack_wait so crashed deliveries come
-        // back quickly, a budget and a nak delay that keep outages short.
-        config.nats.ack_wait = Duration::from_secs(5);
-        config.retry.progress_interval = Duration::from_secs(1);
-        config.nats.max_deliver = 50;
-        config.shutdown.timeout = Duration::from_secs(10);
+        suite_defaults(&mut config);
         tweak(&mut config);
         support::ensure_schema_for(&config).await;
-        let client = nats::connect(&config.nats, None)
-            .await
-            .expect("the chaos nats-server answers on 127.0.0.1:4322");
+        Scenario::open(name, config, locks).await
+    }
+
+    /// The scenario on servers `config` points at, already up and migrated (the pair or the
+    /// clusters): creates (or adopts) its streams and consumer and opens the clients.
+    pub async fn open(name: &'static str, config: Config, locks: Locks) -> Scenario {
+        let client = nats::connect(&config.nats, None).await.unwrap_or_else(|e| {
+            panic!("the chaos nats-server answers at {}: {e}", config.nats.url)
+        });
         let js = nats::jetstream(client.clone(), &config.nats);
         nats::ensure_topology(&js, &config.nats)
             .await
             .expect("streams and consumer");
-        let session = Arc::new(
-            store::connect(&config.scylla)
-                .await
-                .expect("the chaos Cassandra answers on 127.0.0.1:9142"),
-        );
+        let session = Arc::new(store::connect(&config.scylla).await.unwrap_or_else(|e| {
+            panic!(
+                "the chaos Cassandra answers at {:?}: {e}",
+                config.scylla.nodes
+            )
+        }));
         let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join("chaos")
             .join(name);
@@ -222,8 +250,7 @@ impl Scenario {
             logs,
             seed,
             spawned: 0,
-            _suite_lock: suite_lock,
-            _serial: serial,
+            _locks: locks,
         }
     }
 
@@ -387,6 +414,11 @@ impl WorkerProc {
             .unwrap_or(0.0)
     }
 
+    /// `/readyz`: (status, body), None if it does not answer.
+    pub async fn readyz(&self) -> Option<(u16, String)> {
+        http_exchange(self.port, "/readyz").await
+    }
+
     pub async fn processed(&self) -> u64 {
         self.metric("score_worker_messages_processed_total").await as u64
     }
@@ -504,6 +536,13 @@ fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
 
 /// A plain HTTP/1.1 GET on loopback, bounded by 2 s; the body, if the status is 200.
 async fn http_get(port: u16, path: &str) -> Option<String> {
+    http_exchange(port, path)
+        .await
+        .and_then(|(status, body)| (status == 200).then_some(body))
+}
+
+/// A plain HTTP/1.1 GET on loopback, bounded by 2 s: (status, body), None if nothing answered.
+async fn http_exchange(port: u16, path: &str) -> Option<(u16, String)> {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -519,7 +558,8 @@ async fn http_get(port: u16, path: &str) -> Option<String> {
         stream.read_to_end(&mut response).await.ok()?;
         let text = String::from_utf8_lossy(&response).into_owned();
         let (head, body) = text.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, body.to_string()))
     };
     tokio::time::timeout(Duration::from_secs(2), exchange)
         .await

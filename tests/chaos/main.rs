@@ -26,7 +26,10 @@
 #[allow(dead_code)]
 mod support;
 
+mod advisory;
+mod cluster;
 mod harness;
+mod stopped;
 mod verify;
 mod workload;
 

@@ -359,14 +359,7 @@ async fn verify_dead_letters(
         .map(|b| (b.msg_id.as_str(), b))
         .collect();
     for letter in &letters {
-        let header = |name: &str| {
-            letter
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(name))
-                .map(|v| v.as_str().to_string())
-                .unwrap_or_default()
-        };
+        let header = |name: &str| header(letter, name);
         let reason = header(deadletter::REASON);
         let msg_id = header(deadletter::ORIGINAL_MSG_ID);
         match expected_bad.remove(msg_id.as_str()) {
@@ -399,6 +392,16 @@ async fn verify_dead_letters(
         out.wrong += 1;
         out.problem(format!("bad message {msg_id} not dead-lettered"));
     }
+}
+
+/// A header of a message, empty if absent.
+pub fn header(message: &jetstream::Message, name: &str) -> String {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().to_string())
+        .unwrap_or_default()
 }
 
 fn day_of(micros: i64) -> chrono::NaiveDate {

@@ -223,23 +223,7 @@ async fn sigterm_during_load_drains_and_exits_zero_then_another_worker_finishes(
 
     // A new worker takes the rest; afterwards the consumer has nothing pending.
     let worker = Worker::start(config.clone()).await;
-    let stream = js.get_stream(&config.nats.stream).await.unwrap();
-    let mut consumer = stream
-        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&config.nats.consumer)
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let info = consumer.info().await.unwrap();
-        if info.num_pending == 0 && info.num_ack_pending == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "backlog not drained: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_drained(&js, &config, Duration::from_secs(90)).await;
     worker.stop().await;
     assert_final_state(&session, &events, config.scylla.leaderboard_buckets).await;
     let mut history = history_event_ids(&session, &events).await;
@@ -297,14 +281,8 @@ async fn an_outage_of_any_length_dead_letters_nothing() {
     })
     .await;
     tokio::time::sleep(outage.saturating_sub(started.elapsed())).await;
-    let dead = |m: &score_worker::metrics::Metrics| -> u64 {
-        score_worker::score::RejectReason::ALL
-            .iter()
-            .map(|r| m.dead_letters.with_label_values(&[r.as_str()]).get())
-            .sum()
-    };
     assert_eq!(
-        dead(&worker.metrics),
+        dead_lettered(&worker.metrics),
         0,
         "nothing dead-lettered during the outage"
     );
@@ -319,12 +297,16 @@ async fn an_outage_of_any_length_dead_letters_nothing() {
             worker.processed(),
             worker.metrics.messages_received.get(),
             worker.metrics.pulls_paused.get(),
-            dead(&worker.metrics)
+            dead_lettered(&worker.metrics)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(worker.metrics.pulls_paused.get(), 0, "pulling resumed");
-    assert_eq!(dead(&worker.metrics), 0, "nothing dead-lettered at all");
+    assert_eq!(
+        dead_lettered(&worker.metrics),
+        0,
+        "nothing dead-lettered at all"
+    );
     let failed = worker
         .metrics
         .messages_failed
@@ -336,6 +318,82 @@ async fn an_outage_of_any_length_dead_letters_nothing() {
         events.len()
     );
     worker.stop().await;
+    assert_final_state(&session, &events, config.scylla.leaderboard_buckets).await;
+}
+
+/// Every delivery the worker holds is kept alive with `+WPI` wherever it waits — in a flush being
+/// written, in a closed flush queued for a write slot, in the open batch or in the hand-off channel —
+/// so a backlog held longer than `ack_wait` (here 4 × `ack_wait`, the database frozen) is never
+/// redelivered to another replica: the two replicas together receive each message exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_held_longer_than_ack_wait_are_not_redelivered_to_another_replica() {
+    ensure_schema().await;
+    let _alone = exclusive().await;
+    let mut config = base_config("heldlong");
+    config.nats.ack_wait = Duration::from_secs(2);
+    config.nats.max_deliver = 3;
+    config.retry.progress_interval = Duration::from_millis(500);
+    config.retry.total_budget = Duration::from_secs(1);
+    config.retry.nak_delay = Duration::from_millis(200);
+    config.scylla.request_timeout = Duration::from_millis(500);
+    // One write slot: one flush is written, the next ones wait closed, and more wait behind them.
+    config.batch.max_inflight = 1;
+    let (_client, js) = jetstream(&config).await;
+    let session = session().await;
+    let events = events_for("heldlong", 600, 200);
+    let first = Worker::start(config.clone()).await;
+    for e in &events[..50] {
+        publish(&js, &config, e, &e.event_id).await;
+    }
+    wait_until("first events written", Duration::from_secs(60), || {
+        first.processed() >= 50
+    })
+    .await;
+    // A second replica on the same consumer takes whatever the server hands out again (or anew).
+    let second = Worker::start(config.clone()).await;
+
+    let received =
+        || first.metrics.messages_received.get() + second.metrics.messages_received.get();
+    let pid = services("cassandra-pid");
+    signal(&pid, "STOP");
+    let thaw = Thaw(pid);
+    for e in &events[50..] {
+        publish(&js, &config, e, &e.event_id).await;
+    }
+    wait_until(
+        "both replicas paused pulling",
+        Duration::from_secs(30),
+        || first.metrics.pulls_paused.get() == 1 && second.metrics.pulls_paused.get() == 1,
+    )
+    .await;
+    let held = received() - first.processed() - second.processed();
+    tokio::time::sleep(config.nats.ack_wait * 4).await;
+    drop(thaw);
+
+    wait_until("every event written", Duration::from_secs(90), || {
+        first.processed() + second.processed() >= events.len() as u64
+    })
+    .await;
+    wait_drained(&js, &config, Duration::from_secs(30)).await;
+    eprintln!(
+        "held past ack_wait: two replicas held {held} deliveries for 4 x ack_wait ({:?}); received {} + {} = {} for {} messages",
+        config.nats.ack_wait,
+        first.metrics.messages_received.get(),
+        second.metrics.messages_received.get(),
+        received(),
+        events.len()
+    );
+    assert!(
+        held > (config.batch.max_scores * 4) as u64,
+        "the replicas held more than a flush being written and one queued each ({held})"
+    );
+    assert_eq!(
+        received(),
+        events.len() as u64,
+        "each message delivered exactly once: nothing held was redelivered"
+    );
+    first.stop().await;
+    second.stop().await;
     assert_final_state(&session, &events, config.scylla.leaderboard_buckets).await;
 }
 
@@ -402,31 +460,6 @@ async fn sigterm_with_the_database_frozen_hands_back_every_unsettled_delivery() 
     wait_drained(&js, &config, Duration::from_secs(90)).await;
     worker.stop().await;
     assert_final_state(&session, &events, config.scylla.leaderboard_buckets).await;
-}
-
-/// Waits until the durable consumer has nothing pending and nothing awaiting ack.
-async fn wait_drained(
-    js: &async_nats::jetstream::Context,
-    config: &score_worker::config::Config,
-    timeout: Duration,
-) {
-    let stream = js.get_stream(&config.nats.stream).await.unwrap();
-    let mut consumer = stream
-        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&config.nats.consumer)
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let info = consumer.info().await.unwrap();
-        if info.num_pending == 0 && info.num_ack_pending == 0 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "backlog not drained: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// SIGTERM with NATS gone (killed) and with NATS hung (SIGSTOP, connections open but silent): acks,

@@ -537,26 +537,15 @@ async fn hostile_corpus_through_one_live_worker() {
     let total = (goods.len() + cases.len()) as u64;
     let should_process = (goods.len() + accepted.len()) as u64;
     goods.extend(accepted.iter().filter_map(|c| c.event.clone()));
-    let dead_lettered = || {
-        RejectReason::ALL
-            .iter()
-            .map(|r| {
-                worker
-                    .metrics
-                    .dead_letters
-                    .with_label_values(&[r.as_str()])
-                    .get()
-            })
-            .sum::<u64>()
-    };
     wait_until("every message settled", Duration::from_secs(120), || {
         worker.metrics.messages_received.get() >= total
             && worker.processed() >= should_process
-            && dead_lettered() >= rejected.len() as u64
+            && dead_lettered(&worker.metrics) >= rejected.len() as u64
     })
     .await;
-    // Anything redelivered or settled twice would show up in the counters a moment later.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Anything redelivered or settled twice would show up in the counters: wait until the server holds
+    // nothing more that could be delivered.
+    wait_drained(&js, &config, Duration::from_secs(30)).await;
 
     // Every rejected payload: in the dead-letter stream exactly once, with its reason and its
     // original bytes.

@@ -2,6 +2,7 @@
 //! (`make test` starts both through `scripts/services.sh up`).
 
 mod buckets;
+mod cli;
 mod deadletters;
 mod dlq;
 mod end_to_end;
@@ -10,6 +11,7 @@ mod hostile;
 mod http;
 mod invariant;
 mod knobs;
+mod ops;
 mod postgres;
 mod read;
 mod support;

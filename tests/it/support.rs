@@ -621,3 +621,32 @@ pub async fn deliverable_now(js: &jetstream::Context, config: &Config) -> (usize
     }
     (best, pending, awaiting)
 }
+
+/// Waits until the durable consumer has nothing pending and nothing awaiting ack: the backlog is
+/// drained, and the server holds no delivery that could still come back, so what a worker counted is
+/// final.
+pub async fn wait_drained(js: &jetstream::Context, config: &Config, timeout: Duration) {
+    let stream = js.get_stream(&config.nats.stream).await.unwrap();
+    let mut consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::Config> =
+        stream.get_consumer(&config.nats.consumer).await.unwrap();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let info = consumer.info().await.unwrap();
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backlog not drained within {timeout:?}: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Messages a worker dead-lettered, every reason.
+pub fn dead_lettered(m: &Metrics) -> u64 {
+    score_worker::score::RejectReason::ALL
+        .iter()
+        .map(|r| m.dead_letters.with_label_values(&[r.as_str()]).get())
+        .sum()
+}

@@ -211,7 +211,11 @@ async fn a_deleted_consumer_fails_readiness_and_pulls_back_off_until_it_is_back(
     ensure_schema().await;
     let _servers = shared().await;
     let config = base_config("gone");
-    let (_client, js) = jetstream(&config).await;
+    let (client, js) = jetstream(&config).await;
+    // nats-server 2.9 answers the first pulls for a missing consumer with an error and later ones not at
+    // all (each just expires, so the worker does not spin): the growing wait shows from 2.10 on.
+    let version = client.server_info().version;
+    let errors_every_pull = !version.starts_with("2.9.");
     let worker = Worker::start(config.clone()).await;
     let addr = worker.addr;
     eventually("ready", Duration::from_secs(15), || async {
@@ -228,7 +232,7 @@ async fn a_deleted_consumer_fails_readiness_and_pulls_back_off_until_it_is_back(
     let mut seen = errors();
     let mut not_ready = None;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while at.len() < 4 || not_ready.is_none() {
+    while (errors_every_pull && at.len() < 4) || not_ready.is_none() {
         assert!(
             Instant::now() < deadline,
             "pull errors counted {at:?}, readiness failed: {not_ready:?}"
@@ -248,12 +252,15 @@ async fn a_deleted_consumer_fails_readiness_and_pulls_back_off_until_it_is_back(
     }
     let gaps: Vec<Duration> = at.windows(2).map(|w| w[1].1 - w[0].1).collect();
     eprintln!(
-        "deleted consumer: not ready {not_ready:?}; pull errors (count, since deletion) {at:?}, gaps {gaps:?}"
+        "deleted consumer (nats-server {version}): not ready {not_ready:?}; pull errors (count, since deletion) {at:?}, gaps {gaps:?}"
     );
-    assert!(
-        gaps.last().unwrap() >= &(gaps[0] + Duration::from_millis(500)),
-        "the wait between pull failures grows: {gaps:?}"
-    );
+    assert!(!at.is_empty(), "the failed pulls were counted");
+    if errors_every_pull {
+        assert!(
+            gaps.last().unwrap() >= &(gaps[0] + Duration::from_millis(500)),
+            "the wait between pull failures grows: {gaps:?}"
+        );
+    }
 
     // Back: the worker is ready and consuming again without a restart.
     nats::ensure_topology(&js, &config.nats).await.unwrap();

@@ -26,7 +26,9 @@ pub fn bin() -> String {
 
 /// The password-authenticated Cassandra of the security pair (see [`ensure_secure_cassandra`]).
 pub const CQL_NODE: &str = "127.0.0.1:9242";
-const CQL_SUPERUSER: (&str, &str) = ("cassandra", "cassandra");
+/// The CA that signed that Cassandra's certificate (its CQL port takes TLS too).
+pub const CQL_CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.local/secure/tls/ca.pem");
+pub const CQL_SUPERUSER: (&str, &str) = ("cassandra", "cassandra");
 /// Environment of `scripts/services.sh` for the security pair (its own state dir and ports).
 fn pair_env() -> Vec<(String, String)> {
     [
@@ -36,6 +38,7 @@ fn pair_env() -> Vec<(String, String)> {
         ("SCORE_WORKER_CQL_PORT", "9242".into()),
         ("SCORE_WORKER_STORAGE_PORT", "7200".into()),
         ("SCORE_WORKER_CASSANDRA_AUTH", "1".into()),
+        ("SCORE_WORKER_CASSANDRA_TLS", "1".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -249,8 +252,15 @@ impl Ca {
 
 /// How the private nats-server authenticates clients.
 pub enum ServerAuth {
-    UserPassword { user: String, password: String },
+    UserPassword {
+        user: String,
+        password: String,
+    },
     Token(String),
+    /// One user, known by its NKey public key (`U...`): clients sign the server's nonce with the seed.
+    NKey(String),
+    /// Operator (JWT) mode: the configuration lines of an [`Operator`] (trusted operator, preloaded accounts).
+    Operator(String),
 }
 
 /// TLS of the private nats-server.
@@ -288,6 +298,10 @@ impl NatsServer {
                     format!("authorization {{ user: {user:?}, password: {password:?} }}\n")
                 }
                 ServerAuth::Token(token) => format!("authorization {{ token: {token:?} }}\n"),
+                ServerAuth::NKey(public) => {
+                    format!("authorization {{ users: [ {{ nkey: {public:?} }} ] }}\n")
+                }
+                ServerAuth::Operator(lines) => lines.clone(),
             };
             if let Some(tls) = tls {
                 conf += &format!(
@@ -653,4 +667,97 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+// ------------------------------------------------------------------------------- NATS JWT (operator mode)
+
+/// A NATS operator with a system account and one JetStream-enabled account, as signed JWTs (what
+/// `nsc` makes), for credentials-file authentication: the server trusts the operator and has the
+/// account JWTs preloaded; a user's `.creds` file holds its JWT (signed by the account) and seed.
+pub struct Operator {
+    operator: nkeys::KeyPair,
+    system: nkeys::KeyPair,
+    pub account: nkeys::KeyPair,
+}
+
+impl Operator {
+    pub fn new() -> Operator {
+        Operator {
+            operator: nkeys::KeyPair::new_operator(),
+            system: nkeys::KeyPair::new_account(),
+            account: nkeys::KeyPair::new_account(),
+        }
+    }
+
+    /// The server configuration lines: trusted operator, system account, memory resolver.
+    pub fn server_config(&self) -> String {
+        let unlimited = serde_json::json!({
+            "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": true,
+            "conn": -1, "leaf": -1, "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1
+        });
+        let account = |kp: &nkeys::KeyPair, name: &str, limits: serde_json::Value| {
+            jwt(
+                &self.operator,
+                &kp.public_key(),
+                name,
+                serde_json::json!({"type": "account", "version": 2, "limits": limits}),
+            )
+        };
+        let operator = jwt(
+            &self.operator,
+            &self.operator.public_key(),
+            "score-worker-test",
+            serde_json::json!({"type": "operator", "version": 2, "system_account": self.system.public_key()}),
+        );
+        format!(
+            "operator: {operator:?}\nsystem_account: {:?}\nresolver: MEMORY\nresolver_preload: {{\n  {:?}: {:?}\n  {:?}: {:?}\n}}\n",
+            self.system.public_key(),
+            self.system.public_key(),
+            account(&self.system, "SYS", serde_json::json!({"subs": -1, "data": -1, "payload": -1, "conn": -1})),
+            self.account.public_key(),
+            account(&self.account, "APP", unlimited),
+        )
+    }
+}
+
+/// A user of `account` (whoever holds that key): the contents of its `.creds` file, and its seed.
+pub fn user_creds(account: &nkeys::KeyPair, name: &str) -> (String, String) {
+    let user = nkeys::KeyPair::new_user();
+    let token = jwt(
+        account,
+        &user.public_key(),
+        name,
+        serde_json::json!({"type": "user", "version": 2, "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1}),
+    );
+    let seed = user.seed().expect("a user seed");
+    let creds = format!(
+        "-----BEGIN NATS USER JWT-----\n{token}\n------END NATS USER JWT------\n\n\
+         ************************* IMPORTANT *************************\n\
+         NKEY Seed printed below can be used to sign and prove identity.\n\n\
+         -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+    );
+    (creds, seed)
+}
+
+/// A NATS JWT: `{"typ":"JWT","alg":"ed25519-nkey"}`, the claims, the issuer's ed25519 signature of both.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let claims = serde_json::json!({
+        "jti": Uuid::new_v4().simple().to_string().to_uppercase(),
+        "iat": chrono::Utc::now().timestamp(),
+        "iss": issuer.public_key(),
+        "sub": subject,
+        "name": name,
+        "nats": nats,
+    });
+    let signed = format!(
+        "{}.{}",
+        b64.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#),
+        b64.encode(claims.to_string())
+    );
+    let signature = issuer
+        .sign(signed.as_bytes())
+        .expect("an ed25519 signature");
+    format!("{signed}.{}", b64.encode(signature))
 }

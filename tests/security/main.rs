@@ -31,6 +31,8 @@ struct NatsSide {
     url: String,
     user: Option<(String, String)>,
     token: Option<String>,
+    nkey_seed: Option<String>,
+    creds: Option<String>,
     ca: Option<String>,
     client_cert: Option<(String, String)>,
 }
@@ -41,6 +43,8 @@ impl NatsSide {
             url: format!("nats://127.0.0.1:{port}"),
             user: None,
             token: None,
+            nkey_seed: None,
+            creds: None,
             ca: None,
             client_cert: None,
         }
@@ -53,6 +57,16 @@ impl NatsSide {
 
     fn token(mut self, token: &str) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    fn nkey(mut self, seed: &str) -> Self {
+        self.nkey_seed = Some(seed.into());
+        self
+    }
+
+    fn creds(mut self, file: &Path) -> Self {
+        self.creds = Some(file.to_string_lossy().into_owned());
         self
     }
 
@@ -81,6 +95,14 @@ impl NatsSide {
         if let Some(token) = &self.token {
             set(env, "NATS__AUTH__TOKEN", token);
             config.nats.auth = NatsAuth::Token(SecretString::from(token.clone()));
+        }
+        if let Some(seed) = &self.nkey_seed {
+            set(env, "NATS__AUTH__NKEY_SEED", seed);
+            config.nats.auth = NatsAuth::NKey(SecretString::from(seed.clone()));
+        }
+        if let Some(file) = &self.creds {
+            set(env, "NATS__AUTH__CREDENTIALS_FILE", file);
+            config.nats.auth = NatsAuth::CredentialsFile(file.into());
         }
         if let Some(ca) = &self.ca {
             set(env, "NATS__TLS__ENABLED", "true");
@@ -459,6 +481,147 @@ async fn tls_with_an_untrusted_server_certificate_fails_clearly() {
 
 /// 5. Token auth over TLS (CA only, no client certificate): works end to end and leaks nothing; a
 /// wrong token fails clearly.
+/// Database TLS: the pair's Cassandra takes TLS on its CQL port (optionally, so the other tests can
+/// stay plaintext). With `scylla.tls` and the pair's CA the worker connects, and Cassandra lists every
+/// connection of its role as encrypted (`system_views.clients`); trusting another CA fails clearly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_tls_is_used_and_an_untrusted_ca_fails_clearly() {
+    let role = CqlRole::create().await;
+    let token = secret("token");
+    let server = NatsServer::start(&ServerAuth::Token(token.clone()), None);
+    let nats = NatsSide::plain(server.port).token(&token);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut env, _) = worker_setup(&nats, &role.user, &role.password);
+    set(&mut env, "SCYLLA__TLS__ENABLED", "true");
+    set(&mut env, "SCYLLA__TLS__CA_FILE", CQL_CA);
+    let secrets = [token.as_str(), role.password.as_str()];
+    let migrate = {
+        let _one_at_a_time = MIGRATE.lock().await;
+        run_to_end(&["migrate"], &env, dir.path(), Duration::from_secs(180)).await
+    };
+    assert_eq!(migrate.code(), Some(0), "migrate over TLS\n{migrate}");
+    let mut worker = Running::spawn(&env, dir.path());
+    worker.wait_ready(READY_TIMEOUT).await;
+    let admin = cql_session(CQL_SUPERUSER.0, CQL_SUPERUSER.1).await;
+    let rows = admin
+        .query_unpaged(
+            "SELECT username, ssl_enabled, ssl_protocol FROM system_views.clients",
+            (),
+        )
+        .await
+        .expect("system_views.clients")
+        .into_rows_result()
+        .unwrap();
+    let mine: Vec<(bool, Option<String>)> = rows
+        .rows::<(Option<String>, Option<bool>, Option<String>)>()
+        .unwrap()
+        .map(Result::unwrap)
+        .filter(|(user, _, _)| user.as_deref() == Some(role.user.as_str()))
+        .map(|(_, ssl, protocol)| (ssl.unwrap_or(false), protocol))
+        .collect();
+    let out = worker.terminate(RUN_TIMEOUT).await;
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert_no_secret("`run` output", &out.all(), &secrets);
+    assert!(
+        !mine.is_empty() && mine.iter().all(|(ssl, _)| *ssl),
+        "every connection of the worker's role is encrypted: {mine:?}"
+    );
+
+    let pki = tempfile::tempdir().unwrap();
+    let other = Ca::new(pki.path(), "other");
+    set(
+        &mut env,
+        "SCYLLA__TLS__CA_FILE",
+        other.cert.to_string_lossy(),
+    );
+    let check = run_to_end(&["check"], &env, dir.path(), RUN_TIMEOUT).await;
+    assert_clear_failure(
+        "check trusting another CA for the database",
+        &check,
+        &["cannot connect to the database at"],
+    );
+    let text = check.all().to_lowercase();
+    assert!(
+        text.contains("certificate") || text.contains("unknownissuer"),
+        "the error should name the certificate problem\n{check}"
+    );
+    eprintln!(
+        "database TLS: {} connections of the worker's role, all encrypted ({:?})",
+        mine.len(),
+        mine.first().and_then(|(_, p)| p.clone())
+    );
+    role.drop_role().await;
+}
+
+/// Credentials-file (JWT) authentication: a nats-server in operator mode trusting one operator,
+/// whose account signed the worker's user; the `.creds` file holds the user JWT and seed. A user
+/// signed by an account the operator never signed is refused clearly; no seed shows in any output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_file_auth_works_and_an_untrusted_user_fails_clearly() {
+    let role = CqlRole::create().await;
+    let operator = Operator::new();
+    let server = NatsServer::start(&ServerAuth::Operator(operator.server_config()), None);
+    let files = tempfile::tempdir().unwrap();
+    let (creds, seed) = user_creds(&operator.account, "score-worker");
+    let good = files.path().join("worker.creds");
+    std::fs::write(&good, creds).unwrap();
+    let nats = NatsSide::plain(server.port).creds(&good);
+    happy_path("creds", &nats, &seed, &role).await;
+
+    let stranger = nkeys::KeyPair::new_account();
+    let (creds, other_seed) = user_creds(&stranger, "intruder");
+    let bad = files.path().join("intruder.creds");
+    std::fs::write(&bad, creds).unwrap();
+    let nats = NatsSide::plain(server.port).creds(&bad);
+    let dir = tempfile::tempdir().unwrap();
+    let (env, _) = worker_setup(&nats, &role.user, &role.password);
+    let secrets = [seed.as_str(), other_seed.as_str(), role.password.as_str()];
+    let run = Running::spawn(&env, dir.path())
+        .wait_exit(RUN_TIMEOUT)
+        .await;
+    assert_clear_failure(
+        "run with a user the operator does not trust",
+        &run,
+        &["cannot connect to NATS at", "authorization violation"],
+    );
+    assert_no_secret("`run` output", &run.all(), &secrets);
+    role.drop_role().await;
+}
+
+/// NKey authentication: the server knows only the user's public key; the worker signs its nonce
+/// with the seed from `nats.auth.nkey_seed`. Another user's seed is refused, clearly, and no seed
+/// shows in any output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nkey_auth_works_and_a_wrong_seed_fails_clearly() {
+    let role = CqlRole::create().await;
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed().expect("a user seed");
+    let server = NatsServer::start(&ServerAuth::NKey(user.public_key()), None);
+    let nats = NatsSide::plain(server.port).nkey(&seed);
+    happy_path("nkey", &nats, &seed, &role).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let other = nkeys::KeyPair::new_user().seed().expect("a user seed");
+    let nats = NatsSide::plain(server.port).nkey(&other);
+    let (env, _) = worker_setup(&nats, &role.user, &role.password);
+    let secrets = [seed.as_str(), other.as_str(), role.password.as_str()];
+    let run = Running::spawn(&env, dir.path())
+        .wait_exit(RUN_TIMEOUT)
+        .await;
+    assert_clear_failure(
+        "run with another user's NKey seed",
+        &run,
+        &["cannot connect to NATS at", "authorization violation"],
+    );
+    assert_no_secret("`run` output", &run.all(), &secrets);
+    eprintln!(
+        "nkey: the server trusts {}; another seed: exit {:?}",
+        user.public_key(),
+        run.code()
+    );
+    role.drop_role().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_auth_over_tls_works_and_a_wrong_token_fails_clearly() {
     let role = CqlRole::create().await;

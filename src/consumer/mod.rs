@@ -2,8 +2,7 @@
 //! to the pipeline as `(ScoreUpdate, JsReceipt)` and settles bad ones as the pipeline's
 //! [`settle::decide`](crate::pipeline::settle::decide) says (a dead letter).
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull;
@@ -20,6 +19,9 @@ use crate::nats::PULL_EXPIRES;
 use crate::pipeline::{Attempt, Outcome, Receipt, SettleError, Settler};
 use crate::score::{self, Limits, ScoreUpdate};
 
+mod unsettled;
+pub use unsettled::Unsettled;
+
 /// A received JetStream message, kept until the pipeline settles it.
 pub struct JsReceipt {
     message: jetstream::Message,
@@ -33,41 +35,6 @@ pub struct JsReceipt {
 impl Drop for JsReceipt {
     fn drop(&mut self) {
         self.unsettled.remove(&self.message);
-    }
-}
-
-/// The deliveries this process holds and has not settled, so that a shutdown past its deadline can
-/// hand them back at once (`-NAK`: another replica takes them now, not after `ack_wait`).
-#[derive(Default)]
-pub struct Unsettled {
-    replies: Mutex<HashSet<String>>,
-    abandoned: CancellationToken,
-}
-
-impl Unsettled {
-    fn insert(&self, message: &jetstream::Message) {
-        if let Some(reply) = &message.reply {
-            self.replies.lock().expect("lock").insert(reply.to_string());
-        }
-    }
-
-    fn remove(&self, message: &jetstream::Message) {
-        if let Some(reply) = &message.reply {
-            self.replies.lock().expect("lock").remove(reply.as_str());
-        }
-    }
-
-    /// Naks every delivery held (publishes only; the caller flushes), and makes the pull loop nak
-    /// whatever it still reads instead of handing it on. Returns how many were nak'd here.
-    pub async fn abandon(&self, client: &async_nats::Client) -> usize {
-        self.abandoned.cancel();
-        let replies: Vec<String> = self.replies.lock().expect("lock").drain().collect();
-        for reply in &replies {
-            if let Err(e) = client.publish(reply.clone(), "-NAK".into()).await {
-                tracing::warn!(error = %e, "cannot nak an unsettled delivery");
-            }
-        }
-        replies.len()
     }
 }
 
@@ -112,13 +79,6 @@ impl Receipt for JsReceipt {
         }
         settled
     }
-
-    async fn progress(&self) -> Result<(), SettleError> {
-        self.message
-            .ack_with(AckKind::Progress)
-            .await
-            .map_err(settle_error("progress"))
-    }
 }
 
 impl JsReceipt {
@@ -148,9 +108,6 @@ impl JsReceipt {
 pub struct Consumer {
     pub consumer: jetstream::consumer::Consumer<pull::Config>,
     pub pull_batch: usize,
-    /// Bytes per pull: at least the largest message the server accepts, or a bigger one would
-    /// never be delivered and would block everything behind it.
-    pub pull_max_bytes: usize,
     pub limits: Limits,
     pub settler: Settler,
     pub deadletters: Arc<DeadLetters>,
@@ -161,21 +118,34 @@ pub struct Consumer {
     pub unsettled: Arc<Unsettled>,
 }
 
+/// What the pull loop hands the pipeline.
+pub type Item = (ScoreUpdate, JsReceipt);
+
+/// The capacity of the channel from the pull loop to the pipeline: room for two pull batches, the
+/// most the loop ever has outstanding.
+pub fn channel_capacity(pull_batch: usize) -> usize {
+    2 * pull_batch
+}
+
+/// A pull request and the room reserved in the hand-off channel for everything it can deliver: what
+/// the server hands over is read at once, so every delivery sits where [`Unsettled`] keeps it alive,
+/// never unread in a client buffer while its `ack_wait` runs out.
+struct Pull<'a> {
+    batch: pull::Batch,
+    room: mpsc::PermitIterator<'a, Item>,
+}
+
 impl Consumer {
     /// Pulls until `cancel` fires or the pipeline goes away. Pull errors are logged, counted and
     /// backed off ([`pull_backoff`]); NATS reconnects by itself. Once [`Unsettled::abandon`] is
     /// called, what is still read is nak'd instead of handed on.
-    pub async fn run(
-        self,
-        output: mpsc::Sender<(ScoreUpdate, JsReceipt)>,
-        cancel: CancellationToken,
-    ) {
-        // Bounded pull requests, at most two outstanding (not a self-refilling stream): while one batch
-        // is read the next is already on its way, and on shutdown the worker stops asking and reads
-        // what the server already handed over to the end, instead of leaving it unacknowledged in a
-        // client buffer until `ack_wait`.
+    pub async fn run(self, output: mpsc::Sender<Item>, cancel: CancellationToken) {
+        // Bounded pull requests, at most two outstanding (not a self-refilling stream), each only with
+        // room for all it may deliver: while one batch is read the next is already on its way if the
+        // pipeline keeps up, and when it does not, nothing more is asked for. On shutdown the worker
+        // stops asking and reads what the server already handed over to the end.
         let mut failures = 0;
-        let Some(mut current) = self.request(&cancel, &mut failures).await else {
+        let Some(mut current) = self.request(&output, &cancel, &mut failures).await else {
             return;
         };
         loop {
@@ -183,44 +153,44 @@ impl Consumer {
             let next = if cancel.is_cancelled() || self.health.pulls_paused() {
                 None
             } else {
-                self.request(&cancel, &mut failures).await
+                self.request_if_room(&output).await
             };
-            if !self
-                .read_to_end(&mut current, &output, &cancel, &mut failures)
-                .await
-            {
+            if !self.read_to_end(&mut current, &cancel, &mut failures).await {
                 if let Some(mut next) = next {
-                    self.hand_back(&mut next).await;
+                    self.hand_back(&mut next.batch).await;
                 }
                 return;
             }
             current = match next {
-                Some(batch) => batch,
+                Some(pull) => pull,
                 None if cancel.is_cancelled() => return,
-                None => match self.request(&cancel, &mut failures).await {
-                    Some(batch) => batch,
+                None => match self.request(&output, &cancel, &mut failures).await {
+                    Some(pull) => pull,
                     None => return,
                 },
             };
         }
     }
 
-    /// Sends one pull request; retries failures with a growing wait. `None` once cancelled.
-    async fn request(&self, cancel: &CancellationToken, failures: &mut u32) -> Option<pull::Batch> {
+    /// Waits for room for a whole batch, then sends one pull request; retries failures with a
+    /// growing wait. `None` once cancelled or when the pipeline has gone away.
+    async fn request<'a>(
+        &self,
+        output: &'a mpsc::Sender<Item>,
+        cancel: &CancellationToken,
+        failures: &mut u32,
+    ) -> Option<Pull<'a>> {
         while !cancel.is_cancelled() {
             // While flushes cannot be written, pulling more would only burn their deliveries.
             if !self.health.wait_resumed(cancel).await {
                 return None;
             }
-            let request = self
-                .consumer
-                .batch()
-                .max_messages(self.pull_batch)
-                .max_bytes(self.pull_max_bytes)
-                .expires(PULL_EXPIRES)
-                .messages();
-            match request.await {
-                Ok(batch) => return Some(batch),
+            let room = tokio::select! {
+                () = cancel.cancelled() => return None,
+                room = output.reserve_many(self.pull_batch) => room.ok()?,
+            };
+            match self.pull().await {
+                Ok(batch) => return Some(Pull { batch, room }),
                 Err(e) => {
                     if self.pull_failed(&e, failures, cancel).await {
                         return None;
@@ -229,6 +199,28 @@ impl Consumer {
             }
         }
         None
+    }
+
+    /// One pull request if the channel has room for a whole batch now; otherwise (or if the request
+    /// fails, which [`Self::request`] then retries) `None`.
+    async fn request_if_room<'a>(&self, output: &'a mpsc::Sender<Item>) -> Option<Pull<'a>> {
+        let room = output.try_reserve_many(self.pull_batch).ok()?;
+        let batch = self.pull().await.ok()?;
+        Some(Pull { batch, room })
+    }
+
+    /// No `max_bytes`: with it, a server since 2.10 ends every pull that fills its message count with
+    /// `409 Batch Completed`, and on a replicated consumer (2.15, R3) that status overtakes the messages,
+    /// which wait for the consumer's quorum; async-nats ends the batch at the 409 and drops the messages
+    /// behind it, so nothing was ever processed (tests/chaos/cluster.rs). A pull is bounded by its
+    /// count and the server's max_payload instead.
+    async fn pull(&self) -> Result<pull::Batch, pull::BatchError> {
+        self.consumer
+            .batch()
+            .max_messages(self.pull_batch)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await
     }
 
     /// Counts and logs a pull failure, then waits [`pull_backoff`]; true if cancelled meanwhile.
@@ -246,11 +238,10 @@ impl Consumer {
     }
 
     /// Hands every message of a batch to the pipeline; the batch ends when full or expired (the client
-    /// bounds it too). Returns false when the pipeline has gone away or the deliveries are abandoned.
+    /// bounds it too). Returns false once the deliveries are abandoned.
     async fn read_to_end(
         &self,
-        batch: &mut pull::Batch,
-        output: &mpsc::Sender<(ScoreUpdate, JsReceipt)>,
+        pull: &mut Pull<'_>,
         cancel: &CancellationToken,
         failures: &mut u32,
     ) -> bool {
@@ -258,19 +249,16 @@ impl Consumer {
             let next = tokio::select! {
                 biased;
                 () = self.unsettled.abandoned.cancelled() => {
-                    self.hand_back(batch).await;
+                    self.hand_back(&mut pull.batch).await;
                     return false;
                 }
-                next = batch.next() => next,
+                next = pull.batch.next() => next,
             };
             match next {
                 None => return true,
                 Some(Ok(message)) => {
                     *failures = 0;
-                    if !self.handle(message, output).await {
-                        self.hand_back(batch).await;
-                        return false;
-                    }
+                    self.handle(message, &mut pull.room).await;
                 }
                 Some(Err(e)) => {
                     self.pull_failed(&e, failures, cancel).await;
@@ -292,13 +280,9 @@ impl Consumer {
         }
     }
 
-    /// Decodes one message; returns false when the pipeline has gone away or the deliveries are
-    /// abandoned (the message is then nak'd).
-    async fn handle(
-        &self,
-        message: jetstream::Message,
-        output: &mpsc::Sender<(ScoreUpdate, JsReceipt)>,
-    ) -> bool {
+    /// Decodes one message and hands it on in the room its pull reserved (or settles it as a dead
+    /// letter).
+    async fn handle(&self, message: jetstream::Message, room: &mut mpsc::PermitIterator<'_, Item>) {
         let received_at = Instant::now();
         self.metrics.messages_received.inc();
         let (delivered, stream_sequence) = message
@@ -317,29 +301,16 @@ impl Consumer {
             unsettled: self.unsettled.clone(),
         };
         match decoded {
-            Ok(update) => {
-                // Waits for room in the channel (backpressure), unless the deliveries are abandoned.
-                let permit = tokio::select! {
-                    biased;
-                    () = self.unsettled.abandoned.cancelled() => None,
-                    permit = output.reserve() => permit.ok(),
-                };
-                match permit {
-                    Some(permit) => {
-                        permit.send((update, receipt));
-                        true
-                    }
-                    None => {
-                        nak_now(&receipt.message).await;
-                        false
-                    }
-                }
-            }
+            Ok(update) => match room.next() {
+                Some(permit) => permit.send((update, receipt)),
+                // A pull never delivers more than it asked for (`max_messages`); if one did, the
+                // surplus is handed back rather than held without room.
+                None => nak_now(&receipt.message).await,
+            },
             Err(rejection) => {
                 self.settler
                     .settle(&receipt, Attempt::Rejected(&rejection))
                     .await;
-                true
             }
         }
     }

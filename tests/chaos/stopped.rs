@@ -1,0 +1,186 @@
+//! The database really stopped (SIGTERM, its port closed: not frozen) under load: the live worker
+//! says 503 on `/readyz` and why, counts `score_worker_scylla_connection_failures_total` up, says
+//! `draining` on `/readyz` after its SIGTERM and still exits 0 within `shutdown.timeout` + 1 s; a new
+//! worker finishes once the database is back.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+use crate::verify::verify;
+use crate::workload::{Spec, Workload};
+use crate::{DRAIN_TIMEOUT, EXIT_MARGIN, PUBLISH_TIMEOUT, START_TIMEOUT};
+
+/// Starts the chaos pair's Cassandra again when dropped, should the scenario panic while it is down.
+struct StartAgain(bool);
+impl Drop for StartAgain {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = services_blocking("start-cassandra");
+        }
+    }
+}
+
+const FAILURES: &str = "score_worker_scylla_connection_failures_total";
+const PENDING: &str = "score_worker_consumer_pending";
+
+/// Polls `/readyz` until its status is `want` and its body has `needle`; the body and when.
+async fn wait_readyz(
+    worker: &mut WorkerProc,
+    want: u16,
+    needle: &str,
+    timeout: Duration,
+) -> (String, Duration) {
+    let started = Instant::now();
+    let mut last = None;
+    while started.elapsed() < timeout && worker.running() {
+        last = worker.readyz().await;
+        if let Some((status, body)) = &last {
+            if *status == want && body.contains(needle) {
+                return (body.trim().to_string(), started.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "/readyz: want {want} with `{needle}` within {timeout:?}, last {last:?}\n{}",
+        worker.log_tail(20)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_stopped_fails_readiness_and_counts_connection_failures() {
+    let mut s = Scenario::start("db-stopped", |c| {
+        c.scylla.request_timeout = Duration::from_secs(1);
+        c.retry.total_budget = Duration::from_secs(3);
+        c.retry.nak_delay = Duration::from_millis(500);
+        c.nats.ack_wait = Duration::from_secs(10);
+        c.retry.progress_interval = Duration::from_secs(2);
+        c.shutdown.timeout = Duration::from_secs(5);
+    })
+    .await;
+    let timeout = s.config.shutdown.timeout;
+    let w = Workload::generate(
+        "dbstopped",
+        &s.config.nats.subjects[0],
+        Spec::standard(scaled(3000)),
+        s.seed,
+    );
+    eprintln!("db-stopped: seed {} — {}", s.seed, w.summary());
+    let half = w.items.len() / 2;
+    publish(&s.js, &w, 0..half, PUBLISH_TIMEOUT).await;
+    let mut worker = s.spawn_worker();
+    worker.wait_up(START_TIMEOUT).await;
+    assert!(
+        worker.wait_mid_flush(200, Duration::from_secs(60)).await,
+        "the worker writes before the stop\n{}",
+        worker.log_tail(20)
+    );
+    let ready_before = worker.readyz().await.map(|(status, _)| status);
+
+    let failures_at_stop = worker.metric(FAILURES).await as u64;
+    let stopping = Instant::now();
+    let mut again = StartAgain(true);
+    let out = services("stop-cassandra").await;
+    eprintln!("{out}");
+    let stopped_in = stopping.elapsed();
+    // Load keeps coming while the database is gone.
+    publish(&s.js, &w, half..w.items.len(), PUBLISH_TIMEOUT).await;
+    let (not_ready, not_ready_after) =
+        wait_readyz(&mut worker, 503, "database", Duration::from_secs(60)).await;
+    // The counter rises once the writes meet the closed port.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = vec![failures_at_stop];
+    loop {
+        let now = worker.metric(FAILURES).await as u64;
+        if now > failures_at_stop {
+            seen.push(now);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{FAILURES} did not rise within 60 s of the stop (still {now})\n{}",
+            worker.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Nothing is acked while the database is gone: the lag gauge must show the known backlog, what
+    // was stored less what this worker acked (written or dead-lettered).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (pending, known) = loop {
+        let m = worker.metrics().await.unwrap_or_default();
+        let acked: f64 = m
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("score_worker_dead_letters_total")
+                    || k.as_str() == "score_worker_messages_processed_total"
+            })
+            .map(|(_, v)| v)
+            .sum();
+        let known = w.stored_messages() as u64 - acked as u64;
+        let pending = m.get(PENDING).copied().unwrap_or(-1.0) as i64;
+        if pending == known as i64 {
+            break (pending, known);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{PENDING} is {pending}, the known backlog {known} (server: {:?})",
+            s.consumer_info()
+                .await
+                .map(|i| (i.num_pending, i.num_ack_pending))
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // SIGTERM with the database still gone: `draining` while it hands back what it holds.
+    let term = Instant::now();
+    assert!(signal(worker.pid(), "TERM"), "SIGTERM the worker");
+    let (draining, _) = wait_readyz(&mut worker, 503, "draining", timeout).await;
+    let exit = worker.terminate(timeout * 3).await;
+    let exit_s = term.elapsed();
+
+    let starting = Instant::now();
+    let out = services("start-cassandra").await;
+    again.0 = false;
+    eprintln!("{out}");
+    let back_in = starting.elapsed();
+    let resumed = Instant::now();
+    let mut worker = s.spawn_worker();
+    worker.wait_up(START_TIMEOUT).await;
+    s.wait_drained(std::slice::from_mut(&mut worker), DRAIN_TIMEOUT)
+        .await;
+    let recover = resumed.elapsed();
+    let (ready_after, _) = wait_readyz(&mut worker, 200, "", Duration::from_secs(30)).await;
+    let last_exit = worker.terminate(timeout * 3).await;
+
+    let outcome = verify(&s.session, &s.js, &s.config, &[&w]).await;
+    outcome.report(
+        "db-stopped",
+        &secs(recover),
+        &format!(
+            "stop_s={} readyz=[{ready_before:?}, 503 after {}s: {not_ready:?}, 503 on SIGTERM: {draining:?}, then {ready_after:?}] \
+             connection_failures={} consumer_pending={pending} known_backlog={known} exit={:?} exit_s={} start_s={} seed={}",
+            secs(stopped_in),
+            secs(not_ready_after),
+            seen.iter().map(u64::to_string).collect::<Vec<_>>().join("->"),
+            exit.map(|(status, _)| status.code()),
+            secs(exit_s),
+            secs(back_in),
+            s.seed
+        ),
+    );
+    assert_eq!(ready_before, Some(200), "ready before the stop");
+    let Some((status, _)) = exit else {
+        panic!("no exit within {:?} of SIGTERM", timeout * 3);
+    };
+    assert!(status.success(), "exit 0 on SIGTERM: {status:?}");
+    assert!(
+        exit_s <= timeout + EXIT_MARGIN,
+        "exited {exit_s:?} after SIGTERM with the database stopped; shutdown.timeout is {timeout:?}"
+    );
+    assert!(
+        last_exit.is_some_and(|(status, _)| status.success()),
+        "exit 0 on SIGTERM: {last_exit:?}"
+    );
+    s.cleanup().await;
+}

@@ -1,0 +1,153 @@
+//! The command line an operator and a container runtime use, run as the real binary against the real
+//! servers: `--version` and the build-info revision, `health`, `check` and `dlq list` as JSON,
+//! completions, and list settings given as a comma-separated environment variable.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::support::*;
+
+fn run(config: &score_worker::config::Config, args: &[&str], env: &[(&str, &str)]) -> Output {
+    worker_command(config, 0)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("the worker binary runs")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn git_revision() -> String {
+    let out = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git runs");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_health_json_output_completions_and_comma_lists() {
+    ensure_schema().await;
+    let _servers = shared().await;
+    let config = base_config("cli");
+    let revision = git_revision();
+
+    let version = stdout(&run(&config, &["--version"], &[]));
+    assert_eq!(
+        version.trim(),
+        format!(
+            "score-worker {} (revision {revision})",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "--version names the crate version and the git revision"
+    );
+
+    let bash = stdout(&run(&config, &["completions", "bash"], &[]));
+    assert!(
+        bash.contains("complete -F _score__worker") && bash.contains("publish-sample"),
+        "a bash completion script for every subcommand"
+    );
+
+    // Nothing listens yet: `health` fails, naming what it asked.
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let env = [("SCORE_WORKER__HTTP__LISTEN", listen.as_str())];
+    let down = run(&config, &["health"], &env);
+    assert_eq!(down.status.code(), Some(1), "health with no worker");
+    assert!(
+        String::from_utf8_lossy(&down.stderr).contains("/readyz"),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+
+    // `check` and the worker itself with the database nodes as one comma-separated string.
+    let node = config.scylla.nodes[0].clone();
+    let nodes = format!("{node}, {node}");
+    let check = run(
+        &config,
+        &["check", "--output", "json"],
+        &[("SCORE_WORKER__SCYLLA__NODES", &nodes)],
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&check.stdout).expect("check prints JSON");
+    let checks = report["checks"].as_array().expect("a list of checks");
+    assert!(checks.len() >= 5, "{report}");
+    assert!(
+        checks
+            .iter()
+            .all(|c| c["ok"].is_boolean() && c["detail"].is_string()),
+        "{report}"
+    );
+    // The stream does not exist before the first `run`: the report says so and the exit code agrees.
+    assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(check.status.code(), Some(1));
+    assert!(
+        checks[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("scylla.nodes=[\"{node}\", \"{node}\"]")),
+        "the comma-separated nodes were read as two: {}",
+        checks[0]["detail"]
+    );
+
+    let mut child = worker_command(&config, port)
+        .env("SCORE_WORKER__SCYLLA__NODES", &nodes)
+        .arg("run")
+        .spawn()
+        .expect("the worker starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the worker exited: {status:?}");
+        }
+        if run(&config, &["health"], &env).status.success() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(run(&config, &["health", "--live"], &env).status.success());
+    let (_, metrics) = http_get(listen.parse().unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains(&format!("revision=\"{revision}\"")),
+        "score_worker_build_info carries the revision"
+    );
+
+    // A dead letter, listed as one JSON object per line.
+    let (_client, js) = jetstream(&config).await;
+    publish_raw(&js, &config, "cli", b"{not json".to_vec(), "cli-bad-1").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let letters = loop {
+        let out = stdout(&run(&config, &["dlq", "list", "--output", "json"], &[]));
+        let letters: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is a JSON object"))
+            .collect();
+        if !letters.is_empty() {
+            break letters;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no dead letter listed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["reason"], "malformed_json");
+    assert_eq!(letters[0]["payload"], "{not json");
+    assert_eq!(letters[0]["payload_bytes"], 9);
+
+    signal_term(&mut child);
+}
+
+fn signal_term(child: &mut std::process::Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
