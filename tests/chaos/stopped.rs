@@ -153,7 +153,12 @@ async fn database_stopped_fails_readiness_and_counts_connection_failures() {
     let (ready_after, _) = wait_readyz(&mut worker, 200, "", Duration::from_secs(30)).await;
     let last_exit = worker.terminate(timeout * 3).await;
 
-    let outcome = verify(&s.session, &s.js, &s.config, &[&w]).await;
+    // The suite's own session saw the node go away; its pool reconnects on the driver's schedule, which
+    // may be later than the worker's. Verify through a session opened now, against the restarted node.
+    let fresh = score_worker::store::connect(&s.config.scylla)
+        .await
+        .expect("a session to the restarted database");
+    let outcome = verify(&fresh, &s.js, &s.config, &[&w]).await;
     outcome.report(
         "db-stopped",
         &secs(recover),
