@@ -77,10 +77,10 @@ pub async fn run(config: &Config, action: Repair, json: bool) -> Result<ExitCode
                     None => println!("no score for profile {profile} on {leaderboard}"),
                     Some(s) => println!(
                         "score {} wallet {} updated_at {} (written at {} µs; leaderboard rows {:?})",
-                        s.score,
-                        s.wallet_address,
-                        s.updated_at.to_rfc3339(),
-                        s.written_at_micros,
+                        s.key.score,
+                        s.key.wallet_address,
+                        s.key.updated_at.to_rfc3339(),
+                        s.key.written_at_micros,
                         s.ranked
                     ),
                 }
@@ -109,7 +109,7 @@ pub async fn run(config: &Config, action: Repair, json: bool) -> Result<ExitCode
             let current = store.get(profile, &update.leaderboard_id).await?;
             let won = current
                 .as_ref()
-                .is_some_and(|c| c.written_at_micros == micros && c.score == update.score);
+                .is_some_and(|c| c.key.written_at_micros == micros && c.key.score == update.score);
             println!(
                 "{} (event {}; current score {})",
                 if won {
@@ -118,7 +118,7 @@ pub async fn run(config: &Config, action: Repair, json: bool) -> Result<ExitCode
                     "written, but a newer score is current"
                 },
                 update.event_id,
-                current.map_or("none".into(), |c| c.score.to_string())
+                current.map_or("none".into(), |c| c.key.score.to_string())
             );
         }
         Repair::Delete {
@@ -131,10 +131,10 @@ pub async fn run(config: &Config, action: Repair, json: bool) -> Result<ExitCode
             let after = store.get(profile, &leaderboard).await?;
             println!(
                 "deleted at {micros} µs (was {}; now {})",
-                before.map_or("no score".into(), |b| b.score.to_string()),
+                before.map_or("no score".into(), |b| b.key.score.to_string()),
                 after.map_or("no score".into(), |a| format!(
                     "{}: a newer update won",
-                    a.score
+                    a.key.score
                 ))
             );
         }

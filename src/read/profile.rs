@@ -8,19 +8,8 @@ use uuid::Uuid;
 
 use super::leaderboard::timestamp;
 use super::{decode, failed, ReadError, Reader};
+pub use crate::store::repair::ProfileScore;
 use crate::store::{day_of, StoreError};
-
-/// A profile's score on one leaderboard.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ProfileScore {
-    pub profile_id: Uuid,
-    pub leaderboard_id: String,
-    pub score: i64,
-    pub wallet_address: String,
-    pub updated_at: DateTime<Utc>,
-    /// The write timestamp of the score: the event time (µs) of the update that set it.
-    pub written_at_micros: i64,
-}
 
 /// One accepted event.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

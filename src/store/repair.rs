@@ -18,16 +18,23 @@ use super::{bytes, decode_as, ScyllaStore, StoreError, CLEANUP, WRITE_PROFILES};
 use crate::pipeline::Store;
 use crate::score::ScoreUpdate;
 
-/// One key as `scores_by_profile` holds it.
+/// A profile's score on one leaderboard, as `scores_by_profile` holds it (the read side's answer too).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct StoredScore {
+pub struct ProfileScore {
     pub profile_id: Uuid,
     pub leaderboard_id: String,
     pub score: i64,
     pub wallet_address: String,
     pub updated_at: DateTime<Utc>,
-    /// The write timestamp of the score (the event time of the update that set it), microseconds.
+    /// The write timestamp of the score: the event time (µs) of the update that set it.
     pub written_at_micros: i64,
+}
+
+/// One key as a repair sees it: its score and the leaderboard rows it may own.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StoredScore {
+    #[serde(flatten)]
+    pub key: ProfileScore,
     /// The (bucket, score) leaderboard rows the key may own; one entry once its writers finished.
     pub ranked: Vec<(i32, i64)>,
 }
@@ -62,14 +69,16 @@ impl ScyllaStore {
             return Ok(None);
         };
         Ok(Some(StoredScore {
-            profile_id,
-            leaderboard_id: leaderboard_id.to_string(),
-            score,
-            wallet_address: wallet.unwrap_or_default(),
-            updated_at: updated_at
-                .and_then(|t| DateTime::from_timestamp_millis(t.0))
-                .unwrap_or_default(),
-            written_at_micros: written_at,
+            key: ProfileScore {
+                profile_id,
+                leaderboard_id: leaderboard_id.to_string(),
+                score,
+                wallet_address: wallet.unwrap_or_default(),
+                updated_at: updated_at
+                    .and_then(|t| DateTime::from_timestamp_millis(t.0))
+                    .unwrap_or_default(),
+                written_at_micros: written_at,
+            },
             ranked: ranked.unwrap_or_default(),
         }))
     }
@@ -113,7 +122,7 @@ impl ScyllaStore {
         self.run(WRITE_PROFILES, clear).await?;
         self.settle_keys(cluster.clone(), std::slice::from_ref(&key))
             .await?;
-        if let Some(wallet) = before.as_ref().map(|b| b.wallet_address.as_str()) {
+        if let Some(wallet) = before.as_ref().map(|b| b.key.wallet_address.as_str()) {
             let mut invalidate = Phase::new(cluster);
             invalidate.push(
                 &self.statements.invalidate_cache,

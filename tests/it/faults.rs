@@ -39,6 +39,14 @@ impl Drop for Thaw {
     }
 }
 
+/// Freezes the database (SIGSTOP) until the returned guard is dropped.
+#[must_use]
+fn freeze_database() -> Thaw {
+    let pid = services("cassandra-pid");
+    signal(&pid, "STOP");
+    Thaw(pid)
+}
+
 /// `score_worker_messages_processed_total` of a worker binary serving HTTP on `port` (0 if unreachable).
 fn processed_at(port: u16) -> u64 {
     counter_at(port, "score_worker_messages_processed_total")
@@ -146,9 +154,7 @@ async fn database_frozen_past_the_retry_budget_loses_nothing() {
     })
     .await;
 
-    let pid = services("cassandra-pid");
-    signal(&pid, "STOP");
-    let thaw = Thaw(pid);
+    let thaw = freeze_database();
     for e in &events[100..] {
         publish(&js, &config, e, &e.event_id).await;
     }
@@ -269,9 +275,7 @@ async fn an_outage_of_any_length_dead_letters_nothing() {
     })
     .await;
 
-    let pid = services("cassandra-pid");
-    signal(&pid, "STOP");
-    let thaw = Thaw(pid);
+    let thaw = freeze_database();
     let started = std::time::Instant::now();
     for e in &events[50..] {
         publish(&js, &config, e, &e.event_id).await;
@@ -354,9 +358,7 @@ async fn deliveries_held_longer_than_ack_wait_are_not_redelivered_to_another_rep
 
     let received =
         || first.metrics.messages_received.get() + second.metrics.messages_received.get();
-    let pid = services("cassandra-pid");
-    signal(&pid, "STOP");
-    let thaw = Thaw(pid);
+    let thaw = freeze_database();
     for e in &events[50..] {
         publish(&js, &config, e, &e.event_id).await;
     }
@@ -420,9 +422,7 @@ async fn sigterm_with_the_database_frozen_hands_back_every_unsettled_delivery() 
 
     // Freeze first, then publish the rest, so the worker holds deliveries it cannot write (a fast
     // write path would otherwise drain a whole backlog before the freeze takes hold).
-    let pid = services("cassandra-pid");
-    signal(&pid, "STOP");
-    let thaw = Thaw(pid);
+    let thaw = freeze_database();
     for e in &events[100..] {
         publish(&js, &config, e, &e.event_id).await;
     }

@@ -472,7 +472,7 @@ async fn repairs_keep_the_invariant_under_a_concurrent_worker() {
             (None, _) => None,
         };
         let got = rows.get(&(board.clone(), *p)).cloned().unwrap_or_default();
-        let current = store.get(*p, &board).await.unwrap().map(|s| s.score);
+        let current = store.get(*p, &board).await.unwrap().map(|s| s.key.score);
         if got != want.into_iter().collect::<Vec<_>>() || current != want {
             problems.push(format!(
                 "{p}: want {want:?}, leaderboard rows {got:?}, by profile {current:?}"
@@ -490,7 +490,7 @@ async fn repairs_keep_the_invariant_under_a_concurrent_worker() {
             .get(profiles[2], &board)
             .await
             .unwrap()
-            .map(|s| s.score),
+            .map(|s| s.key.score),
         Some(77)
     );
     // The read API agrees with the tables.
