@@ -11,7 +11,7 @@ use score_worker::config::Config;
 use crate::procfs::{self, Servers};
 use crate::prom;
 use crate::report::{Paced, Pass};
-use crate::support::{base_config, jetstream, worker_command};
+use crate::support::{base_config, jetstream, worker_command, worker_env};
 use crate::workload::{Generator, Message};
 
 #[derive(Debug, Clone)]
@@ -56,12 +56,25 @@ fn command(config: &Config, http_port: u16, v: &Variant) -> Command {
         command.env(format!("SCORE_WORKER__{key}"), value);
     }
     if let Some(binary) = binary {
+        // Another build may not know settings added since; a setting at this build's default tells
+        // it nothing, so only the ones that differ from the defaults are passed on.
+        let defaults = worker_env(&Config::defaults(), 0);
         let mut other = Command::new(binary);
         for (k, v) in command.get_envs() {
-            match v {
-                Some(v) => other.env(k, v),
-                None => other.env_remove(k),
+            let default = |v| {
+                defaults
+                    .iter()
+                    .any(|(dk, dv)| k == dk.as_str() && v == dv.as_str())
             };
+            match v {
+                Some(v) if default(v) => {}
+                Some(v) => {
+                    other.env(k, v);
+                }
+                None => {
+                    other.env_remove(k);
+                }
+            }
         }
         command = other;
     }
