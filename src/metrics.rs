@@ -37,6 +37,11 @@ pub const REQUESTS: [&str; 5] = [
 /// Statements per request.
 pub const STATEMENT_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0];
 
+/// Kinds of warning a database server attaches to a response (label `warning`): a read that met more
+/// dead cells than `tombstone_warn_threshold`, a batch over the size threshold or spanning too many
+/// partitions, anything else.
+pub const SERVER_WARNINGS: [&str; 3] = ["tombstones", "batch", "other"];
+
 /// Database error kinds (label `kind`); see `store::error`.
 pub const ERROR_KINDS: &[&str] = &[
     "timeout",
@@ -69,6 +74,8 @@ pub struct Metrics {
     pub superseded_skips: IntCounter,
     pub scylla_errors: IntCounterVec,
     pub scylla_connection_failures: IntCounter,
+    /// Warnings the database attached to its responses, by request and kind ([`SERVER_WARNINGS`]).
+    pub scylla_warnings: IntCounterVec,
     pub ready: IntGauge,
     pub pulls_paused: IntGauge,
     /// Look-ups of the read side's eligibility cache (`crate::read`), by `result`.
@@ -172,6 +179,18 @@ impl Metrics {
                 "score_worker_scylla_connection_failures_total",
                 "Failed attempts to open or keep a database session.",
             ),
+            scylla_warnings: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "score_worker_scylla_warnings_total",
+                        "Warnings the database attached to responses (tombstones met by a read, an oversized batch, other), by request.",
+                    ),
+                    &["statement", "warning"],
+                )
+                .expect("valid metric");
+                registry.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             ready: gauge("score_worker_ready", "1 while /readyz reports ready."),
             pulls_paused: gauge(
                 "score_worker_pulls_paused",
@@ -208,6 +227,11 @@ impl Metrics {
         for kind in ERROR_KINDS {
             m.scylla_errors.with_label_values(&[kind]);
         }
+        for statement in REQUESTS {
+            for warning in SERVER_WARNINGS {
+                m.scylla_warnings.with_label_values(&[statement, warning]);
+            }
+        }
         for result in CACHE_RESULTS {
             m.eligibility_cache_requests.with_label_values(&[result]);
         }
@@ -221,6 +245,22 @@ impl Metrics {
             .inc();
         self.dead_letters
             .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// Counts one warning the database attached to a response to `statement`; the driver logs its
+    /// text.
+    pub fn server_warning(&self, statement: &str, text: &str) {
+        let text = text.to_ascii_lowercase();
+        let kind = if text.contains("tombstone") {
+            "tombstones"
+        } else if text.contains("batch") {
+            "batch"
+        } else {
+            "other"
+        };
+        self.scylla_warnings
+            .with_label_values(&[statement, kind])
             .inc();
     }
 
@@ -267,6 +307,7 @@ mod tests {
             "score_worker_scylla_query_duration_seconds",
             "score_worker_scylla_errors_total",
             "score_worker_scylla_connection_failures_total",
+            "score_worker_scylla_warnings_total",
             "score_worker_build_info",
             "score_worker_pulls_paused",
             "score_worker_eligibility_cache_requests_total",

@@ -22,7 +22,7 @@ pub mod repair;
 mod session;
 mod statements;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,7 +30,6 @@ use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use prometheus::Histogram;
 use scylla::client::session::Session;
-use scylla::cluster::ClusterState;
 use scylla::response::query_result::QueryResult;
 use scylla::value::CqlTimestamp;
 use uuid::Uuid;
@@ -42,7 +41,7 @@ use crate::config::{ReadBack, ScyllaConfig};
 use crate::metrics::{Metrics, REQUESTS};
 use crate::pipeline::Store;
 use crate::score::{tie_rank, ScoreUpdate};
-use phase::{Phase, Request};
+use phase::{Phase, Placement, Placer, ReplicaMap, Request};
 use statements::Statements;
 
 // Indexes into `REQUESTS`, the request kinds in the order a flush sends them.
@@ -77,7 +76,6 @@ type ProfileRow = (
 pub struct ScyllaStore {
     session: Arc<Session>,
     metrics: Arc<Metrics>,
-    keyspace: String,
     buckets: i32,
     concurrency: usize,
     batch_max_bytes: usize,
@@ -101,7 +99,6 @@ impl ScyllaStore {
         Ok(Self {
             session,
             metrics,
-            keyspace: config.keyspace.clone(),
             buckets: config.leaderboard_buckets,
             concurrency: config.write_concurrency,
             batch_max_bytes: config.batch_max_bytes,
@@ -124,6 +121,11 @@ impl ScyllaStore {
         self.metrics
             .scylla_statements
             .observe(request.statements() as f64);
+        if let Ok(result) = &result {
+            for warning in result.warnings() {
+                self.metrics.server_warning(REQUESTS[kind], warning);
+            }
+        }
         result.map_err(|e| {
             let e = StoreError::new(REQUESTS[kind], e);
             self.metrics
@@ -155,99 +157,115 @@ impl ScyllaStore {
             .await
     }
 
-    /// Phase 3: what the database now holds for every key of the flush.
+    /// Phase 3: what the database now holds for every key of the flush, reading only those
+    /// (profile, leaderboard) rows.
     async fn read_back(
         &self,
-        cluster: &ClusterState,
+        map: Arc<dyn ReplicaMap>,
         latest: &[ScoreUpdate],
-    ) -> Result<HashMap<(Uuid, String), Current>, StoreError> {
+    ) -> Result<HashMap<Key, Current>, StoreError> {
         let mut found = HashMap::with_capacity(latest.len());
-        match self.read_back {
-            ReadBack::Grouped => {
-                let mut groups: HashMap<Vec<(Uuid, u32)>, Vec<Uuid>> = HashMap::new();
-                let mut seen = HashSet::new();
-                for u in latest.iter().filter(|u| seen.insert(u.profile_id)) {
-                    let owners = phase::owners_of(
-                        cluster,
-                        &self.keyspace,
-                        "scores_by_profile",
-                        &(u.profile_id,),
-                    );
-                    groups.entry(owners).or_default().push(u.profile_id);
-                }
-                let reads: Vec<BoxFuture<'_, Result<QueryResult, StoreError>>> = groups
-                    .into_values()
-                    .flat_map(|ids| {
-                        ids.chunks(READ_BACK_PARTITIONS)
-                            .map(|c| c.to_vec())
-                            .collect::<Vec<_>>()
-                    })
-                    .map(|ids| {
+        let reads: Vec<BoxFuture<'_, Result<Vec<(Key, Current)>, StoreError>>> =
+            match self.read_back {
+                ReadBack::Grouped => read_plan(&mut Placer::new(map), &self.statements, latest)
+                    .into_iter()
+                    .map(|(profiles, leaderboards)| {
                         let request = Request::Single(
                             self.statements.read_profiles.clone(),
-                            Box::new((ids,)),
+                            Box::new((profiles, leaderboards)),
                         );
-                        Box::pin(self.send(READ_BACK, request)) as _
+                        Box::pin(async move { rows(self.send(READ_BACK, request).await?) }) as _
                     })
-                    .collect();
-                let results: Vec<QueryResult> = futures::stream::iter(reads)
-                    .buffer_unordered(self.concurrency)
-                    .try_collect()
-                    .await?;
-                for result in results {
-                    let rows = result.into_rows_result().map_err(decode)?;
-                    for row in rows
-                        .rows::<(
-                            Uuid,
-                            String,
-                            Option<i64>,
-                            Option<i64>,
-                            Option<i64>,
-                            Option<Vec<(i32, i64)>>,
-                        )>()
-                        .map_err(decode)?
-                    {
-                        let (pid, lb, score, written_at, touched_at, ranked) =
-                            row.map_err(decode)?;
-                        if let Some(current) = current((score, written_at, touched_at, ranked)) {
-                            found.insert((pid, lb), current);
-                        }
-                    }
-                }
-            }
-            ReadBack::PerKey => {
-                let reads: Vec<BoxFuture<'_, Result<(ScoreUpdateKey, QueryResult), StoreError>>> =
-                    latest
-                        .iter()
-                        .map(|u| {
-                            let request = Request::Single(
-                                self.statements.read_profile.clone(),
-                                Box::new((u.profile_id, u.leaderboard_id.as_str())),
-                            );
-                            let key = (u.profile_id, u.leaderboard_id.clone());
-                            Box::pin(async move { Ok((key, self.send(READ_BACK, request).await?)) })
-                                as _
-                        })
-                        .collect();
-                let results: Vec<(ScoreUpdateKey, QueryResult)> = futures::stream::iter(reads)
-                    .buffer_unordered(self.concurrency)
-                    .try_collect()
-                    .await?;
-                for (key, result) in results {
-                    let rows = result.into_rows_result().map_err(decode)?;
-                    if let Some(row) = rows.maybe_first_row::<ProfileRow>().map_err(decode)? {
-                        if let Some(current) = current(row) {
-                            found.insert(key, current);
-                        }
-                    }
-                }
-            }
-        }
+                    .collect(),
+                ReadBack::PerKey => latest
+                    .iter()
+                    .map(|u| {
+                        let request = Request::Single(
+                            self.statements.read_profile.clone(),
+                            Box::new((u.profile_id, u.leaderboard_id.as_str())),
+                        );
+                        let key = (u.profile_id, u.leaderboard_id.clone());
+                        Box::pin(async move {
+                            let result = self.send(READ_BACK, request).await?;
+                            let rows = result.into_rows_result().map_err(decode)?;
+                            let row = rows.maybe_first_row::<ProfileRow>().map_err(decode)?;
+                            Ok(row
+                                .and_then(current)
+                                .map(|c| (key, c))
+                                .into_iter()
+                                .collect())
+                        }) as _
+                    })
+                    .collect(),
+            };
+        let results: Vec<Vec<(Key, Current)>> = futures::stream::iter(reads)
+            .buffer_unordered(self.concurrency)
+            .try_collect()
+            .await?;
+        found.extend(results.into_iter().flatten());
         Ok(found)
     }
 }
 
-type ScoreUpdateKey = (Uuid, String);
+/// A key of the protocol: (profile, leaderboard).
+type Key = (Uuid, String);
+
+/// The grouped read-back's requests: `(profiles, leaderboards)` whose every pair is a key of the flush
+/// (so only the flush's rows are read), grouped by where the profile's partition lives, at most
+/// [`READ_BACK_PARTITIONS`] profiles each. Profiles with the same leaderboards in the flush share a
+/// request.
+fn read_plan<'a>(
+    placer: &mut Placer,
+    statements: &Statements,
+    latest: &'a [ScoreUpdate],
+) -> Vec<(Vec<Uuid>, Vec<&'a str>)> {
+    let mut by_placement: HashMap<Placement, BTreeMap<Uuid, BTreeSet<&'a str>>> = HashMap::new();
+    for u in latest {
+        let values = (u.profile_id, u.leaderboard_id.as_str());
+        let placement = placer.place(&statements.read_profile, &values);
+        by_placement
+            .entry(placement)
+            .or_default()
+            .entry(u.profile_id)
+            .or_default()
+            .insert(u.leaderboard_id.as_str());
+    }
+    let mut requests = Vec::new();
+    for profiles in by_placement.into_values() {
+        let mut by_boards: BTreeMap<BTreeSet<&'a str>, Vec<Uuid>> = BTreeMap::new();
+        for (profile, boards) in profiles {
+            by_boards.entry(boards).or_default().push(profile);
+        }
+        for (boards, profiles) in by_boards {
+            let boards: Vec<&str> = boards.into_iter().collect();
+            for chunk in profiles.chunks(READ_BACK_PARTITIONS) {
+                requests.push((chunk.to_vec(), boards.clone()));
+            }
+        }
+    }
+    requests
+}
+
+/// The keys a grouped read-back returned.
+fn rows(result: QueryResult) -> Result<Vec<(Key, Current)>, StoreError> {
+    type Row = (
+        Uuid,
+        String,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<Vec<(i32, i64)>>,
+    );
+    let rows = result.into_rows_result().map_err(decode)?;
+    let mut found = Vec::new();
+    for row in rows.rows::<Row>().map_err(decode)? {
+        let (pid, lb, score, written_at, touched_at, ranked) = row.map_err(decode)?;
+        if let Some(current) = current((score, written_at, touched_at, ranked)) {
+            found.push(((pid, lb), current));
+        }
+    }
+    Ok(found)
+}
 
 /// A read-back whose rows do not decode.
 fn decode(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -276,24 +294,50 @@ fn current((score, written_at, touched_at, ranked): ProfileRow) -> Option<Curren
     })
 }
 
-/// The `ranked` entries of a key other than its current row, each with the timestamp to delete it at:
-/// `t*`, where a tombstone wins the tie with a row written at `t*`, or `t* − 1` for an entry that would
-/// beat the current score in a same-timestamp tie (a write still in flight at exactly `t*` must
-/// survive; such an entry was written before `t*`, so `t* − 1` still removes it). A deleted key owns no
-/// row: every entry goes at the delete's `t*` (a delete wins a tie with an event at the same time).
-fn stale_entries(bucket: i32, current: &Current) -> Vec<((i32, i64), i64)> {
-    current
+/// What one key's clean-up writes, decided from its read-back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Cleanup {
+    /// Leaderboard rows `(bucket, score)` to delete, each at its timestamp.
+    deletes: Vec<((i32, i64), i64)>,
+    /// `ranked` rewritten as `(timestamp, entries)`: the current row's entry alone (none for a deleted
+    /// key). `None` when `ranked` holds nothing stale.
+    overwrite: Option<(i64, Vec<(i32, i64)>)>,
+}
+
+/// The clean-up of a key whose read-back found `current`, by a writer that wrote the leaderboard row
+/// `(bucket, own)` (`own` is `None` for an operator's delete, which writes no row).
+///
+/// - Every `ranked` entry other than the current row is deleted from the leaderboard at `t*`, where a
+///   tombstone wins the tie with a row written at `t*`; or at `t* − 1` for an entry that would beat the
+///   current score in a same-timestamp tie (a write still in flight at exactly `t*` must survive; such
+///   an entry was written before `t*`, so `t* − 1` still removes it). A deleted key owns no row: every
+///   entry goes at the delete's `t*`, which wins a tie with an event at the same time.
+/// - The writer's own row goes too, by the same rule, when it is not the current one, even if `ranked`
+///   no longer lists it: another writer's overwrite may have erased its entry before this read.
+/// - If anything in `ranked` was stale, `ranked` is overwritten at `t*` with the current entry: the
+///   overwrite's collection tombstone (at `t* − 1`) removes every older entry at once, seen or not, and
+///   leaves one dead marker per row instead of one dead cell per removed entry.
+fn cleanup(bucket: i32, own: Option<i64>, current: &Current) -> Cleanup {
+    let at = |s: i64| match current.score {
+        Some(score) if tie_rank(s) > tie_rank(score) => current.written_at - 1,
+        _ => current.written_at,
+    };
+    let mut deletes: Vec<((i32, i64), i64)> = current
         .ranked
         .iter()
         .filter(|&&(b, s)| current.score != Some(s) || b != bucket)
-        .map(|&(b, s)| {
-            let at = match current.score {
-                Some(score) if tie_rank(s) > tie_rank(score) => current.written_at - 1,
-                _ => current.written_at,
-            };
-            ((b, s), at)
-        })
-        .collect()
+        .map(|&(b, s)| ((b, s), at(s)))
+        .collect();
+    let overwrite = (!deletes.is_empty()).then(|| {
+        let entry = current.score.map(|s| (bucket, s));
+        (current.written_at, entry.into_iter().collect())
+    });
+    if let Some(own) = own.filter(|&s| current.score != Some(s)) {
+        if !deletes.iter().any(|&(entry, _)| entry == (bucket, own)) {
+            deletes.push(((bucket, own), at(own)));
+        }
+    }
+    Cleanup { deletes, overwrite }
 }
 
 /// Each statement's share of a batch's size as Cassandra counts it against
@@ -315,8 +359,8 @@ mod bytes {
     pub fn delete(_: &ScoreUpdate) -> usize {
         60
     }
-    pub fn prune(u: &ScoreUpdate, entries: usize) -> usize {
-        60 + u.leaderboard_id.len() + 30 * entries
+    pub fn overwrite(u: &ScoreUpdate) -> usize {
+        90 + u.leaderboard_id.len()
     }
     pub fn invalidate(_wallet: &str) -> usize {
         30
@@ -378,59 +422,50 @@ impl Store for ScyllaStore {
         }
         self.run(WRITE_ROWS, rows).await?;
 
-        self.settle_keys(cluster, latest).await
+        self.settle_keys(cluster, latest, true).await
     }
 }
 
 impl ScyllaStore {
-    /// Phases 3-5 for the keys of `latest` once their rows are written: read back what is current,
-    /// delete every other leaderboard row a key owns, invalidate the eligibility cache of each wallet
-    /// whose event is the newest, and prune `ranked`. An operator's delete ([`repair`]) runs the same
-    /// phases after clearing the score.
+    /// Phases 3-5 for the keys of `latest` once their rows are written (`wrote_rows`; an operator's
+    /// delete writes none): read back what is current, delete every other leaderboard row a key owns
+    /// or wrote, invalidate the eligibility cache of each wallet whose event is the newest, and
+    /// overwrite `ranked` where it held stale entries.
     async fn settle_keys(
         &self,
-        cluster: Arc<ClusterState>,
+        map: Arc<dyn ReplicaMap>,
         latest: &[ScoreUpdate],
+        wrote_rows: bool,
     ) -> Result<(), StoreError> {
         let st = &self.statements;
-        let bucket = |u: &ScoreUpdate| bucket_of(u.profile_id, self.buckets);
-        let found = self.read_back(&cluster, latest).await?;
-        let mut cleanup = Phase::new(cluster.clone());
-        let mut prunes = Phase::new(cluster);
+        let found = self.read_back(map.clone(), latest).await?;
+        let mut deletes = Phase::new(map.clone());
+        let mut overwrites = Phase::new(map);
         let mut wallets = HashSet::new();
         for u in latest {
             let lb = u.leaderboard_id.as_str();
             let current = found
                 .get(&(u.profile_id, u.leaderboard_id.clone()))
                 .ok_or_else(|| StoreError::not_visible(REQUESTS[READ_BACK], u.profile_id, lb))?;
-            let stale = stale_entries(bucket(u), current);
-            for &((b, s), at) in &stale {
-                cleanup.push(
-                    &st.delete_row,
-                    (at, lb, b, s, u.profile_id),
-                    bytes::delete(u),
-                );
+            let own = wrote_rows.then_some(u.score);
+            let plan = cleanup(bucket_of(u.profile_id, self.buckets), own, current);
+            for ((b, s), at) in plan.deletes {
+                let values = (at, lb, b, s, u.profile_id);
+                deletes.push(&st.delete_row, values, bytes::delete(u));
             }
-            for at in [current.written_at, current.written_at - 1] {
-                let entries: Vec<(i32, i64)> = stale
-                    .iter()
-                    .filter(|(_, t)| *t == at)
-                    .map(|(e, _)| *e)
-                    .collect();
-                if !entries.is_empty() {
-                    let size = bytes::prune(u, entries.len());
-                    prunes.push(&st.prune_ranked, (at, entries, u.profile_id, lb), size);
-                }
+            if let Some((at, entries)) = plan.overwrite {
+                let size = bytes::overwrite(u);
+                overwrites.push(&st.overwrite_ranked, (at, entries, u.profile_id, lb), size);
             }
             if current.score == Some(u.score) && current.written_at == u.occurred_at_micros {
                 wallets.insert(u.wallet_address.as_str());
             }
         }
         for wallet in wallets {
-            cleanup.push(&st.invalidate_cache, (wallet,), bytes::invalidate(wallet));
+            deletes.push(&st.invalidate_cache, (wallet,), bytes::invalidate(wallet));
         }
-        self.run(CLEANUP, cleanup).await?;
-        self.run(PRUNE_RANKED, prunes).await
+        self.run(CLEANUP, deletes).await?;
+        self.run(PRUNE_RANKED, overwrites).await
     }
 }
 
@@ -477,29 +512,80 @@ mod tests {
         }
     }
 
+    fn deletes(plan: &Cleanup) -> Vec<((i32, i64), i64)> {
+        plan.deletes.clone()
+    }
+
     #[test]
-    fn stale_entries_spare_the_current_row_and_respect_ties() {
-        // Nothing else owned: nothing to delete.
-        assert!(stale_entries(3, &current(10, 100, &[(3, 10)])).is_empty());
-        // An older score and the same score in another bucket go at t*.
+    fn cleanup_spares_the_current_row_and_respects_ties() {
+        // Nothing else owned, and the writer's row is the current one: nothing to do.
+        let plan = cleanup(3, Some(10), &current(10, 100, &[(3, 10)]));
+        assert_eq!(
+            plan,
+            Cleanup {
+                deletes: vec![],
+                overwrite: None
+            }
+        );
+        // An older score and the same score in another bucket go at t*; `ranked` is overwritten at t*
+        // with the current entry alone.
         let c = current(10, 100, &[(3, 10), (3, 5), (7, 10)]);
-        assert_eq!(stale_entries(3, &c), vec![((3, 5), 100), ((7, 10), 100)]);
+        let plan = cleanup(3, Some(10), &c);
+        assert_eq!(deletes(&plan), vec![((3, 5), 100), ((7, 10), 100)]);
+        assert_eq!(plan.overwrite, Some((100, vec![(3, 10)])));
         // A score that beats the current one in a same-time tie (a larger u64: 11, or a negative
         // score) goes at t* - 1, so a write in flight at exactly t* survives.
         let c = current(10, 100, &[(3, 11), (3, -1), (3, 9)]);
         assert_eq!(
-            stale_entries(3, &c),
+            deletes(&cleanup(3, Some(10), &c)),
             vec![((3, 11), 99), ((3, -1), 99), ((3, 9), 100)]
         );
-        // A deleted key: everything goes, at the delete's time.
+        // A deleted key: everything goes, at the delete's time, and `ranked` is emptied.
         let deleted = Current {
             score: None,
             written_at: 100,
             ranked: vec![(3, 10), (3, -1)],
         };
+        let plan = cleanup(3, None, &deleted);
+        assert_eq!(deletes(&plan), vec![((3, 10), 100), ((3, -1), 100)]);
+        assert_eq!(plan.overwrite, Some((100, vec![])));
+    }
+
+    #[test]
+    fn a_superseded_writer_deletes_its_own_row_even_when_ranked_lost_it() {
+        // Another writer's overwrite erased this writer's entry (7) before its read-back: the row it
+        // wrote goes all the same, and `ranked` holds nothing stale, so it is not rewritten.
+        let plan = cleanup(3, Some(7), &current(10, 100, &[(3, 10)]));
         assert_eq!(
-            stale_entries(3, &deleted),
-            vec![((3, 10), 100), ((3, -1), 100)]
+            plan,
+            Cleanup {
+                deletes: vec![((3, 7), 100)],
+                overwrite: None
+            }
+        );
+        // Listed and superseded: deleted once.
+        let plan = cleanup(3, Some(7), &current(10, 100, &[(3, 10), (3, 7)]));
+        assert_eq!(deletes(&plan), vec![((3, 7), 100)]);
+        // A same-time tie the writer lost, with a score that would have won it had it been written
+        // first (-1 ranks above 10): t* - 1, like any entry of that kind.
+        let plan = cleanup(3, Some(-1), &current(10, 100, &[(3, 10)]));
+        assert_eq!(deletes(&plan), vec![((3, -1), 99)]);
+        // The writer's score is current, written by another event (earlier or later): same row, kept.
+        let plan = cleanup(3, Some(10), &current(10, 250, &[(3, 10)]));
+        assert!(plan.deletes.is_empty());
+        // Deleted at t* after this writer's event: its row goes at t*.
+        let deleted = Current {
+            score: None,
+            written_at: 100,
+            ranked: vec![],
+        };
+        let plan = cleanup(3, Some(4), &deleted);
+        assert_eq!(
+            plan,
+            Cleanup {
+                deletes: vec![((3, 4), 100)],
+                overwrite: None
+            }
         );
     }
 

@@ -1,7 +1,13 @@
-//! One phase of a flush: its statements grouped by the replicas that own their partitions, each group
-//! split under the batch-size limit, and sent as unlogged batches (a group of one as a plain
-//! statement). Statements in one batch share every replica (and, on ScyllaDB, the shard), so the
-//! coordinator the driver picks for the batch owns all of its rows; no batch spans replicas.
+//! One phase of a flush: its statements grouped by where their partitions live, each group split
+//! under the batch-size limit, and sent as unlogged batches (a group of one as a plain statement).
+//!
+//! Statements share a batch only when the driver knows that they share every replica (and, on
+//! ScyllaDB, the shard), so the coordinator the driver picks for the batch owns all of its rows; or when
+//! they are the same partition. A partition whose replicas the driver does not know — metadata not
+//! loaded yet, or a ScyllaDB tablet no response has told it about — stays unknown: it is never grouped
+//! with another partition, so no batch spans replicas, and its statements go out on their own, which is
+//! also how the driver learns a tablet's replicas (from the response to a single statement; batches do
+//! not teach it).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,9 +22,115 @@ use uuid::Uuid;
 /// Values of one statement; borrowed from the flush.
 pub(super) type Values<'a> = Box<dyn SerializeRow + Send + Sync + 'a>;
 
-/// The replicas (host id, shard) that own a partition, in a stable order; empty when unknown
-/// (metadata not loaded yet), which groups such statements together and lets the driver route them.
-pub(super) type Owners = Vec<(Uuid, Shard)>;
+/// The replicas (host id, shard) that own a partition, in a stable order.
+pub(super) type Replicas = Vec<(Uuid, Shard)>;
+
+/// Where a statement's partition lives, as far as the driver knows now.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum Placement {
+    /// Every replica of the partition, sorted; never empty.
+    Known(Replicas),
+    /// The replicas are unknown: only statements of this very partition (table and token) may share
+    /// a request.
+    Unknown { table: String, token: i64 },
+    /// Not even the token is known: the statement goes alone (the number tells it apart).
+    Alone(usize),
+}
+
+/// Who owns a token: the driver's cluster map, or a test's.
+pub(super) trait ReplicaMap: Send + Sync {
+    /// The replicas of `token` in `keyspace.table`; empty when the map does not know them.
+    fn replicas(&self, keyspace: &str, table: &str, token: Token) -> Replicas;
+}
+
+impl ReplicaMap for ClusterState {
+    fn replicas(&self, keyspace: &str, table: &str, token: Token) -> Replicas {
+        self.get_token_endpoints(keyspace, table, token)
+            .into_iter()
+            .map(|(node, shard)| (node.host_id, shard))
+            .collect()
+    }
+}
+
+/// Places statements on the replica map.
+pub(super) struct Placer {
+    map: Arc<dyn ReplicaMap>,
+    alone: usize,
+}
+
+impl Placer {
+    pub(super) fn new(map: Arc<dyn ReplicaMap>) -> Self {
+        Self { map, alone: 0 }
+    }
+
+    /// Where the partition `statement` would touch with `values` lives.
+    pub(super) fn place(
+        &mut self,
+        statement: &PreparedStatement,
+        values: &dyn SerializeRow,
+    ) -> Placement {
+        match (
+            statement.get_table_spec(),
+            statement.calculate_token(&values),
+        ) {
+            (Some(table), Ok(Some(token))) => {
+                self.place_token(table.ks_name(), table.table_name(), token)
+            }
+            _ => self.alone(),
+        }
+    }
+
+    /// Where `token` of `keyspace.table` lives.
+    pub(super) fn place_token(&mut self, keyspace: &str, table: &str, token: Token) -> Placement {
+        let mut replicas = self.map.replicas(keyspace, table, token);
+        if replicas.is_empty() {
+            return Placement::Unknown {
+                table: format!("{keyspace}.{table}"),
+                token: token.value(),
+            };
+        }
+        replicas.sort_unstable();
+        Placement::Known(replicas)
+    }
+
+    fn alone(&mut self) -> Placement {
+        self.alone += 1;
+        Placement::Alone(self.alone)
+    }
+}
+
+/// Splits items, given as (placement, bytes), into requests (lists of item indexes, in the order the
+/// items were added): items share a request only if they share a placement, and consecutive items of
+/// one placement fill a request up to `max_bytes` (`0`: every item on its own).
+pub(super) fn plan(items: &[(Placement, usize)], max_bytes: usize) -> Vec<Vec<usize>> {
+    let mut index: HashMap<&Placement, usize> = HashMap::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, (placement, _)) in items.iter().enumerate() {
+        let g = *index.entry(placement).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(i);
+    }
+    let mut requests = Vec::new();
+    for group in groups {
+        let mut chunk: Vec<usize> = Vec::new();
+        let mut size = 0;
+        for i in group {
+            let bytes = items[i].1;
+            if !chunk.is_empty() && size + bytes > max_bytes {
+                requests.push(std::mem::take(&mut chunk));
+                size = 0;
+            }
+            size += bytes;
+            chunk.push(i);
+        }
+        if !chunk.is_empty() {
+            requests.push(chunk);
+        }
+    }
+    requests
+}
 
 /// A request ready to send.
 pub(super) enum Request<'a> {
@@ -36,17 +148,19 @@ impl Request<'_> {
     }
 }
 
-/// The statements of one phase, grouped by owners as they are added.
+/// The statements of one phase, placed as they are added.
 pub(super) struct Phase<'a> {
-    cluster: Arc<ClusterState>,
-    groups: HashMap<Owners, Vec<(PreparedStatement, Values<'a>, usize)>>,
+    placer: Placer,
+    statements: Vec<(PreparedStatement, Values<'a>)>,
+    items: Vec<(Placement, usize)>,
 }
 
 impl<'a> Phase<'a> {
-    pub(super) fn new(cluster: Arc<ClusterState>) -> Self {
+    pub(super) fn new(map: Arc<dyn ReplicaMap>) -> Self {
         Self {
-            cluster,
-            groups: HashMap::new(),
+            placer: Placer::new(map),
+            statements: Vec::new(),
+            items: Vec::new(),
         }
     }
 
@@ -57,48 +171,28 @@ impl<'a> Phase<'a> {
         values: impl SerializeRow + Send + Sync + 'a,
         bytes: usize,
     ) {
-        let owners = self.owners(statement, &values);
-        self.groups
-            .entry(owners)
-            .or_default()
-            .push((statement.clone(), Box::new(values), bytes));
-    }
-
-    fn owners(&self, statement: &PreparedStatement, values: &dyn SerializeRow) -> Owners {
-        let (Some(table), Ok(Some(token))) = (
-            statement.get_table_spec(),
-            statement.calculate_token(&values),
-        ) else {
-            return Vec::new();
-        };
-        sorted_owners(&self.cluster, table.ks_name(), table.table_name(), token)
+        let placement = self.placer.place(statement, &values);
+        self.items.push((placement, bytes));
+        self.statements.push((statement.clone(), Box::new(values)));
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.groups.is_empty()
+        self.statements.is_empty()
     }
 
-    /// The requests: per group, consecutive statements up to `max_bytes` per batch (`0`: every
-    /// statement on its own).
+    /// The requests, as [`plan`] cuts them.
     pub(super) fn requests(self, max_bytes: usize) -> Vec<Request<'a>> {
-        let mut requests = Vec::new();
-        for (owners, statements) in self.groups {
-            tracing::trace!(?owners, statements = statements.len(), "phase group");
-            let mut chunk: Vec<(PreparedStatement, Values<'a>)> = Vec::new();
-            let mut size = 0;
-            for (statement, values, bytes) in statements {
-                if !chunk.is_empty() && size + bytes > max_bytes {
-                    requests.push(request(std::mem::take(&mut chunk)));
-                    size = 0;
-                }
-                size += bytes;
-                chunk.push((statement, values));
-            }
-            if !chunk.is_empty() {
-                requests.push(request(chunk));
-            }
-        }
-        requests
+        let plan = plan(&self.items, max_bytes);
+        let mut statements: Vec<Option<(PreparedStatement, Values<'a>)>> =
+            self.statements.into_iter().map(Some).collect();
+        plan.into_iter()
+            .map(|chunk| {
+                let chunk = chunk
+                    .into_iter()
+                    .map(|i| statements[i].take().expect("each statement planned once"));
+                request(chunk.collect())
+            })
+            .collect()
     }
 }
 
@@ -119,25 +213,135 @@ fn request(mut chunk: Vec<(PreparedStatement, Values<'_>)>) -> Request<'_> {
     Request::Batch(batch, values)
 }
 
-/// The owners of the partition of `table` whose key is `partition_key`.
-pub(super) fn owners_of(
-    cluster: &ClusterState,
-    keyspace: &str,
-    table: &str,
-    partition_key: &dyn SerializeRow,
-) -> Owners {
-    let Ok(token) = cluster.compute_token(keyspace, table, partition_key) else {
-        return Vec::new();
-    };
-    sorted_owners(cluster, keyspace, table, token)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::Mutex;
 
-fn sorted_owners(cluster: &ClusterState, keyspace: &str, table: &str, token: Token) -> Owners {
-    let mut owners: Owners = cluster
-        .get_token_endpoints(keyspace, table, token)
+    /// A cluster map of a test: per token, the replica sets it answers with, in turn (the last one
+    /// repeats); a token it has no entry for is unknown (an empty set).
+    struct FakeMap(Mutex<HashMap<i64, Vec<Replicas>>>);
+
+    impl ReplicaMap for FakeMap {
+        fn replicas(&self, _: &str, _: &str, token: Token) -> Replicas {
+            let mut map = self.0.lock().unwrap();
+            match map.get_mut(&token.value()) {
+                Some(answers) if answers.len() > 1 => answers.remove(0),
+                Some(answers) => answers[0].clone(),
+                None => Vec::new(),
+            }
+        }
+    }
+
+    fn node(n: u128, shard: Shard) -> (Uuid, Shard) {
+        (Uuid::from_u128(n), shard)
+    }
+
+    fn placer(map: HashMap<i64, Vec<Replicas>>) -> Placer {
+        Placer::new(Arc::new(FakeMap(Mutex::new(map))))
+    }
+
+    #[test]
+    fn unknown_replicas_stay_unknown_and_only_one_partition_shares_a_request() {
+        // Tokens 1 and 2 on the same nodes (listed in another order), 3 unknown, 4 changing owners.
+        let mut p = placer(HashMap::from([
+            (1, vec![vec![node(1, 0), node(2, 0)]]),
+            (2, vec![vec![node(2, 0), node(1, 0)]]),
+            (4, vec![vec![node(1, 0)], vec![node(3, 1)], vec![]]),
+        ]));
+        let t = |v| Token::new(v);
+        let items: Vec<(Placement, usize)> = [
+            p.place_token("ks", "a", t(1)),
+            p.place_token("ks", "a", t(2)),
+            p.place_token("ks", "a", t(3)),
+            p.place_token("ks", "a", t(3)),
+            p.place_token("ks", "b", t(3)),
+            p.place_token("ks", "a", t(4)),
+            p.place_token("ks", "a", t(4)),
+            p.place_token("ks", "a", t(4)),
+            p.alone(),
+            p.alone(),
+        ]
         .into_iter()
-        .map(|(node, shard)| (node.host_id, shard))
+        .map(|placement| (placement, 10))
         .collect();
-    owners.sort_unstable();
-    owners
+        assert_eq!(items[0].0, items[1].0, "sorted replica sets compare equal");
+        assert_eq!(
+            items[2].0,
+            Placement::Unknown {
+                table: "ks.a".into(),
+                token: 3
+            }
+        );
+        assert_eq!(
+            plan(&items, 1000),
+            vec![
+                vec![0, 1],
+                vec![2, 3], // the same unknown partition
+                vec![4],    // the same token in another table: another tablet map
+                vec![5],    // owners moved between the statements: never one batch
+                vec![6],
+                vec![7], // then unknown
+                vec![8],
+                vec![9],
+            ]
+        );
+    }
+
+    #[test]
+    fn groups_are_cut_at_the_byte_limit() {
+        let known = Placement::Known(vec![node(1, 0)]);
+        let items = vec![
+            (known.clone(), 40),
+            (known.clone(), 40),
+            (known.clone(), 40),
+        ];
+        assert_eq!(plan(&items, 100), vec![vec![0, 1], vec![2]]);
+        assert_eq!(plan(&items, 0), vec![vec![0], vec![1], vec![2]]);
+        // A statement larger than the limit still goes, alone.
+        let items = vec![(known.clone(), 500), (known, 40)];
+        assert_eq!(plan(&items, 100), vec![vec![0], vec![1]]);
+    }
+
+    fn placement() -> impl Strategy<Value = Placement> {
+        prop_oneof![
+            // A few replica sets over four nodes and two shards, some of them equal.
+            proptest::collection::vec((0u128..4, 0u32..2), 1..3).prop_map(|nodes| {
+                let mut r: Replicas = nodes.into_iter().map(|(n, s)| node(n, s)).collect();
+                r.sort_unstable();
+                r.dedup();
+                Placement::Known(r)
+            }),
+            (0i64..6, 0usize..2).prop_map(|(token, table)| Placement::Unknown {
+                table: ["ks.a", "ks.b"][table].into(),
+                token
+            }),
+            (0usize..1000).prop_map(Placement::Alone),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the map says: every statement is sent exactly once, in the order it was added
+        /// within its request; no request mixes two placements (so no batch spans two replica sets,
+        /// and an unknown partition shares a batch only with itself); a batch stays under the limit.
+        #[test]
+        fn no_request_spans_two_replica_sets(
+            items in proptest::collection::vec((placement(), 1usize..300), 0..120),
+            max_bytes in 0usize..2000,
+        ) {
+            let requests = plan(&items, max_bytes);
+            let mut seen: Vec<usize> = requests.iter().flatten().copied().collect();
+            seen.sort_unstable();
+            prop_assert_eq!(seen, (0..items.len()).collect::<Vec<_>>());
+            for request in &requests {
+                let first = &items[request[0]].0;
+                prop_assert!(request.iter().all(|&i| &items[i].0 == first));
+                prop_assert!(request.windows(2).all(|w| w[0] < w[1]));
+                if request.len() > 1 {
+                    prop_assert!(request.iter().map(|&i| items[i].1).sum::<usize>() <= max_bytes);
+                }
+            }
+        }
+    }
 }

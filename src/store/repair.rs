@@ -120,7 +120,7 @@ impl ScyllaStore {
             bytes::profile(&key),
         );
         self.run(WRITE_PROFILES, clear).await?;
-        self.settle_keys(cluster.clone(), std::slice::from_ref(&key))
+        self.settle_keys(cluster.clone(), std::slice::from_ref(&key), false)
             .await?;
         if let Some(wallet) = before.as_ref().map(|b| b.key.wallet_address.as_str()) {
             let mut invalidate = Phase::new(cluster);

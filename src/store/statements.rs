@@ -13,7 +13,7 @@ pub(super) struct Statements {
     pub read_profiles: PreparedStatement,
     pub read_profile: PreparedStatement,
     pub delete_row: PreparedStatement,
-    pub prune_ranked: PreparedStatement,
+    pub overwrite_ranked: PreparedStatement,
     pub invalidate_cache: PreparedStatement,
     pub delete_profile: PreparedStatement,
     pub get_profile: PreparedStatement,
@@ -49,7 +49,7 @@ impl Statements {
             .await?,
             read_profiles: prepare(format!(
                 "SELECT profile_id, leaderboard_id, score, WRITETIME(score), WRITETIME(updated_at), \
-                 ranked FROM {ks}.scores_by_profile WHERE profile_id IN ?"
+                 ranked FROM {ks}.scores_by_profile WHERE profile_id IN ? AND leaderboard_id IN ?"
             ))
             .await?,
             read_profile: prepare(format!(
@@ -62,8 +62,11 @@ impl Statements {
                  AND score = ? AND profile_id = ?"
             ))
             .await?,
-            prune_ranked: prepare(format!(
-                "UPDATE {ks}.scores_by_profile USING TIMESTAMP ? SET ranked = ranked - ? \
+            // An overwrite, not an element removal: it leaves one collection tombstone (at the
+            // timestamp - 1), which shadows every older entry and its successor supersedes, instead of
+            // one dead cell per removed entry that every later read-back of the row would meet.
+            overwrite_ranked: prepare(format!(
+                "UPDATE {ks}.scores_by_profile USING TIMESTAMP ? SET ranked = ? \
                  WHERE profile_id = ? AND leaderboard_id = ?"
             ))
             .await?,

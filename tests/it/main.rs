@@ -2,6 +2,7 @@
 //! (`make test` starts both through `scripts/services.sh up`).
 
 mod buckets;
+mod churn;
 mod cli;
 mod deadletters;
 mod dlq;
