@@ -165,50 +165,74 @@ impl ScyllaStore {
         latest: &[ScoreUpdate],
     ) -> Result<HashMap<Key, Current>, StoreError> {
         let mut found = HashMap::with_capacity(latest.len());
-        let reads: Vec<BoxFuture<'_, Result<Vec<(Key, Current)>, StoreError>>> =
-            match self.read_back {
-                ReadBack::Grouped => read_plan(&mut Placer::new(map), &self.statements, latest)
-                    .into_iter()
-                    .map(|(profiles, leaderboards)| {
-                        let request = Request::Single(
-                            self.statements.read_profiles.clone(),
-                            Box::new((profiles, leaderboards)),
-                        );
-                        Box::pin(async move { rows(self.send(READ_BACK, request).await?) }) as _
-                    })
-                    .collect(),
-                ReadBack::PerKey => latest
-                    .iter()
-                    .map(|u| {
-                        let request = Request::Single(
-                            self.statements.read_profile.clone(),
-                            Box::new((u.profile_id, u.leaderboard_id.as_str())),
-                        );
-                        let key = (u.profile_id, u.leaderboard_id.clone());
-                        Box::pin(async move {
-                            let result = self.send(READ_BACK, request).await?;
-                            let rows = result.into_rows_result().map_err(decode)?;
-                            let row = rows.maybe_first_row::<ProfileRow>().map_err(decode)?;
-                            Ok(row
-                                .and_then(current)
-                                .map(|c| (key, c))
-                                .into_iter()
-                                .collect())
-                        }) as _
-                    })
-                    .collect(),
-            };
-        let results: Vec<Vec<(Key, Current)>> = futures::stream::iter(reads)
+        let reads: Vec<BoxFuture<'_, Result<Found, StoreError>>> = match self.read_back {
+            ReadBack::Grouped => read_plan(&mut Placer::new(map), &self.statements, latest)
+                .into_iter()
+                .map(|(profiles, leaderboards)| {
+                    let request = Request::Single(
+                        self.statements.read_profiles.clone(),
+                        Box::new((profiles, leaderboards)),
+                    );
+                    Box::pin(self.read_rows(request)) as _
+                })
+                .collect(),
+            ReadBack::PerKey => latest
+                .iter()
+                .map(|u| {
+                    let request = Request::Single(
+                        self.statements.read_profile.clone(),
+                        Box::new((u.profile_id, u.leaderboard_id.as_str())),
+                    );
+                    let key = (u.profile_id, u.leaderboard_id.clone());
+                    Box::pin(async move {
+                        let result = self.send(READ_BACK, request).await?;
+                        let rows = result.into_rows_result().map_err(decode)?;
+                        let row = rows.maybe_first_row::<ProfileRow>().map_err(decode)?;
+                        Ok(row
+                            .and_then(current)
+                            .map(|c| (key, c))
+                            .into_iter()
+                            .collect())
+                    }) as _
+                })
+                .collect(),
+        };
+        let results: Vec<Found> = futures::stream::iter(reads)
             .buffer_unordered(self.concurrency)
             .try_collect()
             .await?;
         found.extend(results.into_iter().flatten());
         Ok(found)
     }
+
+    /// Sends one grouped read-back request and decodes the keys it found.
+    async fn read_rows(&self, request: Request<'_>) -> Result<Found, StoreError> {
+        type Row = (
+            Uuid,
+            String,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<Vec<(i32, i64)>>,
+        );
+        let result = self.send(READ_BACK, request).await?;
+        let rows = result.into_rows_result().map_err(decode)?;
+        let mut found = Vec::new();
+        for row in rows.rows::<Row>().map_err(decode)? {
+            let (pid, lb, score, written_at, touched_at, ranked) = row.map_err(decode)?;
+            if let Some(current) = current((score, written_at, touched_at, ranked)) {
+                found.push(((pid, lb), current));
+            }
+        }
+        Ok(found)
+    }
 }
 
 /// A key of the protocol: (profile, leaderboard).
 type Key = (Uuid, String);
+
+/// What a read-back found, per key.
+type Found = Vec<(Key, Current)>;
 
 /// The grouped read-back's requests: `(profiles, leaderboards)` whose every pair is a key of the flush
 /// (so only the flush's rows are read), grouped by where the profile's partition lives, at most
@@ -244,27 +268,6 @@ fn read_plan<'a>(
         }
     }
     requests
-}
-
-/// The keys a grouped read-back returned.
-fn rows(result: QueryResult) -> Result<Vec<(Key, Current)>, StoreError> {
-    type Row = (
-        Uuid,
-        String,
-        Option<i64>,
-        Option<i64>,
-        Option<i64>,
-        Option<Vec<(i32, i64)>>,
-    );
-    let rows = result.into_rows_result().map_err(decode)?;
-    let mut found = Vec::new();
-    for row in rows.rows::<Row>().map_err(decode)? {
-        let (pid, lb, score, written_at, touched_at, ranked) = row.map_err(decode)?;
-        if let Some(current) = current((score, written_at, touched_at, ranked)) {
-            found.push(((pid, lb), current));
-        }
-    }
-    Ok(found)
 }
 
 /// A read-back whose rows do not decode.
