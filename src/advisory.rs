@@ -1,24 +1,17 @@
 //! The server's max-deliveries advisories: a message NATS stopped delivering without any replica
-//! settling it (every delivery crashed a worker, say) is dead-lettered, not forgotten. Its fate comes
-//! from the same [`decide`] as every other message's.
+//! settling it (every delivery crashed a worker, or the dead-letter queue was full each time) is
+//! dead-lettered, not forgotten. Its fate comes from the same [`decide`] as every other message's;
+//! the [`DeadLetterQueue`] reads it from the stream, stores its letter (retried until the dead-letter
+//! stream takes it) and deletes it from a work-queue stream.
+//!
+//! The watcher only subscribes (by the stream and consumer names of the configuration), so nothing it
+//! needs can fail at start-up: a JetStream that does not answer then does not keep it from running.
 
-use std::sync::Arc;
-
-use async_nats::jetstream;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::deadletter::{DeadLetterError, DeadLetters, Original};
-use crate::pipeline::settle::{decide, Attempt, Limits, Outcome};
-
-/// Why an advised message could not be dead-lettered.
-#[derive(Debug, thiserror::Error)]
-enum AdvisedError {
-    #[error("reading stream sequence {0}: {1}")]
-    Read(u64, #[source] jetstream::stream::RawMessageError),
-    #[error(transparent)]
-    Publish(#[from] DeadLetterError),
-}
+use crate::deadletter::{Advised, DeadLetterQueue};
+use crate::pipeline::settle::{decide, Attempt, Outcome, Settler};
 
 #[derive(serde::Deserialize)]
 struct Advisory {
@@ -26,26 +19,37 @@ struct Advisory {
     deliveries: i64,
 }
 
+/// The advisory subject of a stream's consumer.
+pub fn subject(stream: &str, consumer: &str) -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}")
+}
+
 /// Listens until `cancel`; one replica of the queue group handles each advisory.
 pub async fn watch_max_deliveries(
     client: async_nats::Client,
-    stream: jetstream::stream::Stream,
-    consumer_name: String,
-    deadletters: Arc<DeadLetters>,
-    limits: Limits,
+    stream: String,
+    consumer: String,
+    queue: DeadLetterQueue,
+    settler: Settler,
     cancel: CancellationToken,
 ) {
-    let stream_name = stream.cached_info().config.name.clone();
-    let subject =
-        format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream_name}.{consumer_name}");
-    let mut advisories = match client
-        .queue_subscribe(subject.clone(), "score-worker-advisories".into())
-        .await
-    {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, %subject, "cannot subscribe to max-deliveries advisories");
-            return;
+    let subject = subject(&stream, &consumer);
+    let mut failures = 0u32;
+    let mut advisories = loop {
+        match client
+            .queue_subscribe(subject.clone(), "score-worker-advisories".into())
+            .await
+        {
+            Ok(s) => break s,
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let wait = crate::retry::growing_wait(failures);
+                tracing::error!(error = %e, %subject, retry_in = ?wait, "cannot subscribe to max-deliveries advisories");
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
         }
     };
     loop {
@@ -56,44 +60,17 @@ pub async fn watch_max_deliveries(
         let Ok(advisory) = serde_json::from_slice::<Advisory>(&advisory.payload) else {
             continue;
         };
-        if let Err(e) = dead_letter(&stream, &deadletters, &advisory, limits).await {
-            tracing::error!(stream_sequence = advisory.stream_seq, error = %e, "cannot dead-letter a max-deliveries message");
+        let attempt = Attempt::Abandoned {
+            deliveries: advisory.deliveries,
+        };
+        if let Outcome::DeadLetter { reason, detail } =
+            decide(attempt, advisory.deliveries, settler.limits())
+        {
+            queue.advised(Advised {
+                stream_sequence: advisory.stream_seq,
+                reason,
+                detail,
+            });
         }
     }
-}
-
-async fn dead_letter(
-    stream: &jetstream::stream::Stream,
-    deadletters: &DeadLetters,
-    advisory: &Advisory,
-    limits: Limits,
-) -> Result<(), AdvisedError> {
-    let attempt = Attempt::Abandoned {
-        deliveries: advisory.deliveries,
-    };
-    let Outcome::DeadLetter { reason, detail } = decide(attempt, advisory.deliveries, limits)
-    else {
-        return Ok(());
-    };
-    let original = stream
-        .get_raw_message(advisory.stream_seq)
-        .await
-        .map_err(|e| AdvisedError::Read(advisory.stream_seq, e))?;
-    let msg_id = original
-        .headers
-        .get(async_nats::header::NATS_MESSAGE_ID)
-        .map(|v| v.as_str().to_string());
-    deadletters
-        .publish(
-            Original {
-                subject: original.subject.as_str(),
-                stream_sequence: advisory.stream_seq,
-                msg_id: msg_id.as_deref(),
-                payload: original.payload.clone(),
-            },
-            reason,
-            &detail,
-        )
-        .await?;
-    Ok(())
 }

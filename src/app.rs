@@ -1,6 +1,7 @@
 //! Wiring: [`App::build`] connects to NATS and the database, ensures the JetStream topology, prepares
 //! statements and binds the HTTP listener; [`App::run_until_stopped`] runs the consumer, pipeline,
-//! probes and HTTP server until the shutdown future resolves, then drains within `shutdown.timeout`.
+//! dead-letter queue, watchers, probes and HTTP server until the shutdown future resolves, then
+//! drains within `shutdown.timeout`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::advisory;
 use crate::config::Config;
-use crate::consumer::{Consumer, Unsettled};
-use crate::deadletter::DeadLetters;
+use crate::consumer::{self, watch, Consumer, Unsettled};
+use crate::deadletter::{self, DeadLetterQueue, DeadLetters};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::nats::{self, NatsError};
@@ -51,6 +52,9 @@ pub struct App {
     js: async_nats::jetstream::Context,
     consumer:
         async_nats::jetstream::consumer::Consumer<async_nats::jetstream::consumer::pull::Config>,
+    /// The score stream removes what is acknowledged (work queue): an advised message is deleted
+    /// once dead-lettered.
+    work_queue: bool,
     session: Arc<Session>,
     store: Arc<ScyllaStore>,
     listener: tokio::net::TcpListener,
@@ -76,6 +80,8 @@ impl App {
         metrics.nats_connected.set(1);
         let js = nats::jetstream(client.clone(), &config.nats);
         let consumer = nats::ensure_topology(&js, &config.nats).await?;
+        let work_queue = nats::retention_of(&js, &config.nats.stream).await?
+            == async_nats::jetstream::stream::RetentionPolicy::WorkQueue;
         let session = match store::connect(&config.scylla).await {
             Ok(session) => Arc::new(session),
             Err(e) => {
@@ -92,6 +98,7 @@ impl App {
             client,
             js,
             consumer,
+            work_queue,
             session,
             store,
             listener,
@@ -109,6 +116,11 @@ impl App {
         self.metrics.clone()
     }
 
+    /// Readiness and the pull breaker (tests trip the breaker through it).
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
     /// Runs until `shutdown` resolves, then stops pulling, writes and settles what it holds (bounded by
     /// `shutdown.timeout`), and closes the connections. Whatever is not settled by the deadline is
     /// nak'd, so NATS redelivers it to another replica at once (the writes are idempotent); the
@@ -121,6 +133,7 @@ impl App {
             client,
             js,
             consumer,
+            work_queue,
             session,
             store,
             listener,
@@ -128,12 +141,31 @@ impl App {
         let cancel = CancellationToken::new();
         let http_cancel = CancellationToken::new();
 
+        // A letter keeps at most the validation limit of its payload, and always fits the server.
+        let keep = deadletter::payload_kept(
+            config.validation.max_payload_bytes,
+            client.server_info().max_payload,
+        );
         let deadletters = Arc::new(DeadLetters::new(
             js.clone(),
             &config.nats.deadletter_prefix,
             &config.nats.deadletter_stream,
+            keep,
             metrics.clone(),
         ));
+        let (deadletter_queue, deadletter_runner) = DeadLetterQueue::new(
+            deadletters,
+            deadletter::Source {
+                js: js.clone(),
+                stream: config.nats.stream.clone(),
+                delete: work_queue,
+                limits: config.limits(),
+            },
+            config.nats.pull_batch,
+            health.clone(),
+            metrics.clone(),
+        );
+        let mut deadletter_task = tokio::spawn(deadletter_runner.run());
         let (tx, rx) = mpsc::channel(crate::consumer::channel_capacity(config.nats.pull_batch));
         // The last delivery is the server's `max_deliver` (operators may own the consumer).
         let mut pipeline_config = config.pipeline();
@@ -142,16 +174,29 @@ impl App {
         let settler = pipeline.settler().clone();
         let mut pipeline_task = tokio::spawn(pipeline.run(rx));
         let unsettled = Arc::new(Unsettled::default());
+        let signals = Arc::new(watch::Signals::default());
+        // An operator-owned consumer may cap the bytes of a pull request.
+        let pull_max_bytes = match consumer.cached_info().config.max_bytes {
+            cap if cap > 0 => usize::try_from(cap).unwrap_or(usize::MAX),
+            _ => usize::MAX,
+        }
+        .min(consumer::pull_max_bytes(
+            config.nats.pull_batch,
+            config.validation.max_payload_bytes,
+        ));
         let mut consumer_task = tokio::spawn(
             Consumer {
                 consumer: consumer.clone(),
+                context: js.clone(),
                 pull_batch: config.nats.pull_batch,
+                pull_max_bytes,
                 limits: config.limits(),
                 settler: settler.clone(),
-                deadletters: deadletters.clone(),
+                deadletters: deadletter_queue.clone(),
                 metrics: metrics.clone(),
-                health: health.clone(),
+                breaker: health.breaker(),
                 unsettled: unsettled.clone(),
+                signals: signals.clone(),
             }
             .run(tx, cancel.clone()),
         );
@@ -163,19 +208,28 @@ impl App {
             held_done.clone(),
         ));
         let mut background = tokio::task::JoinSet::new();
-        if let Ok(stream) = js.get_stream(&config.nats.stream).await {
-            background.spawn(advisory::watch_max_deliveries(
-                client.clone(),
-                stream,
-                config.nats.consumer.clone(),
-                deadletters,
-                settler.limits(),
-                cancel.clone(),
-            ));
-        }
+        background.spawn(advisory::watch_max_deliveries(
+            client.clone(),
+            config.nats.stream.clone(),
+            config.nats.consumer.clone(),
+            deadletter_queue,
+            settler.clone(),
+            cancel.clone(),
+        ));
+        background.spawn(
+            watch::Watch {
+                js: js.clone(),
+                config: config.nats.clone(),
+                health: health.clone(),
+                settler,
+                metrics: metrics.clone(),
+                signals,
+                interval: PROBE_INTERVAL,
+            }
+            .run(cancel.clone()),
+        );
         background.spawn(health.clone().probe(
             client.clone(),
-            consumer,
             session,
             config.scylla.keyspace.clone(),
             PROBE_INTERVAL,
@@ -197,9 +251,12 @@ impl App {
         tracing::info!(timeout = ?config.shutdown.timeout, "shutting down: no more pulls; writing what is buffered");
         health.set_draining();
         cancel.cancel();
+        // Then the letters of what they dead-lettered: the queue ends once its last handle (the
+        // advisory watcher's, ended by `cancel`, and the settled receipts') is gone.
         let drain = async {
             let _ = (&mut consumer_task).await;
             let _ = (&mut pipeline_task).await;
+            let _ = (&mut deadletter_task).await;
         };
         let drained = tokio::time::timeout_at(deadline, drain).await.is_ok();
         // Past the deadline every step is bounded by SHUTDOWN_TAIL, whatever NATS or the database do.
@@ -207,6 +264,8 @@ impl App {
         held_done.cancel();
         keep_alive.abort();
         if !drained {
+            // Letters not stored by now are not stored: their originals are handed back below.
+            deadletter_task.abort();
             let naked = tokio::time::timeout_at(tail, async {
                 let naked = unsettled.abandon(&client).await;
                 if !consumer_task.is_finished() {

@@ -1,21 +1,22 @@
 //! Readiness: NATS connected, the durable consumer readable, database session up, schema at the
-//! expected version, no unresolved permanent write failure, not draining. A probe task refreshes the
-//! first four (and the consumer lag gauge) every few seconds; a probe in progress ends on shutdown.
+//! expected version, no unresolved permanent write failure, dead letters being stored, the pull
+//! breaker not open, not draining. A probe task refreshes NATS and the database every few seconds (a
+//! probe in progress ends on shutdown); the consumer's watcher reports the consumer
+//! (`consumer::watch`), the dead-letter queue its stream.
 //!
-//! Also the pull breaker: when a write fails for a transient reason (the database is down or
-//! overloaded), the pipeline pauses pulling and holds the flushes it cannot write (their messages kept
-//! alive by `+WPI`) instead of giving them back, so an outage of any length burns no delivery and
-//! dead-letters nothing; the probe (or any write that succeeds) resumes pulling once the database
-//! answers again.
+//! Health owns the [`Breaker`]: when a write fails for a transient reason the pipeline opens it and
+//! holds the flushes it cannot write (their messages kept alive by `+WPI`) instead of giving them
+//! back, so an outage of any length burns no delivery and dead-letters nothing; a probe that reaches
+//! the database half-opens it, and a write that lands closes it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream;
 use scylla::client::session::Session;
 use tokio_util::sync::CancellationToken;
 
+use crate::breaker::Breaker;
 use crate::metrics::Metrics;
 use crate::schema;
 
@@ -27,56 +28,63 @@ pub struct Health {
     database: AtomicBool,
     schema: Mutex<Option<String>>,
     permanent: Mutex<Option<String>>,
+    deadletters: Mutex<Option<String>>,
     draining: AtomicBool,
-    paused: tokio::sync::watch::Sender<bool>,
+    breaker: Arc<Breaker>,
 }
 
 impl Health {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
-            metrics,
             nats: AtomicBool::new(false),
             consumer: Mutex::new(None),
             database: AtomicBool::new(false),
             schema: Mutex::new(Some("schema not checked yet".into())),
             permanent: Mutex::new(None),
+            deadletters: Mutex::new(None),
             draining: AtomicBool::new(false),
-            paused: tokio::sync::watch::Sender::new(false),
+            breaker: Arc::new(Breaker::new(metrics.clone())),
+            metrics,
         }
     }
 
-    /// Flushes fail for transient reasons: stop pulling until the database answers again.
+    /// The pull breaker the consumer obeys.
+    pub fn breaker(&self) -> Arc<Breaker> {
+        self.breaker.clone()
+    }
+
+    /// Flushes fail for transient reasons: open the breaker (stop pulling).
     pub fn pause_pulls(&self, cause: &str) {
-        if !self.paused.send_replace(true) {
-            tracing::warn!(%cause, "database writes failing; pulling paused until it answers again");
-            self.metrics.pulls_paused.set(1);
-        }
+        self.breaker.open(cause);
     }
 
-    /// The database answers (a probe) or a flush was written: pull again.
+    /// A flush was written: close the breaker (pull at full speed).
     pub fn resume_pulls(&self) {
-        if self.paused.send_replace(false) {
-            tracing::info!("database answers again; pulling resumed");
-            self.metrics.pulls_paused.set(0);
-        }
+        self.breaker.close();
     }
 
+    /// Pulling is not at full speed (the breaker is open or half-open).
     pub fn pulls_paused(&self) -> bool {
-        *self.paused.borrow()
+        self.breaker.state() != crate::breaker::State::Closed
     }
 
-    /// Resolves once pulling is not paused.
+    /// Resolves once writes may be tried again (the breaker is half-open or closed).
     pub async fn resumed(&self) {
-        let _ = self.paused.subscribe().wait_for(|p| !*p).await;
+        self.breaker.writable().await;
     }
 
-    /// Waits while pulling is paused; false if `cancel` fired first.
-    pub async fn wait_resumed(&self, cancel: &CancellationToken) -> bool {
-        let mut paused = self.paused.subscribe();
-        tokio::select! {
-            () = cancel.cancelled() => false,
-            resumed = paused.wait_for(|p| !*p) => resumed.is_ok(),
+    /// Dead letters cannot be stored (`Some(why)`), or they can again (`None`); logs each change.
+    pub fn deadletters_state(&self, problem: Option<String>) {
+        let mut slot = self.deadletters.lock().expect("lock");
+        if slot.is_some() != problem.is_some() {
+            match &problem {
+                Some(p) => {
+                    tracing::error!(problem = %p, "dead letters cannot be stored; held and retried")
+                }
+                None => tracing::info!("dead letters are stored again"),
+            }
         }
+        *slot = problem;
     }
 
     /// `Ok` when ready, else the reasons it is not.
@@ -99,7 +107,11 @@ impl Health {
         if let Some(problem) = self.permanent.lock().expect("lock").clone() {
             reasons.push(format!("permanent write failure: {problem}"));
         }
-        if *self.paused.borrow() {
+        if let Some(problem) = self.deadletters.lock().expect("lock").clone() {
+            reasons.push(format!("dead-letter stream unavailable: {problem}"));
+        }
+        // Half-open is ready: the database answers and the worker consumes, one probe at a time.
+        if self.breaker.state() == crate::breaker::State::Open {
             reasons.push("database writes failing: pulling paused".to_string());
         }
         self.metrics.ready.set(i64::from(reasons.is_empty()));
@@ -131,11 +143,10 @@ impl Health {
         self.readiness().ok();
     }
 
-    /// Refreshes readiness and the consumer lag gauge every `interval` until cancelled.
+    /// Refreshes readiness every `interval` until cancelled.
     pub async fn probe(
         self: Arc<Self>,
         client: async_nats::Client,
-        mut consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
         session: Arc<Session>,
         keyspace: String,
         interval: Duration,
@@ -145,7 +156,7 @@ impl Health {
             // A query or consumer read in progress (up to its timeout) must not delay a shutdown.
             tokio::select! {
                 () = cancel.cancelled() => return,
-                () = self.probe_once(&client, &mut consumer, &session, &keyspace) => {}
+                () = self.probe_once(&client, &session, &keyspace) => {}
             }
             let _ = self.readiness();
             tokio::select! {
@@ -155,13 +166,7 @@ impl Health {
         }
     }
 
-    async fn probe_once(
-        &self,
-        client: &async_nats::Client,
-        consumer: &mut jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
-        session: &Session,
-        keyspace: &str,
-    ) {
+    async fn probe_once(&self, client: &async_nats::Client, session: &Session, keyspace: &str) {
         let connected = client.connection_state() == async_nats::connection::State::Connected;
         self.nats.store(connected, Ordering::Relaxed);
         self.metrics.nats_connected.set(i64::from(connected));
@@ -169,7 +174,7 @@ impl Health {
         match schema::current_version(session, keyspace).await {
             Ok(version) => {
                 self.database.store(true, Ordering::Relaxed);
-                self.resume_pulls();
+                self.breaker.half_open();
                 let expected = schema::expected_version();
                 *self.schema.lock().expect("lock") = (version != Some(expected)).then(|| {
                     format!("schema at version {version:?}, this build expects {expected}: run `score-worker migrate`")
@@ -181,22 +186,11 @@ impl Health {
                 }
             }
         }
-        if connected {
-            // A deleted consumer or a revoked permission: pulls fail too, so the worker does nothing.
-            let problem = match consumer.info().await {
-                Ok(info) => {
-                    let pending = info.num_pending as i64 + info.num_ack_pending as i64;
-                    self.metrics.consumer_pending.set(pending);
-                    None
-                }
-                Err(e) => Some(format!("JetStream consumer cannot be read: {e}")),
-            };
-            self.consumer_state(problem);
-        }
     }
 
-    /// Records whether the consumer can be read; logs each change.
-    fn consumer_state(&self, problem: Option<String>) {
+    /// Records whether the consumer can be read (`consumer::watch`); logs each change. A deleted
+    /// consumer or a revoked permission fails pulls too, so the worker does nothing meanwhile.
+    pub fn consumer_state(&self, problem: Option<String>) {
         let mut slot = self.consumer.lock().expect("lock");
         if *slot != problem {
             match &problem {
@@ -240,22 +234,26 @@ mod tests {
         assert_eq!(h.readiness().unwrap_err(), vec!["draining".to_string()]);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn pulls_wait_while_paused_and_go_on_when_resumed_or_cancelled() {
-        let h = Arc::new(Health::new(Arc::new(Metrics::new())));
-        let cancel = CancellationToken::new();
-        assert!(h.wait_resumed(&cancel).await, "not paused: no wait");
+    #[test]
+    fn a_half_open_breaker_is_ready_and_dead_letters_that_cannot_be_stored_are_not() {
+        let h = Health::new(Arc::new(Metrics::new()));
+        h.nats.store(true, Ordering::Relaxed);
+        h.database.store(true, Ordering::Relaxed);
+        *h.schema.lock().unwrap() = None;
         h.pause_pulls("db down");
-        let waiter = tokio::spawn({
-            let (h, cancel) = (h.clone(), cancel.clone());
-            async move { h.wait_resumed(&cancel).await }
-        });
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        assert!(!waiter.is_finished(), "waits while paused");
-        h.resume_pulls();
-        assert!(waiter.await.unwrap());
-        h.pause_pulls("again");
-        cancel.cancel();
-        assert!(!h.wait_resumed(&cancel).await, "cancelled");
+        assert!(h.readiness().is_err());
+        h.breaker.half_open();
+        assert!(
+            h.readiness().is_ok(),
+            "the database answers: consuming, one probe at a time"
+        );
+        assert!(h.pulls_paused(), "but not at full speed");
+        h.deadletters_state(Some("no responders".into()));
+        assert_eq!(
+            h.readiness().unwrap_err(),
+            vec!["dead-letter stream unavailable: no responders".to_string()]
+        );
+        h.deadletters_state(None);
+        assert!(h.readiness().is_ok());
     }
 }

@@ -56,6 +56,7 @@
 pub mod advisory;
 pub mod app;
 pub mod batcher;
+pub mod breaker;
 pub mod cmd;
 pub mod config;
 pub mod consumer;

@@ -55,6 +55,9 @@ pub const ERROR_KINDS: &[&str] = &[
 /// Eligibility cache look-up results (label `result`).
 pub const CACHE_RESULTS: [&str; 2] = ["hit", "miss"];
 
+/// States of the pull breaker (label `state`; see `crate::breaker`).
+pub const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
+
 /// The worker's metrics. Cheap to share behind an `Arc`.
 pub struct Metrics {
     registry: Registry,
@@ -78,6 +81,14 @@ pub struct Metrics {
     pub scylla_warnings: IntCounterVec,
     pub ready: IntGauge,
     pub pulls_paused: IntGauge,
+    /// One-hot: 1 for the pull breaker's current state ([`BREAKER_STATES`]).
+    pub pull_breaker_state: IntGaugeVec,
+    /// Dead letters waiting to be stored (queued, being published, or advised by the server).
+    pub deadletters_pending: IntGauge,
+    pub deadletter_failures: IntCounter,
+    pub deadletters_deferred: IntCounter,
+    pub deadletters_truncated: IntCounter,
+    pub consumer_restores: IntCounter,
     /// Look-ups of the read side's eligibility cache (`crate::read`), by `result`.
     pub eligibility_cache_requests: IntCounterVec,
 }
@@ -194,7 +205,39 @@ impl Metrics {
             ready: gauge("score_worker_ready", "1 while /readyz reports ready."),
             pulls_paused: gauge(
                 "score_worker_pulls_paused",
-                "1 while pulling is paused because flushes cannot be written (the database is unreachable).",
+                "1 while the pull breaker is open or half-open because flushes could not be written (the database is unreachable).",
+            ),
+            pull_breaker_state: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "score_worker_pull_breaker_state",
+                        "1 for the pull breaker's current state (closed, open, half_open), 0 for the others.",
+                    ),
+                    &["state"],
+                )
+                .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            deadletters_pending: gauge(
+                "score_worker_deadletters_pending",
+                "Dead letters waiting to be stored: queued, being published, or advised by the server; their originals are held until then.",
+            ),
+            deadletter_failures: counter(
+                "score_worker_deadletter_failures_total",
+                "Attempts to store a dead letter that failed (each is retried until the dead-letter stream takes it).",
+            ),
+            deadletters_deferred: counter(
+                "score_worker_deadletters_deferred_total",
+                "Rejected messages given back (nak) because the dead-letter queue was full; they come back after retry.nak_delay.",
+            ),
+            deadletters_truncated: counter(
+                "score_worker_deadletters_truncated_total",
+                "Dead letters whose body keeps only the first bytes of the original payload.",
+            ),
+            consumer_restores: counter(
+                "score_worker_consumer_restores_total",
+                "Times the worker recreated the stream or durable consumer, or brought them back to the configuration, while running.",
             ),
             eligibility_cache_requests: counter_vec(
                 "score_worker_eligibility_cache_requests_total",
@@ -234,6 +277,11 @@ impl Metrics {
         }
         for result in CACHE_RESULTS {
             m.eligibility_cache_requests.with_label_values(&[result]);
+        }
+        for state in BREAKER_STATES {
+            m.pull_breaker_state
+                .with_label_values(&[state])
+                .set(i64::from(state == "closed"));
         }
         m
     }
@@ -310,6 +358,12 @@ mod tests {
             "score_worker_scylla_warnings_total",
             "score_worker_build_info",
             "score_worker_pulls_paused",
+            "score_worker_pull_breaker_state",
+            "score_worker_deadletters_pending",
+            "score_worker_deadletter_failures_total",
+            "score_worker_deadletters_deferred_total",
+            "score_worker_deadletters_truncated_total",
+            "score_worker_consumer_restores_total",
             "score_worker_eligibility_cache_requests_total",
         ] {
             assert!(

@@ -234,6 +234,14 @@ pub async fn drift(js: &jetstream::Context, config: &NatsConfig) -> Result<Vec<D
     Ok(out)
 }
 
+/// What a stream keeps, as the server has it.
+pub async fn retention_of(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<stream::RetentionPolicy, NatsError> {
+    Ok(get_stream(js, name).await?.cached_info().config.retention)
+}
+
 async fn get_stream(js: &jetstream::Context, name: &str) -> Result<stream::Stream, NatsError> {
     js.get_stream(name).await.map_err(|e| NatsError::Stream {
         stream: name.to_string(),
@@ -345,7 +353,12 @@ pub async fn ensure_topology(
 /// The delivery after which the server delivers a message no more: the consumer's `max_deliver`
 /// as the server has it (unlimited, -1, is `i64::MAX`).
 pub fn max_deliver(consumer: &jetstream::consumer::Consumer<pull::Config>) -> i64 {
-    match consumer.cached_info().config.max_deliver {
+    max_deliver_of(&consumer.cached_info().config)
+}
+
+/// [`max_deliver`] of a consumer's configuration as the server reports it.
+pub fn max_deliver_of(config: &jetstream::consumer::Config) -> i64 {
+    match config.max_deliver {
         n if n > 0 => n,
         _ => i64::MAX,
     }

@@ -1,6 +1,7 @@
 //! The backoff schedule for transient database failures: exponential with jitter, bounded by a number
 //! of attempts and a wall-clock budget. Whether an error is worth retrying is decided elsewhere
-//! (`store::error`); this module only knows *when* to try again.
+//! (`store::error`); this module only knows *when* to try again. Also the unbounded schedule of
+//! what is retried until it works ([`growing_wait`]: pulls, dead letters).
 
 use std::future::Future;
 use std::time::Duration;
@@ -28,6 +29,18 @@ where
         .await
 }
 
+/// The wait after the `failures`-th failure in a row of something retried until it works (a pull, a
+/// dead letter): 250 ms, doubling, at most 10 s. A deleted consumer, a revoked permission or a
+/// missing dead-letter stream fails every attempt; this keeps the worker from hammering the server
+/// while readiness reports why.
+pub fn growing_wait(failures: u32) -> Duration {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(10);
+    FIRST
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(MAX)
+}
+
 /// The schedule as a `backon` builder (attempts after the first = `max_attempts - 1`).
 pub fn schedule(config: &RetryConfig) -> ExponentialBuilder {
     ExponentialBuilder::default()
@@ -43,6 +56,15 @@ pub fn schedule(config: &RetryConfig) -> ExponentialBuilder {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn failures_back_off_from_250ms_to_10s() {
+        let waits: Vec<u64> = (1..=8)
+            .map(|n| growing_wait(n).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [250, 500, 1000, 2000, 4000, 8000, 10000, 10000]);
+        assert_eq!(growing_wait(u32::MAX), Duration::from_secs(10));
+    }
 
     fn config(max_attempts: usize) -> RetryConfig {
         RetryConfig {

@@ -48,12 +48,15 @@ pub async fn run(config: &Config, action: DlqAction) -> Result<ExitCode, CmdErro
                 let _ = match output {
                     Output::Text => writeln!(
                         out,
-                        "{}\t{}\t{}\t{}\t{} bytes\t{}",
+                        "{}\t{}\t{}\t{}\t{}\t{}",
                         l.sequence,
                         l.stored_at.to_rfc3339(),
                         l.reason,
                         l.original_subject,
-                        l.payload.len(),
+                        match l.truncated_from {
+                            Some(len) => format!("{} of {len} bytes", l.payload.len()),
+                            None => format!("{} bytes", l.payload.len()),
+                        },
                         l.error
                     ),
                     Output::Json => writeln!(out, "{}", l.json()),
@@ -127,10 +130,13 @@ pub struct DeadLetter {
     pub error: String,
     pub original_subject: String,
     pub payload: bytes::Bytes,
+    /// The original payload's length when `payload` keeps only its first bytes.
+    pub truncated_from: Option<usize>,
 }
 
 impl DeadLetter {
-    /// One JSON object: the payload as text when it is UTF-8 (`null` otherwise), and its size.
+    /// One JSON object: the payload as text when it is UTF-8 (`null` otherwise), and its size
+    /// (`truncated_from`: the original's, when the letter keeps only its start).
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "sequence": self.sequence,
@@ -139,6 +145,7 @@ impl DeadLetter {
             "error": self.error,
             "original_subject": self.original_subject,
             "payload_bytes": self.payload.len(),
+            "truncated_from": self.truncated_from,
             "payload": std::str::from_utf8(&self.payload).ok(),
         })
     }
@@ -252,7 +259,8 @@ pub async fn replay(
     let mut report = ReplayReport::default();
     let mut inflight = FuturesUnordered::new();
     while let Some(letter) = letters.next().await? {
-        if letter.original_subject.is_empty() {
+        // A letter that keeps only the start of its payload cannot give the original back.
+        if letter.original_subject.is_empty() || letter.truncated_from.is_some() {
             report.skipped += 1;
             progress.inc();
             continue;

@@ -1,121 +1,67 @@
 //! The JetStream pull loop: takes messages from the durable consumer, decodes them, hands good ones
 //! to the pipeline as `(ScoreUpdate, JsReceipt)` and settles bad ones as the pipeline's
-//! [`settle::decide`](crate::pipeline::settle::decide) says (a dead letter).
+//! [`settle::decide`](crate::pipeline::settle::decide) says (a dead letter, queued for the
+//! dead-letter task, so a slow dead-letter stream never holds up the loop).
+//!
+//! - [`pull`]: one pull request, bounded in messages and bytes, and the reading of what it delivers;
+//! - [`receipt`]: the [`JsReceipt`] a message travels with until it is settled;
+//! - [`unsettled`]: every delivery held, kept alive with `+WPI`, handed back on a late shutdown;
+//! - [`watch`]: the consumer watcher (restores a deleted or changed consumer, readiness, lag).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
-use async_nats::jetstream::consumer::pull;
+use async_nats::jetstream::consumer::pull::Config as PullConfig;
 use async_nats::jetstream::{self, AckKind};
-use futures::{FutureExt, StreamExt};
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::deadletter::{DeadLetters, Original};
-use crate::health::Health;
+use crate::breaker::{self, Breaker, State, PROBE_MESSAGES};
+use crate::deadletter::DeadLetterQueue;
 use crate::metrics::Metrics;
 use crate::nats::PULL_EXPIRES;
-use crate::pipeline::{Attempt, Outcome, Receipt, SettleError, Settler};
+use crate::pipeline::{Attempt, Settler};
+use crate::retry::growing_wait;
 use crate::score::{self, Limits, ScoreUpdate};
 
+mod pull;
+mod receipt;
 mod unsettled;
+pub mod watch;
+
+pub use pull::PullError;
+use pull::{Request, Size};
+pub use receipt::JsReceipt;
 pub use unsettled::Unsettled;
 
-/// A received JetStream message, kept until the pipeline settles it.
-pub struct JsReceipt {
-    message: jetstream::Message,
-    received_at: Instant,
-    delivered: i64,
-    stream_sequence: u64,
-    deadletters: Arc<DeadLetters>,
-    unsettled: Arc<Unsettled>,
-}
+/// Bytes a pull may bring per message it asks for, beyond `validation.max_payload_bytes`: headers,
+/// subject and reply subject. A pull of messages the worker accepts is never cut short by bytes.
+pub const MESSAGE_OVERHEAD: usize = 4 * 1024;
 
-impl Drop for JsReceipt {
-    fn drop(&mut self) {
-        self.unsettled.remove(&self.message);
-    }
-}
-
-fn settle_error(
-    action: &'static str,
-) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> SettleError {
-    move |source| SettleError { action, source }
-}
-
-impl JsReceipt {
-    /// What the dead-letter publisher needs to know about this message.
-    fn original(&self) -> Original<'_> {
-        Original {
-            subject: self.message.subject.as_str(),
-            stream_sequence: self.stream_sequence,
-            msg_id: self
-                .message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-                .map(|v| v.as_str()),
-            payload: self.message.payload.clone(),
-        }
-    }
-}
-
-impl Receipt for JsReceipt {
-    fn received_at(&self) -> Instant {
-        self.received_at
-    }
-
-    fn delivered(&self) -> i64 {
-        self.delivered
-    }
-
-    /// `Ack` → a confirmed (double) ack; `Retry` → nak with delay; `DeadLetter` → publish to the
-    /// dead-letter stream, then `+TERM` so the message never comes back whatever `max_deliver` says.
-    async fn settle(&self, outcome: &Outcome) -> Result<(), SettleError> {
-        let settled = self.settle_now(outcome).await;
-        if settled.is_ok() {
-            self.unsettled.remove(&self.message);
-        }
-        settled
-    }
-}
-
-impl JsReceipt {
-    async fn settle_now(&self, outcome: &Outcome) -> Result<(), SettleError> {
-        match outcome {
-            Outcome::Ack => self.message.double_ack().await.map_err(settle_error("ack")),
-            Outcome::Retry { delay } => self
-                .message
-                .ack_with(AckKind::Nak(Some(*delay)))
-                .await
-                .map_err(settle_error("nak")),
-            Outcome::DeadLetter { reason, detail } => {
-                self.deadletters
-                    .publish(self.original(), *reason, detail)
-                    .await
-                    .map_err(|e| settle_error("dead-letter")(Box::new(e)))?;
-                self.message
-                    .double_ack_with(AckKind::Term)
-                    .await
-                    .map_err(settle_error("term"))
-            }
-        }
-    }
+/// The byte limit of a pull of `pull_batch` messages: every message the worker accepts fits, and
+/// a burst of larger ones brings no more than this.
+pub fn pull_max_bytes(pull_batch: usize, max_payload_bytes: usize) -> usize {
+    pull_batch.saturating_mul(max_payload_bytes.saturating_add(MESSAGE_OVERHEAD))
 }
 
 /// Everything the pull loop needs.
 pub struct Consumer {
-    pub consumer: jetstream::consumer::Consumer<pull::Config>,
+    pub consumer: jetstream::consumer::Consumer<PullConfig>,
+    pub context: jetstream::Context,
     pub pull_batch: usize,
+    /// The byte limit of every pull ([`pull_max_bytes`]).
+    pub pull_max_bytes: usize,
     pub limits: Limits,
     pub settler: Settler,
-    pub deadletters: Arc<DeadLetters>,
+    pub deadletters: DeadLetterQueue,
     pub metrics: Arc<Metrics>,
-    /// Pulling waits while the health's pull breaker is open.
-    pub health: Arc<Health>,
+    /// Pulling waits while the breaker is open, and probes while it is half-open.
+    pub breaker: Arc<Breaker>,
     /// Shared with the shutdown, which hands back what is still held at the deadline.
     pub unsettled: Arc<Unsettled>,
+    /// Shared with the consumer watcher.
+    pub signals: Arc<watch::Signals>,
 }
 
 /// What the pull loop hands the pipeline.
@@ -131,13 +77,22 @@ pub fn channel_capacity(pull_batch: usize) -> usize {
 /// the server hands over is read at once, so every delivery sits where [`Unsettled`] keeps it alive,
 /// never unread in a client buffer while its `ack_wait` runs out.
 struct Pull<'a> {
-    batch: pull::Batch,
+    request: Request,
     room: mpsc::PermitIterator<'a, Item>,
+    /// A half-open breaker's probe.
+    probe: bool,
+}
+
+/// What one pull brought: messages delivered, and those handed to the pipeline.
+struct Read {
+    delivered: usize,
+    bytes: usize,
+    handed_on: usize,
 }
 
 impl Consumer {
     /// Pulls until `cancel` fires or the pipeline goes away. Pull errors are logged, counted and
-    /// backed off ([`pull_backoff`]); NATS reconnects by itself. Once [`Unsettled::abandon`] is
+    /// backed off ([`growing_wait`]); NATS reconnects by itself. Once [`Unsettled::abandon`] is
     /// called, what is still read is nak'd instead of handed on.
     pub async fn run(self, output: mpsc::Sender<Item>, cancel: CancellationToken) {
         // Bounded pull requests, at most two outstanding (not a self-refilling stream), each only with
@@ -145,26 +100,41 @@ impl Consumer {
         // pipeline keeps up, and when it does not, nothing more is asked for. On shutdown the worker
         // stops asking and reads what the server already handed over to the end.
         let mut failures = 0;
-        let Some(mut current) = self.request(&output, &cancel, &mut failures).await else {
+        let mut oversized = false;
+        let Some(mut current) = self
+            .request(&output, &cancel, &mut failures, oversized)
+            .await
+        else {
             return;
         };
         loop {
-            // While pulling is paused, read what the server already handed over, but ask for no more.
-            let next = if cancel.is_cancelled() || self.health.pulls_paused() {
+            // Only at full speed is the next batch asked for while this one is read.
+            let next = if current.probe
+                || oversized
+                || cancel.is_cancelled()
+                || self.breaker.state() != State::Closed
+            {
                 None
             } else {
                 self.request_if_room(&output).await
             };
-            if !self.read_to_end(&mut current, &cancel, &mut failures).await {
+            let Some(read) = self.read_to_end(&mut current, &cancel, &mut failures).await else {
                 if let Some(mut next) = next {
-                    self.hand_back(&mut next.batch).await;
+                    self.hand_back(&mut next.request).await;
                 }
                 return;
+            };
+            oversized = current.request.oversized_ahead();
+            if current.probe {
+                self.breaker.probed(read.delivered, read.handed_on);
             }
             current = match next {
                 Some(pull) => pull,
                 None if cancel.is_cancelled() => return,
-                None => match self.request(&output, &cancel, &mut failures).await {
+                None => match self
+                    .request(&output, &cancel, &mut failures, oversized)
+                    .await
+                {
                     Some(pull) => pull,
                     None => return,
                 },
@@ -172,25 +142,56 @@ impl Consumer {
         }
     }
 
-    /// Waits for room for a whole batch, then sends one pull request; retries failures with a
-    /// growing wait. `None` once cancelled or when the pipeline has gone away.
+    /// What the next pull asks for: a full batch, a breaker's probe, or the one message too large
+    /// for the byte limit.
+    fn size(&self, probe: bool, oversized: bool) -> Size {
+        if oversized {
+            Size {
+                messages: 1,
+                max_bytes: None,
+            }
+        } else {
+            Size {
+                messages: if probe {
+                    PROBE_MESSAGES
+                } else {
+                    self.pull_batch
+                },
+                max_bytes: Some(self.pull_max_bytes),
+            }
+        }
+    }
+
+    /// Waits until the breaker lets it pull and there is room for the whole batch, then sends one
+    /// pull request; retries failures with a growing wait. `None` once cancelled or when the
+    /// pipeline has gone away.
     async fn request<'a>(
         &self,
         output: &'a mpsc::Sender<Item>,
         cancel: &CancellationToken,
         failures: &mut u32,
+        oversized: bool,
     ) -> Option<Pull<'a>> {
         while !cancel.is_cancelled() {
-            // While flushes cannot be written, pulling more would only burn their deliveries.
-            if !self.health.wait_resumed(cancel).await {
-                return None;
-            }
+            // While flushes cannot be written, pulling more would only hold more.
+            let allowed = self
+                .breaker
+                .wait_pullable(cancel, breaker::PROBE_WAIT)
+                .await?;
+            let probe = allowed == breaker::Pull::Probe;
+            let size = self.size(probe, oversized);
             let room = tokio::select! {
                 () = cancel.cancelled() => return None,
-                room = output.reserve_many(self.pull_batch) => room.ok()?,
+                room = output.reserve_many(size.messages) => room.ok()?,
             };
-            match self.pull().await {
-                Ok(batch) => return Some(Pull { batch, room }),
+            match Request::send(&self.consumer, &self.context, size, PULL_EXPIRES).await {
+                Ok(request) => {
+                    return Some(Pull {
+                        request,
+                        room,
+                        probe,
+                    })
+                }
                 Err(e) => {
                     if self.pull_failed(&e, failures, cancel).await {
                         return None;
@@ -201,77 +202,96 @@ impl Consumer {
         None
     }
 
-    /// One pull request if the channel has room for a whole batch now; otherwise (or if the request
-    /// fails, which [`Self::request`] then retries) `None`.
+    /// One full pull request if the channel has room for a whole batch now; otherwise (or if the
+    /// request fails, which [`Self::request`] then retries) `None`.
     async fn request_if_room<'a>(&self, output: &'a mpsc::Sender<Item>) -> Option<Pull<'a>> {
-        let room = output.try_reserve_many(self.pull_batch).ok()?;
-        let batch = self.pull().await.ok()?;
-        Some(Pull { batch, room })
-    }
-
-    /// No `max_bytes`: with it, a server since 2.10 ends every pull that fills its message count with
-    /// `409 Batch Completed`, and on a replicated consumer (2.15, R3) that status overtakes the messages,
-    /// which wait for the consumer's quorum; async-nats ends the batch at the 409 and drops the messages
-    /// behind it, so nothing was ever processed (tests/chaos/cluster.rs). A pull is bounded by its
-    /// count and the server's max_payload instead.
-    async fn pull(&self) -> Result<pull::Batch, pull::BatchError> {
-        self.consumer
-            .batch()
-            .max_messages(self.pull_batch)
-            .expires(PULL_EXPIRES)
-            .messages()
+        let size = self.size(false, false);
+        let room = output.try_reserve_many(size.messages).ok()?;
+        let request = Request::send(&self.consumer, &self.context, size, PULL_EXPIRES)
             .await
+            .ok()?;
+        Some(Pull {
+            request,
+            room,
+            probe: false,
+        })
     }
 
-    /// Counts and logs a pull failure, then waits [`pull_backoff`]; true if cancelled meanwhile.
+    /// Counts and logs a pull failure, asks the watcher to look at the consumer if it is gone, then
+    /// waits [`growing_wait`] (or until the watcher restored it); true if cancelled meanwhile.
     async fn pull_failed(
         &self,
-        error: &(dyn std::fmt::Display + Send + Sync),
+        error: &PullError,
         failures: &mut u32,
         cancel: &CancellationToken,
     ) -> bool {
         *failures = failures.saturating_add(1);
-        let wait = pull_backoff(*failures);
+        let wait = growing_wait(*failures);
         self.metrics.pull_errors.inc();
         tracing::warn!(%error, failures = *failures, retry_in = ?wait, "pull failed");
-        sleep_or_cancel(wait, cancel).await
+        let restored = self.signals.restored.notified();
+        if error.consumer_gone() {
+            self.signals.check.notify_one();
+        }
+        tokio::select! {
+            () = cancel.cancelled() => true,
+            () = tokio::time::sleep(wait) => false,
+            () = restored => false,
+        }
     }
 
-    /// Hands every message of a batch to the pipeline; the batch ends when full or expired (the client
-    /// bounds it too). Returns false once the deliveries are abandoned.
+    /// Hands every message of a pull to the pipeline; the pull ends when full, expired or cut by
+    /// its byte limit. `None` once the deliveries are abandoned.
     async fn read_to_end(
         &self,
         pull: &mut Pull<'_>,
         cancel: &CancellationToken,
         failures: &mut u32,
-    ) -> bool {
+    ) -> Option<Read> {
+        let mut read = Read {
+            delivered: 0,
+            bytes: 0,
+            handed_on: 0,
+        };
         loop {
             let next = tokio::select! {
                 biased;
                 () = self.unsettled.abandoned.cancelled() => {
-                    self.hand_back(&mut pull.batch).await;
-                    return false;
+                    self.hand_back(&mut pull.request).await;
+                    return None;
                 }
-                next = pull.batch.next() => next,
+                next = pull.request.next() => next,
             };
             match next {
-                None => return true,
+                None => {
+                    tracing::debug!(
+                        delivered = read.delivered,
+                        bytes = read.bytes,
+                        handed_on = read.handed_on,
+                        "pull read"
+                    );
+                    return Some(read);
+                }
                 Some(Ok(message)) => {
                     *failures = 0;
-                    self.handle(message, &mut pull.room).await;
+                    read.delivered += 1;
+                    read.bytes += message.length;
+                    if self.handle(message, &mut pull.room).await {
+                        read.handed_on += 1;
+                    }
                 }
                 Some(Err(e)) => {
                     self.pull_failed(&e, failures, cancel).await;
-                    return true;
+                    return Some(read);
                 }
             }
         }
     }
 
-    /// Naks what the client already holds of a batch (never waits for more).
-    async fn hand_back(&self, batch: &mut pull::Batch) {
+    /// Naks what the client already holds of a pull (never waits for more).
+    async fn hand_back(&self, request: &mut Request) {
         let mut naked = 0;
-        while let Some(Some(Ok(message))) = batch.next().now_or_never() {
+        while let Some(message) = request.buffered() {
             nak_now(&message).await;
             naked += 1;
         }
@@ -280,9 +300,13 @@ impl Consumer {
         }
     }
 
-    /// Decodes one message and hands it on in the room its pull reserved (or settles it as a dead
-    /// letter).
-    async fn handle(&self, message: jetstream::Message, room: &mut mpsc::PermitIterator<'_, Item>) {
+    /// Decodes one message and hands it on in the room its pull reserved (true), or settles it as a
+    /// dead letter. A rejected message's payload is freed here: its letter keeps a bounded copy.
+    async fn handle(
+        &self,
+        mut message: jetstream::Message,
+        room: &mut mpsc::PermitIterator<'_, Item>,
+    ) -> bool {
         let received_at = Instant::now();
         self.metrics.messages_received.inc();
         let (delivered, stream_sequence) = message
@@ -291,26 +315,39 @@ impl Consumer {
             .unwrap_or((1, 0));
         let now = chrono::Utc::now().timestamp_micros();
         let decoded = score::decode(&message.payload, self.limits, now);
-        self.unsettled.insert(&message);
+        if decoded.is_ok() {
+            // The payload is a slice of the client's read buffer, which it shares with the messages
+            // read with it: a small accepted message held until its flush is written would keep a
+            // buffer grown for a large one alive. Its own copy (at most max_payload_bytes) frees it.
+            message.message.payload = Bytes::copy_from_slice(&message.message.payload);
+        }
+        let held = self.unsettled.hold(&message);
         let receipt = JsReceipt {
             message,
             received_at,
             delivered,
             stream_sequence,
             deadletters: self.deadletters.clone(),
-            unsettled: self.unsettled.clone(),
+            held: Mutex::new(Some(held)),
         };
         match decoded {
             Ok(update) => match room.next() {
-                Some(permit) => permit.send((update, receipt)),
-                // A pull never delivers more than it asked for (`max_messages`); if one did, the
-                // surplus is handed back rather than held without room.
-                None => nak_now(&receipt.message).await,
+                Some(permit) => {
+                    permit.send((update, receipt));
+                    true
+                }
+                // A pull never delivers more than it asked for (`batch`); if one did, the surplus
+                // is handed back rather than held without room.
+                None => {
+                    nak_now(&receipt.message).await;
+                    false
+                }
             },
             Err(rejection) => {
                 self.settler
                     .settle(&receipt, Attempt::Rejected(&rejection))
                     .await;
+                false
             }
         }
     }
@@ -323,35 +360,16 @@ async fn nak_now(message: &jetstream::Message) {
     }
 }
 
-/// The wait after the `failures`-th pull failure in a row: 250 ms, doubling, at most 10 s. A deleted
-/// consumer or a revoked permission fails every pull; this keeps such a worker from hammering the
-/// server while readiness reports why.
-pub fn pull_backoff(failures: u32) -> Duration {
-    const FIRST: Duration = Duration::from_millis(250);
-    const MAX: Duration = Duration::from_secs(10);
-    FIRST
-        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
-        .min(MAX)
-}
-
-/// Sleeps; returns true if cancelled first.
-async fn sleep_or_cancel(duration: Duration, cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        () = cancel.cancelled() => true,
-        () = tokio::time::sleep(duration) => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn pull_failures_back_off_from_250ms_to_10s() {
-        let waits: Vec<u64> = (1..=8)
-            .map(|n| pull_backoff(n).as_millis() as u64)
-            .collect();
-        assert_eq!(waits, [250, 500, 1000, 2000, 4000, 8000, 10000, 10000]);
-        assert_eq!(pull_backoff(u32::MAX), Duration::from_secs(10));
+    fn a_pull_of_accepted_messages_is_never_cut_by_bytes_and_a_burst_of_large_ones_is() {
+        // Defaults: 100 messages of at most 64 KiB (+ 4 KiB of headers and subjects) = 6.8 MiB.
+        assert_eq!(pull_max_bytes(100, 65_536), 100 * 69_632);
+        // Messages near the server's max_payload (1 MiB): six per pull, not a hundred.
+        assert_eq!(pull_max_bytes(100, 65_536) / (1024 * 1024 + 512), 6);
+        assert_eq!(pull_max_bytes(usize::MAX, 65_536), usize::MAX);
     }
 }

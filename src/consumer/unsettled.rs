@@ -3,6 +3,9 @@
 //! Each is kept alive with `+WPI` so JetStream never gives it to another replica while it is held, and
 //! a shutdown past its deadline hands them all back at once (`-NAK`: another replica takes them now,
 //! not after `ack_wait`).
+//!
+//! A delivery is held as long as a [`Held`] handle of it lives: its receipt's, and, while its dead
+//! letter waits to be stored, the dead-letter queue's.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,25 +17,80 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]
 pub struct Unsettled {
-    /// Reply subject → when the server last heard of the delivery (its receipt or the last `+WPI`).
-    held: Mutex<HashMap<String, Instant>>,
+    /// Reply subject → when the server last heard of the delivery (its receipt or the last `+WPI`),
+    /// and how many [`Held`] handles keep it.
+    held: Mutex<HashMap<String, Entry>>,
     pub(super) abandoned: CancellationToken,
 }
 
+struct Entry {
+    heard: Instant,
+    holders: usize,
+}
+
+/// Keeps one delivery held; cloning adds a holder, the last one dropped lets it go.
+pub struct Held {
+    unsettled: Arc<Unsettled>,
+    reply: Option<String>,
+}
+
+impl Clone for Held {
+    fn clone(&self) -> Self {
+        if let Some(reply) = &self.reply {
+            if let Some(entry) = self.unsettled.lock().get_mut(reply) {
+                entry.holders += 1;
+            }
+        }
+        Held {
+            unsettled: self.unsettled.clone(),
+            reply: self.reply.clone(),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(reply) = &self.reply {
+            let mut held = self.unsettled.lock();
+            if let Some(entry) = held.get_mut(reply) {
+                entry.holders -= 1;
+                if entry.holders == 0 {
+                    held.remove(reply);
+                }
+            }
+        }
+    }
+}
+
 impl Unsettled {
-    pub(super) fn insert(&self, message: &jetstream::Message) {
-        if let Some(reply) = &message.reply {
-            self.lock().insert(reply.to_string(), Instant::now());
+    /// Holds a delivery from now until the returned handle (and its clones) are dropped.
+    pub(super) fn hold(self: &Arc<Self>, message: &jetstream::Message) -> Held {
+        let reply = message.reply.as_ref().map(|r| r.to_string());
+        if let Some(reply) = &reply {
+            self.lock().insert(
+                reply.clone(),
+                Entry {
+                    heard: Instant::now(),
+                    holders: 1,
+                },
+            );
+        }
+        Held {
+            unsettled: self.clone(),
+            reply,
         }
     }
 
-    pub(super) fn remove(&self, message: &jetstream::Message) {
-        if let Some(reply) = &message.reply {
-            self.lock().remove(reply.as_str());
-        }
+    /// Deliveries held now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.held.lock().expect("lock")
     }
 
@@ -40,9 +98,9 @@ impl Unsettled {
     fn due(&self, now: Instant, age: Duration) -> Vec<String> {
         let mut held = self.lock();
         held.iter_mut()
-            .filter(|(_, heard)| now.saturating_duration_since(**heard) >= age)
-            .map(|(reply, heard)| {
-                *heard = now;
+            .filter(|(_, entry)| now.saturating_duration_since(entry.heard) >= age)
+            .map(|(reply, entry)| {
+                entry.heard = now;
                 reply.clone()
             })
             .collect()
@@ -104,9 +162,52 @@ mod tests {
 
     fn held(replies: &[(&str, Instant)]) -> Unsettled {
         let u = Unsettled::default();
-        u.lock()
-            .extend(replies.iter().map(|(r, at)| (r.to_string(), *at)));
+        u.lock().extend(replies.iter().map(|(r, at)| {
+            (
+                r.to_string(),
+                Entry {
+                    heard: *at,
+                    holders: 1,
+                },
+            )
+        }));
         u
+    }
+
+    fn handle(u: &Arc<Unsettled>, reply: &str) -> Held {
+        u.lock().insert(
+            reply.to_string(),
+            Entry {
+                heard: Instant::now(),
+                holders: 1,
+            },
+        );
+        Held {
+            unsettled: u.clone(),
+            reply: Some(reply.to_string()),
+        }
+    }
+
+    #[test]
+    fn a_delivery_stays_held_until_its_last_handle_is_dropped() {
+        let u = Arc::new(Unsettled::default());
+        let receipt = handle(&u, "r1");
+        let letter = receipt.clone();
+        drop(receipt);
+        assert_eq!(u.len(), 1, "the dead letter still holds it");
+        drop(letter);
+        assert!(u.is_empty());
+    }
+
+    #[test]
+    fn a_handle_dropped_after_the_hand_back_changes_nothing() {
+        let u = Arc::new(Unsettled::default());
+        let receipt = handle(&u, "r1");
+        u.lock().drain();
+        let clone = receipt.clone();
+        drop(receipt);
+        drop(clone);
+        assert!(u.is_empty());
     }
 
     #[test]

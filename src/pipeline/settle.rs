@@ -3,6 +3,7 @@
 //! settlement, the consumer's reject path and the max-deliveries watcher all ask it. [`Settler`] carries
 //! an outcome out on a [`Receipt`] and counts it.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,22 +84,38 @@ pub fn decide(attempt: Attempt<'_>, delivered: i64, limits: Limits) -> Outcome {
 #[derive(Clone)]
 pub struct Settler {
     limits: Limits,
+    /// The server's `max_deliver`, which an operator may change while the worker runs.
+    max_deliver: Arc<AtomicI64>,
     metrics: Arc<Metrics>,
 }
 
 impl Settler {
     pub fn new(limits: Limits, metrics: Arc<Metrics>) -> Self {
-        Self { limits, metrics }
+        Self {
+            max_deliver: Arc::new(AtomicI64::new(limits.max_deliver)),
+            limits,
+            metrics,
+        }
     }
 
     pub fn limits(&self) -> Limits {
-        self.limits
+        Limits {
+            max_deliver: self.max_deliver.load(Ordering::Relaxed),
+            ..self.limits
+        }
+    }
+
+    /// The consumer's `max_deliver` as the server has it now (every clone of this settler sees it);
+    /// true if it changed.
+    pub fn set_max_deliver(&self, max_deliver: i64) -> bool {
+        self.max_deliver.swap(max_deliver, Ordering::Relaxed) != max_deliver
     }
 
     /// Settles one message. A failure to settle is logged, never fatal: an unsettled message comes
     /// back after `ack_wait`, and every write is idempotent.
     pub async fn settle<R: Receipt>(&self, receipt: &R, attempt: Attempt<'_>) {
-        let outcome = decide(attempt, receipt.delivered(), self.limits);
+        let limits = self.limits();
+        let outcome = decide(attempt, receipt.delivered(), limits);
         let result = receipt.settle(&outcome).await;
         match (&outcome, result) {
             (Outcome::Ack, Ok(())) => {
@@ -117,7 +134,7 @@ impl Settler {
             (Outcome::DeadLetter { .. }, Err(e)) => {
                 tracing::error!(error = %e, "cannot dead-letter a message; nak'ing it");
                 let retry = Outcome::Retry {
-                    delay: self.limits.nak_delay,
+                    delay: limits.nak_delay,
                 };
                 if let Err(e) = receipt.settle(&retry).await {
                     tracing::warn!(error = %e, "nak failed; NATS redelivers after ack_wait");
@@ -142,6 +159,23 @@ mod tests {
         max_deliver: 5,
         nak_delay: Duration::from_secs(15),
     };
+
+    #[test]
+    fn the_last_delivery_follows_the_servers_max_deliver_in_every_clone() {
+        let settler = Settler::new(LIMITS, Arc::new(Metrics::new()));
+        let watcher = settler.clone();
+        assert!(!watcher.set_max_deliver(5), "unchanged");
+        assert!(watcher.set_max_deliver(2));
+        assert_eq!(settler.limits().max_deliver, 2);
+        let down = Attempt::NotWritten {
+            class: Class::Retryable,
+            detail: "db down",
+        };
+        assert!(matches!(
+            decide(down, 2, settler.limits()),
+            Outcome::DeadLetter { .. }
+        ));
+    }
 
     #[test]
     fn the_decision_table() {

@@ -104,11 +104,23 @@ async fn bad_payloads_are_dead_lettered_with_their_reason_and_good_ones_are_writ
             .unwrap()
             .as_str()
             .ends_with(".bad"));
-        assert!(
-            bad.iter()
-                .any(|(_, p)| p.as_slice() == letter.payload.as_ref()),
-            "original payload kept"
-        );
+        // A letter keeps the payload whole up to validation.max_payload_bytes, and the start of a
+        // longer one, saying how long it was.
+        match headers.get(deadletter::PAYLOAD_TRUNCATED) {
+            None => assert!(
+                bad.iter()
+                    .any(|(_, p)| p.as_slice() == letter.payload.as_ref()),
+                "original payload kept"
+            ),
+            Some(len) => {
+                assert_eq!(letter.payload.len(), config.validation.max_payload_bytes);
+                assert!(
+                    bad.iter().any(|(_, p)| p.len().to_string() == len.as_str()
+                        && p.starts_with(&letter.payload)),
+                    "the start of the original payload kept, and its length: {len}"
+                );
+            }
+        }
         *by_reason.entry(reason).or_default() += 1;
     }
     let mut want: HashMap<String, usize> = HashMap::new();

@@ -52,24 +52,6 @@ fn processed_at(port: u16) -> u64 {
     counter_at(port, "score_worker_messages_processed_total")
 }
 
-/// A counter of the worker's `/metrics` (0 while it does not answer).
-fn counter_at(port: u16, name: &str) -> u64 {
-    let Ok(out) = Command::new("curl")
-        .args(["-sf", &format!("http://127.0.0.1:{port}/metrics")])
-        .output()
-    else {
-        return 0;
-    };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(name)
-                .and_then(|rest| rest.strip_prefix(' '))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Starts the real binary for `config` and waits until it has acked something; panics if it exits.
 async fn spawn_processing(config: &score_worker::config::Config) -> (std::process::Child, u16) {
     let port = free_port();

@@ -1,7 +1,8 @@
 //! Hostile input (issue #4): every payload of `tests/corpus/bad/` and of [`generated_cases`],
 //! plus valid events at the edges of the contract ([`edge_goods`]), interleaved with ordinary good
 //! events through ONE live worker. Every bad payload is dead-lettered exactly once, with its reason
-//! and its original bytes; every good one is written; the worker never restarts.
+//! and its original bytes (their start, past `validation.max_payload_bytes`); every good one is
+//! written; the worker never restarts.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -548,7 +549,7 @@ async fn hostile_corpus_through_one_live_worker() {
     wait_drained(&js, &config, Duration::from_secs(30)).await;
 
     // Every rejected payload: in the dead-letter stream exactly once, with its reason and its
-    // original bytes.
+    // original bytes (the start of a too large one).
     let letters = read_stream(&js, &config.nats.deadletter_stream, rejected.len()).await;
     let index: HashMap<String, usize> = (0..cases.len()).map(|i| (msg_id(i), i)).collect();
     let original_subject = sample::subject_for(&config.nats.subjects[0], "hostile");
@@ -580,10 +581,17 @@ async fn hostile_corpus_through_one_live_worker() {
                 case.name, letter.subject
             ));
         }
-        if letter.payload.as_ref() != case.payload.as_slice() {
+        // The body is the original payload, or, past validation.max_payload_bytes, its start and
+        // a header with its length.
+        let kept = case.payload.len().min(config.validation.max_payload_bytes);
+        let truncated = header(deadletter::PAYLOAD_TRUNCATED);
+        let want_truncated = (kept < case.payload.len()).then(|| case.payload.len().to_string());
+        if letter.payload.as_ref() != &case.payload[..kept] || truncated != want_truncated {
             problems.push(format!(
-                "{}: dead letter body differs from the original",
-                case.name
+                "{}: dead letter body differs from the original ({} bytes of {}, truncated header {truncated:?})",
+                case.name,
+                letter.payload.len(),
+                case.payload.len()
             ));
         }
         if header(deadletter::ERROR).is_none_or(|e| e.is_empty()) {

@@ -4,6 +4,7 @@
 mod buckets;
 mod churn;
 mod cli;
+mod deadletter_outage;
 mod deadletters;
 mod dlq;
 mod end_to_end;
@@ -13,7 +14,9 @@ mod http;
 mod invariant;
 mod knobs;
 mod ops;
+mod oversized;
 mod postgres;
 mod read;
+mod recovery;
 mod support;
 mod topology;

@@ -105,6 +105,7 @@ pub fn base_config_at(test: &str, nats_url: &str, cql_node: &str) -> Config {
 pub struct Worker {
     pub addr: SocketAddr,
     pub metrics: Arc<Metrics>,
+    pub health: Arc<score_worker::health::Health>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -118,6 +119,7 @@ impl Worker {
         let app = App::build(config).await.expect("worker starts");
         let addr = app.http_addr();
         let metrics = app.metrics();
+        let health = app.health();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(app.run_until_stopped(async {
             let _ = stopped.await;
@@ -125,6 +127,7 @@ impl Worker {
         Worker {
             addr,
             metrics,
+            health,
             stop: Some(stop),
             task: Some(task),
         }
@@ -649,4 +652,115 @@ pub fn dead_lettered(m: &Metrics) -> u64 {
         .iter()
         .map(|r| m.dead_letters.with_label_values(&[r.as_str()]).get())
         .sum()
+}
+
+/// A sample of the `/metrics` of a worker binary serving HTTP on `port`, by its name with labels as
+/// exported (`score_worker_dead_letters_total{reason="too_large"}`); 0 while it does not answer.
+pub fn counter_at(port: u16, name: &str) -> u64 {
+    let Ok(out) = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{port}/metrics")])
+        .output()
+    else {
+        return 0;
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// A 3-node JetStream cluster of the test's own (the version `scripts/services.sh nats-bin` selects)
+/// on free loopback ports, fresh stores; every node killed on drop. For what only a replicated stream
+/// or consumer shows.
+pub struct OwnNatsCluster {
+    /// The three client URLs, comma separated (as `nats.url` takes them).
+    pub url: String,
+    children: Vec<std::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnNatsCluster {
+    pub fn start() -> OwnNatsCluster {
+        let bin =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
+                .arg("nats-bin")
+                .output()
+                .expect("scripts/services.sh nats-bin");
+        assert!(bin.status.success());
+        let bin = String::from_utf8(bin.stdout).unwrap().trim().to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, route)| format!("nats-route://127.0.0.1:{route}"))
+            .collect();
+        let mut children = Vec::new();
+        for (n, (client, route)) in ports.iter().enumerate() {
+            let conf = dir.path().join(format!("n{n}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "server_name: n{n}\nlisten: 127.0.0.1:{client}\n\
+                     jetstream {{ store_dir: \"{}\" }}\n\
+                     cluster {{ name: it-cluster\n listen: 127.0.0.1:{route}\n routes: [{}] }}\n",
+                    dir.path().join(format!("js{n}")).display(),
+                    routes.join(", ")
+                ),
+            )
+            .unwrap();
+            children.push(
+                std::process::Command::new(&bin)
+                    .arg("-c")
+                    .arg(&conf)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::fs::File::create(dir.path().join(format!("n{n}.log"))).unwrap())
+                    .spawn()
+                    .expect("nats-server starts"),
+            );
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        for (client, _) in &ports {
+            while std::net::TcpStream::connect(("127.0.0.1", *client)).is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "a node of the test's cluster did not listen (logs in {})",
+                    dir.path().display()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let url = ports
+            .iter()
+            .map(|(client, _)| format!("nats://127.0.0.1:{client}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        OwnNatsCluster {
+            url,
+            children,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for OwnNatsCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

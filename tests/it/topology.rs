@@ -206,12 +206,16 @@ async fn a_managed_worker_brings_the_stream_and_consumer_to_the_configuration() 
     eprintln!("managed: updated max_age, max_bytes, ack_wait, max_deliver, max_ack_pending; refused: {text}");
 }
 
+/// An operator-owned consumer (`nats.manage_jetstream = false`) that disappears: the worker cannot
+/// recreate it, so it says so and waits for the operator. A managed one is recreated by the worker
+/// (`recovery::a_deleted_consumer_is_recreated_by_the_worker_itself`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_consumer_fails_readiness_and_pulls_back_off_until_it_is_back() {
     ensure_schema().await;
     let _servers = shared().await;
-    let config = base_config("gone");
+    let mut config = base_config("gone");
     let (client, js) = jetstream(&config).await;
+    config.nats.manage_jetstream = false;
     // nats-server 2.9 answers the first pulls for a missing consumer with an error and later ones not at
     // all (each just expires, so the worker does not spin): the growing wait shows from 2.10 on.
     let version = client.server_info().version;
@@ -224,12 +228,13 @@ async fn a_deleted_consumer_fails_readiness_and_pulls_back_off_until_it_is_back(
     .await;
 
     let stream = js.get_stream(&config.nats.stream).await.unwrap();
-    stream.delete_consumer(&config.nats.consumer).await.unwrap();
-    let deleted = Instant::now();
-    // Pull failures are counted, and the waits between them grow; readiness fails meanwhile.
+    // Pull failures are counted (the first as the consumer goes), and the waits between them grow;
+    // readiness fails meanwhile.
     let errors = || worker.metrics.pull_errors.get();
     let mut at = Vec::new();
     let mut seen = errors();
+    stream.delete_consumer(&config.nats.consumer).await.unwrap();
+    let deleted = Instant::now();
     let mut not_ready = None;
     let deadline = Instant::now() + Duration::from_secs(30);
     while (errors_every_pull && at.len() < 4) || not_ready.is_none() {
@@ -263,7 +268,9 @@ async fn a_deleted_consumer_fails_readiness_and_pulls_back_off_until_it_is_back(
     }
 
     // Back: the worker is ready and consuming again without a restart.
-    nats::ensure_topology(&js, &config.nats).await.unwrap();
+    let mut operator = config.clone();
+    operator.nats.manage_jetstream = true;
+    nats::ensure_topology(&js, &operator.nats).await.unwrap();
     eventually("ready again", Duration::from_secs(20), || async {
         http_get(addr, "/readyz").await.0 == 200
     })

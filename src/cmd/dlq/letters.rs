@@ -151,5 +151,6 @@ fn to_dead_letter(
         error: header(deadletter::ERROR),
         original_subject: header(deadletter::ORIGINAL_SUBJECT),
         payload: message.payload.clone(),
+        truncated_from: header(deadletter::PAYLOAD_TRUNCATED).parse().ok(),
     }
 }

@@ -1,0 +1,133 @@
+//! Keeps the durable consumer there, and as configured, while the worker runs: every few seconds,
+//! and at once when a pull finds it gone, it reads the consumer and
+//! - managed (`nats.manage_jetstream`): recreates it (and its streams) when an operator deleted it,
+//!   and brings it back to the configuration when it was recreated or changed with other settings
+//!   (`score_worker_consumer_restores_total`); the pull loop then pulls again at once;
+//! - operator-owned: follows its `max_deliver`, so the last delivery is always the server's;
+//!
+//! and feeds readiness ("JetStream consumer cannot be read: …") and the lag gauge
+//! (`score_worker_consumer_pending`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::NatsConfig;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::nats;
+use crate::pipeline::Settler;
+
+/// Between the pull loop and the watcher.
+#[derive(Default)]
+pub struct Signals {
+    /// A pull found the consumer gone: look now.
+    pub check: Notify,
+    /// The consumer was restored: pull now.
+    pub restored: Notify,
+}
+
+/// The watcher's parts.
+pub struct Watch {
+    pub js: jetstream::Context,
+    pub config: NatsConfig,
+    pub health: Arc<Health>,
+    pub settler: Settler,
+    pub metrics: Arc<Metrics>,
+    pub signals: Arc<Signals>,
+    pub interval: Duration,
+}
+
+impl Watch {
+    /// Checks every `interval` (or when a pull asks) until cancelled; a check in progress (up to
+    /// `nats.request_timeout`) does not delay a shutdown.
+    pub async fn run(self, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = self.check() => {}
+            }
+            let _ = self.health.readiness();
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(self.interval) => {}
+                () = self.signals.check.notified() => {}
+            }
+        }
+    }
+
+    async fn check(&self) {
+        let c = &self.config;
+        let info = match self.js.get_stream_no_info(&c.stream).await {
+            Ok(stream) => stream.consumer_info(&c.consumer).await,
+            Err(e) => {
+                self.health
+                    .consumer_state(Some(format!("JetStream consumer cannot be read: {e}")));
+                return;
+            }
+        };
+        match info {
+            Ok(info) => {
+                let pending = info.num_pending as i64 + info.num_ack_pending as i64;
+                self.metrics.consumer_pending.set(pending);
+                self.health.consumer_state(None);
+                if c.manage_jetstream {
+                    let drift = nats::consumer_drift(&nats::consumer_config(c), &info.config);
+                    if !drift.is_empty() {
+                        let what = drift
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        self.restore(&what).await;
+                    }
+                } else {
+                    let max_deliver = nats::max_deliver_of(&info.config);
+                    if self.settler.set_max_deliver(max_deliver) {
+                        tracing::warn!(
+                            max_deliver,
+                            "the consumer's max_deliver changed on the server; the last delivery follows it"
+                        );
+                    }
+                }
+            }
+            Err(e)
+                if c.manage_jetstream
+                    && matches!(
+                        e.kind(),
+                        ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
+                    ) =>
+            {
+                self.restore(&e.to_string()).await;
+            }
+            Err(e) => self
+                .health
+                .consumer_state(Some(format!("JetStream consumer cannot be read: {e}"))),
+        }
+    }
+
+    /// Brings the streams and the consumer to the configuration (creating what is missing).
+    async fn restore(&self, why: &str) {
+        match nats::ensure_topology(&self.js, &self.config).await {
+            Ok(consumer) => {
+                self.metrics.consumer_restores.inc();
+                tracing::warn!(
+                    why,
+                    stream = %self.config.stream,
+                    consumer = %self.config.consumer,
+                    "restored the stream and consumer to the configuration"
+                );
+                self.settler.set_max_deliver(nats::max_deliver(&consumer));
+                self.health.consumer_state(None);
+                self.signals.restored.notify_waiters();
+            }
+            Err(e) => self.health.consumer_state(Some(format!(
+                "JetStream consumer cannot be read: {why}; restoring it failed: {e}"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Recovering by itself (issue 17, item 5): a consumer (or its stream) deleted or changed by an
+//! operator is restored by a running managed worker; the max-deliveries watcher runs even when
+//! JetStream does not answer at start-up; the pull breaker probes with one message before it pulls at
+//! full speed again.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::pull;
+use prometheus::core::Metric;
+use score_worker::app::App;
+use score_worker::config::Config;
+use score_worker::nats;
+use uuid::Uuid;
+
+use crate::support::*;
+
+fn events(tag: &str, n: usize) -> Vec<Event> {
+    let board = format!("{tag}-{}", Uuid::new_v4().simple());
+    let now = chrono::Utc::now().timestamp_micros();
+    (0..n)
+        .map(|i| {
+            let profile = Uuid::new_v4();
+            Event {
+                event_id: format!("{tag}-{i}-{}", Uuid::new_v4().simple()),
+                profile,
+                wallet: wallet_of(profile),
+                leaderboard: board.clone(),
+                score: i as i64,
+                at_micros: now - 10_000_000 + i as i64,
+            }
+        })
+        .collect()
+}
+
+async fn wait_ready(addr: std::net::SocketAddr, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http_get(addr, "/readyz").await;
+        if status == 200 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not ready: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn consumer_config(
+    js: &async_nats::jetstream::Context,
+    config: &Config,
+) -> Option<pull::Config> {
+    let stream = js.get_stream(&config.nats.stream).await.ok()?;
+    let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> =
+        stream.get_consumer(&config.nats.consumer).await.ok()?;
+    let c = &consumer.cached_info().config;
+    Some(pull::Config {
+        durable_name: c.durable_name.clone(),
+        ack_wait: c.ack_wait,
+        max_deliver: c.max_deliver,
+        max_ack_pending: c.max_ack_pending,
+        ..Default::default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_consumer_or_stream_is_recreated_by_the_worker_itself() {
+    ensure_schema().await;
+    let _servers = shared().await;
+    let config = base_config("restore");
+    let (_client, js) = jetstream(&config).await;
+    let worker = Worker::start(config.clone()).await;
+    wait_ready(worker.addr, "at start").await;
+    let evs = events("restore", 2);
+
+    let stream = js.get_stream(&config.nats.stream).await.unwrap();
+    let deleted = Instant::now();
+    stream.delete_consumer(&config.nats.consumer).await.unwrap();
+    wait_until("the consumer recreated", Duration::from_secs(30), || {
+        worker.metrics.consumer_restores.get() >= 1
+    })
+    .await;
+    let consumer_back = deleted.elapsed();
+    assert!(consumer_config(&js, &config).await.is_some());
+    publish(&js, &config, &evs[0], &evs[0].event_id).await;
+    wait_until("consuming again", Duration::from_secs(30), || {
+        worker.processed() >= 1
+    })
+    .await;
+
+    // The whole stream, consumer and all.
+    let deleted = Instant::now();
+    js.delete_stream(&config.nats.stream).await.unwrap();
+    wait_until("the stream recreated", Duration::from_secs(30), || {
+        worker.metrics.consumer_restores.get() >= 2
+    })
+    .await;
+    let stream_back = deleted.elapsed();
+    publish(&js, &config, &evs[1], &evs[1].event_id).await;
+    wait_until("consuming again", Duration::from_secs(30), || {
+        worker.processed() >= 2
+    })
+    .await;
+    wait_ready(worker.addr, "after the restores").await;
+    eprintln!(
+        "restore: deleted consumer recreated after {consumer_back:?}, deleted stream after {stream_back:?}; \
+         {} restores, {} pull errors, both events written",
+        worker.metrics.consumer_restores.get(),
+        worker.metrics.pull_errors.get()
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_an_operator_changed_is_brought_back_to_the_configuration() {
+    ensure_schema().await;
+    let _servers = shared().await;
+    let config = base_config("changed");
+    let (_client, js) = jetstream(&config).await;
+    let worker = Worker::start(config.clone()).await;
+    wait_ready(worker.addr, "at start").await;
+    let want = consumer_config(&js, &config).await.unwrap();
+    assert_eq!(
+        (want.ack_wait, want.max_deliver),
+        (Duration::from_secs(10), 20)
+    );
+
+    // The operator's settings, in place.
+    let stream = js.get_stream(&config.nats.stream).await.unwrap();
+    let mut theirs = nats::consumer_config(&config.nats);
+    theirs.ack_wait = Duration::from_secs(30);
+    theirs.max_deliver = 3;
+    theirs.max_ack_pending = 5;
+    stream.create_consumer(theirs).await.unwrap();
+    let changed = Instant::now();
+    let mut now = consumer_config(&js, &config).await.unwrap();
+    assert_eq!(now.max_deliver, 3, "the operator's change applied");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (now.ack_wait, now.max_deliver, now.max_ack_pending)
+        != (want.ack_wait, want.max_deliver, want.max_ack_pending)
+    {
+        assert!(Instant::now() < deadline, "not brought back: {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        now = consumer_config(&js, &config).await.unwrap();
+    }
+    let back = changed.elapsed();
+    let e = &events("changed", 1)[0];
+    publish(&js, &config, e, &e.event_id).await;
+    wait_until("consuming", Duration::from_secs(30), || {
+        worker.processed() >= 1
+    })
+    .await;
+    eprintln!(
+        "changed consumer: ack_wait 30s, max_deliver 3, max_ack_pending 5 brought back to \
+         10s, 20, {} after {back:?} ({} restores)",
+        want.max_ack_pending,
+        worker.metrics.consumer_restores.get()
+    );
+    assert!(worker.metrics.consumer_restores.get() >= 1);
+    worker.stop().await;
+}
+
+/// The max-deliveries watcher needs nothing but a subscription: with JetStream frozen while the
+/// worker starts, it still runs, and an advisory that arrives later dead-letters its message and
+/// removes it from the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_advisory_watcher_runs_even_when_jetstream_does_not_answer_at_start() {
+    ensure_schema().await;
+    let _servers = shared().await;
+    let mut own = OwnNats::start();
+    let mut config = base_config("advised");
+    config.nats.url = own.url.clone();
+    config.nats.request_timeout = Duration::from_secs(1);
+    // The test holds the message's delivery (as a crashed replica would) for the whole test.
+    config.nats.ack_wait = Duration::from_secs(120);
+    let (client, js) = jetstream(&config).await;
+    let e = &events("advised", 1)[0];
+    publish(&js, &config, e, &e.event_id).await;
+    let stream = js.get_stream(&config.nats.stream).await.unwrap();
+    let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> =
+        stream.get_consumer(&config.nats.consumer).await.unwrap();
+    let mut fetched = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .unwrap();
+    let held = futures::StreamExt::next(&mut fetched)
+        .await
+        .unwrap()
+        .unwrap();
+    let sequence = held.info().unwrap().stream_sequence;
+
+    let app = App::build(config.clone()).await.expect("worker starts");
+    let addr = app.http_addr();
+    let metrics = app.metrics();
+    own.signal("STOP");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    // Longer than nats.request_timeout: a start-up that asked JetStream anything has given up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    own.signal("CONT");
+    wait_ready(addr, "after the freeze").await;
+
+    let advisory = serde_json::json!({
+        "type": "io.nats.jetstream.advisory.v1.max_deliver",
+        "stream": config.nats.stream,
+        "consumer": config.nats.consumer,
+        "stream_seq": sequence,
+        "deliveries": 20,
+    });
+    client
+        .publish(
+            score_worker::advisory::subject(&config.nats.stream, &config.nats.consumer),
+            serde_json::to_vec(&advisory).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    wait_until(
+        "the advised message dead-lettered",
+        Duration::from_secs(30),
+        || {
+            metrics
+                .dead_letters
+                .with_label_values(&["max_deliveries"])
+                .get()
+                >= 1
+        },
+    )
+    .await;
+    let letters = read_stream(&js, &config.nats.deadletter_stream, 1).await;
+    assert_eq!(letters.len(), 1);
+    let headers = letters[0].headers.as_ref().unwrap();
+    assert_eq!(
+        headers
+            .get(score_worker::deadletter::ORIGINAL_MSG_ID)
+            .unwrap()
+            .as_str(),
+        e.event_id
+    );
+    assert_eq!(letters[0].payload, e.payload());
+    let mut stream = js.get_stream(&config.nats.stream).await.unwrap();
+    let left = stream.info().await.unwrap().state.messages;
+    assert_eq!(
+        left, 0,
+        "removed from the work-queue stream once dead-lettered"
+    );
+    eprintln!(
+        "advisory watcher: started with JetStream frozen for 3 s; the advised message (sequence \
+         {sequence}) dead-lettered as max_deliveries and removed from the stream ({left} left)"
+    );
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
+/// The breaker tripped (as a failing write trips it) with a backlog waiting: once the health probe
+/// reaches the database, one message is pulled and written alone before pulling goes on at full
+/// speed. With nothing to pull, the probe closes the breaker by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pull_breaker_probes_with_one_message_before_pulling_at_full_speed() {
+    ensure_schema().await;
+    let _servers = shared().await;
+    let config = base_config("breaker");
+    let (_client, js) = jetstream(&config).await;
+    let session = session().await;
+    let worker = Worker::start(config.clone()).await;
+    wait_ready(worker.addr, "at start").await;
+    let m = &worker.metrics;
+    let state = |s: &str| m.pull_breaker_state.with_label_values(&[s]).get();
+
+    // Idle: a trip with nothing to pull does not leave the breaker half-open.
+    worker.health.pause_pulls("test: writes failing");
+    wait_until(
+        "closed again with nothing to pull",
+        Duration::from_secs(30),
+        || state("closed") == 1,
+    )
+    .await;
+
+    worker.health.pause_pulls("test: writes failing");
+    // The pull that was waiting when it tripped expires (nats::PULL_EXPIRES); nothing more is asked.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let evs = events("breaker", 300);
+    for e in &evs {
+        publish(&js, &config, e, &e.event_id).await;
+    }
+    assert_eq!(m.messages_received.get(), 0, "open: nothing pulled");
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while worker.processed() < evs.len() as u64 {
+        assert!(Instant::now() < deadline, "not drained: {seen:?}");
+        let now = (
+            ["closed", "open", "half_open"]
+                .into_iter()
+                .find(|s| state(s) == 1)
+                .unwrap(),
+            m.messages_received.get(),
+        );
+        if seen.last() != Some(&now) {
+            seen.push(now);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let flushes = m.batch_size.get_sample_count();
+    let singles = m
+        .batch_size
+        .metric()
+        .get_histogram()
+        .get_bucket()
+        .iter()
+        .find(|b| b.upper_bound() == 1.0)
+        .unwrap()
+        .cumulative_count();
+    eprintln!(
+        "breaker: (state, received) as seen {:?}; {flushes} flushes, {singles} of one score",
+        &seen[..seen.len().min(12)]
+    );
+    assert_eq!(
+        singles, 1,
+        "the first message after the trip was pulled and written alone"
+    );
+    assert!(
+        seen.iter().any(|(s, r)| *s == "half_open" && *r <= 1),
+        "{seen:?}"
+    );
+    worker.stop().await;
+    assert_final_state(&session, &evs, config.scylla.leaderboard_buckets).await;
+}
