@@ -8,10 +8,13 @@
 //!    `(bucket, score)` to `ranked`, set score, wallet and `updated_at` (older events lose cell by cell);
 //! 2. `write_rows`: per key the leaderboard row at `t`; per event its history row;
 //! 3. `read_back`: the current score `s*`, its write time `t*` and `ranked` of every key, a few
-//!    multi-partition reads (or one read per key, `scylla.read_back = "per_key"`);
-//! 4. `cleanup`: delete every `ranked` row other than `(bucket, s*)` from the leaderboard at `t*`, and
-//!    invalidate the eligibility cache of each wallet whose event is the newest, once per wallet;
-//! 5. `prune_ranked`: remove the deleted entries from `ranked`, only once their rows are gone.
+//!    multi-partition reads of exactly the flush's rows (or one read per key,
+//!    `scylla.read_back = "per_key"`);
+//! 4. `cleanup`: delete every `ranked` row other than `(bucket, s*)` from the leaderboard at `t*`, and the
+//!    writer's own row if it is superseded; invalidate the eligibility cache of each wallet whose event
+//!    is the newest, once per wallet;
+//! 5. `prune_ranked`: the writer of the current score overwrites `ranked` with the current entry, only
+//!    once the rows it drops are gone (one collection tombstone instead of a dead cell per entry).
 //!
 //! Every write carries `USING TIMESTAMP` (event time or `t*`) or is a delete that is safe to repeat,
 //! so all of it is idempotent and safe to retry or redeliver.
@@ -303,12 +306,19 @@ struct Cleanup {
     /// Leaderboard rows `(bucket, score)` to delete, each at its timestamp.
     deletes: Vec<((i32, i64), i64)>,
     /// `ranked` rewritten as `(timestamp, entries)`: the current row's entry alone (none for a deleted
-    /// key). `None` when `ranked` holds nothing stale.
+    /// key). `None` unless this writer's own write is the current one and `ranked` held something stale.
     overwrite: Option<(i64, Vec<(i32, i64)>)>,
 }
 
-/// The clean-up of a key whose read-back found `current`, by a writer that wrote the leaderboard row
-/// `(bucket, own)` (`own` is `None` for an operator's delete, which writes no row).
+/// The write a clean-up follows: an event's, which wrote the leaderboard row `(bucket, score)` at
+/// `at`, or an operator's delete at `at` (`score: None`), which wrote no row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Own {
+    score: Option<i64>,
+    at: i64,
+}
+
+/// The clean-up of a key whose read-back found `current`, after the write `own`.
 ///
 /// - Every `ranked` entry other than the current row is deleted from the leaderboard at `t*`, where a
 ///   tombstone wins the tie with a row written at `t*`; or at `t* − 1` for an entry that would beat the
@@ -316,11 +326,12 @@ struct Cleanup {
 ///   an entry was written before `t*`, so `t* − 1` still removes it). A deleted key owns no row: every
 ///   entry goes at the delete's `t*`, which wins a tie with an event at the same time.
 /// - The writer's own row goes too, by the same rule, when it is not the current one, even if `ranked`
-///   no longer lists it: another writer's overwrite may have erased its entry before this read.
-/// - If anything in `ranked` was stale, `ranked` is overwritten at `t*` with the current entry: the
-///   overwrite's collection tombstone (at `t* − 1`) removes every older entry at once, seen or not, and
-///   leaves one dead marker per row instead of one dead cell per removed entry.
-fn cleanup(bucket: i32, own: Option<i64>, current: &Current) -> Cleanup {
+///   no longer lists it: an overwrite may have erased its entry before this read.
+/// - Only the writer whose own write is current (`s* = s`, `t* = t`: its write completed before this
+///   read, which the argument in docs/design.md needs) overwrites `ranked`, and only if it held
+///   anything stale: at `t*`, with the current entry. The overwrite's collection tombstone (at
+///   `t* − 1`) shadows every older entry at once and leaves no dead cell per removed entry.
+fn cleanup(bucket: i32, own: Own, current: &Current) -> Cleanup {
     let at = |s: i64| match current.score {
         Some(score) if tie_rank(s) > tie_rank(score) => current.written_at - 1,
         _ => current.written_at,
@@ -331,13 +342,14 @@ fn cleanup(bucket: i32, own: Option<i64>, current: &Current) -> Cleanup {
         .filter(|&&(b, s)| current.score != Some(s) || b != bucket)
         .map(|&(b, s)| ((b, s), at(s)))
         .collect();
-    let overwrite = (!deletes.is_empty()).then(|| {
+    let is_current = current.score == own.score && current.written_at == own.at;
+    let overwrite = (is_current && !deletes.is_empty()).then(|| {
         let entry = current.score.map(|s| (bucket, s));
         (current.written_at, entry.into_iter().collect())
     });
-    if let Some(own) = own.filter(|&s| current.score != Some(s)) {
-        if !deletes.iter().any(|&(entry, _)| entry == (bucket, own)) {
-            deletes.push(((bucket, own), at(own)));
+    if let Some(score) = own.score.filter(|&s| current.score != Some(s)) {
+        if !deletes.iter().any(|&(entry, _)| entry == (bucket, score)) {
+            deletes.push(((bucket, score), at(score)));
         }
     }
     Cleanup { deletes, overwrite }
@@ -450,7 +462,10 @@ impl ScyllaStore {
             let current = found
                 .get(&(u.profile_id, u.leaderboard_id.clone()))
                 .ok_or_else(|| StoreError::not_visible(REQUESTS[READ_BACK], u.profile_id, lb))?;
-            let own = wrote_rows.then_some(u.score);
+            let own = Own {
+                score: wrote_rows.then_some(u.score),
+                at: u.occurred_at_micros,
+            };
             let plan = cleanup(bucket_of(u.profile_id, self.buckets), own, current);
             for ((b, s), at) in plan.deletes {
                 let values = (at, lb, b, s, u.profile_id);
@@ -515,14 +530,17 @@ mod tests {
         }
     }
 
-    fn deletes(plan: &Cleanup) -> Vec<((i32, i64), i64)> {
-        plan.deletes.clone()
+    fn event(score: i64, at: i64) -> Own {
+        Own {
+            score: Some(score),
+            at,
+        }
     }
 
     #[test]
     fn cleanup_spares_the_current_row_and_respects_ties() {
         // Nothing else owned, and the writer's row is the current one: nothing to do.
-        let plan = cleanup(3, Some(10), &current(10, 100, &[(3, 10)]));
+        let plan = cleanup(3, event(10, 100), &current(10, 100, &[(3, 10)]));
         assert_eq!(
             plan,
             Cleanup {
@@ -530,35 +548,42 @@ mod tests {
                 overwrite: None
             }
         );
-        // An older score and the same score in another bucket go at t*; `ranked` is overwritten at t*
-        // with the current entry alone.
+        // An older score and the same score in another bucket go at t*; the current writer
+        // overwrites `ranked` at t* with the current entry alone.
         let c = current(10, 100, &[(3, 10), (3, 5), (7, 10)]);
-        let plan = cleanup(3, Some(10), &c);
-        assert_eq!(deletes(&plan), vec![((3, 5), 100), ((7, 10), 100)]);
+        let plan = cleanup(3, event(10, 100), &c);
+        assert_eq!(plan.deletes, vec![((3, 5), 100), ((7, 10), 100)]);
         assert_eq!(plan.overwrite, Some((100, vec![(3, 10)])));
         // A score that beats the current one in a same-time tie (a larger u64: 11, or a negative
         // score) goes at t* - 1, so a write in flight at exactly t* survives.
         let c = current(10, 100, &[(3, 11), (3, -1), (3, 9)]);
         assert_eq!(
-            deletes(&cleanup(3, Some(10), &c)),
+            cleanup(3, event(10, 100), &c).deletes,
             vec![((3, 11), 99), ((3, -1), 99), ((3, 9), 100)]
         );
-        // A deleted key: everything goes, at the delete's time, and `ranked` is emptied.
+        // A deleted key: everything goes, at the delete's time, and the delete empties `ranked`.
         let deleted = Current {
             score: None,
             written_at: 100,
             ranked: vec![(3, 10), (3, -1)],
         };
-        let plan = cleanup(3, None, &deleted);
-        assert_eq!(deletes(&plan), vec![((3, 10), 100), ((3, -1), 100)]);
+        let plan = cleanup(
+            3,
+            Own {
+                score: None,
+                at: 100,
+            },
+            &deleted,
+        );
+        assert_eq!(plan.deletes, vec![((3, 10), 100), ((3, -1), 100)]);
         assert_eq!(plan.overwrite, Some((100, vec![])));
     }
 
     #[test]
-    fn a_superseded_writer_deletes_its_own_row_even_when_ranked_lost_it() {
-        // Another writer's overwrite erased this writer's entry (7) before its read-back: the row it
-        // wrote goes all the same, and `ranked` holds nothing stale, so it is not rewritten.
-        let plan = cleanup(3, Some(7), &current(10, 100, &[(3, 10)]));
+    fn only_the_current_writer_overwrites_and_a_superseded_one_deletes_its_own_row() {
+        // Superseded, and another writer's overwrite erased this writer's entry (7) before its
+        // read-back: the row it wrote goes all the same; `ranked` is left to the current writer.
+        let plan = cleanup(3, event(7, 90), &current(10, 100, &[(3, 10)]));
         assert_eq!(
             plan,
             Cleanup {
@@ -566,23 +591,29 @@ mod tests {
                 overwrite: None
             }
         );
-        // Listed and superseded: deleted once.
-        let plan = cleanup(3, Some(7), &current(10, 100, &[(3, 10), (3, 7)]));
-        assert_eq!(deletes(&plan), vec![((3, 7), 100)]);
-        // A same-time tie the writer lost, with a score that would have won it had it been written
-        // first (-1 ranks above 10): t* - 1, like any entry of that kind.
-        let plan = cleanup(3, Some(-1), &current(10, 100, &[(3, 10)]));
-        assert_eq!(deletes(&plan), vec![((3, -1), 99)]);
-        // The writer's score is current, written by another event (earlier or later): same row, kept.
-        let plan = cleanup(3, Some(10), &current(10, 250, &[(3, 10)]));
-        assert!(plan.deletes.is_empty());
+        // Listed and superseded: deleted once, stale entries deleted too, no overwrite.
+        let plan = cleanup(
+            3,
+            event(7, 90),
+            &current(10, 100, &[(3, 10), (3, 7), (3, 2)]),
+        );
+        assert_eq!(plan.deletes, vec![((3, 7), 100), ((3, 2), 100)]);
+        assert_eq!(plan.overwrite, None);
+        // A same-time tie the writer lost, with a score that would rank first had its cell won
+        // (-1 ranks above 10): t* - 1, like any entry of that kind.
+        let plan = cleanup(3, event(-1, 100), &current(10, 100, &[(3, 10)]));
+        assert_eq!(plan.deletes, vec![((3, -1), 99)]);
+        // The writer's score is current but written by a later event: same row, kept; not current.
+        let plan = cleanup(3, event(10, 50), &current(10, 250, &[(3, 10), (3, 4)]));
+        assert_eq!(plan.deletes, vec![((3, 4), 250)]);
+        assert_eq!(plan.overwrite, None);
         // Deleted at t* after this writer's event: its row goes at t*.
         let deleted = Current {
             score: None,
             written_at: 100,
             ranked: vec![],
         };
-        let plan = cleanup(3, Some(4), &deleted);
+        let plan = cleanup(3, event(4, 90), &deleted);
         assert_eq!(
             plan,
             Cleanup {
