@@ -289,17 +289,18 @@ impl<S: Store> Pipeline<S> {
                 }
             }
         }
-        let written: Vec<ScoreUpdate> = flush
-            .latest
-            .iter()
-            .zip(outcomes.iter())
-            .filter(|(_, o)| matches!(o, Written::Yes))
-            .map(|(u, _)| u.clone())
-            .collect();
-        if !written.is_empty() {
+        let written = || {
+            flush
+                .latest
+                .iter()
+                .zip(outcomes.iter())
+                .filter(|(_, o)| matches!(o, Written::Yes))
+                .map(|(u, _)| u)
+        };
+        if written().next().is_some() {
             self.health.write_succeeded();
             self.health.resume_pulls();
-            self.written.record(&written);
+            self.written.record(written());
         } else if let Some(Written::No(Class::Retryable, detail)) = outcomes.first() {
             self.health.pause_pulls(detail);
         }

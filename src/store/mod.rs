@@ -44,7 +44,7 @@ use crate::config::{ReadBack, ScyllaConfig};
 use crate::metrics::{Metrics, REQUESTS};
 use crate::pipeline::Store;
 use crate::score::{tie_rank, ScoreUpdate};
-use phase::{Phase, Placement, Placer, ReplicaMap, Request};
+use phase::{Phase, Placement, Placer, Request};
 use statements::Statements;
 
 // Indexes into `REQUESTS`, the request kinds in the order a flush sends them.
@@ -79,6 +79,7 @@ type ProfileRow = (
 pub struct ScyllaStore {
     session: Arc<Session>,
     metrics: Arc<Metrics>,
+    keyspace: String,
     buckets: i32,
     concurrency: usize,
     batch_max_bytes: usize,
@@ -102,6 +103,7 @@ impl ScyllaStore {
         Ok(Self {
             session,
             metrics,
+            keyspace: config.keyspace.clone(),
             buckets: config.leaderboard_buckets,
             concurrency: config.write_concurrency,
             batch_max_bytes: config.batch_max_bytes,
@@ -164,21 +166,23 @@ impl ScyllaStore {
     /// (profile, leaderboard) rows.
     async fn read_back(
         &self,
-        map: Arc<dyn ReplicaMap>,
         latest: &[ScoreUpdate],
+        placed: &[Placed],
     ) -> Result<HashMap<Key, Current>, StoreError> {
         let mut found = HashMap::with_capacity(latest.len());
         let reads: Vec<BoxFuture<'_, Result<Found, StoreError>>> = match self.read_back {
-            ReadBack::Grouped => read_plan(&mut Placer::new(map), &self.statements, latest)
-                .into_iter()
-                .map(|(profiles, leaderboards)| {
-                    let request = Request::Single(
-                        self.statements.read_profiles.clone(),
-                        Box::new((profiles, leaderboards)),
-                    );
-                    Box::pin(self.read_rows(request)) as _
-                })
-                .collect(),
+            ReadBack::Grouped | ReadBack::Exact => {
+                read_plan(latest, placed, self.read_back == ReadBack::Exact)
+                    .into_iter()
+                    .map(|(profiles, leaderboards)| {
+                        let request = Request::Single(
+                            self.statements.read_profiles.clone(),
+                            Box::new((profiles, leaderboards)),
+                        );
+                        Box::pin(self.read_rows(request)) as _
+                    })
+                    .collect()
+            }
             ReadBack::PerKey => latest
                 .iter()
                 .map(|u| {
@@ -237,21 +241,21 @@ type Key = (Uuid, String);
 /// What a read-back found, per key.
 type Found = Vec<(Key, Current)>;
 
-/// The grouped read-back's requests: `(profiles, leaderboards)` whose every pair is a key of the flush
-/// (so only the flush's rows are read), grouped by where the profile's partition lives, at most
-/// [`READ_BACK_PARTITIONS`] profiles each. Profiles with the same leaderboards in the flush share a
-/// request.
+/// The grouped read-back's requests, `(profiles, leaderboards)`: per place where profile partitions
+/// live, at most [`READ_BACK_PARTITIONS`] profiles and the leaderboards their keys in the flush name, so
+/// a read never touches a leaderboard outside the flush (a profile may have rows on many). The pairs of
+/// the product that are not keys of the flush cost the server a clustering look-up in a partition it
+/// reads anyway; one request per distinct set of leaderboards instead would cost requests (measured in
+/// docs/performance.md, "Read-back").
 fn read_plan<'a>(
-    placer: &mut Placer,
-    statements: &Statements,
     latest: &'a [ScoreUpdate],
+    placed: &'a [Placed],
+    exact: bool,
 ) -> Vec<(Vec<Uuid>, Vec<&'a str>)> {
-    let mut by_placement: HashMap<Placement, BTreeMap<Uuid, BTreeSet<&'a str>>> = HashMap::new();
-    for u in latest {
-        let values = (u.profile_id, u.leaderboard_id.as_str());
-        let placement = placer.place(&statements.read_profile, &values);
+    let mut by_placement: HashMap<&Placement, BTreeMap<Uuid, BTreeSet<&'a str>>> = HashMap::new();
+    for (u, at) in latest.iter().zip(placed) {
         by_placement
-            .entry(placement)
+            .entry(&at.profile)
             .or_default()
             .entry(u.profile_id)
             .or_default()
@@ -259,15 +263,25 @@ fn read_plan<'a>(
     }
     let mut requests = Vec::new();
     for profiles in by_placement.into_values() {
-        let mut by_boards: BTreeMap<BTreeSet<&'a str>, Vec<Uuid>> = BTreeMap::new();
-        for (profile, boards) in profiles {
-            by_boards.entry(boards).or_default().push(profile);
-        }
-        for (boards, profiles) in by_boards {
-            let boards: Vec<&str> = boards.into_iter().collect();
-            for chunk in profiles.chunks(READ_BACK_PARTITIONS) {
-                requests.push((chunk.to_vec(), boards.clone()));
+        if exact {
+            let mut by_boards: BTreeMap<BTreeSet<&'a str>, Vec<Uuid>> = BTreeMap::new();
+            for (profile, boards) in profiles {
+                by_boards.entry(boards).or_default().push(profile);
             }
+            for (boards, profiles) in by_boards {
+                let boards: Vec<&str> = boards.into_iter().collect();
+                for chunk in profiles.chunks(READ_BACK_PARTITIONS) {
+                    requests.push((chunk.to_vec(), boards.clone()));
+                }
+            }
+            continue;
+        }
+        let profiles: Vec<(Uuid, BTreeSet<&'a str>)> = profiles.into_iter().collect();
+        for chunk in profiles.chunks(READ_BACK_PARTITIONS) {
+            let boards: BTreeSet<&str> =
+                chunk.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+            let ids = chunk.iter().map(|(p, _)| *p).collect();
+            requests.push((ids, boards.into_iter().collect()));
         }
     }
     requests
@@ -390,13 +404,14 @@ impl Store for ScyllaStore {
         latest: &[ScoreUpdate],
         events: &[ScoreUpdate],
     ) -> Result<(), StoreError> {
-        let cluster = self.session.get_cluster_state();
         let st = &self.statements;
+        let mut placer = self.placer();
+        let placed = self.place(&mut placer, latest);
         let bucket = |u: &ScoreUpdate| bucket_of(u.profile_id, self.buckets);
         let updated_at = |u: &ScoreUpdate| CqlTimestamp(u.occurred_at_micros.div_euclid(1000));
 
-        let mut profiles = Phase::new(cluster.clone());
-        for u in latest {
+        let mut profiles = Phase::default();
+        for (u, at) in latest.iter().zip(&placed) {
             let values = (
                 u.occurred_at_micros,
                 vec![(bucket(u), u.score)],
@@ -406,12 +421,12 @@ impl Store for ScyllaStore {
                 u.profile_id,
                 u.leaderboard_id.as_str(),
             );
-            profiles.push(&st.upsert_profile, values, bytes::profile(u));
+            profiles.push(&at.profile, &st.upsert_profile, values, bytes::profile(u));
         }
         self.run(WRITE_PROFILES, profiles).await?;
 
-        let mut rows = Phase::new(cluster.clone());
-        for u in latest {
+        let mut rows = Phase::default();
+        for (u, at) in latest.iter().zip(&placed) {
             let values = (
                 u.leaderboard_id.as_str(),
                 bucket(u),
@@ -421,43 +436,87 @@ impl Store for ScyllaStore {
                 updated_at(u),
                 u.occurred_at_micros,
             );
-            rows.push(&st.insert_leaderboard, values, bytes::leaderboard(u));
+            rows.push(
+                &at.board,
+                &st.insert_leaderboard,
+                values,
+                bytes::leaderboard(u),
+            );
         }
+        let mut history: HashMap<(Uuid, chrono::NaiveDate), Placement> = HashMap::new();
         for e in events {
+            let day = day_of(e.occurred_at_micros);
+            let at = history
+                .entry((e.profile_id, day))
+                .or_insert_with(|| placer.place("score_history", &(e.profile_id, day)));
             let values = (
                 e.profile_id,
-                day_of(e.occurred_at_micros),
+                day,
                 updated_at(e),
                 e.event_id.as_str(),
                 e.leaderboard_id.as_str(),
                 e.score,
                 e.wallet_address.as_str(),
             );
-            rows.push(&st.insert_history, values, bytes::history(e));
+            rows.push(at, &st.insert_history, values, bytes::history(e));
         }
         self.run(WRITE_ROWS, rows).await?;
 
-        self.settle_keys(cluster, latest, true).await
+        self.settle_keys(&mut placer, latest, &placed, true).await
     }
 }
 
+/// Where the partitions of one key live: its `scores_by_profile` partition and its leaderboard bucket.
+pub(super) struct Placed {
+    profile: Placement,
+    board: Placement,
+}
+
 impl ScyllaStore {
+    /// A placer on the driver's current cluster map.
+    fn placer(&self) -> Placer {
+        Placer::new(self.session.get_cluster_state(), &self.keyspace)
+    }
+
+    /// Places each key's partitions once for the whole flush (a profile's partition once for all its
+    /// leaderboards).
+    fn place(&self, placer: &mut Placer, latest: &[ScoreUpdate]) -> Vec<Placed> {
+        let mut profiles: HashMap<Uuid, Placement> = HashMap::new();
+        latest
+            .iter()
+            .map(|u| Placed {
+                profile: profiles
+                    .entry(u.profile_id)
+                    .or_insert_with(|| placer.place("scores_by_profile", &(u.profile_id,)))
+                    .clone(),
+                board: placer.place(
+                    "scores",
+                    &(
+                        u.leaderboard_id.as_str(),
+                        bucket_of(u.profile_id, self.buckets),
+                    ),
+                ),
+            })
+            .collect()
+    }
+
     /// Phases 3-5 for the keys of `latest` once their rows are written (`wrote_rows`; an operator's
     /// delete writes none): read back what is current, delete every other leaderboard row a key owns
     /// or wrote, invalidate the eligibility cache of each wallet whose event is the newest, and
     /// overwrite `ranked` where it held stale entries.
     async fn settle_keys(
         &self,
-        map: Arc<dyn ReplicaMap>,
+        placer: &mut Placer,
         latest: &[ScoreUpdate],
+        placed: &[Placed],
         wrote_rows: bool,
     ) -> Result<(), StoreError> {
         let st = &self.statements;
-        let found = self.read_back(map.clone(), latest).await?;
-        let mut deletes = Phase::new(map.clone());
-        let mut overwrites = Phase::new(map);
+        let found = self.read_back(latest, placed).await?;
+        let mut deletes = Phase::default();
+        let mut overwrites = Phase::default();
         let mut wallets = HashSet::new();
-        for u in latest {
+        for (u, at) in latest.iter().zip(placed) {
             let lb = u.leaderboard_id.as_str();
             let current = found
                 .get(&(u.profile_id, u.leaderboard_id.clone()))
@@ -467,20 +526,31 @@ impl ScyllaStore {
                 at: u.occurred_at_micros,
             };
             let plan = cleanup(bucket_of(u.profile_id, self.buckets), own, current);
-            for ((b, s), at) in plan.deletes {
-                let values = (at, lb, b, s, u.profile_id);
-                deletes.push(&st.delete_row, values, bytes::delete(u));
+            for ((b, s), t) in plan.deletes {
+                let values = (t, lb, b, s, u.profile_id);
+                deletes.push(&at.board, &st.delete_row, values, bytes::delete(u));
             }
-            if let Some((at, entries)) = plan.overwrite {
-                let size = bytes::overwrite(u);
-                overwrites.push(&st.overwrite_ranked, (at, entries, u.profile_id, lb), size);
+            if let Some((t, entries)) = plan.overwrite {
+                let values = (t, entries, u.profile_id, lb);
+                overwrites.push(
+                    &at.profile,
+                    &st.overwrite_ranked,
+                    values,
+                    bytes::overwrite(u),
+                );
             }
             if current.score == Some(u.score) && current.written_at == u.occurred_at_micros {
                 wallets.insert(u.wallet_address.as_str());
             }
         }
         for wallet in wallets {
-            deletes.push(&st.invalidate_cache, (wallet,), bytes::invalidate(wallet));
+            let at = placer.place("eligibility_cache", &(wallet,));
+            deletes.push(
+                &at,
+                &st.invalidate_cache,
+                (wallet,),
+                bytes::invalidate(wallet),
+            );
         }
         self.run(CLEANUP, deletes).await?;
         self.run(PRUNE_RANKED, overwrites).await
