@@ -14,10 +14,12 @@
 //! 5. `prune_ranked`: remove the deleted entries from `ranked`, only once their rows are gone.
 //!
 //! Every write carries `USING TIMESTAMP` (event time or `t*`) or is a delete that is safe to repeat,
-//! so all of it is idempotent and safe to retry or redeliver.
+//! so all of it is idempotent and safe to retry or redeliver. When a flush fails, the `probe` module tells
+//! whether the database takes this worker's writes at all; [`error`] classifies every failure.
 
 pub mod error;
 mod phase;
+mod probe;
 pub mod repair;
 mod session;
 mod statements;
@@ -81,6 +83,10 @@ pub struct ScyllaStore {
     batch_max_bytes: usize,
     read_back: ReadBack,
     statements: Statements,
+    probe: probe::Probe,
+    /// At a quorum consistency a key the read-back does not find was deleted after its write (see
+    /// [`ScyllaStore::settle_keys`]); below it, it may be a replica behind.
+    missing_is_deleted: bool,
     latency: [Histogram; 5],
 }
 
@@ -104,8 +110,22 @@ impl ScyllaStore {
             batch_max_bytes: config.batch_max_bytes,
             read_back: config.read_back,
             statements,
+            probe: probe::Probe::new(&config.keyspace),
+            missing_is_deleted: config.consistency.is_quorum(),
             latency,
         })
+    }
+
+    /// Counts a failed request by its kind.
+    fn failed(&self, e: StoreError) -> StoreError {
+        self.metrics
+            .scylla_errors
+            .with_label_values(&[e.kind.as_str()])
+            .inc();
+        if e.kind == Kind::Connection {
+            self.metrics.scylla_connection_failures.inc();
+        }
+        e
     }
 
     /// Sends one request, timing and counting it under its kind.
@@ -126,17 +146,7 @@ impl ScyllaStore {
                 self.metrics.server_warning(REQUESTS[kind], warning);
             }
         }
-        result.map_err(|e| {
-            let e = StoreError::new(REQUESTS[kind], e);
-            self.metrics
-                .scylla_errors
-                .with_label_values(&[e.kind.as_str()])
-                .inc();
-            if e.kind == Kind::Connection {
-                self.metrics.scylla_connection_failures.inc();
-            }
-            e
-        })
+        result.map_err(|e| self.failed(StoreError::new(REQUESTS[kind], e)))
     }
 
     /// Sends a phase's requests at once (at most `write_concurrency` in flight) and waits for all.
@@ -427,6 +437,10 @@ impl Store for ScyllaStore {
 
         self.settle_keys(cluster, latest, true).await
     }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        self.probe_writes().await
+    }
 }
 
 impl ScyllaStore {
@@ -434,6 +448,12 @@ impl ScyllaStore {
     /// delete writes none): read back what is current, delete every other leaderboard row a key owns
     /// or wrote, invalidate the eligibility cache of each wallet whose event is the newest, and
     /// overwrite `ranked` where it held stale entries.
+    ///
+    /// A key the read-back does not find at all, though its row was just written at quorum, was
+    /// deleted after the write by a statement that left no `updated_at` (plain CQL, at server time;
+    /// docs/design.md, "Repairs"): it is deleted as of some time at or after the event's `t`, so the
+    /// event is superseded and only its own leaderboard row goes, at `t`. Below quorum the row may just
+    /// not have reached the replica read: `not_visible`, retryable.
     async fn settle_keys(
         &self,
         map: Arc<dyn ReplicaMap>,
@@ -447,9 +467,31 @@ impl ScyllaStore {
         let mut wallets = HashSet::new();
         for u in latest {
             let lb = u.leaderboard_id.as_str();
-            let current = found
-                .get(&(u.profile_id, u.leaderboard_id.clone()))
-                .ok_or_else(|| StoreError::not_visible(REQUESTS[READ_BACK], u.profile_id, lb))?;
+            let deleted;
+            let current = match found.get(&(u.profile_id, u.leaderboard_id.clone())) {
+                Some(current) => current,
+                None if self.missing_is_deleted => {
+                    tracing::warn!(
+                        profile = %u.profile_id,
+                        leaderboard = lb,
+                        event_id = %u.event_id,
+                        "key deleted after this event by a delete that left no updated_at (plain CQL?): event superseded, its own leaderboard row removed"
+                    );
+                    deleted = Current {
+                        score: None,
+                        written_at: u.occurred_at_micros,
+                        ranked: Vec::new(),
+                    };
+                    &deleted
+                }
+                None => {
+                    return Err(StoreError::not_visible(
+                        REQUESTS[READ_BACK],
+                        u.profile_id,
+                        lb,
+                    ))
+                }
+            };
             let own = wrote_rows.then_some(u.score);
             let plan = cleanup(bucket_of(u.profile_id, self.buckets), own, current);
             for ((b, s), at) in plan.deletes {
