@@ -12,6 +12,7 @@
 mod support;
 
 mod harness;
+mod refusals;
 
 use std::path::Path;
 use std::time::Duration;
