@@ -150,8 +150,15 @@ fn dead_letters_of(text: &str, reason: &str) -> f64 {
 }
 
 fn progress(text: &str) -> String {
+    let by_reason: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("score_worker_dead_letters_total{reason=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .filter(|(_, n)| *n != "0")
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
     format!(
-        "processed {}, received {}, dead letters {}, pulls paused {}, permanent errors {}",
+        "processed {}, received {}, dead letters {} {by_reason:?}, pulls paused {}, permanent errors {}",
         processed(text),
         metric(text, "score_worker_messages_received_total").unwrap_or(0.0),
         dead_letters(text),
