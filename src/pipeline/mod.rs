@@ -4,7 +4,7 @@
 //! unit-tested with fakes; the real servers prove the integration in `tests/`. A flush is written
 //! whole, retrying transient failures within `retry.total_budget`; a flush that still fails is held
 //! while the database takes no writes at all, and otherwise split to find the keys that fail
-//! ([`failure`]). Each message is then settled by [`settle::decide`]: written → acked; its key refused
+//! (`failure`). Each message is then settled by [`settle::decide`]: written → acked; its key refused
 //! for its values → dead-lettered as `write_rejected`; its key failing while the database takes other
 //! writes → nak'd with `retry.nak_delay`, and dead-lettered as `write_failed` on the last delivery.
 //! Whatever the pipeline holds, the consumer keeps alive with `+WPI` (`consumer::Unsettled`).
