@@ -1,12 +1,14 @@
 //! Readiness: NATS connected, the durable consumer readable, database session up, schema at the
-//! expected version, no unresolved permanent write failure, not draining. A probe task refreshes the
+//! expected version, the database taking writes, not draining. A probe task refreshes the
 //! first four (and the consumer lag gauge) every few seconds; a probe in progress ends on shutdown.
 //!
 //! Also the pull breaker: when a write fails for a transient reason (the database is down or
-//! overloaded), the pipeline pauses pulling and holds the flushes it cannot write (their messages kept
-//! alive by `+WPI`) instead of giving them back, so an outage of any length burns no delivery and
-//! dead-letters nothing; the probe (or any write that succeeds) resumes pulling once the database
-//! answers again.
+//! overloaded), the pipeline pauses pulling; the probe (or any write that succeeds) resumes it once
+//! the database answers again. While the database takes no writes at all (the store's write probe
+//! fails: unreachable, or refusing this worker), the pipeline holds the flushes it cannot write
+//! (their messages kept alive by `+WPI`) and pulls stay paused until that probe passes
+//! ([`Health::writes_held`]), so an outage or a refusal of any length burns no delivery and
+//! dead-letters nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,7 +28,8 @@ pub struct Health {
     consumer: Mutex<Option<String>>,
     database: AtomicBool,
     schema: Mutex<Option<String>>,
-    permanent: Mutex<Option<String>>,
+    /// Why the database takes no writes, while it takes none.
+    held: Mutex<Option<String>>,
     draining: AtomicBool,
     paused: tokio::sync::watch::Sender<bool>,
 }
@@ -39,7 +42,7 @@ impl Health {
             consumer: Mutex::new(None),
             database: AtomicBool::new(false),
             schema: Mutex::new(Some("schema not checked yet".into())),
-            permanent: Mutex::new(None),
+            held: Mutex::new(None),
             draining: AtomicBool::new(false),
             paused: tokio::sync::watch::Sender::new(false),
         }
@@ -53,8 +56,12 @@ impl Health {
         }
     }
 
-    /// The database answers (a probe) or a flush was written: pull again.
+    /// The database answers (a probe) or a flush was written: pull again, unless the database takes
+    /// no writes ([`Health::writes_held`]).
     pub fn resume_pulls(&self) {
+        if self.held.lock().expect("lock").is_some() {
+            return;
+        }
         if self.paused.send_replace(false) {
             tracing::info!("database answers again; pulling resumed");
             self.metrics.pulls_paused.set(0);
@@ -96,8 +103,8 @@ impl Health {
         if let Some(problem) = self.schema.lock().expect("lock").clone() {
             reasons.push(problem);
         }
-        if let Some(problem) = self.permanent.lock().expect("lock").clone() {
-            reasons.push(format!("permanent write failure: {problem}"));
+        if let Some(cause) = self.held.lock().expect("lock").clone() {
+            reasons.push(format!("database takes no writes: {cause}"));
         }
         if *self.paused.borrow() {
             reasons.push("database writes failing: pulling paused".to_string());
@@ -110,20 +117,27 @@ impl Health {
         }
     }
 
-    /// A flush was written: any earlier permanent failure is resolved.
-    pub fn write_succeeded(&self) {
-        if self.permanent.lock().expect("lock").take().is_some() {
-            tracing::info!("writes succeed again; permanent failure cleared");
+    /// The database takes no writes of this worker's (its write probe fails: unreachable, a revoked
+    /// grant, a dropped table) and flushes are held: pulls stay paused and readiness names `cause`
+    /// until [`Health::writes_taken`]; neither the probe below nor a written flush resumes them
+    /// meanwhile. Logs each distinct cause once.
+    pub fn writes_held(&self, cause: &str) {
+        let mut slot = self.held.lock().expect("lock");
+        if slot.as_deref() != Some(cause) {
+            tracing::error!(%cause, "the database takes no writes; flushes held and pulling paused until it does");
+            *slot = Some(cause.to_string());
+        }
+        if !self.paused.send_replace(true) {
+            self.metrics.pulls_paused.set(1);
         }
     }
 
-    /// Records a permanent failure; logs it once per distinct cause.
-    pub fn permanent_failure(&self, cause: &str) {
-        let mut slot = self.permanent.lock().expect("lock");
-        if slot.as_deref() != Some(cause) {
-            tracing::error!(%cause, "permanent write failure; messages are nak'd until it is fixed");
-            *slot = Some(cause.to_string());
+    /// The write probe passes again: held flushes are written, pulling resumes.
+    pub fn writes_taken(&self) {
+        if self.held.lock().expect("lock").take().is_some() {
+            tracing::info!("the database takes writes again; held flushes are written");
         }
+        self.resume_pulls();
     }
 
     pub fn set_draining(&self) {
@@ -213,17 +227,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn not_ready_until_probed_and_permanent_failures_fail_readiness_until_cleared() {
+    fn not_ready_until_probed_and_held_writes_fail_readiness_until_taken() {
         let h = Health::new(Arc::new(Metrics::new()));
         assert!(h.readiness().is_err());
         h.nats.store(true, Ordering::Relaxed);
         h.database.store(true, Ordering::Relaxed);
         *h.schema.lock().unwrap() = None;
         assert!(h.readiness().is_ok());
-        h.permanent_failure("table missing");
+        h.writes_held("probe of scores failed (permanent): no MODIFY permission");
         let reasons = h.readiness().unwrap_err();
-        assert!(reasons[0].contains("table missing"));
-        h.write_succeeded();
+        assert!(
+            reasons[0].contains("takes no writes: probe of scores"),
+            "{reasons:?}"
+        );
+        assert!(h.pulls_paused());
+        h.resume_pulls();
+        assert!(
+            h.pulls_paused(),
+            "neither the probe nor a written flush resumes a hold"
+        );
+        h.writes_taken();
+        assert!(!h.pulls_paused());
         assert!(h.readiness().is_ok());
         h.consumer_state(Some("JetStream consumer cannot be read: not found".into()));
         assert_eq!(

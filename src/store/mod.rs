@@ -17,10 +17,12 @@
 //!    once the rows it drops are gone (one collection tombstone instead of a dead cell per entry).
 //!
 //! Every write carries `USING TIMESTAMP` (event time or `t*`) or is a delete that is safe to repeat,
-//! so all of it is idempotent and safe to retry or redeliver.
+//! so all of it is idempotent and safe to retry or redeliver. When a flush fails, the `probe` module tells
+//! whether the database takes this worker's writes at all; [`error`] classifies every failure.
 
 pub mod error;
 mod phase;
+mod probe;
 pub mod repair;
 mod session;
 mod statements;
@@ -85,6 +87,10 @@ pub struct ScyllaStore {
     batch_max_bytes: usize,
     read_back: ReadBack,
     statements: Statements,
+    probe: probe::Probe,
+    /// At a quorum consistency a key the read-back does not find was deleted after its write (see
+    /// [`ScyllaStore::settle_keys`]); below it, it may be a replica behind.
+    missing_is_deleted: bool,
     latency: [Histogram; 5],
 }
 
@@ -109,8 +115,22 @@ impl ScyllaStore {
             batch_max_bytes: config.batch_max_bytes,
             read_back: config.read_back,
             statements,
+            probe: probe::Probe::new(&config.keyspace),
+            missing_is_deleted: config.consistency.is_quorum(),
             latency,
         })
+    }
+
+    /// Counts a failed request by its kind.
+    fn failed(&self, e: StoreError) -> StoreError {
+        self.metrics
+            .scylla_errors
+            .with_label_values(&[e.kind.as_str()])
+            .inc();
+        if e.kind == Kind::Connection {
+            self.metrics.scylla_connection_failures.inc();
+        }
+        e
     }
 
     /// Sends one request, timing and counting it under its kind.
@@ -131,17 +151,7 @@ impl ScyllaStore {
                 self.metrics.server_warning(REQUESTS[kind], warning);
             }
         }
-        result.map_err(|e| {
-            let e = StoreError::new(REQUESTS[kind], e);
-            self.metrics
-                .scylla_errors
-                .with_label_values(&[e.kind.as_str()])
-                .inc();
-            if e.kind == Kind::Connection {
-                self.metrics.scylla_connection_failures.inc();
-            }
-            e
-        })
+        result.map_err(|e| self.failed(StoreError::new(REQUESTS[kind], e)))
     }
 
     /// Sends a phase's requests at once (at most `write_concurrency` in flight) and waits for all.
@@ -464,6 +474,10 @@ impl Store for ScyllaStore {
 
         self.settle_keys(&mut placer, latest, &placed, true).await
     }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        self.probe_writes().await
+    }
 }
 
 /// Where the partitions of one key live: its `scores_by_profile` partition and its leaderboard bucket.
@@ -504,6 +518,12 @@ impl ScyllaStore {
     /// delete writes none): read back what is current, delete every other leaderboard row a key owns
     /// or wrote, invalidate the eligibility cache of each wallet whose event is the newest, and
     /// overwrite `ranked` where it held stale entries.
+    ///
+    /// A key the read-back does not find at all, though its row was just written at quorum, was
+    /// deleted after the write by a statement that left no `updated_at` (plain CQL, at server time;
+    /// docs/design.md, "Repairs"): it is deleted as of some time at or after the event's `t`, so the
+    /// event is superseded and only its own leaderboard row goes, at `t`. Below quorum the row may just
+    /// not have reached the replica read: `not_visible`, retryable.
     async fn settle_keys(
         &self,
         placer: &mut Placer,
@@ -518,9 +538,31 @@ impl ScyllaStore {
         let mut wallets = HashSet::new();
         for (u, at) in latest.iter().zip(placed) {
             let lb = u.leaderboard_id.as_str();
-            let current = found
-                .get(&(u.profile_id, u.leaderboard_id.clone()))
-                .ok_or_else(|| StoreError::not_visible(REQUESTS[READ_BACK], u.profile_id, lb))?;
+            let deleted;
+            let current = match found.get(&(u.profile_id, u.leaderboard_id.clone())) {
+                Some(current) => current,
+                None if self.missing_is_deleted => {
+                    tracing::warn!(
+                        profile = %u.profile_id,
+                        leaderboard = lb,
+                        event_id = %u.event_id,
+                        "key deleted after this event by a delete that left no updated_at (plain CQL?): event superseded, its own leaderboard row removed"
+                    );
+                    deleted = Current {
+                        score: None,
+                        written_at: u.occurred_at_micros,
+                        ranked: Vec::new(),
+                    };
+                    &deleted
+                }
+                None => {
+                    return Err(StoreError::not_visible(
+                        REQUESTS[READ_BACK],
+                        u.profile_id,
+                        lb,
+                    ))
+                }
+            };
             let own = Own {
                 score: wrote_rows.then_some(u.score),
                 at: u.occurred_at_micros,

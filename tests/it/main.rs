@@ -17,3 +17,4 @@ mod postgres;
 mod read;
 mod support;
 mod topology;
+mod writes;
