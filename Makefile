@@ -7,9 +7,11 @@ RUN_ENV := SCORE_WORKER__LOG__FORMAT=text SCORE_WORKER__HTTP__LISTEN=127.0.0.1:9
 # A server pair of its own for fault injection (it kills, freezes and restarts them).
 CHAOS_ENV := SCORE_WORKER_LOCAL=$(CURDIR)/.local/chaos SCORE_WORKER_NATS_PORT=4322 SCORE_WORKER_NATS_MON_PORT=8322 \
 	SCORE_WORKER_CQL_PORT=9142 SCORE_WORKER_STORAGE_PORT=7100
-# A second server pair for the security tests: Cassandra with password authentication and optional TLS.
+# A second server pair for the security tests: Cassandra with password authentication, permissions (GRANT/REVOKE),
+# optional TLS, and a tombstone_failure_threshold of 1000, so one key's read-back can fail (tests/security/refusals.rs).
 SECURE_ENV := SCORE_WORKER_LOCAL=$(CURDIR)/.local/secure SCORE_WORKER_NATS_PORT=4422 SCORE_WORKER_NATS_MON_PORT=8422 \
-	SCORE_WORKER_CQL_PORT=9242 SCORE_WORKER_STORAGE_PORT=7200 SCORE_WORKER_CASSANDRA_AUTH=1 SCORE_WORKER_CASSANDRA_TLS=1
+	SCORE_WORKER_CQL_PORT=9242 SCORE_WORKER_STORAGE_PORT=7200 SCORE_WORKER_CASSANDRA_AUTH=1 SCORE_WORKER_CASSANDRA_TLS=1 \
+	SCORE_WORKER_CASSANDRA_TOMBSTONE_FAILURE=1000
 # The oldest nats-server the README supports (Debian's package) under the integration suite, with a pair of
 # its own (the suite freezes and stops its servers); every other suite runs on the pinned current release.
 OLDEST_NATS := 2.9.10
@@ -147,10 +149,11 @@ it-oldest-nats:
 		{ echo "it-oldest-nats: the nats-server on 4722 is not v$(OLDEST_NATS)"; exit 1; }
 	$(OLDEST_ENV) $(CARGO) test --locked --test it
 
-# NATS with TLS + user/password or token (a nats-server the tests start), Cassandra with password auth.
+# NATS with TLS + user/password or token (a nats-server the tests start), Cassandra with password auth; writes
+# the database refuses (revoked grants, a key past the tombstone threshold).
 security:
 	$(SECURE_ENV) scripts/services.sh up
-	$(CARGO) test --locked --test security
+	$(SECURE_ENV) $(CARGO) test --locked --test security
 
 # Fault injection with the real binary: SIGKILLs, frozen database, NATS restart, replicas, a 100k backlog
 # with bounded memory, SIGTERM; on the 3-node clusters, a NATS or Cassandra node killed mid-load

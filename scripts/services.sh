@@ -54,8 +54,12 @@
 #   SCORE_WORKER_FRESH_DB=1           wipe .local/cassandra before starting Cassandra (restarts it if ours)
 #   SCORE_WORKER_FRESH_NATS=1         wipe .local/nats-<version> (the JetStream store) before starting NATS
 #   SCORE_WORKER_FRESH_CLUSTER=1      cluster-up: stop and wipe the cluster(s) first
-#   SCORE_WORKER_CASSANDRA_AUTH=1     run Cassandra with PasswordAuthenticator (user cassandra/cassandra)
+#   SCORE_WORKER_CASSANDRA_AUTH=1     run Cassandra with PasswordAuthenticator (user cassandra/cassandra) and
+#                                     CassandraAuthorizer (roles need GRANTs; the superuser has every permission)
 #   SCORE_WORKER_CASSANDRA_TLS=1      and with optional TLS on the CQL port (CA in <state dir>/tls/ca.pem)
+#   SCORE_WORKER_CASSANDRA_TOMBSTONE_FAILURE=N   abort a read that meets N tombstones (tombstone_failure_threshold,
+#                                     warning at N/2) instead of Cassandra's 100000: a key past it fails its
+#                                     read-back (the security pair: tests/security/refusals.rs)
 #   SCORE_WORKER_CASSANDRA_HEAP=1g    Cassandra heap (-Xms = -Xmx)
 #   SCORE_WORKER_CLUSTER_CASSANDRA_HEAP=512m   heap of each cluster node
 #   SCORE_WORKER_CASSANDRA_TIMEOUT=180, SCORE_WORKER_NATS_TIMEOUT=30   startup timeouts in seconds (per node)
@@ -505,8 +509,9 @@ start_nats() {
 
 cass_mode() {
     local m=noauth
-    if [ "${SCORE_WORKER_CASSANDRA_AUTH:-0}" = 1 ]; then m=auth; fi
+    if [ "${SCORE_WORKER_CASSANDRA_AUTH:-0}" = 1 ]; then m=auth+authz; fi
     if [ "${SCORE_WORKER_CASSANDRA_TLS:-0}" = 1 ]; then m=$m+tls; fi
+    if [ -n "${SCORE_WORKER_CASSANDRA_TOMBSTONE_FAILURE:-}" ]; then m=$m+tombstones$SCORE_WORKER_CASSANDRA_TOMBSTONE_FAILURE; fi
     echo "$m"
 }
 
@@ -592,16 +597,26 @@ cassandra_jvm_args() { # fills CASS_ARGS for the single server
     yaml=$LOCAL/cassandra.yaml
     sed -e "s/127.0.0.1:7000/127.0.0.1:$STORAGE_PORT/" -e "s/^storage_port:.*/storage_port: $STORAGE_PORT/" \
         -e "s/^native_transport_port:.*/native_transport_port: $CQL_PORT/" "$DEPLOY/cassandra.yaml" >"$yaml"
-    if [[ $mode == *+tls ]]; then
+    if [[ $mode == *+tls* ]]; then
         # TLS on the CQL port, optional: plaintext clients (the other tests of the pair) still connect.
         cassandra_tls_files
         printf '\nclient_encryption_options:\n  enabled: true\n  optional: true\n  require_client_auth: false\n  keystore: %s\n  ssl_context_factory:\n    class_name: org.apache.cassandra.security.PEMBasedSslContextFactory\n' \
             "$LOCAL/tls/server.pem" >>"$yaml"
     fi
     if [[ $mode == auth* ]]; then
-        sed -i 's/^authenticator:.*/authenticator: PasswordAuthenticator/' "$yaml"
+        # Passwords, and permissions that GRANT and REVOKE change (a revoked grant is a refusal of every write
+        # the worker must ride out: tests/security/refusals.rs).
+        sed -i -e 's/^authenticator:.*/authenticator: PasswordAuthenticator/' \
+            -e 's/^authorizer:.*/authorizer: CassandraAuthorizer/' "$yaml"
         grep -q '^authenticator: PasswordAuthenticator' "$yaml" || die "could not set authenticator in $yaml"
+        grep -q '^authorizer: CassandraAuthorizer' "$yaml" || die "could not set authorizer in $yaml"
         extra+=(-Dcassandra.superuser_setup_delay_ms=0)
+    fi
+    local tombstones=${SCORE_WORKER_CASSANDRA_TOMBSTONE_FAILURE:-}
+    if [ -n "$tombstones" ]; then
+        [[ $tombstones =~ ^[1-9][0-9]*$ ]] || die "SCORE_WORKER_CASSANDRA_TOMBSTONE_FAILURE must be a positive number, not '$tombstones'"
+        printf '\n# SCORE_WORKER_CASSANDRA_TOMBSTONE_FAILURE\ntombstone_warn_threshold: %s\ntombstone_failure_threshold: %s\n' \
+            $((tombstones / 2 > 0 ? tombstones / 2 : 1)) "$tombstones" >>"$yaml"
     fi
     cassandra_daemon_args "$CASS_HEAP" "$yaml" "$CASS_DATA" "$CASS_TMP" "${extra[@]}"
 }

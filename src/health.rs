@@ -1,13 +1,16 @@
 //! Readiness: NATS connected, the durable consumer readable, database session up, schema at the
-//! expected version, no unresolved permanent write failure, dead letters being stored, the pull
-//! breaker not open, not draining. A probe task refreshes NATS and the database every few seconds (a
-//! probe in progress ends on shutdown); the consumer's watcher reports the consumer
-//! (`consumer::watch`), the dead-letter queue its stream.
+//! expected version, the database taking writes, dead letters being stored, the pull breaker not
+//! open, not draining. A probe task refreshes NATS and the database every few seconds (a probe in
+//! progress ends on shutdown); the consumer's watcher reports the consumer (`consumer::watch`), the
+//! dead-letter queue its stream.
 //!
-//! Health owns the [`Breaker`]: when a write fails for a transient reason the pipeline opens it and
-//! holds the flushes it cannot write (their messages kept alive by `+WPI`) instead of giving them
-//! back, so an outage of any length burns no delivery and dead-letters nothing; a probe that reaches
-//! the database half-opens it, and a write that lands closes it.
+//! Health owns the pull [`Breaker`]: when a write fails for a transient reason the pipeline opens it;
+//! the probe half-opens it once the database answers (one small pull until a write lands), and a
+//! write that lands closes it. While the database takes no writes at all (the store's write probe
+//! fails: unreachable, or refusing this worker), the pipeline holds the flushes it cannot write
+//! (their messages kept alive by `+WPI`) and the breaker stays open until that probe passes
+//! ([`Health::writes_held`]), so an outage or a refusal of any length burns no delivery and
+//! dead-letters nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,7 +30,8 @@ pub struct Health {
     consumer: Mutex<Option<String>>,
     database: AtomicBool,
     schema: Mutex<Option<String>>,
-    permanent: Mutex<Option<String>>,
+    /// Why the database takes no writes, while it takes none.
+    held: Mutex<Option<String>>,
     deadletters: Mutex<Option<String>>,
     draining: AtomicBool,
     breaker: Arc<Breaker>,
@@ -40,7 +44,7 @@ impl Health {
             consumer: Mutex::new(None),
             database: AtomicBool::new(false),
             schema: Mutex::new(Some("schema not checked yet".into())),
-            permanent: Mutex::new(None),
+            held: Mutex::new(None),
             deadletters: Mutex::new(None),
             draining: AtomicBool::new(false),
             breaker: Arc::new(Breaker::new(metrics.clone())),
@@ -58,8 +62,12 @@ impl Health {
         self.breaker.open(cause);
     }
 
-    /// A flush was written: close the breaker (pull at full speed).
+    /// A flush was written: close the breaker (pull at full speed), unless the database takes no
+    /// writes ([`Health::writes_held`]).
     pub fn resume_pulls(&self) {
+        if self.held.lock().expect("lock").is_some() {
+            return;
+        }
         self.breaker.close();
     }
 
@@ -104,8 +112,8 @@ impl Health {
         if let Some(problem) = self.schema.lock().expect("lock").clone() {
             reasons.push(problem);
         }
-        if let Some(problem) = self.permanent.lock().expect("lock").clone() {
-            reasons.push(format!("permanent write failure: {problem}"));
+        if let Some(cause) = self.held.lock().expect("lock").clone() {
+            reasons.push(format!("database takes no writes: {cause}"));
         }
         if let Some(problem) = self.deadletters.lock().expect("lock").clone() {
             reasons.push(format!("dead-letter stream unavailable: {problem}"));
@@ -122,20 +130,26 @@ impl Health {
         }
     }
 
-    /// A flush was written: any earlier permanent failure is resolved.
-    pub fn write_succeeded(&self) {
-        if self.permanent.lock().expect("lock").take().is_some() {
-            tracing::info!("writes succeed again; permanent failure cleared");
-        }
-    }
-
-    /// Records a permanent failure; logs it once per distinct cause.
-    pub fn permanent_failure(&self, cause: &str) {
-        let mut slot = self.permanent.lock().expect("lock");
+    /// The database takes no writes of this worker's (its write probe fails: unreachable, a revoked
+    /// grant, a dropped table) and flushes are held: the breaker stays open and readiness names
+    /// `cause` until [`Health::writes_taken`]; neither the probe below nor a written flush moves the
+    /// breaker meanwhile. Logs each distinct cause once.
+    pub fn writes_held(&self, cause: &str) {
+        let mut slot = self.held.lock().expect("lock");
         if slot.as_deref() != Some(cause) {
-            tracing::error!(%cause, "permanent write failure; messages are nak'd until it is fixed");
+            tracing::error!(%cause, "the database takes no writes; flushes held and pulling paused until it does");
             *slot = Some(cause.to_string());
         }
+        self.breaker.open(cause);
+    }
+
+    /// The write probe passes again: held flushes are written, and the breaker half-opens (one small
+    /// pull until a write lands).
+    pub fn writes_taken(&self) {
+        if self.held.lock().expect("lock").take().is_some() {
+            tracing::info!("the database takes writes again; held flushes are written");
+        }
+        self.breaker.half_open();
     }
 
     pub fn set_draining(&self) {
@@ -174,7 +188,10 @@ impl Health {
         match schema::current_version(session, keyspace).await {
             Ok(version) => {
                 self.database.store(true, Ordering::Relaxed);
-                self.breaker.half_open();
+                // The database answers: probe with a small pull, unless it takes no writes.
+                if self.held.lock().expect("lock").is_none() {
+                    self.breaker.half_open();
+                }
                 let expected = schema::expected_version();
                 *self.schema.lock().expect("lock") = (version != Some(expected)).then(|| {
                     format!("schema at version {version:?}, this build expects {expected}: run `score-worker migrate`")
@@ -207,17 +224,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn not_ready_until_probed_and_permanent_failures_fail_readiness_until_cleared() {
+    fn not_ready_until_probed_and_held_writes_fail_readiness_until_taken() {
         let h = Health::new(Arc::new(Metrics::new()));
         assert!(h.readiness().is_err());
         h.nats.store(true, Ordering::Relaxed);
         h.database.store(true, Ordering::Relaxed);
         *h.schema.lock().unwrap() = None;
         assert!(h.readiness().is_ok());
-        h.permanent_failure("table missing");
+        h.writes_held("probe of scores failed (permanent): no MODIFY permission");
         let reasons = h.readiness().unwrap_err();
-        assert!(reasons[0].contains("table missing"));
-        h.write_succeeded();
+        assert!(
+            reasons[0].contains("takes no writes: probe of scores"),
+            "{reasons:?}"
+        );
+        assert!(h.pulls_paused());
+        h.resume_pulls();
+        assert!(
+            h.pulls_paused(),
+            "neither the probe nor a written flush resumes a hold"
+        );
+        h.writes_taken();
+        assert_eq!(
+            h.breaker.state(),
+            crate::breaker::State::HalfOpen { probing: false },
+            "the write probe passed: one small pull until a write lands"
+        );
+        h.resume_pulls();
+        assert!(!h.pulls_paused());
         assert!(h.readiness().is_ok());
         h.consumer_state(Some("JetStream consumer cannot be read: not found".into()));
         assert_eq!(

@@ -9,6 +9,7 @@
 //!                                   │ (ScoreUpdate, JsReceipt)│
 //!                                   ▼ bounded channel         │
 //!             pipeline: batcher (50 / linger) → retry(Store::write)
+//!                        still failing: Store::probe fails → hold; passes → split
 //!                                   │                         │
 //!                                   ▼                         ▼
 //!                        settle::decide(attempt, deliveries) → Outcome
@@ -31,11 +32,12 @@
 //! - [`nats`]: NATS connection, JetStream stream/consumer set-up, and their drift from the configuration.
 //! - [`consumer`]: the pull loop; turns messages into `(ScoreUpdate, JsReceipt)`.
 //! - [`batcher`]: pure accumulator: flush at `max_scores` / linger, coalescing by key.
-//! - [`pipeline`]: batch → write with retries → settle; owns the ports ([`pipeline::Store`],
-//!   [`pipeline::Receipt`]) and the one decision of a message's fate ([`pipeline::settle`]).
+//! - [`pipeline`]: batch → write with retries → hold or split what still fails → settle; owns the
+//!   ports ([`pipeline::Store`], [`pipeline::Receipt`]) and the one decision of a message's fate
+//!   ([`pipeline::settle`]).
 //! - [`retry`]: the backoff schedule.
-//! - [`store`]: Scylla session, prepared statements, the leaderboard write protocol, and the one
-//!   classifier of database errors.
+//! - [`store`]: Scylla session, prepared statements, the leaderboard write protocol, the write probe,
+//!   and the one classifier of database errors.
 //! - [`deadletter`]: publishing dead letters (and counting and logging them).
 //! - [`advisory`]: dead-letters messages the server stopped delivering.
 //!

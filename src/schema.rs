@@ -33,6 +33,59 @@ pub const MIGRATIONS: &[Migration] = &[
     },
 ];
 
+/// The tables that take deletes: a row tombstone per score change (`scores`), a collection tombstone
+/// per clean-up and an operator's cleared cells (`scores_by_profile`), an invalidation per newest
+/// event (`eligibility_cache`). `score_history` only expires (TTL, whole windows dropped by TWCS).
+pub const TABLES_WITH_DELETES: [&str; 3] = ["scores", "scores_by_profile", "eligibility_cache"];
+
+/// Which database answers: the schema is valid on both, a few options exist on one only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flavour {
+    /// ScyllaDB, with its release (`system.versions`).
+    ScyllaDb { version: String },
+    /// Apache Cassandra (or another server without ScyllaDB's `system.versions`).
+    Cassandra,
+}
+
+/// Asks the server what it is: only ScyllaDB has `system.versions`.
+pub async fn flavour(session: &Session) -> Result<Flavour, SchemaError> {
+    let query = "SELECT version FROM system.versions WHERE key = 'local'";
+    match session.query_unpaged(query, ()).await {
+        Ok(result) => {
+            let version = result
+                .into_rows_result()
+                .ok()
+                .and_then(|rows| rows.maybe_first_row::<(Option<String>,)>().ok().flatten())
+                .and_then(|(v,)| v)
+                .unwrap_or_default();
+            Ok(Flavour::ScyllaDb { version })
+        }
+        Err(ExecutionError::LastAttemptError(scylla::errors::RequestAttemptError::DbError(
+            scylla::errors::DbError::Invalid,
+            _,
+        ))) => Ok(Flavour::Cassandra),
+        Err(source) => Err(SchemaError::Statement {
+            statement: query.into(),
+            source,
+        }),
+    }
+}
+
+/// Options `migrate` sets on one server only, after the versioned schema (every run; each is an
+/// idempotent `ALTER TABLE`). On ScyllaDB, tombstones of the tables that take deletes are purged once a
+/// repair has covered them (`tombstone_gc = {'mode': 'repair'}`) instead of after `gc_grace_seconds`:
+/// as soon as it is safe, and never before (docs/design.md, "Tombstones"). Cassandra has no such
+/// option (it rejects it): there `gc_grace_seconds` and the repair cadence are the operator's.
+pub fn server_options(flavour: &Flavour, keyspace: &str) -> Vec<String> {
+    match flavour {
+        Flavour::ScyllaDb { .. } => TABLES_WITH_DELETES
+            .iter()
+            .map(|t| format!("ALTER TABLE {keyspace}.{t} WITH tombstone_gc = {{'mode': 'repair'}}"))
+            .collect(),
+        Flavour::Cassandra => Vec::new(),
+    }
+}
+
 /// The setting that records `scylla.leaderboard_buckets`.
 pub const BUCKETS_SETTING: &str = "leaderboard_buckets";
 
@@ -214,6 +267,9 @@ pub async fn migrate(
         plan.push((Some(m), String::new()));
     }
 
+    let flavour = flavour(session).await?;
+    plan.extend(server_options(&flavour, ks).into_iter().map(|s| (None, s)));
+
     let mut report = Vec::new();
     for (migration, statement) in plan {
         match migration {
@@ -243,11 +299,11 @@ pub async fn migrate(
             }
         }
     }
-    if report.is_empty() {
-        report.push(format!(
-            "schema is up to date at version {}",
-            expected_version()
-        ));
+    if report.len() == server_options(&flavour, ks).len() {
+        report.insert(
+            0,
+            format!("schema is up to date at version {}", expected_version()),
+        );
     }
     if dry_run {
         report.push(format!(
@@ -318,6 +374,29 @@ mod tests {
             ),
             "CREATE INDEX IF NOT EXISTS i ON ks.scores_by_profile (wallet_address)"
         );
+    }
+
+    #[test]
+    fn only_scylladb_gets_repair_based_tombstone_gc_on_the_tables_that_take_deletes() {
+        assert!(server_options(&Flavour::Cassandra, "ks").is_empty());
+        let scylla = Flavour::ScyllaDb {
+            version: "2025.1.0".into(),
+        };
+        assert_eq!(
+            server_options(&scylla, "ks"),
+            [
+                "ALTER TABLE ks.scores WITH tombstone_gc = {'mode': 'repair'}",
+                "ALTER TABLE ks.scores_by_profile WITH tombstone_gc = {'mode': 'repair'}",
+                "ALTER TABLE ks.eligibility_cache WITH tombstone_gc = {'mode': 'repair'}",
+            ]
+        );
+        // Every table that takes deletes exists in the schema.
+        let stmts = statements(MIGRATIONS[0].cql);
+        for t in TABLES_WITH_DELETES {
+            assert!(stmts
+                .iter()
+                .any(|s| s.starts_with(&format!("CREATE TABLE IF NOT EXISTS {t} ("))));
+        }
     }
 
     #[test]

@@ -60,14 +60,18 @@ pub enum RejectReason {
     FutureTimestamp,
     /// NATS delivered the message `max_deliver` times without a successful write.
     MaxDeliveries,
-    /// The database refused this event's rows permanently while its flush-mates were written (the
+    /// The database refused this event's values permanently while it took other writes (the
     /// database's message is in the dead letter's error header).
     WriteRejected,
+    /// This event's key could not be written on any of its `max_deliver` deliveries while the
+    /// database took other writes (a read-back past the tombstone threshold, a timeout on one
+    /// oversized partition; the key and the database's message are in the error header).
+    WriteFailed,
 }
 
 impl RejectReason {
     /// Every reason, for pre-registering metric labels.
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         Self::MalformedJson,
         Self::MissingField,
         Self::InvalidValue,
@@ -75,6 +79,7 @@ impl RejectReason {
         Self::FutureTimestamp,
         Self::MaxDeliveries,
         Self::WriteRejected,
+        Self::WriteFailed,
     ];
 
     /// The stable token used in subjects and metric labels.
@@ -87,6 +92,7 @@ impl RejectReason {
             Self::FutureTimestamp => "future_timestamp",
             Self::MaxDeliveries => "max_deliveries",
             Self::WriteRejected => "write_rejected",
+            Self::WriteFailed => "write_failed",
         }
     }
 

@@ -47,6 +47,9 @@ impl JsReceipt {
 
     async fn settle_now(&self, outcome: &Outcome) -> Result<(), SettleError> {
         match outcome {
+            Outcome::Ack if std::env::var_os("SCORE_WORKER_SINGLE_ACK").is_some() => {
+                self.message.ack().await.map_err(settle_error("ack"))
+            }
             Outcome::Ack => self.message.double_ack().await.map_err(settle_error("ack")),
             Outcome::Retry { delay } => self
                 .message

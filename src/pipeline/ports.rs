@@ -19,9 +19,13 @@ pub enum Class {
     Permanent,
 }
 
-/// A store's error, which knows its [`Class`].
+/// A store's error, which knows its [`Class`] and what it refused.
 pub trait WriteError: std::error::Error + Send + Sync + 'static {
     fn class(&self) -> Class;
+    /// True when the database refused the values a write carries (a key's own data, such as a
+    /// timestamp past a guardrail), not a statement, a table or the attempt: the one failure that
+    /// makes a key's event unwritable for good.
+    fn refuses_values(&self) -> bool;
 }
 
 /// Where flushes are written. Implementations must be idempotent: a flush may be written again after
@@ -35,6 +39,12 @@ pub trait Store: Send + Sync + 'static {
         latest: &[ScoreUpdate],
         events: &[ScoreUpdate],
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Whether the database takes this worker's writes at all, asked with statements on every table
+    /// a flush touches that carry no event and change nothing anyone reads. `Ok`: a flush that fails
+    /// fails for its own keys. An error: no flush can be written — the database is unreachable
+    /// (retryable) or refuses this worker (permanent: a revoked grant, a dropped table).
+    fn probe(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
 /// Settling a message with the broker failed.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::ports::{Class, Receipt};
+use super::ports::Receipt;
 use crate::metrics::{Metrics, FAILED_WRITE};
 use crate::score::{RejectReason, Rejection};
 
@@ -28,10 +28,11 @@ pub enum Outcome {
 /// What happened to a message, as far as its fate is concerned.
 #[derive(Debug, Clone, Copy)]
 pub enum Attempt<'a> {
-    /// Its flush was written.
+    /// Its key was written.
     Written,
-    /// Its flush was not written: the last error's class, and what went wrong.
-    NotWritten { class: Class, detail: &'a str },
+    /// Its key's write failed while the database took other writes (a read-back past the tombstone
+    /// threshold, a timeout on one oversized partition): what went wrong, with the key.
+    WriteFailed { detail: &'a str },
     /// It failed validation.
     Rejected(&'a Rejection),
     /// The database refused its rows permanently while its flush-mates were written.
@@ -57,15 +58,14 @@ pub fn decide(attempt: Attempt<'_>, delivered: i64, limits: Limits) -> Outcome {
             reason: rejection.reason,
             detail: rejection.detail.clone(),
         },
-        // A permanent failure is given back too: it may be a schema not yet migrated, which an
-        // operator fixes; readiness reports it meanwhile.
-        Attempt::NotWritten { class: _, detail } if delivered >= limits.max_deliver => {
-            Outcome::DeadLetter {
-                reason: RejectReason::MaxDeliveries,
-                detail: format!("not written after {delivered} deliveries: {detail}"),
-            }
-        }
-        Attempt::NotWritten { .. } => Outcome::Retry {
+        // Another round on another delivery (perhaps another replica), up to the last one. A
+        // failure that is not the key's own (the database unreachable, or refusing every write) never
+        // gets here: the pipeline holds such a flush until the database takes writes again.
+        Attempt::WriteFailed { detail } if delivered >= limits.max_deliver => Outcome::DeadLetter {
+            reason: RejectReason::WriteFailed,
+            detail: format!("not written after {delivered} deliveries: {detail}"),
+        },
+        Attempt::WriteFailed { .. } => Outcome::Retry {
             delay: limits.nak_delay,
         },
         Attempt::WriteRejected { detail } => Outcome::DeadLetter {
@@ -141,7 +141,8 @@ impl Settler {
                 }
             }
         }
-        if matches!(attempt, Attempt::NotWritten { .. }) && matches!(outcome, Outcome::Retry { .. })
+        if matches!(attempt, Attempt::WriteFailed { .. })
+            && matches!(outcome, Outcome::Retry { .. })
         {
             self.metrics
                 .messages_failed
@@ -167,12 +168,11 @@ mod tests {
         assert!(!watcher.set_max_deliver(5), "unchanged");
         assert!(watcher.set_max_deliver(2));
         assert_eq!(settler.limits().max_deliver, 2);
-        let down = Attempt::NotWritten {
-            class: Class::Retryable,
-            detail: "db down",
+        let failed = Attempt::WriteFailed {
+            detail: "read-back failed",
         };
         assert!(matches!(
-            decide(down, 2, settler.limits()),
+            decide(failed, 2, settler.limits()),
             Outcome::DeadLetter { .. }
         ));
     }
@@ -186,24 +186,20 @@ mod tests {
         let retry = Outcome::Retry {
             delay: Duration::from_secs(15),
         };
-        let parked = |delivered: i64| Outcome::DeadLetter {
-            reason: RejectReason::MaxDeliveries,
-            detail: format!("not written after {delivered} deliveries: db down"),
-        };
-        let down = |class| Attempt::NotWritten {
-            class,
-            detail: "db down",
+        let detail = "leaderboard b, profile p: read_back failed (server): too many tombstones";
+        let failed = Attempt::WriteFailed { detail };
+        let settled = |delivered: i64| Outcome::DeadLetter {
+            reason: RejectReason::WriteFailed,
+            detail: format!("not written after {delivered} deliveries: {detail}"),
         };
         let mut cases: Vec<(Attempt<'_>, i64, Outcome)> = vec![
             (Attempt::Written, 1, Outcome::Ack),
             (Attempt::Written, 5, Outcome::Ack),
             (Attempt::Written, 99, Outcome::Ack),
-            (down(Class::Retryable), 1, retry.clone()),
-            (down(Class::Retryable), 4, retry.clone()),
-            (down(Class::Retryable), 5, parked(5)),
-            (down(Class::Retryable), 7, parked(7)),
-            (down(Class::Permanent), 1, retry.clone()),
-            (down(Class::Permanent), 5, parked(5)),
+            (failed, 1, retry.clone()),
+            (failed, 4, retry.clone()),
+            (failed, 5, settled(5)),
+            (failed, 7, settled(7)),
             (
                 Attempt::Rejected(&bad),
                 1,
@@ -229,17 +225,19 @@ mod tests {
                 },
             ),
         ];
-        cases.push((
-            Attempt::WriteRejected {
-                detail: "insert_rows failed (permanent): Invalid",
-            },
-            2,
-            Outcome::DeadLetter {
-                reason: RejectReason::WriteRejected,
-                detail: "insert_rows failed (permanent): Invalid".into(),
-            },
-        ));
-        assert_eq!(cases.len(), 13);
+        for delivered in [1, 5] {
+            cases.push((
+                Attempt::WriteRejected {
+                    detail: "insert_rows failed (permanent): Invalid",
+                },
+                delivered,
+                Outcome::DeadLetter {
+                    reason: RejectReason::WriteRejected,
+                    detail: "insert_rows failed (permanent): Invalid".into(),
+                },
+            ));
+        }
+        assert_eq!(cases.len(), 12);
         for (attempt, delivered, want) in cases {
             assert_eq!(
                 decide(attempt, delivered, LIMITS),

@@ -59,7 +59,7 @@ impl NewestWritten {
     }
 
     /// Records a flush's newest events once their writes are durable.
-    pub fn record(&self, written: &[ScoreUpdate]) {
+    pub fn record<'a>(&self, written: impl IntoIterator<Item = &'a ScoreUpdate>) {
         if self.capacity == 0 {
             return;
         }

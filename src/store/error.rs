@@ -5,6 +5,8 @@
 
 use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 
+use super::{WRITE_PROFILES, WRITE_ROWS};
+use crate::metrics::REQUESTS;
 use crate::pipeline::{Class, WriteError};
 
 /// Metric label for an error (`score_worker_scylla_errors_total{kind}`).
@@ -65,8 +67,9 @@ pub enum Cause {
     /// writes (permanent until migrated).
     #[error("unexpected result: {0}")]
     Decode(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// A row this flush has just written at quorum is not visible: a consistency level too weak for
-    /// the protocol, or a replica that lost it (worth another attempt).
+    /// A row this flush has just written is not visible, at a consistency below quorum
+    /// (`scylla.allow_weak_consistency`): a replica behind (worth another attempt). At quorum a
+    /// missing row is a delete newer than the write, and the key is superseded, not failed.
     #[error("row not visible after its write: profile {profile}, leaderboard {leaderboard}")]
     NotVisible {
         profile: uuid::Uuid,
@@ -110,11 +113,25 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         self.class() == Class::Retryable
     }
+
+    /// A permanent refusal of a request that carries events' values (`write_profiles`, `write_rows`):
+    /// about a key's data, so its event is dead-lettered as `write_rejected`. A refusal of the
+    /// read-back, the clean-up (with its cache invalidation) or the pruning of `ranked`, which carry
+    /// nothing of the event, is never blamed on it: its rows were written, and the refusal is the
+    /// table's or the role's (a revoked grant, a dropped table), which the write probe tells.
+    pub fn refuses_values(&self) -> bool {
+        self.kind == Kind::Permanent
+            && [REQUESTS[WRITE_PROFILES], REQUESTS[WRITE_ROWS]].contains(&self.statement)
+    }
 }
 
 impl WriteError for StoreError {
     fn class(&self) -> Class {
         self.kind.class()
+    }
+
+    fn refuses_values(&self) -> bool {
+        StoreError::refuses_values(self)
     }
 }
 
@@ -251,6 +268,23 @@ mod tests {
             }),
         );
         assert!(e.is_retryable());
+    }
+
+    #[test]
+    fn only_a_refusal_of_the_values_written_is_the_keys_own() {
+        let refused = |statement| StoreError::new(statement, db(DbError::Invalid));
+        assert!(refused("write_profiles").refuses_values());
+        assert!(refused("write_rows").refuses_values());
+        for statement in ["read_back", "cleanup", "prune_ranked", "probe of scores"] {
+            assert!(!refused(statement).refuses_values(), "{statement}");
+        }
+        let timeout = StoreError::new("write_rows", db(DbError::Overloaded));
+        assert!(
+            !timeout.refuses_values(),
+            "a retryable failure is no refusal"
+        );
+        let missing = StoreError::not_visible("read_back", uuid::Uuid::nil(), "b");
+        assert!(!missing.refuses_values());
     }
 
     #[test]

@@ -8,16 +8,21 @@
 //!    `(bucket, score)` to `ranked`, set score, wallet and `updated_at` (older events lose cell by cell);
 //! 2. `write_rows`: per key the leaderboard row at `t`; per event its history row;
 //! 3. `read_back`: the current score `s*`, its write time `t*` and `ranked` of every key, a few
-//!    multi-partition reads (or one read per key, `scylla.read_back = "per_key"`);
-//! 4. `cleanup`: delete every `ranked` row other than `(bucket, s*)` from the leaderboard at `t*`, and
-//!    invalidate the eligibility cache of each wallet whose event is the newest, once per wallet;
-//! 5. `prune_ranked`: remove the deleted entries from `ranked`, only once their rows are gone.
+//!    multi-partition reads of exactly the flush's rows (or one read per key,
+//!    `scylla.read_back = "per_key"`);
+//! 4. `cleanup`: delete every `ranked` row other than `(bucket, s*)` from the leaderboard at `t*`, and the
+//!    writer's own row if it is superseded; invalidate the eligibility cache of each wallet whose event
+//!    is the newest, once per wallet;
+//! 5. `prune_ranked`: the writer of the current score overwrites `ranked` with the current entry, only
+//!    once the rows it drops are gone (one collection tombstone instead of a dead cell per entry).
 //!
 //! Every write carries `USING TIMESTAMP` (event time or `t*`) or is a delete that is safe to repeat,
-//! so all of it is idempotent and safe to retry or redeliver.
+//! so all of it is idempotent and safe to retry or redeliver. When a flush fails, the `probe` module tells
+//! whether the database takes this worker's writes at all; [`error`] classifies every failure.
 
 pub mod error;
 mod phase;
+mod probe;
 pub mod repair;
 mod session;
 mod statements;
@@ -41,7 +46,7 @@ use crate::config::{ReadBack, ScyllaConfig};
 use crate::metrics::{Metrics, REQUESTS};
 use crate::pipeline::Store;
 use crate::score::{tie_rank, ScoreUpdate};
-use phase::{Phase, Placement, Placer, ReplicaMap, Request};
+use phase::{Phase, Placement, Placer, Request};
 use statements::Statements;
 
 // Indexes into `REQUESTS`, the request kinds in the order a flush sends them.
@@ -76,11 +81,16 @@ type ProfileRow = (
 pub struct ScyllaStore {
     session: Arc<Session>,
     metrics: Arc<Metrics>,
+    keyspace: String,
     buckets: i32,
     concurrency: usize,
     batch_max_bytes: usize,
     read_back: ReadBack,
     statements: Statements,
+    probe: probe::Probe,
+    /// At a quorum consistency a key the read-back does not find was deleted after its write (see
+    /// [`ScyllaStore::settle_keys`]); below it, it may be a replica behind.
+    missing_is_deleted: bool,
     latency: [Histogram; 5],
 }
 
@@ -99,13 +109,28 @@ impl ScyllaStore {
         Ok(Self {
             session,
             metrics,
+            keyspace: config.keyspace.clone(),
             buckets: config.leaderboard_buckets,
             concurrency: config.write_concurrency,
             batch_max_bytes: config.batch_max_bytes,
             read_back: config.read_back,
             statements,
+            probe: probe::Probe::new(&config.keyspace),
+            missing_is_deleted: config.consistency.is_quorum(),
             latency,
         })
+    }
+
+    /// Counts a failed request by its kind.
+    fn failed(&self, e: StoreError) -> StoreError {
+        self.metrics
+            .scylla_errors
+            .with_label_values(&[e.kind.as_str()])
+            .inc();
+        if e.kind == Kind::Connection {
+            self.metrics.scylla_connection_failures.inc();
+        }
+        e
     }
 
     /// Sends one request, timing and counting it under its kind.
@@ -126,17 +151,7 @@ impl ScyllaStore {
                 self.metrics.server_warning(REQUESTS[kind], warning);
             }
         }
-        result.map_err(|e| {
-            let e = StoreError::new(REQUESTS[kind], e);
-            self.metrics
-                .scylla_errors
-                .with_label_values(&[e.kind.as_str()])
-                .inc();
-            if e.kind == Kind::Connection {
-                self.metrics.scylla_connection_failures.inc();
-            }
-            e
-        })
+        result.map_err(|e| self.failed(StoreError::new(REQUESTS[kind], e)))
     }
 
     /// Sends a phase's requests at once (at most `write_concurrency` in flight) and waits for all.
@@ -161,21 +176,23 @@ impl ScyllaStore {
     /// (profile, leaderboard) rows.
     async fn read_back(
         &self,
-        map: Arc<dyn ReplicaMap>,
         latest: &[ScoreUpdate],
+        placed: &[Placed],
     ) -> Result<HashMap<Key, Current>, StoreError> {
         let mut found = HashMap::with_capacity(latest.len());
         let reads: Vec<BoxFuture<'_, Result<Found, StoreError>>> = match self.read_back {
-            ReadBack::Grouped => read_plan(&mut Placer::new(map), &self.statements, latest)
-                .into_iter()
-                .map(|(profiles, leaderboards)| {
-                    let request = Request::Single(
-                        self.statements.read_profiles.clone(),
-                        Box::new((profiles, leaderboards)),
-                    );
-                    Box::pin(self.read_rows(request)) as _
-                })
-                .collect(),
+            ReadBack::Grouped | ReadBack::Exact => {
+                read_plan(latest, placed, self.read_back == ReadBack::Exact)
+                    .into_iter()
+                    .map(|(profiles, leaderboards)| {
+                        let request = Request::Single(
+                            self.statements.read_profiles.clone(),
+                            Box::new((profiles, leaderboards)),
+                        );
+                        Box::pin(self.read_rows(request)) as _
+                    })
+                    .collect()
+            }
             ReadBack::PerKey => latest
                 .iter()
                 .map(|u| {
@@ -234,21 +251,21 @@ type Key = (Uuid, String);
 /// What a read-back found, per key.
 type Found = Vec<(Key, Current)>;
 
-/// The grouped read-back's requests: `(profiles, leaderboards)` whose every pair is a key of the flush
-/// (so only the flush's rows are read), grouped by where the profile's partition lives, at most
-/// [`READ_BACK_PARTITIONS`] profiles each. Profiles with the same leaderboards in the flush share a
-/// request.
+/// The grouped read-back's requests, `(profiles, leaderboards)`: per place where profile partitions
+/// live, at most [`READ_BACK_PARTITIONS`] profiles and the leaderboards their keys in the flush name, so
+/// a read never touches a leaderboard outside the flush (a profile may have rows on many). The pairs of
+/// the product that are not keys of the flush cost the server a clustering look-up in a partition it
+/// reads anyway; one request per distinct set of leaderboards instead would cost requests (measured in
+/// docs/performance.md, "Read-back").
 fn read_plan<'a>(
-    placer: &mut Placer,
-    statements: &Statements,
     latest: &'a [ScoreUpdate],
+    placed: &'a [Placed],
+    exact: bool,
 ) -> Vec<(Vec<Uuid>, Vec<&'a str>)> {
-    let mut by_placement: HashMap<Placement, BTreeMap<Uuid, BTreeSet<&'a str>>> = HashMap::new();
-    for u in latest {
-        let values = (u.profile_id, u.leaderboard_id.as_str());
-        let placement = placer.place(&statements.read_profile, &values);
+    let mut by_placement: HashMap<&Placement, BTreeMap<Uuid, BTreeSet<&'a str>>> = HashMap::new();
+    for (u, at) in latest.iter().zip(placed) {
         by_placement
-            .entry(placement)
+            .entry(&at.profile)
             .or_default()
             .entry(u.profile_id)
             .or_default()
@@ -256,15 +273,25 @@ fn read_plan<'a>(
     }
     let mut requests = Vec::new();
     for profiles in by_placement.into_values() {
-        let mut by_boards: BTreeMap<BTreeSet<&'a str>, Vec<Uuid>> = BTreeMap::new();
-        for (profile, boards) in profiles {
-            by_boards.entry(boards).or_default().push(profile);
-        }
-        for (boards, profiles) in by_boards {
-            let boards: Vec<&str> = boards.into_iter().collect();
-            for chunk in profiles.chunks(READ_BACK_PARTITIONS) {
-                requests.push((chunk.to_vec(), boards.clone()));
+        if exact {
+            let mut by_boards: BTreeMap<BTreeSet<&'a str>, Vec<Uuid>> = BTreeMap::new();
+            for (profile, boards) in profiles {
+                by_boards.entry(boards).or_default().push(profile);
             }
+            for (boards, profiles) in by_boards {
+                let boards: Vec<&str> = boards.into_iter().collect();
+                for chunk in profiles.chunks(READ_BACK_PARTITIONS) {
+                    requests.push((chunk.to_vec(), boards.clone()));
+                }
+            }
+            continue;
+        }
+        let profiles: Vec<(Uuid, BTreeSet<&'a str>)> = profiles.into_iter().collect();
+        for chunk in profiles.chunks(READ_BACK_PARTITIONS) {
+            let boards: BTreeSet<&str> =
+                chunk.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+            let ids = chunk.iter().map(|(p, _)| *p).collect();
+            requests.push((ids, boards.into_iter().collect()));
         }
     }
     requests
@@ -303,12 +330,19 @@ struct Cleanup {
     /// Leaderboard rows `(bucket, score)` to delete, each at its timestamp.
     deletes: Vec<((i32, i64), i64)>,
     /// `ranked` rewritten as `(timestamp, entries)`: the current row's entry alone (none for a deleted
-    /// key). `None` when `ranked` holds nothing stale.
+    /// key). `None` unless this writer's own write is the current one and `ranked` held something stale.
     overwrite: Option<(i64, Vec<(i32, i64)>)>,
 }
 
-/// The clean-up of a key whose read-back found `current`, by a writer that wrote the leaderboard row
-/// `(bucket, own)` (`own` is `None` for an operator's delete, which writes no row).
+/// The write a clean-up follows: an event's, which wrote the leaderboard row `(bucket, score)` at
+/// `at`, or an operator's delete at `at` (`score: None`), which wrote no row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Own {
+    score: Option<i64>,
+    at: i64,
+}
+
+/// The clean-up of a key whose read-back found `current`, after the write `own`.
 ///
 /// - Every `ranked` entry other than the current row is deleted from the leaderboard at `t*`, where a
 ///   tombstone wins the tie with a row written at `t*`; or at `t* − 1` for an entry that would beat the
@@ -316,11 +350,12 @@ struct Cleanup {
 ///   an entry was written before `t*`, so `t* − 1` still removes it). A deleted key owns no row: every
 ///   entry goes at the delete's `t*`, which wins a tie with an event at the same time.
 /// - The writer's own row goes too, by the same rule, when it is not the current one, even if `ranked`
-///   no longer lists it: another writer's overwrite may have erased its entry before this read.
-/// - If anything in `ranked` was stale, `ranked` is overwritten at `t*` with the current entry: the
-///   overwrite's collection tombstone (at `t* − 1`) removes every older entry at once, seen or not, and
-///   leaves one dead marker per row instead of one dead cell per removed entry.
-fn cleanup(bucket: i32, own: Option<i64>, current: &Current) -> Cleanup {
+///   no longer lists it: an overwrite may have erased its entry before this read.
+/// - Only the writer whose own write is current (`s* = s`, `t* = t`: its write completed before this
+///   read, which the argument in docs/design.md needs) overwrites `ranked`, and only if it held
+///   anything stale: at `t*`, with the current entry. The overwrite's collection tombstone (at
+///   `t* − 1`) shadows every older entry at once and leaves no dead cell per removed entry.
+fn cleanup(bucket: i32, own: Own, current: &Current) -> Cleanup {
     let at = |s: i64| match current.score {
         Some(score) if tie_rank(s) > tie_rank(score) => current.written_at - 1,
         _ => current.written_at,
@@ -331,13 +366,14 @@ fn cleanup(bucket: i32, own: Option<i64>, current: &Current) -> Cleanup {
         .filter(|&&(b, s)| current.score != Some(s) || b != bucket)
         .map(|&(b, s)| ((b, s), at(s)))
         .collect();
-    let overwrite = (!deletes.is_empty()).then(|| {
+    let is_current = current.score == own.score && current.written_at == own.at;
+    let overwrite = (is_current && !deletes.is_empty()).then(|| {
         let entry = current.score.map(|s| (bucket, s));
         (current.written_at, entry.into_iter().collect())
     });
-    if let Some(own) = own.filter(|&s| current.score != Some(s)) {
-        if !deletes.iter().any(|&(entry, _)| entry == (bucket, own)) {
-            deletes.push(((bucket, own), at(own)));
+    if let Some(score) = own.score.filter(|&s| current.score != Some(s)) {
+        if !deletes.iter().any(|&(entry, _)| entry == (bucket, score)) {
+            deletes.push(((bucket, score), at(score)));
         }
     }
     Cleanup { deletes, overwrite }
@@ -378,13 +414,14 @@ impl Store for ScyllaStore {
         latest: &[ScoreUpdate],
         events: &[ScoreUpdate],
     ) -> Result<(), StoreError> {
-        let cluster = self.session.get_cluster_state();
         let st = &self.statements;
+        let mut placer = self.placer();
+        let placed = self.place(&mut placer, latest);
         let bucket = |u: &ScoreUpdate| bucket_of(u.profile_id, self.buckets);
         let updated_at = |u: &ScoreUpdate| CqlTimestamp(u.occurred_at_micros.div_euclid(1000));
 
-        let mut profiles = Phase::new(cluster.clone());
-        for u in latest {
+        let mut profiles = Phase::default();
+        for (u, at) in latest.iter().zip(&placed) {
             let values = (
                 u.occurred_at_micros,
                 vec![(bucket(u), u.score)],
@@ -394,12 +431,12 @@ impl Store for ScyllaStore {
                 u.profile_id,
                 u.leaderboard_id.as_str(),
             );
-            profiles.push(&st.upsert_profile, values, bytes::profile(u));
+            profiles.push(&at.profile, &st.upsert_profile, values, bytes::profile(u));
         }
         self.run(WRITE_PROFILES, profiles).await?;
 
-        let mut rows = Phase::new(cluster.clone());
-        for u in latest {
+        let mut rows = Phase::default();
+        for (u, at) in latest.iter().zip(&placed) {
             let values = (
                 u.leaderboard_id.as_str(),
                 bucket(u),
@@ -409,63 +446,153 @@ impl Store for ScyllaStore {
                 updated_at(u),
                 u.occurred_at_micros,
             );
-            rows.push(&st.insert_leaderboard, values, bytes::leaderboard(u));
+            rows.push(
+                &at.board,
+                &st.insert_leaderboard,
+                values,
+                bytes::leaderboard(u),
+            );
         }
+        let mut history: HashMap<(Uuid, chrono::NaiveDate), Placement> = HashMap::new();
         for e in events {
+            let day = day_of(e.occurred_at_micros);
+            let at = history
+                .entry((e.profile_id, day))
+                .or_insert_with(|| placer.place("score_history", &(e.profile_id, day)));
             let values = (
                 e.profile_id,
-                day_of(e.occurred_at_micros),
+                day,
                 updated_at(e),
                 e.event_id.as_str(),
                 e.leaderboard_id.as_str(),
                 e.score,
                 e.wallet_address.as_str(),
             );
-            rows.push(&st.insert_history, values, bytes::history(e));
+            rows.push(at, &st.insert_history, values, bytes::history(e));
         }
         self.run(WRITE_ROWS, rows).await?;
 
-        self.settle_keys(cluster, latest, true).await
+        self.settle_keys(&mut placer, latest, &placed, true).await
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        self.probe_writes().await
     }
 }
 
+/// Where the partitions of one key live: its `scores_by_profile` partition and its leaderboard bucket.
+pub(super) struct Placed {
+    profile: Placement,
+    board: Placement,
+}
+
 impl ScyllaStore {
+    /// A placer on the driver's current cluster map.
+    fn placer(&self) -> Placer {
+        Placer::new(self.session.get_cluster_state(), &self.keyspace)
+    }
+
+    /// Places each key's partitions once for the whole flush (a profile's partition once for all its
+    /// leaderboards).
+    fn place(&self, placer: &mut Placer, latest: &[ScoreUpdate]) -> Vec<Placed> {
+        let mut profiles: HashMap<Uuid, Placement> = HashMap::new();
+        latest
+            .iter()
+            .map(|u| Placed {
+                profile: profiles
+                    .entry(u.profile_id)
+                    .or_insert_with(|| placer.place("scores_by_profile", &(u.profile_id,)))
+                    .clone(),
+                board: placer.place(
+                    "scores",
+                    &(
+                        u.leaderboard_id.as_str(),
+                        bucket_of(u.profile_id, self.buckets),
+                    ),
+                ),
+            })
+            .collect()
+    }
+
     /// Phases 3-5 for the keys of `latest` once their rows are written (`wrote_rows`; an operator's
     /// delete writes none): read back what is current, delete every other leaderboard row a key owns
     /// or wrote, invalidate the eligibility cache of each wallet whose event is the newest, and
     /// overwrite `ranked` where it held stale entries.
+    ///
+    /// A key the read-back does not find at all, though its row was just written at quorum, was
+    /// deleted after the write by a statement that left no `updated_at` (plain CQL, at server time;
+    /// docs/design.md, "Repairs"): it is deleted as of some time at or after the event's `t`, so the
+    /// event is superseded and only its own leaderboard row goes, at `t`. Below quorum the row may just
+    /// not have reached the replica read: `not_visible`, retryable.
     async fn settle_keys(
         &self,
-        map: Arc<dyn ReplicaMap>,
+        placer: &mut Placer,
         latest: &[ScoreUpdate],
+        placed: &[Placed],
         wrote_rows: bool,
     ) -> Result<(), StoreError> {
         let st = &self.statements;
-        let found = self.read_back(map.clone(), latest).await?;
-        let mut deletes = Phase::new(map.clone());
-        let mut overwrites = Phase::new(map);
+        let found = self.read_back(latest, placed).await?;
+        let mut deletes = Phase::default();
+        let mut overwrites = Phase::default();
         let mut wallets = HashSet::new();
-        for u in latest {
+        for (u, at) in latest.iter().zip(placed) {
             let lb = u.leaderboard_id.as_str();
-            let current = found
-                .get(&(u.profile_id, u.leaderboard_id.clone()))
-                .ok_or_else(|| StoreError::not_visible(REQUESTS[READ_BACK], u.profile_id, lb))?;
-            let own = wrote_rows.then_some(u.score);
+            let deleted;
+            let current = match found.get(&(u.profile_id, u.leaderboard_id.clone())) {
+                Some(current) => current,
+                None if self.missing_is_deleted => {
+                    tracing::warn!(
+                        profile = %u.profile_id,
+                        leaderboard = lb,
+                        event_id = %u.event_id,
+                        "key deleted after this event by a delete that left no updated_at (plain CQL?): event superseded, its own leaderboard row removed"
+                    );
+                    deleted = Current {
+                        score: None,
+                        written_at: u.occurred_at_micros,
+                        ranked: Vec::new(),
+                    };
+                    &deleted
+                }
+                None => {
+                    return Err(StoreError::not_visible(
+                        REQUESTS[READ_BACK],
+                        u.profile_id,
+                        lb,
+                    ))
+                }
+            };
+            let own = Own {
+                score: wrote_rows.then_some(u.score),
+                at: u.occurred_at_micros,
+            };
             let plan = cleanup(bucket_of(u.profile_id, self.buckets), own, current);
-            for ((b, s), at) in plan.deletes {
-                let values = (at, lb, b, s, u.profile_id);
-                deletes.push(&st.delete_row, values, bytes::delete(u));
+            for ((b, s), t) in plan.deletes {
+                let values = (t, lb, b, s, u.profile_id);
+                deletes.push(&at.board, &st.delete_row, values, bytes::delete(u));
             }
-            if let Some((at, entries)) = plan.overwrite {
-                let size = bytes::overwrite(u);
-                overwrites.push(&st.overwrite_ranked, (at, entries, u.profile_id, lb), size);
+            if let Some((t, entries)) = plan.overwrite {
+                let values = (t, entries, u.profile_id, lb);
+                overwrites.push(
+                    &at.profile,
+                    &st.overwrite_ranked,
+                    values,
+                    bytes::overwrite(u),
+                );
             }
             if current.score == Some(u.score) && current.written_at == u.occurred_at_micros {
                 wallets.insert(u.wallet_address.as_str());
             }
         }
         for wallet in wallets {
-            deletes.push(&st.invalidate_cache, (wallet,), bytes::invalidate(wallet));
+            let at = placer.place("eligibility_cache", &(wallet,));
+            deletes.push(
+                &at,
+                &st.invalidate_cache,
+                (wallet,),
+                bytes::invalidate(wallet),
+            );
         }
         self.run(CLEANUP, deletes).await?;
         self.run(PRUNE_RANKED, overwrites).await
@@ -515,14 +642,17 @@ mod tests {
         }
     }
 
-    fn deletes(plan: &Cleanup) -> Vec<((i32, i64), i64)> {
-        plan.deletes.clone()
+    fn event(score: i64, at: i64) -> Own {
+        Own {
+            score: Some(score),
+            at,
+        }
     }
 
     #[test]
     fn cleanup_spares_the_current_row_and_respects_ties() {
         // Nothing else owned, and the writer's row is the current one: nothing to do.
-        let plan = cleanup(3, Some(10), &current(10, 100, &[(3, 10)]));
+        let plan = cleanup(3, event(10, 100), &current(10, 100, &[(3, 10)]));
         assert_eq!(
             plan,
             Cleanup {
@@ -530,35 +660,42 @@ mod tests {
                 overwrite: None
             }
         );
-        // An older score and the same score in another bucket go at t*; `ranked` is overwritten at t*
-        // with the current entry alone.
+        // An older score and the same score in another bucket go at t*; the current writer
+        // overwrites `ranked` at t* with the current entry alone.
         let c = current(10, 100, &[(3, 10), (3, 5), (7, 10)]);
-        let plan = cleanup(3, Some(10), &c);
-        assert_eq!(deletes(&plan), vec![((3, 5), 100), ((7, 10), 100)]);
+        let plan = cleanup(3, event(10, 100), &c);
+        assert_eq!(plan.deletes, vec![((3, 5), 100), ((7, 10), 100)]);
         assert_eq!(plan.overwrite, Some((100, vec![(3, 10)])));
         // A score that beats the current one in a same-time tie (a larger u64: 11, or a negative
         // score) goes at t* - 1, so a write in flight at exactly t* survives.
         let c = current(10, 100, &[(3, 11), (3, -1), (3, 9)]);
         assert_eq!(
-            deletes(&cleanup(3, Some(10), &c)),
+            cleanup(3, event(10, 100), &c).deletes,
             vec![((3, 11), 99), ((3, -1), 99), ((3, 9), 100)]
         );
-        // A deleted key: everything goes, at the delete's time, and `ranked` is emptied.
+        // A deleted key: everything goes, at the delete's time, and the delete empties `ranked`.
         let deleted = Current {
             score: None,
             written_at: 100,
             ranked: vec![(3, 10), (3, -1)],
         };
-        let plan = cleanup(3, None, &deleted);
-        assert_eq!(deletes(&plan), vec![((3, 10), 100), ((3, -1), 100)]);
+        let plan = cleanup(
+            3,
+            Own {
+                score: None,
+                at: 100,
+            },
+            &deleted,
+        );
+        assert_eq!(plan.deletes, vec![((3, 10), 100), ((3, -1), 100)]);
         assert_eq!(plan.overwrite, Some((100, vec![])));
     }
 
     #[test]
-    fn a_superseded_writer_deletes_its_own_row_even_when_ranked_lost_it() {
-        // Another writer's overwrite erased this writer's entry (7) before its read-back: the row it
-        // wrote goes all the same, and `ranked` holds nothing stale, so it is not rewritten.
-        let plan = cleanup(3, Some(7), &current(10, 100, &[(3, 10)]));
+    fn only_the_current_writer_overwrites_and_a_superseded_one_deletes_its_own_row() {
+        // Superseded, and another writer's overwrite erased this writer's entry (7) before its
+        // read-back: the row it wrote goes all the same; `ranked` is left to the current writer.
+        let plan = cleanup(3, event(7, 90), &current(10, 100, &[(3, 10)]));
         assert_eq!(
             plan,
             Cleanup {
@@ -566,23 +703,29 @@ mod tests {
                 overwrite: None
             }
         );
-        // Listed and superseded: deleted once.
-        let plan = cleanup(3, Some(7), &current(10, 100, &[(3, 10), (3, 7)]));
-        assert_eq!(deletes(&plan), vec![((3, 7), 100)]);
-        // A same-time tie the writer lost, with a score that would have won it had it been written
-        // first (-1 ranks above 10): t* - 1, like any entry of that kind.
-        let plan = cleanup(3, Some(-1), &current(10, 100, &[(3, 10)]));
-        assert_eq!(deletes(&plan), vec![((3, -1), 99)]);
-        // The writer's score is current, written by another event (earlier or later): same row, kept.
-        let plan = cleanup(3, Some(10), &current(10, 250, &[(3, 10)]));
-        assert!(plan.deletes.is_empty());
+        // Listed and superseded: deleted once, stale entries deleted too, no overwrite.
+        let plan = cleanup(
+            3,
+            event(7, 90),
+            &current(10, 100, &[(3, 10), (3, 7), (3, 2)]),
+        );
+        assert_eq!(plan.deletes, vec![((3, 7), 100), ((3, 2), 100)]);
+        assert_eq!(plan.overwrite, None);
+        // A same-time tie the writer lost, with a score that would rank first had its cell won
+        // (-1 ranks above 10): t* - 1, like any entry of that kind.
+        let plan = cleanup(3, event(-1, 100), &current(10, 100, &[(3, 10)]));
+        assert_eq!(plan.deletes, vec![((3, -1), 99)]);
+        // The writer's score is current but written by a later event: same row, kept; not current.
+        let plan = cleanup(3, event(10, 50), &current(10, 250, &[(3, 10), (3, 4)]));
+        assert_eq!(plan.deletes, vec![((3, 4), 250)]);
+        assert_eq!(plan.overwrite, None);
         // Deleted at t* after this writer's event: its row goes at t*.
         let deleted = Current {
             score: None,
             written_at: 100,
             ranked: vec![],
         };
-        let plan = cleanup(3, Some(4), &deleted);
+        let plan = cleanup(3, event(4, 90), &deleted);
         assert_eq!(
             plan,
             Cleanup {

@@ -22,28 +22,41 @@ use uuid::Uuid;
 /// Values of one statement; borrowed from the flush.
 pub(super) type Values<'a> = Box<dyn SerializeRow + Send + Sync + 'a>;
 
-/// The replicas (host id, shard) that own a partition, in a stable order.
+/// The replicas (host id, shard) that own a partition.
 pub(super) type Replicas = Vec<(Uuid, Shard)>;
 
 /// Where a statement's partition lives, as far as the driver knows now.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) enum Placement {
     /// Every replica of the partition, sorted; never empty.
-    Known(Replicas),
+    Known(Arc<[(Uuid, Shard)]>),
     /// The replicas are unknown: only statements of this very partition (table and token) may share
     /// a request.
-    Unknown { table: String, token: i64 },
+    Unknown { table: &'static str, token: i64 },
     /// Not even the token is known: the statement goes alone (the number tells it apart).
     Alone(usize),
 }
 
-/// Who owns a token: the driver's cluster map, or a test's.
+/// Who owns a partition: the driver's cluster map, or a test's.
 pub(super) trait ReplicaMap: Send + Sync {
+    /// The token of the partition whose key is `partition_key` in `keyspace.table`; `None` when the map
+    /// has no metadata for the table.
+    fn token(&self, keyspace: &str, table: &str, partition_key: &dyn SerializeRow)
+        -> Option<Token>;
     /// The replicas of `token` in `keyspace.table`; empty when the map does not know them.
     fn replicas(&self, keyspace: &str, table: &str, token: Token) -> Replicas;
 }
 
 impl ReplicaMap for ClusterState {
+    fn token(
+        &self,
+        keyspace: &str,
+        table: &str,
+        partition_key: &dyn SerializeRow,
+    ) -> Option<Token> {
+        self.compute_token(keyspace, table, partition_key).ok()
+    }
+
     fn replicas(&self, keyspace: &str, table: &str, token: Token) -> Replicas {
         self.get_token_endpoints(keyspace, table, token)
             .into_iter()
@@ -52,45 +65,47 @@ impl ReplicaMap for ClusterState {
     }
 }
 
-/// Places statements on the replica map.
+/// Places partitions of one keyspace on the replica map. A partition is placed once per flush and the
+/// placement reused by every statement on it: computing a token serializes the key, which costs more
+/// than the rest of the grouping.
 pub(super) struct Placer {
     map: Arc<dyn ReplicaMap>,
+    keyspace: String,
     alone: usize,
 }
 
 impl Placer {
-    pub(super) fn new(map: Arc<dyn ReplicaMap>) -> Self {
-        Self { map, alone: 0 }
-    }
-
-    /// Where the partition `statement` would touch with `values` lives.
-    pub(super) fn place(
-        &mut self,
-        statement: &PreparedStatement,
-        values: &dyn SerializeRow,
-    ) -> Placement {
-        match (
-            statement.get_table_spec(),
-            statement.calculate_token(&values),
-        ) {
-            (Some(table), Ok(Some(token))) => {
-                self.place_token(table.ks_name(), table.table_name(), token)
-            }
-            _ => self.alone(),
+    pub(super) fn new(map: Arc<dyn ReplicaMap>, keyspace: &str) -> Self {
+        Self {
+            map,
+            keyspace: keyspace.to_string(),
+            alone: 0,
         }
     }
 
-    /// Where `token` of `keyspace.table` lives.
-    pub(super) fn place_token(&mut self, keyspace: &str, table: &str, token: Token) -> Placement {
-        let mut replicas = self.map.replicas(keyspace, table, token);
+    /// Where the partition of `table` whose key is `partition_key` lives.
+    pub(super) fn place(
+        &mut self,
+        table: &'static str,
+        partition_key: &dyn SerializeRow,
+    ) -> Placement {
+        match self.map.token(&self.keyspace, table, partition_key) {
+            Some(token) => self.place_token(table, token),
+            None => self.alone(),
+        }
+    }
+
+    /// Where `token` of `table` lives.
+    pub(super) fn place_token(&mut self, table: &'static str, token: Token) -> Placement {
+        let mut replicas = self.map.replicas(&self.keyspace, table, token);
         if replicas.is_empty() {
             return Placement::Unknown {
-                table: format!("{keyspace}.{table}"),
+                table,
                 token: token.value(),
             };
         }
         replicas.sort_unstable();
-        Placement::Known(replicas)
+        Placement::Known(replicas.into())
     }
 
     fn alone(&mut self) -> Placement {
@@ -148,31 +163,24 @@ impl Request<'_> {
     }
 }
 
-/// The statements of one phase, placed as they are added.
+/// The statements of one phase, each with the placement of its partition.
+#[derive(Default)]
 pub(super) struct Phase<'a> {
-    placer: Placer,
     statements: Vec<(PreparedStatement, Values<'a>)>,
     items: Vec<(Placement, usize)>,
 }
 
 impl<'a> Phase<'a> {
-    pub(super) fn new(map: Arc<dyn ReplicaMap>) -> Self {
-        Self {
-            placer: Placer::new(map),
-            statements: Vec::new(),
-            items: Vec::new(),
-        }
-    }
-
-    /// Adds one statement; `bytes` estimates its mutation's size for the batch-size limit.
+    /// Adds one statement on the partition at `placement`; `bytes` estimates its mutation's size for
+    /// the batch-size limit.
     pub(super) fn push(
         &mut self,
+        placement: &Placement,
         statement: &PreparedStatement,
         values: impl SerializeRow + Send + Sync + 'a,
         bytes: usize,
     ) {
-        let placement = self.placer.place(statement, &values);
-        self.items.push((placement, bytes));
+        self.items.push((placement.clone(), bytes));
         self.statements.push((statement.clone(), Box::new(values)));
     }
 
@@ -220,10 +228,14 @@ mod tests {
     use std::sync::Mutex;
 
     /// A cluster map of a test: per token, the replica sets it answers with, in turn (the last one
-    /// repeats); a token it has no entry for is unknown (an empty set).
+    /// repeats); a token it has no entry for is unknown (an empty set). It computes no tokens.
     struct FakeMap(Mutex<HashMap<i64, Vec<Replicas>>>);
 
     impl ReplicaMap for FakeMap {
+        fn token(&self, _: &str, _: &str, _: &dyn SerializeRow) -> Option<Token> {
+            None
+        }
+
         fn replicas(&self, _: &str, _: &str, token: Token) -> Replicas {
             let mut map = self.0.lock().unwrap();
             match map.get_mut(&token.value()) {
@@ -239,7 +251,7 @@ mod tests {
     }
 
     fn placer(map: HashMap<i64, Vec<Replicas>>) -> Placer {
-        Placer::new(Arc::new(FakeMap(Mutex::new(map))))
+        Placer::new(Arc::new(FakeMap(Mutex::new(map))), "ks")
     }
 
     #[test]
@@ -252,16 +264,16 @@ mod tests {
         ]));
         let t = |v| Token::new(v);
         let items: Vec<(Placement, usize)> = [
-            p.place_token("ks", "a", t(1)),
-            p.place_token("ks", "a", t(2)),
-            p.place_token("ks", "a", t(3)),
-            p.place_token("ks", "a", t(3)),
-            p.place_token("ks", "b", t(3)),
-            p.place_token("ks", "a", t(4)),
-            p.place_token("ks", "a", t(4)),
-            p.place_token("ks", "a", t(4)),
-            p.alone(),
-            p.alone(),
+            p.place_token("a", t(1)),
+            p.place_token("a", t(2)),
+            p.place_token("a", t(3)),
+            p.place_token("a", t(3)),
+            p.place_token("b", t(3)),
+            p.place_token("a", t(4)),
+            p.place_token("a", t(4)),
+            p.place_token("a", t(4)),
+            p.place("a", &(1,)), // no metadata: alone
+            p.place("a", &(1,)),
         ]
         .into_iter()
         .map(|placement| (placement, 10))
@@ -270,7 +282,7 @@ mod tests {
         assert_eq!(
             items[2].0,
             Placement::Unknown {
-                table: "ks.a".into(),
+                table: "a",
                 token: 3
             }
         );
@@ -291,7 +303,7 @@ mod tests {
 
     #[test]
     fn groups_are_cut_at_the_byte_limit() {
-        let known = Placement::Known(vec![node(1, 0)]);
+        let known = Placement::Known(vec![node(1, 0)].into());
         let items = vec![
             (known.clone(), 40),
             (known.clone(), 40),
@@ -311,10 +323,10 @@ mod tests {
                 let mut r: Replicas = nodes.into_iter().map(|(n, s)| node(n, s)).collect();
                 r.sort_unstable();
                 r.dedup();
-                Placement::Known(r)
+                Placement::Known(r.into())
             }),
             (0i64..6, 0usize..2).prop_map(|(token, table)| Placement::Unknown {
-                table: ["ks.a", "ks.b"][table].into(),
+                table: ["a", "b"][table],
                 token
             }),
             (0usize..1000).prop_map(Placement::Alone),

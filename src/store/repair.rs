@@ -98,7 +98,6 @@ impl ScyllaStore {
         at_micros: i64,
     ) -> Result<Option<StoredScore>, StoreError> {
         let before = self.get(profile_id, leaderboard_id).await?;
-        let cluster = self.session.get_cluster_state();
         let key = ScoreUpdate {
             event_id: String::new(),
             profile_id,
@@ -107,28 +106,25 @@ impl ScyllaStore {
             score: 0,
             occurred_at_micros: at_micros,
         };
-        let mut clear = Phase::new(cluster.clone());
+        let keys = std::slice::from_ref(&key);
+        let mut placer = self.placer();
+        let placed = self.place(&mut placer, keys);
+        let mut clear = Phase::default();
         let values = (
             at_micros,
             CqlTimestamp(at_micros.div_euclid(1000)),
             profile_id,
             leaderboard_id,
         );
-        clear.push(
-            &self.statements.delete_profile,
-            values,
-            bytes::profile(&key),
-        );
+        let statement = &self.statements.delete_profile;
+        clear.push(&placed[0].profile, statement, values, bytes::profile(&key));
         self.run(WRITE_PROFILES, clear).await?;
-        self.settle_keys(cluster.clone(), std::slice::from_ref(&key), false)
-            .await?;
+        self.settle_keys(&mut placer, keys, &placed, false).await?;
         if let Some(wallet) = before.as_ref().map(|b| b.key.wallet_address.as_str()) {
-            let mut invalidate = Phase::new(cluster);
-            invalidate.push(
-                &self.statements.invalidate_cache,
-                (wallet,),
-                bytes::invalidate(wallet),
-            );
+            let mut invalidate = Phase::default();
+            let at = placer.place("eligibility_cache", &(wallet,));
+            let statement = &self.statements.invalidate_cache;
+            invalidate.push(&at, statement, (wallet,), bytes::invalidate(wallet));
             self.run(CLEANUP, invalidate).await?;
         }
         Ok(before)

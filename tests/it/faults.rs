@@ -478,9 +478,11 @@ async fn sigterm_with_nats_down_exits_within_the_timeout() {
 
 /// Operators own the topology and their consumer's `max_deliver` (2) differs from the configuration
 /// (20): `check` reports it, and the worker dead-letters on the server's last delivery itself (with
-/// the write error), rather than naking it and leaving it to the max-deliveries advisory. The writes
-/// fail permanently (a table dropped from a keyspace of the test's own): a frozen database would
-/// only pause pulling now.
+/// the write error), rather than naking it and leaving it to the max-deliveries advisory. The key
+/// fails on every delivery while the database takes other writes: its `scores_by_profile` row holds
+/// more dead cells than `tombstone_failure_threshold` (written with plain CQL, in a keyspace of the
+/// test's own), so every read-back of it fails. A frozen database or a dropped table would only hold
+/// the flushes now.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_owned_consumer_decides_the_last_delivery() {
     let _servers = shared().await;
@@ -511,15 +513,34 @@ async fn an_operator_owned_consumer_decides_the_last_delivery() {
         "check fails on drift it cannot fix"
     );
 
-    let events = events_for("owned", 10, 10);
-    let worker = Worker::start(config.clone()).await;
-    admin
+    // Ten events of one key, whose row the database cannot read back.
+    let events = events_for("owned", 10, 1);
+    let threshold: usize = admin
         .query_unpaged(
-            format!("DROP TABLE {}.score_history", config.scylla.keyspace),
+            "SELECT value FROM system_views.settings WHERE name = 'tombstone_failure_threshold'",
             (),
         )
         .await
-        .expect("drop a table the write path needs");
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .first_row::<(Option<String>,)>()
+        .unwrap()
+        .0
+        .and_then(|v| v.parse().ok())
+        .expect("tombstone_failure_threshold");
+    let dead: Vec<(i32, i64)> = (0..=threshold as i64).map(|i| (-1, i)).collect();
+    admin
+        .query_unpaged(
+            format!(
+                "UPDATE {}.scores_by_profile SET ranked = ranked - ? WHERE profile_id = ? AND leaderboard_id = ?",
+                config.scylla.keyspace
+            ),
+            (dead, events[0].profile, events[0].leaderboard.as_str()),
+        )
+        .await
+        .expect("write the dead cells");
+    let worker = Worker::start(config.clone()).await;
     for e in &events {
         publish(&js, &config, e, &e.event_id).await;
     }
@@ -530,7 +551,7 @@ async fn an_operator_owned_consumer_decides_the_last_delivery() {
             worker
                 .metrics
                 .dead_letters
-                .with_label_values(&["max_deliveries"])
+                .with_label_values(&["write_failed"])
                 .get()
                 >= events.len() as u64
         },
@@ -550,7 +571,8 @@ async fn an_operator_owned_consumer_decides_the_last_delivery() {
             .map(|v| v.as_str().to_string())
             .unwrap_or_default();
         assert!(
-            error.starts_with("not written after 2 deliveries"),
+            error.starts_with("not written after 2 deliveries")
+                && error.contains("read_back failed"),
             "dead-lettered by the worker on the server's last delivery: {error}"
         );
     }

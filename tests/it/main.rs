@@ -20,3 +20,4 @@ mod read;
 mod recovery;
 mod support;
 mod topology;
+mod writes;

@@ -42,25 +42,34 @@ async fn keyspace_exists(session: &Session, keyspace: &str) -> bool {
         > 0
 }
 
-/// (compaction, default_time_to_live) of every table of `keyspace`, from `system_schema.tables`.
-async fn table_options(
-    session: &Session,
-    keyspace: &str,
-) -> HashMap<String, (HashMap<String, String>, i32)> {
+/// A table's options as the server applied them.
+struct TableOptions {
+    compaction: HashMap<String, String>,
+    default_ttl: i32,
+    gc_grace_seconds: i32,
+}
+
+/// The options of every table of `keyspace`, from `system_schema.tables`.
+async fn table_options(session: &Session, keyspace: &str) -> HashMap<String, TableOptions> {
     let rows = session
         .query_unpaged(
-            "SELECT table_name, compaction, default_time_to_live FROM system_schema.tables WHERE keyspace_name = ?",
+            "SELECT table_name, compaction, default_time_to_live, gc_grace_seconds FROM system_schema.tables WHERE keyspace_name = ?",
             (keyspace,),
         )
         .await
         .unwrap()
         .into_rows_result()
         .unwrap();
-    rows.rows::<(String, HashMap<String, String>, i32)>()
+    rows.rows::<(String, HashMap<String, String>, i32, i32)>()
         .unwrap()
         .map(|r| {
-            let (table, compaction, ttl) = r.unwrap();
-            (table, (compaction, ttl))
+            let (table, compaction, default_ttl, gc_grace_seconds) = r.unwrap();
+            let options = TableOptions {
+                compaction,
+                default_ttl,
+                gc_grace_seconds,
+            };
+            (table, options)
         })
         .collect()
 }
@@ -107,26 +116,46 @@ async fn migrate_dry_run_changes_nothing_and_migrate_applies_the_schema_options(
     let again = cli(&config, &["migrate", "--dry-run"]);
     assert!(!again.contains("CREATE"), "{again}");
 
-    // The options as the server applied them (schema/0001_initial.cql).
+    // Cassandra: no ScyllaDB-only option in the plan (it would reject tombstone_gc).
+    assert_eq!(
+        schema::flavour(&admin).await.unwrap(),
+        schema::Flavour::Cassandra
+    );
+    assert!(!plan.contains("tombstone_gc"), "{plan}");
+
+    // Every table's compaction and tombstone settings as the server applied them (schema/*.cql;
+    // docs/design.md, "Tombstones").
     let tables = table_options(&admin, &ks).await;
+    let mut names: Vec<&str> = tables.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "eligibility_cache",
+            "schema_migrations",
+            "score_history",
+            "scores",
+            "scores_by_profile",
+            "settings"
+        ]
+    );
     let class = |t: &str| {
-        tables
-            .get(t)
-            .and_then(|(c, _)| c.get("class").cloned())
-            .unwrap_or_else(|| panic!("table {t} missing: {:?}", tables.keys()))
+        let class = tables[t]
+            .compaction
+            .get("class")
+            .cloned()
+            .unwrap_or_default();
+        class.rsplit('.').next().unwrap_or_default().to_string()
     };
-    let ttl = |t: &str| tables[t].1;
-    assert!(
-        class("scores_by_profile").ends_with("LeveledCompactionStrategy"),
-        "{}",
-        class("scores_by_profile")
-    );
-    assert!(
-        class("score_history").ends_with("TimeWindowCompactionStrategy"),
-        "{}",
-        class("score_history")
-    );
-    let history = &tables["score_history"].0;
+    for (table, compaction) in [
+        ("scores", "LeveledCompactionStrategy"),
+        ("scores_by_profile", "LeveledCompactionStrategy"),
+        ("score_history", "TimeWindowCompactionStrategy"),
+        ("eligibility_cache", "SizeTieredCompactionStrategy"),
+    ] {
+        assert_eq!(class(table), compaction, "{table}");
+    }
+    let history = &tables["score_history"].compaction;
     assert_eq!(
         (
             history.get("compaction_window_unit").map(String::as_str),
@@ -135,10 +164,16 @@ async fn migrate_dry_run_changes_nothing_and_migrate_applies_the_schema_options(
         (Some("DAYS"), Some("1")),
         "{history:?}"
     );
+    let ttl = |t: &str| tables[t].default_ttl;
     assert_eq!(ttl("score_history"), 7_776_000, "90 days of history");
     assert_eq!(ttl("eligibility_cache"), 300);
     assert_eq!(ttl("scores"), 0, "leaderboard rows never expire");
     assert_eq!(ttl("scores_by_profile"), 0);
+    // Tombstones are purged no sooner than the server's default 10 days on Cassandra, where the
+    // repair cadence is the operator's (docs/design.md, "Tombstones"); ScyllaDB gets repair-based GC.
+    for table in schema::TABLES_WITH_DELETES.iter().chain(&["score_history"]) {
+        assert_eq!(tables[*table].gc_grace_seconds, 864_000, "{table}");
+    }
     let index = admin
         .query_unpaged(
             "SELECT table_name, options FROM system_schema.indexes WHERE keyspace_name = ? AND table_name = ? AND index_name = ?",
@@ -179,9 +214,11 @@ async fn migrate_dry_run_changes_nothing_and_migrate_applies_the_schema_options(
         plan.lines().count(),
         tables
             .iter()
-            .map(|(t, (c, ttl))| format!(
-                "{t}: {} ttl {ttl}",
-                c.get("class").map_or("?", String::as_str)
+            .map(|(t, o)| format!(
+                "{t}: {} ttl {} gc_grace {}",
+                class(t),
+                o.default_ttl,
+                o.gc_grace_seconds
             ))
             .collect::<Vec<_>>()
     );

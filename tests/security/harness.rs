@@ -1,6 +1,7 @@
 //! What the security tests need beyond the shared harness: throw-away certificates (openssl CLI), a
-//! private nats-server with auth and TLS, the password-authenticated Cassandra pair on 9242, and the
-//! real `score-worker` binary as a child process whose output is captured and searched for secrets.
+//! private nats-server with auth and TLS, the password-authenticated Cassandra pair (9242, or the ports
+//! `SCORE_WORKER_*_PORT` name), roles with the grants a test needs, and the real `score-worker` binary as
+//! a child process whose output is captured and searched for secrets.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -24,21 +25,62 @@ pub fn bin() -> String {
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_score-worker").to_string())
 }
 
+/// The security pair's settings: `SCORE_WORKER_LOCAL`, `SCORE_WORKER_*_PORT` and
+/// `SCORE_WORKER_CASSANDRA_TOMBSTONE_FAILURE` when set (a pair of one's own, as `scripts/services.sh`
+/// reads them), else the pair `make security` starts (`SECURE_ENV` in the Makefile).
+fn pair_var(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
 /// The password-authenticated Cassandra of the security pair (see [`ensure_secure_cassandra`]).
-pub const CQL_NODE: &str = "127.0.0.1:9242";
+pub fn cql_node() -> String {
+    format!("127.0.0.1:{}", pair_var("SCORE_WORKER_CQL_PORT", "9242"))
+}
+
+/// The pair's state directory.
+fn pair_local() -> String {
+    pair_var("SCORE_WORKER_LOCAL", &format!("{REPO}/.local/secure"))
+}
+
 /// The CA that signed that Cassandra's certificate (its CQL port takes TLS too).
-pub const CQL_CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.local/secure/tls/ca.pem");
+pub fn cql_ca() -> String {
+    format!("{}/tls/ca.pem", pair_local())
+}
+
 pub const CQL_SUPERUSER: (&str, &str) = ("cassandra", "cassandra");
-/// Environment of `scripts/services.sh` for the security pair (its own state dir and ports).
+
+/// The pair's `tombstone_failure_threshold`: a read that meets this many tombstones fails.
+pub fn tombstone_failure_threshold() -> String {
+    pair_var("SCORE_WORKER_CASSANDRA_TOMBSTONE_FAILURE", "1000")
+}
+
+/// Environment of `scripts/services.sh` for the security pair (its own state dir and ports; password
+/// authentication, permissions, TLS and the lowered tombstone threshold always on).
 fn pair_env() -> Vec<(String, String)> {
     [
-        ("SCORE_WORKER_LOCAL", format!("{REPO}/.local/secure")),
-        ("SCORE_WORKER_NATS_PORT", "4422".into()),
-        ("SCORE_WORKER_NATS_MON_PORT", "8422".into()),
-        ("SCORE_WORKER_CQL_PORT", "9242".into()),
-        ("SCORE_WORKER_STORAGE_PORT", "7200".into()),
+        ("SCORE_WORKER_LOCAL", pair_local()),
+        (
+            "SCORE_WORKER_NATS_PORT",
+            pair_var("SCORE_WORKER_NATS_PORT", "4422"),
+        ),
+        (
+            "SCORE_WORKER_NATS_MON_PORT",
+            pair_var("SCORE_WORKER_NATS_MON_PORT", "8422"),
+        ),
+        (
+            "SCORE_WORKER_CQL_PORT",
+            pair_var("SCORE_WORKER_CQL_PORT", "9242"),
+        ),
+        (
+            "SCORE_WORKER_STORAGE_PORT",
+            pair_var("SCORE_WORKER_STORAGE_PORT", "7200"),
+        ),
         ("SCORE_WORKER_CASSANDRA_AUTH", "1".into()),
         ("SCORE_WORKER_CASSANDRA_TLS", "1".into()),
+        (
+            "SCORE_WORKER_CASSANDRA_TOMBSTONE_FAILURE",
+            tombstone_failure_threshold(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -375,7 +417,7 @@ static PAIR_UP: OnceCell<()> = OnceCell::const_new();
 /// `migrate` of the shared keyspace runs one at a time.
 pub static MIGRATE: Mutex<()> = Mutex::const_new(());
 
-/// Starts (or reuses) the password-authenticated Cassandra on 9242 through `scripts/services.sh up`
+/// Starts (or reuses) the password-authenticated Cassandra of the pair through `scripts/services.sh up`
 /// with the security pair's environment. A server that cannot be started fails the test.
 pub async fn ensure_secure_cassandra() {
     PAIR_UP
@@ -400,7 +442,8 @@ pub async fn ensure_secure_cassandra() {
                 child.stderr.take().unwrap().read_to_string(&mut out).ok();
                 assert!(
                     status.success(),
-                    "could not start the password-authenticated Cassandra on {CQL_NODE}:\n{out}"
+                    "could not start the password-authenticated Cassandra on {}:\n{out}",
+                    cql_node()
                 );
             })
             .await
@@ -412,12 +455,12 @@ pub async fn ensure_secure_cassandra() {
 /// A session on the security Cassandra as `user`/`password`.
 pub async fn cql_session(user: &str, password: &str) -> Session {
     let mut config = Config::defaults();
-    config.scylla.nodes = vec![CQL_NODE.into()];
+    config.scylla.nodes = vec![cql_node()];
     config.scylla.user = user.into();
     config.scylla.password = SecretString::from(password.to_string());
     store::connect(&config.scylla)
         .await
-        .unwrap_or_else(|e| panic!("connect to {CQL_NODE} as {user}: {e}"))
+        .unwrap_or_else(|e| panic!("connect to {} as {user}: {e}", cql_node()))
 }
 
 /// A login role created for one test with a distinctive password; dropped by [`CqlRole::drop_role`].
@@ -427,7 +470,13 @@ pub struct CqlRole {
 }
 
 impl CqlRole {
+    /// A role that may do anything in every keyspace (create the keyspace, migrate, run).
     pub async fn create() -> CqlRole {
+        CqlRole::create_with(&["ALL PERMISSIONS ON ALL KEYSPACES"]).await
+    }
+
+    /// A role with exactly `grants` (each `<permission> ON <resource>`, as after `GRANT`).
+    pub async fn create_with(grants: &[&str]) -> CqlRole {
         ensure_secure_cassandra().await;
         let admin = cql_session(CQL_SUPERUSER.0, CQL_SUPERUSER.1).await;
         let user = format!("sw_sec_{}", &Uuid::new_v4().simple().to_string()[..12]);
@@ -439,7 +488,30 @@ impl CqlRole {
             )
             .await
             .expect("create role");
-        CqlRole { user, password }
+        let role = CqlRole { user, password };
+        for grant in grants {
+            role.grant(grant).await;
+        }
+        role
+    }
+
+    /// `GRANT <what> TO` this role, as the superuser.
+    pub async fn grant(&self, what: &str) {
+        self.admin(&format!("GRANT {what} TO {}", self.user)).await;
+    }
+
+    /// `REVOKE <what> FROM` this role, as the superuser.
+    pub async fn revoke(&self, what: &str) {
+        self.admin(&format!("REVOKE {what} FROM {}", self.user))
+            .await;
+    }
+
+    async fn admin(&self, cql: &str) {
+        let admin = cql_session(CQL_SUPERUSER.0, CQL_SUPERUSER.1).await;
+        admin
+            .query_unpaged(cql.to_string(), ())
+            .await
+            .unwrap_or_else(|e| panic!("{cql}: {e}"));
     }
 
     pub async fn drop_role(self) {

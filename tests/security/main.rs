@@ -1,8 +1,9 @@
 //! Security integration tests (issue #4, "Security"): the real `score-worker` binary against a
 //! nats-server with user/password or token auth and TLS (certificates generated here with openssl),
-//! and against Cassandra with password authentication (the pair on 9242 from
-//! `scripts/services.sh`, started by the tests if it is not up). Wrong credentials must give a clear
-//! error and a non-zero exit; no secret may appear in logs, `check` output or `/metrics`.
+//! and against Cassandra with password authentication and permissions (the pair on 9242 from
+//! `scripts/services.sh`, or the one `SCORE_WORKER_*_PORT` name, started by the tests if it is not up).
+//! Wrong credentials must give a clear error and a non-zero exit; no secret may appear in logs, `check`
+//! output or `/metrics`. [`refusals`]: what the worker does when that database refuses its writes.
 //!
 //! `cargo test --test security`
 
@@ -11,6 +12,7 @@
 mod support;
 
 mod harness;
+mod refusals;
 
 use std::path::Path;
 use std::time::Duration;
@@ -125,14 +127,14 @@ fn worker_setup(nats: &NatsSide, cql_user: &str, cql_password: &str) -> (Env, Co
     let mut env = Env::new();
     let mut config = Config::defaults();
     nats.apply(&mut env, &mut config);
-    set(&mut env, "SCYLLA__NODES", format!("[\"{CQL_NODE}\"]"));
+    set(&mut env, "SCYLLA__NODES", format!("[\"{}\"]", cql_node()));
     set(&mut env, "SCYLLA__KEYSPACE", KEYSPACE);
     set(&mut env, "SCYLLA__USER", cql_user);
     set(&mut env, "SCYLLA__PASSWORD", cql_password);
     set(&mut env, "LOG__FORMAT", "json");
     set(&mut env, "BATCH__LINGER", "50ms");
     set(&mut env, "SHUTDOWN__TIMEOUT", "15s");
-    config.scylla.nodes = vec![CQL_NODE.into()];
+    config.scylla.nodes = vec![cql_node()];
     config.scylla.keyspace = KEYSPACE.into();
     config.scylla.user = cql_user.into();
     config.scylla.password = SecretString::from(cql_password.to_string());
@@ -493,7 +495,7 @@ async fn database_tls_is_used_and_an_untrusted_ca_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let (mut env, _) = worker_setup(&nats, &role.user, &role.password);
     set(&mut env, "SCYLLA__TLS__ENABLED", "true");
-    set(&mut env, "SCYLLA__TLS__CA_FILE", CQL_CA);
+    set(&mut env, "SCYLLA__TLS__CA_FILE", cql_ca());
     let secrets = [token.as_str(), role.password.as_str()];
     let migrate = {
         let _one_at_a_time = MIGRATE.lock().await;

@@ -1,0 +1,116 @@
+//! What a write does when one key's rows are not what the protocol left (issue 17, item 1): a key
+//! an operator deleted with plain CQL, at server time, after the events still in flight for it.
+//! (A key past the tombstone threshold and refused grants need a specially configured Cassandra:
+//! `tests/security/refusals.rs`.)
+
+use std::time::Duration;
+
+use rand::Rng;
+use score_worker::store;
+use uuid::Uuid;
+
+use crate::support::*;
+
+/// An operator removes a profile from a board with plain CQL (its `scores_by_profile` row and its
+/// leaderboard row), at server time. An event of that key older than the delete then arrives, in a
+/// flush with other keys: its rows lose to the delete, its read-back finds no row. The key is
+/// superseded by the delete — acked, its own new leaderboard row removed — not failed, and the
+/// flush-mates land. An event newer than the delete brings the key back, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_deleted_with_plain_cql_after_its_event_is_superseded_not_held() {
+    ensure_schema().await;
+    let _servers = shared().await;
+    let config = base_config("oob_delete");
+    let buckets = config.scylla.leaderboard_buckets;
+    let (_client, js) = jetstream(&config).await;
+    let session = session().await;
+    let worker = Worker::start(config.clone()).await;
+    let board = format!("oob-{}", Uuid::new_v4().simple());
+    let profile = Uuid::new_v4();
+    let now = chrono::Utc::now().timestamp_micros();
+    let event = |tag: &str, profile: Uuid, score: i64, at_micros: i64| Event {
+        event_id: format!("oob-{tag}-{}", Uuid::new_v4().simple()),
+        profile,
+        wallet: wallet_of(profile),
+        leaderboard: board.clone(),
+        score,
+        at_micros,
+    };
+
+    let first = event("first", profile, 100, now - 60_000_000);
+    publish(&js, &config, &first, &first.event_id).await;
+    wait_until("the first event written", Duration::from_secs(60), || {
+        worker.processed() >= 1
+    })
+    .await;
+    for cql in [
+        format!("DELETE FROM {KEYSPACE}.scores_by_profile WHERE profile_id = {profile}"),
+        format!(
+            "DELETE FROM {KEYSPACE}.scores WHERE leaderboard_id = '{board}' AND bucket = {} \
+             AND score = 100 AND profile_id = {profile}",
+            store::bucket_of(profile, buckets)
+        ),
+    ] {
+        session.query_unpaged(cql, ()).await.unwrap();
+    }
+
+    // Older than the delete (newer than the first event), in one flush with 20 other keys.
+    let late = event("late", profile, 200, now - 30_000_000);
+    let mut rng = rand::rng();
+    let others: Vec<Event> = (0..20)
+        .map(|i| {
+            let score = rng.random_range(0..1_000_000);
+            event(
+                &format!("other{i}"),
+                Uuid::new_v4(),
+                score,
+                now - 20_000_000,
+            )
+        })
+        .collect();
+    for e in others.iter().take(10) {
+        publish(&js, &config, e, &e.event_id).await;
+    }
+    publish(&js, &config, &late, &late.event_id).await;
+    for e in others.iter().skip(10) {
+        publish(&js, &config, e, &e.event_id).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while worker.processed() < 22 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the flush with the deleted key was not settled: processed {}, received {}, paused {}, dead {}",
+            worker.processed(),
+            worker.metrics.messages_received.get(),
+            worker.metrics.pulls_paused.get(),
+            dead_lettered(&worker.metrics)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dead_lettered(&worker.metrics), 0, "nothing dead-lettered");
+    let key = (board.clone(), profile);
+    let rows = leaderboard_rows(&session, std::slice::from_ref(&board), buckets).await;
+    assert_eq!(
+        rows.get(&key),
+        None,
+        "the deleted key has no leaderboard row: the late event's own row was removed"
+    );
+    let profiles = profile_scores(&session, std::iter::once(key.clone())).await;
+    assert_eq!(profiles[&key], (None, None), "and no score");
+    assert_final_state(&session, &others, buckets).await;
+
+    // An event after the delete brings the key back, exactly once.
+    let back = event("back", profile, 300, chrono::Utc::now().timestamp_micros());
+    publish(&js, &config, &back, &back.event_id).await;
+    wait_until("the key brought back", Duration::from_secs(60), || {
+        worker.processed() >= 23
+    })
+    .await;
+    worker.stop().await;
+    let mut all = others.clone();
+    all.push(back);
+    assert_final_state(&session, &all, buckets).await;
+    eprintln!(
+        "out-of-band delete: the late event acked as superseded (no row, no score), 20 flush-mates and the later event in place"
+    );
+}
