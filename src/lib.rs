@@ -22,7 +22,8 @@
 //!
 //! # Layout
 //! Running the worker:
-//! - [`app`]: wiring; connects, spawns consumer, pipeline, probes and HTTP, drains on shutdown.
+//! - [`app`]: wiring; connects, spawns consumer, pipeline, dead-letter queue, watchers, probes and
+//!   HTTP, drains on shutdown.
 //! - [`config`]: typed settings, layered load (defaults → file → env), validation per section.
 //! - [`telemetry`]: tracing subscriber (JSON or text).
 //! - [`shutdown`]: the signal future the binary passes to [`app::App::run_until_stopped`].
@@ -30,7 +31,8 @@
 //! The message path, in order:
 //! - [`score`]: the wire contract: `ScoreUpdate`, decode + validate from bytes, the tie order.
 //! - [`nats`]: NATS connection, JetStream stream/consumer set-up, and their drift from the configuration.
-//! - [`consumer`]: the pull loop; turns messages into `(ScoreUpdate, JsReceipt)`.
+//! - [`consumer`]: the pull loop (pulls bounded in messages and bytes); turns messages into
+//!   `(ScoreUpdate, JsReceipt)`; its watcher restores a deleted or changed consumer.
 //! - [`batcher`]: pure accumulator: flush at `max_scores` / linger, coalescing by key.
 //! - [`pipeline`]: batch → write with retries → hold or split what still fails → settle; owns the
 //!   ports ([`pipeline::Store`], [`pipeline::Receipt`]) and the one decision of a message's fate
@@ -38,13 +40,15 @@
 //! - [`retry`]: the backoff schedule.
 //! - [`store`]: Scylla session, prepared statements, the leaderboard write protocol, the write probe,
 //!   and the one classifier of database errors.
-//! - [`deadletter`]: publishing dead letters (and counting and logging them).
+//! - [`deadletter`]: dead letters (a bounded copy of the payload) and the queue and task that store
+//!   them, retried until the dead-letter stream takes them, off the pull loop.
 //! - [`advisory`]: dead-letters messages the server stopped delivering.
 //!
 //! Around it:
 //! - [`schema`]: applying and checking the versioned CQL in `schema/`.
 //! - [`metrics`]: every metric, in a registry of the worker's own.
 //! - [`health`]: readiness state and the periodic probes that feed it.
+//! - [`breaker`]: the pull breaker (closed, open, half-open) the pipeline trips and the consumer obeys.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`read`]: the typed read client other services link (leaderboards, profiles, history, the
 //!   eligibility cache); repairs of one score go through [`store::repair`].
@@ -52,8 +56,8 @@
 //!   `publish-sample`, `query`, `score`, `migrate-postgres`).
 //!
 //! Dependencies point one way: `cmd → app → {consumer, pipeline, store, advisory} → {deadletter,
-//! batcher, retry, health} → {metrics, schema, config} → score`; the pipeline knows neither NATS nor
-//! the driver.
+//! batcher, retry, health} → {breaker, metrics, schema, config} → score`; the pipeline knows neither
+//! NATS nor the driver.
 
 pub mod advisory;
 pub mod app;

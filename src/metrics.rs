@@ -205,7 +205,7 @@ impl Metrics {
             ready: gauge("score_worker_ready", "1 while /readyz reports ready."),
             pulls_paused: gauge(
                 "score_worker_pulls_paused",
-                "1 while the pull breaker is open or half-open because flushes could not be written (the database is unreachable).",
+                "1 while the pull breaker is open or half-open: flushes could not be written (the database unreachable, overloaded or refusing the worker).",
             ),
             pull_breaker_state: {
                 let g = IntGaugeVec::new(
