@@ -372,9 +372,19 @@ async fn verify_dead_letters(
             }
             Some(bad) => {
                 let subject = format!("{}.{}", config.nats.deadletter_prefix, bad.reason);
+                // A letter keeps at most validation.max_payload_bytes of the payload, and says how
+                // long the original was when it keeps less.
+                let kept = bad.payload.len().min(config.validation.max_payload_bytes);
+                let truncated = header(deadletter::PAYLOAD_TRUNCATED);
+                let want_truncated = if kept < bad.payload.len() {
+                    bad.payload.len().to_string()
+                } else {
+                    String::new()
+                };
                 if reason != bad.reason
                     || letter.subject.as_str() != subject
-                    || letter.payload != bad.payload
+                    || letter.payload != bad.payload[..kept]
+                    || truncated != want_truncated
                 {
                     out.wrong += 1;
                     out.problem(format!(

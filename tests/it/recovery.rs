@@ -330,3 +330,126 @@ async fn the_pull_breaker_probes_with_one_message_before_pulling_at_full_speed()
     worker.stop().await;
     assert_final_state(&session, &evs, config.scylla.leaderboard_buckets).await;
 }
+
+/// An operator-owned consumer whose `max_deliver` an operator lowers (5 → 2) while the worker runs: the
+/// worker's last delivery follows the server's without a restart. The key fails on every delivery
+/// while the database takes other writes (its `scores_by_profile` row holds more dead cells than
+/// `tombstone_failure_threshold`, in a keyspace of the test's own), so the worker dead-letters it
+/// itself on the server's last delivery, as `write_failed`. With the value it started with (5) it
+/// would give the message back on delivery 2, and NATS, done with it, would leave it to the
+/// max-deliveries advisory instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_owned_consumer_changed_while_running_decides_the_last_delivery() {
+    let _servers = shared().await;
+    let mut config = base_config("owned_live");
+    config.scylla.keyspace = format!("it_live_{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let admin = session().await;
+    score_worker::schema::migrate(&admin, &config.scylla, false)
+        .await
+        .expect("migrate the test's keyspace");
+    config.nats.max_deliver = 5;
+    config.nats.ack_wait = Duration::from_secs(5);
+    let (_client, js) = jetstream(&config).await; // the operators' topology
+    config.nats.manage_jetstream = false;
+    config.retry.progress_interval = Duration::from_secs(1);
+    config.retry.total_budget = Duration::from_secs(1);
+    config.retry.nak_delay = Duration::from_millis(200);
+    let worker = Worker::start(config.clone()).await;
+    wait_ready(worker.addr, "at start").await;
+
+    // The operator lowers max_deliver in place; the watcher reads the consumer every 5 s.
+    let stream = js.get_stream(&config.nats.stream).await.unwrap();
+    let mut theirs = nats::consumer_config(&config.nats);
+    theirs.max_deliver = 2;
+    stream.create_consumer(theirs).await.unwrap();
+    assert_eq!(consumer_config(&js, &config).await.unwrap().max_deliver, 2);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    let evs = events("owned_live", 3);
+    let profile = Uuid::new_v4();
+    let evs: Vec<Event> = evs
+        .into_iter()
+        .map(|mut e| {
+            e.profile = profile;
+            e.wallet = wallet_of(profile);
+            e
+        })
+        .collect();
+    write_dead_cells(&admin, &config, &evs[0]).await;
+    for e in &evs {
+        publish(&js, &config, e, &e.event_id).await;
+    }
+    let m = &worker.metrics;
+    wait_until(
+        "the key dead-lettered by the worker on the server's last delivery",
+        Duration::from_secs(60),
+        || {
+            m.dead_letters.with_label_values(&["write_failed"]).get()
+                + m.dead_letters.with_label_values(&["max_deliveries"]).get()
+                >= 1
+        },
+    )
+    .await;
+    wait_drained(&js, &config, Duration::from_secs(30)).await;
+    let (write_failed, max_deliveries) = (
+        m.dead_letters.with_label_values(&["write_failed"]).get(),
+        m.dead_letters.with_label_values(&["max_deliveries"]).get(),
+    );
+    worker.stop().await;
+    let letters = read_stream(&js, &config.nats.deadletter_stream, evs.len()).await;
+    let _ = admin
+        .query_unpaged(format!("DROP KEYSPACE {}", config.scylla.keyspace), ())
+        .await;
+    let errors: Vec<String> = letters
+        .iter()
+        .filter_map(|l| l.headers.as_ref()?.get(score_worker::deadletter::ERROR))
+        .map(|v| v.as_str().chars().take(40).collect())
+        .collect();
+    eprintln!(
+        "operator-owned consumer, max_deliver 5 -> 2 while running: {write_failed} write_failed, \
+         {max_deliveries} max_deliveries; errors {errors:?}"
+    );
+    assert_eq!(max_deliveries, 0, "nothing left to the advisory");
+    assert!(write_failed >= 1);
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.starts_with("not written after 2 deliveries")),
+        "{errors:?}"
+    );
+}
+
+/// More dead cells in the key's `ranked` set than the server's `tombstone_failure_threshold`, so every
+/// read-back of it fails (written in parts: one statement of 100,000 cells times out on a busy node).
+async fn write_dead_cells(admin: &scylla::client::session::Session, config: &Config, e: &Event) {
+    let threshold: i64 = admin
+        .query_unpaged(
+            "SELECT value FROM system_views.settings WHERE name = 'tombstone_failure_threshold'",
+            (),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .first_row::<(Option<String>,)>()
+        .unwrap()
+        .0
+        .and_then(|v| v.parse().ok())
+        .expect("tombstone_failure_threshold");
+    let mut from = 0;
+    while from <= threshold {
+        let to = (from + 10_000).min(threshold + 1);
+        let dead: Vec<(i32, i64)> = (from..to).map(|i| (-1, i)).collect();
+        admin
+            .query_unpaged(
+                format!(
+                    "UPDATE {}.scores_by_profile SET ranked = ranked - ? WHERE profile_id = ? AND leaderboard_id = ?",
+                    config.scylla.keyspace
+                ),
+                (dead, e.profile, e.leaderboard.as_str()),
+            )
+            .await
+            .expect("write the dead cells");
+        from = to;
+    }
+}
