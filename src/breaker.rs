@@ -121,14 +121,20 @@ impl Breaker {
         if delivered == 0 {
             self.close();
         } else if handed_on == 0 {
-            self.state.send_if_modified(|s| {
-                let probing = *s == State::HalfOpen { probing: true };
-                if probing {
-                    *s = State::HalfOpen { probing: false };
-                }
-                probing
-            });
+            self.probe_again();
         }
+    }
+
+    /// The probe pull tested nothing (it failed, or brought only messages that were dead-lettered):
+    /// another may go at once.
+    pub fn probe_again(&self) {
+        self.state.send_if_modified(|s| {
+            let probing = *s == State::HalfOpen { probing: true };
+            if probing {
+                *s = State::HalfOpen { probing: false };
+            }
+            probing
+        });
     }
 
     /// Resolves once writes may be tried (closed or half-open).

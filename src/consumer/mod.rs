@@ -83,11 +83,13 @@ struct Pull<'a> {
     probe: bool,
 }
 
-/// What one pull brought: messages delivered, and those handed to the pipeline.
+/// What one pull brought: messages delivered, and those handed to the pipeline; whether it ended
+/// with an error.
 struct Read {
     delivered: usize,
     bytes: usize,
     handed_on: usize,
+    failed: bool,
 }
 
 impl Consumer {
@@ -126,7 +128,11 @@ impl Consumer {
             };
             oversized = current.request.oversized_ahead();
             if current.probe {
-                self.breaker.probed(read.delivered, read.handed_on);
+                if read.failed {
+                    self.breaker.probe_again();
+                } else {
+                    self.breaker.probed(read.delivered, read.handed_on);
+                }
             }
             current = match next {
                 Some(pull) => pull,
@@ -252,6 +258,7 @@ impl Consumer {
             delivered: 0,
             bytes: 0,
             handed_on: 0,
+            failed: false,
         };
         loop {
             let next = tokio::select! {
@@ -282,6 +289,7 @@ impl Consumer {
                 }
                 Some(Err(e)) => {
                     self.pull_failed(&e, failures, cancel).await;
+                    read.failed = true;
                     return Some(read);
                 }
             }
