@@ -149,6 +149,7 @@ impl App {
                 limits: config.limits(),
                 settler: settler.clone(),
                 deadletters: deadletters.clone(),
+                confirm_acks: config.nats.confirm_acks,
                 metrics: metrics.clone(),
                 health: health.clone(),
                 unsettled: unsettled.clone(),

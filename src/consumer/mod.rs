@@ -30,6 +30,8 @@ pub struct JsReceipt {
     stream_sequence: u64,
     deadletters: Arc<DeadLetters>,
     unsettled: Arc<Unsettled>,
+    /// Wait for the server to confirm an `Ack` (`nats.confirm_acks`).
+    confirm_acks: bool,
 }
 
 impl Drop for JsReceipt {
@@ -70,7 +72,7 @@ impl Receipt for JsReceipt {
         self.delivered
     }
 
-    /// `Ack` → a confirmed (double) ack; `Retry` → nak with delay; `DeadLetter` → publish to the
+    /// `Ack` → an ack (confirmed by the server with `nats.confirm_acks`); `Retry` → nak with delay; `DeadLetter` → publish to the
     /// dead-letter stream, then `+TERM` so the message never comes back whatever `max_deliver` says.
     async fn settle(&self, outcome: &Outcome) -> Result<(), SettleError> {
         let settled = self.settle_now(outcome).await;
@@ -84,10 +86,10 @@ impl Receipt for JsReceipt {
 impl JsReceipt {
     async fn settle_now(&self, outcome: &Outcome) -> Result<(), SettleError> {
         match outcome {
-            Outcome::Ack if std::env::var_os("SCORE_WORKER_SINGLE_ACK").is_some() => {
-                self.message.ack().await.map_err(settle_error("ack"))
+            Outcome::Ack if self.confirm_acks => {
+                self.message.double_ack().await.map_err(settle_error("ack"))
             }
-            Outcome::Ack => self.message.double_ack().await.map_err(settle_error("ack")),
+            Outcome::Ack => self.message.ack().await.map_err(settle_error("ack")),
             Outcome::Retry { delay } => self
                 .message
                 .ack_with(AckKind::Nak(Some(*delay)))
@@ -114,6 +116,8 @@ pub struct Consumer {
     pub limits: Limits,
     pub settler: Settler,
     pub deadletters: Arc<DeadLetters>,
+    /// Wait for the server to confirm each `Ack` (`nats.confirm_acks`).
+    pub confirm_acks: bool,
     pub metrics: Arc<Metrics>,
     /// Pulling waits while the health's pull breaker is open.
     pub health: Arc<Health>,
@@ -301,6 +305,7 @@ impl Consumer {
             delivered,
             stream_sequence,
             deadletters: self.deadletters.clone(),
+            confirm_acks: self.confirm_acks,
             unsettled: self.unsettled.clone(),
         };
         match decoded {

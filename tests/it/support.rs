@@ -469,6 +469,7 @@ pub fn worker_env(c: &Config, http_port: u16) -> Vec<(String, String)> {
         ("NATS__MAX_DELIVER", c.nats.max_deliver.to_string()),
         ("NATS__MAX_ACK_PENDING", c.nats.max_ack_pending.to_string()),
         ("NATS__PULL_BATCH", c.nats.pull_batch.to_string()),
+        ("NATS__CONFIRM_ACKS", c.nats.confirm_acks.to_string()),
         ("NATS__REQUEST_TIMEOUT", ms(c.nats.request_timeout)),
         ("SCYLLA__NODES", list(&c.scylla.nodes)),
         ("SCYLLA__KEYSPACE", c.scylla.keyspace.clone()),
