@@ -255,8 +255,6 @@ pub enum ReadBack {
     Grouped,
     /// One single-partition read per key, concurrently.
     PerKey,
-    /// EXPERIMENT: grouped, one request per set of leaderboards.
-    Exact,
 }
 
 #[derive(Debug, Clone, Deserialize)]
