@@ -193,6 +193,7 @@ impl App {
                 limits: config.limits(),
                 settler: settler.clone(),
                 deadletters: deadletter_queue.clone(),
+                confirm_acks: config.nats.confirm_acks,
                 metrics: metrics.clone(),
                 breaker: health.breaker(),
                 unsettled: unsettled.clone(),

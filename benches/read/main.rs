@@ -261,24 +261,41 @@ fn wallet(p: Uuid) -> String {
 }
 
 async fn measure(label: &str, reader: &Reader, reads: usize, probes: &[Uuid], depths: &[usize]) {
-    for _ in 0..10 {
-        reader.top(BOARD, 100).await.expect("top");
-    }
+    // A top-N read meets the row tombstones above the N-th row of each bucket; past Cassandra's
+    // `tombstone_failure_threshold` (100,000 in one page) it fails, and that is a figure too (the
+    // reader pages, but no page size helps when they lie between two live rows). The bench makes no
+    // read of its own beyond these.
     let mut took: Vec<Duration> = Vec::with_capacity(reads);
-    for _ in 0..reads {
+    for i in 0..reads + 10 {
         let start = Instant::now();
-        let page = reader.top(BOARD, 100).await.expect("top");
-        took.push(start.elapsed());
+        let page = match reader.top(BOARD, 100).await {
+            Ok(page) => page,
+            Err(e) => {
+                println!(
+                    "{label}: top-100 read {} failed after {:.1} ms: {e}",
+                    i + 1,
+                    ms(start.elapsed())
+                );
+                break;
+            }
+        };
+        // The first ten warm up.
+        if i >= 10 {
+            took.push(start.elapsed());
+        }
         assert_eq!(page.entries.len(), 100);
     }
     took.sort();
-    let at = |q: f64| took[((took.len() as f64 * q).ceil() as usize).clamp(1, took.len()) - 1];
-    println!(
-        "{label}: top-100 over {reads} reads: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        ms(at(0.50)),
-        ms(at(0.99)),
-        ms(at(1.0))
-    );
+    if !took.is_empty() {
+        let at = |q: f64| took[((took.len() as f64 * q).ceil() as usize).clamp(1, took.len()) - 1];
+        println!(
+            "{label}: top-100 over {} reads: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            took.len(),
+            ms(at(0.50)),
+            ms(at(0.99)),
+            ms(at(1.0))
+        );
+    }
     for (p, depth) in probes.iter().zip(depths) {
         let mut times = Vec::new();
         let mut band = None;

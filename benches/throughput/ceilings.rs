@@ -27,6 +27,7 @@ use scylla::value::CqlTimestamp;
 use crate::library::{self, ProtocolStore};
 use crate::procfs::Servers;
 use crate::report::{percentile, Pass};
+use crate::slices::Slicer;
 use crate::workload::Message;
 
 /// Retry budget of one write: the worker's own shipped budget is 30 s; a ceiling waits a little longer
@@ -102,17 +103,30 @@ pub async fn protocol(
 
     RETRIED.store(0, Ordering::Relaxed);
     let (s0, requests0, statements0) = (servers.sample(), store.requests(), store.statements());
+    let warnings0 = store.warnings();
+    let tombstones = |store: &ProtocolStore| store.warnings().map(|w| w.tombstones);
+    let total = backlog.len() as f64;
+    let mut slicer = Slicer::new(0.0, total, s0, tombstones(&store));
     let store = &store;
-    let mut latencies: Vec<f64> = futures::stream::iter(flushes.iter())
+    let mut done = 0.0;
+    let mut latencies = Vec::with_capacity(flushes.len());
+    let mut writes = futures::stream::iter(flushes.iter())
         .map(|flush| async move {
             let start = Instant::now();
             with_retries("protocol flush", || store.write(flush)).await;
-            start.elapsed().as_secs_f64()
+            (start.elapsed().as_secs_f64(), flush.1.len() as f64)
         })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
+        .buffer_unordered(concurrency);
+    while let Some((latency, events)) = writes.next().await {
+        latencies.push(latency);
+        done += events;
+        // A point only where a tenth ends (reading /proc and the metrics costs this process CPU).
+        if done >= slicer.next_boundary() && done < total {
+            slicer.record(done, servers.sample(), tombstones(store));
+        }
+    }
     let s1 = servers.sample();
+    slicer.record(total, s1, tombstones(store));
 
     let mut pass = finish(
         &format!("protocol c={concurrency}"),
@@ -127,6 +141,10 @@ pub async fn protocol(
         .map(|(before, after)| (after - before) / backlog.len() as f64);
     pass.concurrency = Some(concurrency);
     pass.db_idle_cpu_pct = idle;
+    pass.slices = slicer.slices();
+    pass.warnings = warnings0
+        .zip(store.warnings())
+        .map(|(before, after)| after.since(&before));
     pass.flush_p50_ms = Some(percentile(&mut latencies, 0.50) * 1e3);
     pass.flush_p99_ms = Some(percentile(&mut latencies, 0.99) * 1e3);
     pass
@@ -164,8 +182,13 @@ impl Naive {
         b
     }
 
-    /// The three batches of one chunk of messages, each as a future that returns its attempts.
-    fn jobs<'a>(&'a self, session: &'a Session, chunk: &'a [Message]) -> Vec<BoxFuture<'a, u32>> {
+    /// The three batches of one chunk of messages, each as a future that returns its attempts and
+    /// the chunk's messages.
+    fn jobs<'a>(
+        &'a self,
+        session: &'a Session,
+        chunk: &'a [Message],
+    ) -> Vec<BoxFuture<'a, (u32, usize)>> {
         let ms = |t: i64| CqlTimestamp(t.div_euclid(1000));
         let day = |t: i64| {
             chrono::DateTime::from_timestamp_micros(t)
@@ -219,18 +242,23 @@ impl Naive {
         vec![
             Box::pin(async move {
                 let b = Self::batch(&self.by_profile, n);
-                with_retries("naive by-profile batch", || session.batch(&b, &by_profile)).await
+                let attempts =
+                    with_retries("naive by-profile batch", || session.batch(&b, &by_profile)).await;
+                (attempts, n)
             }),
             Box::pin(async move {
                 let b = Self::batch(&self.leaderboard, n);
-                with_retries("naive leaderboard batch", || {
+                let attempts = with_retries("naive leaderboard batch", || {
                     session.batch(&b, &leaderboard)
                 })
-                .await
+                .await;
+                (attempts, n)
             }),
             Box::pin(async move {
                 let b = Self::batch(&self.history, n);
-                with_retries("naive history batch", || session.batch(&b, &history)).await
+                let attempts =
+                    with_retries("naive history batch", || session.batch(&b, &history)).await;
+                (attempts, n)
             }),
         ]
     }
@@ -250,14 +278,25 @@ pub async fn naive(
 
     RETRIED.store(0, Ordering::Relaxed);
     let s0 = servers.sample();
-    let requests: u32 = futures::stream::iter(backlog.chunks(batch))
+    let total = backlog.len() as f64;
+    let mut slicer = Slicer::new(0.0, total, s0, None);
+    let mut jobs = futures::stream::iter(backlog.chunks(batch))
         .flat_map(|chunk| futures::stream::iter(naive.jobs(&session, chunk)))
-        .buffer_unordered(concurrency)
-        .fold(0, |sum, attempts| async move { sum + attempts })
-        .await;
+        .buffer_unordered(concurrency);
+    let (mut requests, mut done) = (0, 0.0);
+    while let Some((attempts, events)) = jobs.next().await {
+        requests += attempts;
+        // Each of a chunk's three batches carries a third of its messages' progress.
+        done += events as f64 / 3.0;
+        if done >= slicer.next_boundary() && done < total - 1e-6 {
+            slicer.record(done, servers.sample(), None);
+        }
+    }
     let s1 = servers.sample();
+    slicer.record(total, s1, None);
 
     let mut pass = finish("naive", config, backlog.len(), s0, s1, f64::from(requests));
+    pass.slices = slicer.slices();
     pass.statements_per_event = Some(3.0);
     pass.concurrency = Some(concurrency);
     pass.db_idle_cpu_pct = idle;

@@ -82,8 +82,31 @@ impl Knobs {
             duplicates: fraction("DUPLICATES", 0.0),
             out_of_order: fraction("OUT_OF_ORDER", 0.0),
             seed: num("SEED", 1),
+            changes: var("CHANGES").map(|_| num("CHANGES", 0usize)),
+            hot_keys: num("HOT_KEYS", 0usize),
+            hot_changes: num("HOT_CHANGES", 0usize),
         };
         assert!(spec.skew > 0.0, "SCORE_WORKER_BENCH_SKEW must be > 0");
+        assert!(
+            spec.changes != Some(0),
+            "SCORE_WORKER_BENCH_CHANGES must be at least 1"
+        );
+        assert!(
+            (spec.hot_keys == 0) == (spec.hot_changes == 0),
+            "SCORE_WORKER_BENCH_HOT_KEYS and SCORE_WORKER_BENCH_HOT_CHANGES go together, both at least 1"
+        );
+        assert!(
+            spec.hot_events() <= spec.events,
+            "SCORE_WORKER_BENCH_HOT_KEYS × HOT_CHANGES = {} is more than EVENTS = {}",
+            spec.hot_events(),
+            spec.events
+        );
+        assert!(
+            spec.churned_keys() <= spec.profiles * spec.leaderboards,
+            "SCORE_WORKER_BENCH_CHANGES: {} keys do not fit in PROFILES × LEADERBOARDS = {}",
+            spec.churned_keys(),
+            spec.profiles * spec.leaderboards
+        );
         let baseline = var("BASELINE").map(|path| {
             let path = PathBuf::from(path);
             assert!(

@@ -100,6 +100,11 @@ impl ProtocolStore {
         prom::sum(&self.metrics.encode(), prom::REQUESTS)
     }
 
+    /// Warnings the database attached to the store's responses so far.
+    pub fn warnings(&self) -> Option<prom::Warnings> {
+        prom::Warnings::of(&self.metrics.encode())
+    }
+
     /// Statements sent so far, if the store counts them.
     pub fn statements(&self) -> Option<f64> {
         prom::sum_if_exported(&self.metrics.encode(), prom::STATEMENTS)

@@ -13,15 +13,30 @@
 //!
 //! Per writer: events/s; database requests per event (the worker's `…_query_duration_seconds_count`
 //! over every label); CPU µs per event of the writer, Cassandra and nats-server (from
-//! `/proc/<pid>/stat`); peak RSS; paced receipt → ack p50/p95/p99 (the worker's own histogram); and
-//! what is left wrong in the keyspace afterwards (stale and missing leaderboard rows, wrong by-profile
-//! scores: `verify.rs`). Any of those non-zero for this build ends the run with exit code 1.
+//! `/proc/<pid>/stat`); peak RSS; paced receipt → ack p50/p95/p99 (the worker's own histogram); the
+//! warnings the database attached to the writer's responses (`score_worker_scylla_warnings_total`:
+//! tombstones, by statement, and batch; the protocol ceiling from its own `Metrics`); the drain in
+//! tenths (`slices.rs`: events/s, Cassandra CPU µs/event and tombstone warnings per tenth, and last ÷
+//! first tenth's events/s; with churn knobs, a table per figure after the main ones; every tenth of
+//! every pass in the JSON); and what is left wrong in the keyspace afterwards (stale and missing
+//! leaderboard rows, wrong by-profile scores: `verify.rs`, which reads both tables in pieces so that
+//! a churned keyspace's tombstones never fail a read). Any of those non-zero for this build ends the
+//! run with exit code 1.
 //!
 //! Knobs, all `SCORE_WORKER_BENCH_*`:
 //! - workload: `EVENTS` (backlog messages, 30000), `PROFILES` (20000), `LEADERBOARDS` (3), `HOT` (share
 //!   of events on Pareto-weighted profiles, 0.3), `SKEW` (Pareto shape, 1.16), `DUPLICATES` (share of
 //!   messages re-publishing an earlier event under a new Nats-Msg-Id, 0), `OUT_OF_ORDER` (share of
 //!   events older than their key's newest, 0), `SEED` (1);
+//! - churn (`workload.rs`; off by default): `CHANGES` (changes per key: the backlog is `EVENTS` events
+//!   over `EVENTS / CHANGES` keys, each changed `CHANGES` times with a new score each time, its changes
+//!   spread evenly through the backlog and interleaved with the other keys'; key `k` is profile
+//!   `k mod PROFILES` on leaderboard `(k mod PROFILES + k div PROFILES) mod LEADERBOARDS`, so as many
+//!   distinct profiles as keys, spread evenly over the boards); `HOT_KEYS` and `HOT_CHANGES` (a hot set
+//!   of that many keys, on profiles of their own, each changed `HOT_CHANGES` times, spread evenly
+//!   through the backlog; the rest of `EVENTS` is the default workload, or churned by `CHANGES` if set).
+//!   E.g. `EVENTS=200000 CHANGES=2000`: 100 keys; `EVENTS=200000 HOT_KEYS=5 HOT_CHANGES=20000`:
+//!   100,000 hot events and 100,000 default ones;
 //! - run: `ROUNDS` (2), `RATE` (paced events/s; default half the variant's backlog rate), `SECONDS`
 //!   (paced phase, 10; 0 skips it), `BASELINE` + `BASELINE_LABEL`, `FLUSH1` (0), `CEILINGS` (1),
 //!   `PROTOCOL_CONCURRENCY` (flushes in flight to try, "1,4,16,64"), `PROTOCOL_FLUSH` (keys per flush,
@@ -33,7 +48,7 @@
 //! Layout: `knobs` (settings), `workload` (the generated messages), `worker` (a binary variant),
 //! `ceilings` (protocol and naive), `library` (every call into score-worker's write path),
 //! `verify` (the keyspace afterwards), `procfs` and `prom` (reading CPU, memory and `/metrics`),
-//! `report` (medians, ratios, tables), `output` (JSON, SVG).
+//! `slices` (the drain in tenths), `report` (medians, ratios, tables), `output` (JSON, SVG).
 
 #[path = "../../tests/it/support.rs"]
 #[allow(dead_code)]
@@ -46,6 +61,7 @@ mod output;
 mod procfs;
 mod prom;
 mod report;
+mod slices;
 mod verify;
 mod worker;
 mod workload;
@@ -181,10 +197,12 @@ async fn main() {
     let shape = workload::shape(&backlog);
     let units = units(&knobs);
 
+    let churn = knobs.spec.churn();
     println!(
-        "bench: build {build}; {} backlog messages ({} distinct events, {} keys, busiest key {} messages, busiest 1 % of keys {:.1} % of messages, {} out of order); {} profiles × {} leaderboards, hot {:.0} % (Pareto {}), duplicates {:.0} %; {} rounds; load average {:.1}",
+        "bench: build {build}; {} backlog messages ({} distinct events, {} keys, busiest key {} messages, busiest 1 % of keys {:.1} % of messages, {} out of order); {} profiles × {} leaderboards, hot {:.0} % (Pareto {}), duplicates {:.0} %{}; {} rounds; load average {:.1}",
         shape.messages, shape.distinct_events, shape.keys, shape.max_events_per_key, shape.top1pct_key_share * 100.0, shape.out_of_order,
         knobs.spec.profiles, knobs.spec.leaderboards, knobs.spec.hot * 100.0, knobs.spec.skew, knobs.spec.duplicates * 100.0,
+        churn.as_ref().map_or(String::new(), |c| format!("; {c}")),
         knobs.rounds, procfs::loadavg()
     );
     println!("bench: servers {versions}");
@@ -222,14 +240,28 @@ async fn main() {
     };
     let rows = rows(&units, &rounds);
     let title = format!(
-        "score-worker {build}: {} messages, {} profiles × {} leaderboards, {} rounds, {}",
+        "score-worker {build}: {} messages, {} profiles × {} leaderboards{}, {} rounds, {}",
         knobs.spec.events,
         knobs.spec.profiles,
         knobs.spec.leaderboards,
+        churn.as_ref().map_or(String::new(), |c| format!(", {c}")),
         knobs.rounds,
         started.format("%Y-%m-%d %H:%M UTC")
     );
     println!("\n{title}\n\n{}", report::tables(&rows));
+    // Tenths of a default drain (a few seconds) are mostly noise; a churned one is long enough. The
+    // per-concurrency protocol rows are in `protocol ceiling` (the best of each round).
+    if knobs.spec.churned() {
+        let main_rows: Vec<Row> = rows
+            .iter()
+            .filter(|r| !r.name.starts_with("protocol c="))
+            .cloned()
+            .collect();
+        println!("{}", slices::tables(&main_rows));
+    }
+    if let Some(line) = report::tombstones_by_statement(&rows) {
+        println!("{line}\n");
+    }
     let worker = &rows[0];
     let others: Vec<&Row> = rows[1..]
         .iter()
@@ -365,7 +397,13 @@ async fn measure(
                     backlog.to_vec(),
                 ),
             };
-            pass.check = verify::check(admin, &config.scylla.keyspace, &expected(&written)).await;
+            let sizes = verify::Sizes {
+                messages: written.len(),
+                max_changes_per_key: workload::shape(&written).max_events_per_key,
+                buckets: config.scylla.leaderboard_buckets,
+            };
+            pass.check =
+                verify::check(admin, &config.scylla.keyspace, &expected(&written), sizes).await;
             pass.load_avg = load;
             println!("{}", report::pass_line(round + 1, &pass));
             passes.push((unit, pass));

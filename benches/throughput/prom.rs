@@ -1,5 +1,6 @@
 //! Reading the worker's `/metrics` text: counters, sums over labelled series, histogram quantiles.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -11,6 +12,8 @@ pub const STATEMENTS: &str = "score_worker_scylla_statements_per_request_sum";
 pub const PROCESSED: &str = "score_worker_messages_processed_total";
 pub const RETRIES: &str = "score_worker_batch_retries_total";
 pub const LATENCY: &str = "score_worker_processing_duration_seconds_bucket";
+/// Warnings the database attached to responses, by `statement` and `warning`.
+pub const WARNINGS: &str = "score_worker_scylla_warnings_total";
 
 /// `GET /metrics`, or `None` while nothing answers.
 pub async fn scrape(addr: SocketAddr) -> Option<String> {
@@ -43,6 +46,78 @@ pub fn sum(text: &str, name: &str) -> f64 {
             value.trim().parse::<f64>().ok()
         })
         .sum()
+}
+
+/// Every series of metric `name`: its labels and its value.
+fn series<'a>(text: &'a str, name: &str) -> Vec<(Vec<(&'a str, &'a str)>, f64)> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            let labels = labels
+                .split(',')
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    Some((k, v.trim_matches('"')))
+                })
+                .collect();
+            Some((labels, value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// What `score_worker_scylla_warnings_total` counted: warnings the database attached to responses.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Warnings {
+    /// Reads that met more dead cells than the server's `tombstone_warn_threshold`.
+    pub tombstones: f64,
+    /// Batches over the server's batch size threshold (or spanning too many partitions).
+    pub batch: f64,
+    pub other: f64,
+    /// The tombstone warnings by `statement` label (only those with any).
+    pub tombstones_by_statement: BTreeMap<String, f64>,
+}
+
+impl Warnings {
+    /// The counters in `text`, or `None` if it has none (a build before the metric).
+    pub fn of(text: &str) -> Option<Warnings> {
+        if !text.contains(WARNINGS) {
+            return None;
+        }
+        let mut w = Warnings::default();
+        for (labels, value) in series(text, WARNINGS) {
+            let label = |name: &str| labels.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+            match label("warning") {
+                Some("tombstones") => {
+                    w.tombstones += value;
+                    *w.tombstones_by_statement
+                        .entry(label("statement").unwrap_or("?").to_string())
+                        .or_default() += value;
+                }
+                Some("batch") => w.batch += value,
+                _ => w.other += value,
+            }
+        }
+        Some(w)
+    }
+
+    /// The warnings counted since `before`.
+    pub fn since(&self, before: &Warnings) -> Warnings {
+        let mut by_statement = self.tombstones_by_statement.clone();
+        for (statement, n) in &before.tombstones_by_statement {
+            *by_statement.entry(statement.clone()).or_default() -= n;
+        }
+        by_statement.retain(|_, n| *n != 0.0);
+        Warnings {
+            tombstones: self.tombstones - before.tombstones,
+            batch: self.batch - before.batch,
+            other: self.other - before.other,
+            tombstones_by_statement: by_statement,
+        }
+    }
 }
 
 /// Cumulative bucket counts `(le, count)` of an unlabelled histogram's `_bucket` series.

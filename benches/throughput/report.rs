@@ -3,6 +3,8 @@
 
 use std::fmt::Write as _;
 
+use crate::prom::Warnings;
+use crate::slices::{self, Slice};
 use crate::verify::Check;
 
 /// Everything measured in one pass of one writer over the backlog.
@@ -34,6 +36,11 @@ pub struct Pass {
     pub db_idle_cpu_pct: f64,
     pub load_avg: f64,
     pub check: Check,
+    /// The drain in tenths (`slices.rs`).
+    pub slices: Vec<Slice>,
+    /// Warnings the database attached to the writer's responses during the drain (worker: its
+    /// `/metrics`; protocol ceiling: its store's `Metrics`); `None` where not counted.
+    pub warnings: Option<Warnings>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -107,7 +114,7 @@ pub fn pass_line(round: usize, p: &Pass) -> String {
     let c = &p.check;
     format!(
         "round {round} {:<22} {:>9} events/s {:>7} req/event  DB {:>6} µs/event  writer {:>6} µs/event  \
-         stale {} missing {} wrong {}  ({:.1} s, load {:.1}, DB idle {:.0} %{})",
+         stale {} missing {} wrong {}  last/first slice {}{}  ({:.1} s, load {:.1}, DB idle {:.0} %{})",
         p.variant,
         num(p.events_per_s),
         num(p.requests_per_event),
@@ -116,6 +123,24 @@ pub fn pass_line(round: usize, p: &Pass) -> String {
         c.stale_rows,
         c.missing_rows,
         c.wrong_by_profile,
+        slices::slope(&p.slices).map_or("–".into(), num),
+        p.warnings.as_ref().map_or(String::new(), |w| {
+            let by: Vec<String> = w
+                .tombstones_by_statement
+                .iter()
+                .map(|(s, n)| format!("{s} {}", num(*n)))
+                .collect();
+            format!(
+                "  tombstone warnings {}{}, batch warnings {}",
+                num(w.tombstones),
+                if by.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", by.join(", "))
+                },
+                num(w.batch)
+            )
+        }),
         p.seconds,
         p.load_avg,
         p.db_idle_cpu_pct,
@@ -208,6 +233,21 @@ pub const FIGURES: &[Figure] = &[
         key: "wrong_by_profile",
         label: "wrong by-profile",
         get: |p| Some(p.check.wrong_by_profile as f64),
+    },
+    Figure {
+        key: "last_first_slice",
+        label: "last ÷ first slice",
+        get: |p| slices::slope(&p.slices),
+    },
+    Figure {
+        key: "tombstone_warnings",
+        label: "tombstone warnings",
+        get: |p| p.warnings.as_ref().map(|w| w.tombstones),
+    },
+    Figure {
+        key: "batch_warnings",
+        label: "batch warnings",
+        get: |p| p.warnings.as_ref().map(|w| w.batch),
     },
     Figure {
         key: "peak_rss_mib",
@@ -313,10 +353,18 @@ pub fn ratio_table(worker: &Row, others: &[&Row]) -> String {
     out.push_str(&"---|".repeat(others.len()));
     out.push('\n');
     let columns: Vec<Vec<(&Figure, Spread)>> = others.iter().map(|o| ratios(worker, o)).collect();
-    for f in FIGURES
-        .iter()
-        .filter(|f| !matches!(f.key, "stale_rows" | "missing_rows" | "wrong_by_profile"))
-    {
+    // Counts that should be 0 and slopes make no useful ratio.
+    for f in FIGURES.iter().filter(|f| {
+        !matches!(
+            f.key,
+            "stale_rows"
+                | "missing_rows"
+                | "wrong_by_profile"
+                | "last_first_slice"
+                | "tombstone_warnings"
+                | "batch_warnings"
+        )
+    }) {
         let cells: Vec<String> = columns
             .iter()
             .map(|c| {
@@ -331,4 +379,41 @@ pub fn ratio_table(worker: &Row, others: &[&Row]) -> String {
         let _ = writeln!(out, "| {} | {} |", f.label, cells.join(" | "));
     }
     out
+}
+
+/// The tombstone warnings by statement, median over rounds, of each writer that had any.
+pub fn tombstones_by_statement(rows: &[Row]) -> Option<String> {
+    let mut parts = Vec::new();
+    for row in rows.iter().filter(|r| !r.name.starts_with("protocol c=")) {
+        let warnings: Vec<&Warnings> = row
+            .passes
+            .iter()
+            .filter_map(|p| p.warnings.as_ref())
+            .collect();
+        let mut statements: Vec<&String> = warnings
+            .iter()
+            .flat_map(|w| w.tombstones_by_statement.keys())
+            .collect();
+        statements.sort();
+        statements.dedup();
+        let cells: Vec<String> = statements
+            .into_iter()
+            .filter_map(|s| {
+                let per_round: Vec<f64> = warnings
+                    .iter()
+                    .map(|w| w.tombstones_by_statement.get(s).copied().unwrap_or(0.0))
+                    .collect();
+                Some(format!("{s} {}", num(Spread::of(&per_round)?.median)))
+            })
+            .collect();
+        if !cells.is_empty() {
+            parts.push(format!("{}: {}", row.name, cells.join(", ")));
+        }
+    }
+    (!parts.is_empty()).then(|| {
+        format!(
+            "bench: tombstone warnings by statement (median over rounds): {}",
+            parts.join("; ")
+        )
+    })
 }

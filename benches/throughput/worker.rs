@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use score_worker::config::Config;
 
-use crate::procfs::{self, Servers};
-use crate::prom;
+use crate::procfs::{self, CpuSample, Servers};
+use crate::prom::{self, Warnings};
 use crate::report::{Paced, Pass};
+use crate::slices::Slicer;
 use crate::support::{base_config, jetstream, worker_command, worker_env};
 use crate::workload::{Generator, Message};
 
@@ -140,6 +141,38 @@ async fn wait_processed(addr: std::net::SocketAddr, want: f64, timeout: Duration
     }
 }
 
+/// Polls `/metrics` every 50 ms until `processed` reaches `want`, recording a point of `slicer` per
+/// scrape; returns the last scrape and its CPU sample.
+async fn drain(
+    addr: std::net::SocketAddr,
+    want: f64,
+    timeout: Duration,
+    servers: &Servers,
+    slicer: &mut Slicer,
+) -> (String, CpuSample) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let Some(text) = prom::scrape(addr).await else {
+            assert!(
+                Instant::now() < deadline,
+                "{want} messages not processed in {timeout:?}"
+            );
+            continue;
+        };
+        let sample = servers.sample();
+        let done = prom::sum(&text, prom::PROCESSED);
+        slicer.record(done, sample, Warnings::of(&text).map(|w| w.tombstones));
+        if done >= want {
+            return (text, sample);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{want} messages not processed in {timeout:?}"
+        );
+    }
+}
+
 /// Runs one variant: backlog drain, then the paced phase. Returns the pass and every message the
 /// worker was given (for the correctness check).
 pub async fn run(
@@ -184,10 +217,17 @@ pub async fn run(
         prom::sum(&first, prom::RETRIES),
     );
     let statements0 = prom::sum_if_exported(&first, prom::STATEMENTS);
+    let warnings0 = Warnings::of(&first);
     let n = backlog.len() as f64;
+    let mut slicer = Slicer::new(
+        done0,
+        n - done0,
+        s0,
+        warnings0.as_ref().map(|w| w.tombstones),
+    );
     let timeout = Duration::from_secs(600.max(backlog.len() as u64 / 50));
-    let drained = wait_processed(addr, n, timeout).await;
-    let (s1, worker1) = (servers.sample(), procfs::cpu_seconds(pid));
+    let (drained, s1) = drain(addr, n, timeout, servers, &mut slicer).await;
+    let worker1 = procfs::cpu_seconds(pid);
     let seconds = s1.at.duration_since(s0.at).as_secs_f64();
     let counted = n - done0;
     let per_event = |cpu: f64| cpu * 1e6 / counted;
@@ -206,6 +246,10 @@ pub async fn run(
         nats_cpu_us_per_event: Some(per_event(s1.nats - s0.nats)),
         db_idle_cpu_pct: idle,
         retried_writes: (prom::sum(&drained, prom::RETRIES) - retries0) as u64,
+        slices: slicer.slices(),
+        warnings: warnings0
+            .zip(Warnings::of(&drained))
+            .map(|(before, after)| after.since(&before)),
         ..Pass::default()
     };
 

@@ -9,11 +9,25 @@
 //!   `event_id`) under a new `Nats-Msg-Id`, as a publisher retry or a redelivery does: NATS stores it
 //!   again and the worker sees it twice.
 //!
+//! - Churn (off by default). `changes`: the backlog is `events` messages over `events / changes` keys
+//!   (rounded up), each changed `changes` times with a new score each time. `hot_keys`, `hot_changes`:
+//!   a hot set of that many keys, each changed `hot_changes` times; the rest of the backlog is the
+//!   default workload (or, with `changes` too, churned as above). A churned key's events
+//!   are spread evenly through the backlog: the hot events take every (`events` ÷ hot events)-th
+//!   position, and the keys of a churned part take turns in cycles, each key once per cycle in a
+//!   shuffled order, so the `i`-th change of every key falls in the `i`-th cycle. Churned events are
+//!   always new and in order (times rising with publish order); `duplicates` and `out_of_order` apply
+//!   to the default part only. Key `k` of `changes` is profile `k mod profiles` on leaderboard
+//!   `(k mod profiles + k div profiles) mod leaderboards`: as many distinct profiles as keys (up to
+//!   `profiles`), spread evenly over the leaderboards. The hot keys have profiles of their own (not
+//!   among the default part's), hot key `h` on leaderboard `h mod leaderboards`.
+//!
 //! Generation is seeded, so every variant and ceiling of a run gets exactly the same messages.
 
 use std::collections::HashMap;
 
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use uuid::Uuid;
 
@@ -30,6 +44,60 @@ pub struct Spec {
     pub duplicates: f64,
     pub out_of_order: f64,
     pub seed: u64,
+    /// Churn: changes per key of the (non-hot part of the) backlog.
+    pub changes: Option<usize>,
+    /// Hot set: keys, each changed `hot_changes` times, mixed into the rest.
+    pub hot_keys: usize,
+    pub hot_changes: usize,
+}
+
+/// Scores are drawn uniformly from `0..SCORES` (the verifier slices this range).
+pub const SCORES: i64 = 1_000_000;
+
+impl Spec {
+    /// Messages of the hot set.
+    pub fn hot_events(&self) -> usize {
+        self.hot_keys * self.hot_changes
+    }
+
+    /// Keys of the `changes` part: the rest of the backlog over `changes` changes each.
+    pub fn churned_keys(&self) -> usize {
+        self.changes
+            .map_or(0, |c| (self.events - self.hot_events()).div_ceil(c.max(1)))
+    }
+
+    pub fn churned(&self) -> bool {
+        self.changes.is_some() || self.hot_keys > 0
+    }
+
+    /// The churn in words, for the shape line and the title; `None` without churn.
+    pub fn churn(&self) -> Option<String> {
+        // Whole numbers, thousands separated (`num` gives small ones three significant digits).
+        let n = |x: usize| match x {
+            0..100 => x.to_string(),
+            _ => crate::report::num(x as f64),
+        };
+        let rest = self.events - self.hot_events();
+        let part = |c: usize| {
+            format!(
+                "{} keys × {} changes",
+                n(self.churned_keys()),
+                n(c.min(rest))
+            )
+        };
+        match (self.hot_keys, self.changes) {
+            (0, None) => None,
+            (0, Some(c)) => Some(format!("churn: {}", part(c))),
+            (h, rest_changes) => Some(format!(
+                "hot set: {} keys × {} changes ({} messages), the other {}: {}",
+                n(h),
+                n(self.hot_changes),
+                n(self.hot_events()),
+                n(rest),
+                rest_changes.map_or("default workload".into(), part)
+            )),
+        }
+    }
 }
 
 /// One message to publish.
@@ -53,9 +121,81 @@ pub struct Generator {
     clock: i64,
     step: i64,
     next: u64,
+    churn: Option<Churn>,
 }
 
 const RECENT: usize = 1000;
+
+/// Which message positions belong to churned keys, and which key each takes.
+#[derive(Clone)]
+struct Churn {
+    /// An RNG of its own, so that the default part draws exactly what it draws without churn.
+    rng: StdRng,
+    hot: Option<Turns>,
+    /// Hot messages per `total` positions.
+    hot_events: u64,
+    total: u64,
+    /// The keys of `changes`, for the positions outside the hot set.
+    rest: Option<Turns>,
+    /// Messages generated so far.
+    position: u64,
+    /// The current score of each churned key, so that each change is a new score.
+    scores: HashMap<(usize, usize), i64>,
+}
+
+/// Keys taking turns: each once per cycle, in an order shuffled per cycle.
+#[derive(Clone)]
+struct Turns {
+    keys: Vec<(usize, usize)>,
+    order: Vec<usize>,
+    at: usize,
+}
+
+impl Turns {
+    fn new(keys: Vec<(usize, usize)>) -> Turns {
+        let order = (0..keys.len()).collect::<Vec<_>>();
+        Turns {
+            at: order.len(),
+            keys,
+            order,
+        }
+    }
+
+    fn next(&mut self, rng: &mut StdRng) -> (usize, usize) {
+        if self.at == self.order.len() {
+            self.order.shuffle(rng);
+            self.at = 0;
+        }
+        self.at += 1;
+        self.keys[self.order[self.at - 1]]
+    }
+}
+
+impl Churn {
+    /// The churned key of the next message, or `None` for a message of the default part.
+    fn key(&mut self) -> Option<(usize, usize)> {
+        let p = self.position;
+        self.position += 1;
+        let hot = self.hot_events > 0
+            && (p + 1) * self.hot_events / self.total > p * self.hot_events / self.total;
+        match (hot, &mut self.hot, &mut self.rest) {
+            (true, Some(turns), _) | (false, _, Some(turns)) => Some(turns.next(&mut self.rng)),
+            _ => None,
+        }
+    }
+
+    fn score(&mut self, key: (usize, usize)) -> i64 {
+        let previous = self.scores.get(&key).copied();
+        let score = loop {
+            let s = self.rng.random_range(0..SCORES);
+            if Some(s) != previous {
+                break s;
+            }
+        };
+        self.scores.insert(key, score);
+        score
+    }
+}
 
 impl Generator {
     /// Event times start at `start_micros` and advance by `step_micros` per new event.
@@ -73,6 +213,29 @@ impl Generator {
                 sum
             })
             .collect();
+        let mut profiles = profiles;
+        let churn = spec.churned().then(|| {
+            let mut rng = StdRng::seed_from_u64(spec.seed.wrapping_add(0x9e37_79b9_7f4a_7c15));
+            let (p, l) = (spec.profiles, spec.leaderboards);
+            let hot_keys: Vec<(usize, usize)> = (0..spec.hot_keys)
+                .map(|h| {
+                    profiles.push(uuid::Builder::from_random_bytes(rng.random()).into_uuid());
+                    (p + h, h % l)
+                })
+                .collect();
+            let rest: Vec<(usize, usize)> = (0..spec.churned_keys())
+                .map(|k| (k % p, (k % p + k / p) % l))
+                .collect();
+            Churn {
+                rng,
+                hot: (!hot_keys.is_empty()).then(|| Turns::new(hot_keys)),
+                hot_events: spec.hot_events() as u64,
+                total: spec.events.max(1) as u64,
+                rest: (!rest.is_empty()).then(|| Turns::new(rest)),
+                position: 0,
+                scores: HashMap::new(),
+            }
+        });
         Generator {
             spec: spec.clone(),
             rng,
@@ -86,6 +249,7 @@ impl Generator {
             clock: start_micros,
             step: step_micros.max(1),
             next: 0,
+            churn,
         }
     }
 
@@ -101,9 +265,10 @@ impl Generator {
             let x = self.rng.random::<f64>() * total;
             self.cumulative
                 .partition_point(|c| *c < x)
-                .min(self.profiles.len() - 1)
+                .min(self.spec.profiles - 1)
         } else {
-            self.rng.random_range(0..self.profiles.len())
+            // The default part's profiles only: hot keys' profiles follow them.
+            self.rng.random_range(0..self.spec.profiles)
         }
     }
 
@@ -127,8 +292,27 @@ impl Generator {
             profile,
             wallet: wallet_of(profile),
             leaderboard: self.boards[b].clone(),
-            score: self.rng.random_range(0..1_000_000),
+            score: self.rng.random_range(0..SCORES),
             at_micros: at,
+        }
+    }
+
+    /// A change of churned key `(p, b)`: a new score, the next time.
+    fn churned_event(&mut self, (p, b): (usize, usize)) -> Event {
+        let churn = self.churn.as_mut().expect("churned");
+        let score = churn.score((p, b));
+        self.clock += self.step;
+        let slot = self.newest.entry((p, b)).or_insert(self.clock);
+        *slot = (*slot).max(self.clock);
+        self.next += 1;
+        let profile = self.profiles[p];
+        Event {
+            event_id: format!("bench-{}-{}", self.spec.seed, self.next),
+            profile,
+            wallet: wallet_of(profile),
+            leaderboard: self.boards[b].clone(),
+            score,
+            at_micros: self.clock,
         }
     }
 
@@ -136,6 +320,13 @@ impl Generator {
     pub fn take(&mut self, n: usize) -> Vec<Message> {
         (0..n)
             .map(|i| {
+                if let Some(key) = self.churn.as_mut().and_then(Churn::key) {
+                    let event = self.churned_event(key);
+                    return Message {
+                        msg_id: event.event_id.clone(),
+                        event,
+                    };
+                }
                 if !self.recent.is_empty() && self.rng.random_bool(self.spec.duplicates) {
                     let event = self.recent[self.rng.random_range(0..self.recent.len())].clone();
                     let msg_id = format!("{}-again-{}-{i}", event.event_id, self.next);

@@ -128,6 +128,9 @@ pub struct NatsConfig {
     pub max_deliver: i64,
     pub max_ack_pending: i64,
     pub pull_batch: usize,
+    /// Wait for the server to confirm each acknowledgement (a request per message) instead of sending it
+    /// and going on.
+    pub confirm_acks: bool,
     pub deadletter_stream: String,
     pub deadletter_prefix: String,
     #[serde(deserialize_with = "duration")]
@@ -252,8 +255,6 @@ pub enum ReadBack {
     Grouped,
     /// One single-partition read per key, concurrently.
     PerKey,
-    /// EXPERIMENT: grouped, one request per set of leaderboards.
-    Exact,
 }
 
 #[derive(Debug, Clone, Deserialize)]

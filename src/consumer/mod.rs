@@ -55,6 +55,8 @@ pub struct Consumer {
     pub limits: Limits,
     pub settler: Settler,
     pub deadletters: DeadLetterQueue,
+    /// Wait for the server to confirm each `Ack` (`nats.confirm_acks`).
+    pub confirm_acks: bool,
     pub metrics: Arc<Metrics>,
     /// Pulling waits while the breaker is open, and probes while it is half-open.
     pub breaker: Arc<Breaker>,
@@ -336,6 +338,7 @@ impl Consumer {
             delivered,
             stream_sequence,
             deadletters: self.deadletters.clone(),
+            confirm_acks: self.confirm_acks,
             held: Mutex::new(Some(held)),
         };
         match decoded {

@@ -19,6 +19,8 @@ pub struct JsReceipt {
     pub(super) delivered: i64,
     pub(super) stream_sequence: u64,
     pub(super) deadletters: DeadLetterQueue,
+    /// Wait for the server to confirm an `Ack` (`nats.confirm_acks`).
+    pub(super) confirm_acks: bool,
     /// Keeps the delivery alive (`+WPI`) until it is settled; taken then.
     pub(super) held: Mutex<Option<Held>>,
 }
@@ -47,10 +49,10 @@ impl JsReceipt {
 
     async fn settle_now(&self, outcome: &Outcome) -> Result<(), SettleError> {
         match outcome {
-            Outcome::Ack if std::env::var_os("SCORE_WORKER_SINGLE_ACK").is_some() => {
-                self.message.ack().await.map_err(settle_error("ack"))
+            Outcome::Ack if self.confirm_acks => {
+                self.message.double_ack().await.map_err(settle_error("ack"))
             }
-            Outcome::Ack => self.message.double_ack().await.map_err(settle_error("ack")),
+            Outcome::Ack => self.message.ack().await.map_err(settle_error("ack")),
             Outcome::Retry { delay } => self
                 .message
                 .ack_with(AckKind::Nak(Some(*delay)))
@@ -81,9 +83,10 @@ impl Receipt for JsReceipt {
         self.delivered
     }
 
-    /// `Ack` → a confirmed (double) ack; `Retry` → nak with delay; `DeadLetter` → the letter is
-    /// queued; once the dead-letter stream stored it, `+TERM` ends the message whatever
-    /// `max_deliver` says. A full queue is an error: the settler gives the message back.
+    /// `Ack` → an ack (confirmed by the server with `nats.confirm_acks`); `Retry` → nak with delay;
+    /// `DeadLetter` → the letter is queued; once the dead-letter stream stored it, `+TERM` ends the
+    /// message whatever `max_deliver` says. A full queue is an error: the settler gives the message
+    /// back.
     async fn settle(&self, outcome: &Outcome) -> Result<(), SettleError> {
         let settled = self.settle_now(outcome).await;
         if settled.is_ok() {
@@ -93,7 +96,7 @@ impl Receipt for JsReceipt {
     }
 }
 
-/// The message to terminate once its letter is stored: its reply subject and headers, no payload
+/// The message to terminate once its letter is stored: its subject and reply subject, no payload
 /// (the letter has its own copy; the original's buffer is freed).
 fn without_payload(message: &jetstream::Message) -> jetstream::Message {
     jetstream::Message {

@@ -20,7 +20,7 @@ use score_worker::deadletter;
 use scylla::client::session::Session;
 use uuid::Uuid;
 
-use crate::support::KEYSPACE;
+use crate::support::{paged_rows, KEYSPACE};
 use score_worker::config::Config;
 
 use crate::workload::{Bad, Workload};
@@ -198,31 +198,19 @@ async fn verify_db(session: &Session, config: &Config, workload: &Workload) -> O
         }
     }
 
-    // Leaderboard rows: every bucket of every leaderboard.
-    let leaderboard = session
-        .prepare(format!(
-            "SELECT score, profile_id FROM {KEYSPACE}.scores WHERE leaderboard_id = ? AND bucket = ?"
-        ))
-        .await
-        .expect("prepare");
+    // Leaderboard rows: every bucket of every leaderboard, page by page (a bucket holds a row
+    // tombstone per score change).
+    let cql = format!(
+        "SELECT score, profile_id FROM {KEYSPACE}.scores WHERE leaderboard_id = ? AND bucket = ?"
+    );
     let partitions: Vec<(u16, i32)> = (0..workload.boards.len() as u16)
         .flat_map(|b| (0..buckets).map(move |k| (b, k)))
         .collect();
     let rows = run_all(partitions, |(b, bucket)| {
-        let leaderboard = &leaderboard;
+        let cql = &cql;
         let board = workload.boards[b as usize].as_str();
         async move {
-            let result = session
-                .execute_unpaged(leaderboard, (board, bucket))
-                .await
-                .expect("read scores")
-                .into_rows_result()
-                .expect("rows");
-            let rows: Vec<(i64, Uuid)> = result
-                .rows::<(i64, Uuid)>()
-                .expect("typed rows")
-                .map(|r| r.expect("row"))
-                .collect();
+            let rows: Vec<(i64, Uuid)> = paged_rows(session, cql, (board, bucket)).await;
             (b, rows)
         }
     })

@@ -230,6 +230,33 @@ pub async fn session() -> Session {
         .expect("session")
 }
 
+/// Rows of one leaderboard page size: a bucket partition holds a row tombstone per score change, and
+/// Cassandra refuses a read that meets 100,000 of them (`tombstone_failure_threshold`); pages of this
+/// many live rows keep each read to the tombstones between them.
+pub const PAGE_ROWS: i32 = 1000;
+
+/// Every row `cql` returns for `values`, read page by page ([`PAGE_ROWS`]).
+pub async fn paged_rows<T>(
+    session: &Session,
+    cql: &str,
+    values: impl scylla::serialize::row::SerializeRow,
+) -> Vec<T>
+where
+    T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm> + 'static,
+{
+    let mut statement = scylla::statement::unprepared::Statement::new(cql);
+    statement.set_page_size(PAGE_ROWS);
+    session
+        .query_iter(statement, values)
+        .await
+        .expect("paged read")
+        .rows_stream::<T>()
+        .expect("typed rows")
+        .map(|r| r.expect("row"))
+        .collect()
+        .await
+}
+
 /// All rows of the given leaderboards: (leaderboard, profile) → scores seen.
 pub async fn leaderboard_rows(
     session: &Session,
@@ -237,19 +264,12 @@ pub async fn leaderboard_rows(
     buckets: i32,
 ) -> HashMap<(String, Uuid), Vec<i64>> {
     let mut rows: HashMap<(String, Uuid), Vec<i64>> = HashMap::new();
+    let cql = format!(
+        "SELECT score, profile_id FROM {KEYSPACE}.scores WHERE leaderboard_id = ? AND bucket = ?"
+    );
     for lb in boards {
         for bucket in 0..buckets {
-            let result = session
-                .query_unpaged(
-                    format!("SELECT score, profile_id FROM {KEYSPACE}.scores WHERE leaderboard_id = ? AND bucket = ?"),
-                    (lb, bucket),
-                )
-                .await
-                .unwrap()
-                .into_rows_result()
-                .unwrap();
-            for row in result.rows::<(i64, Uuid)>().unwrap() {
-                let (score, profile) = row.unwrap();
+            for (score, profile) in paged_rows::<(i64, Uuid)>(session, &cql, (lb, bucket)).await {
                 rows.entry((lb.clone(), profile)).or_default().push(score);
             }
         }
@@ -452,6 +472,7 @@ pub fn worker_env(c: &Config, http_port: u16) -> Vec<(String, String)> {
         ("NATS__MAX_DELIVER", c.nats.max_deliver.to_string()),
         ("NATS__MAX_ACK_PENDING", c.nats.max_ack_pending.to_string()),
         ("NATS__PULL_BATCH", c.nats.pull_batch.to_string()),
+        ("NATS__CONFIRM_ACKS", c.nats.confirm_acks.to_string()),
         ("NATS__REQUEST_TIMEOUT", ms(c.nats.request_timeout)),
         ("SCYLLA__NODES", list(&c.scylla.nodes)),
         ("SCYLLA__KEYSPACE", c.scylla.keyspace.clone()),
