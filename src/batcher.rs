@@ -23,6 +23,10 @@ pub struct Flush<R> {
     pub first_delivery: Vec<bool>,
     /// Every event of the flush (for history rows); duplicates by `event_id` are removed.
     pub events: Vec<ScoreUpdate>,
+    /// Updates of redelivered messages that are not their key's newest in this flush (another row):
+    /// an earlier delivery may have written their leaderboard row, which this flush's clean-up must
+    /// remove since no later writer may find it (docs/design.md, "Crashes").
+    pub earlier: Vec<ScoreUpdate>,
     /// One receipt per message, settled after the write.
     pub receipts: Vec<R>,
     /// Per receipt, the index in `latest` of its key.
@@ -58,6 +62,7 @@ impl<R> Batcher<R> {
                 latest: Vec::new(),
                 first_delivery: Vec::new(),
                 events: Vec::new(),
+                earlier: Vec::new(),
                 receipts: Vec::new(),
                 receipt_keys: Vec::new(),
                 opened_at: None,
@@ -81,6 +86,9 @@ impl<R> Batcher<R> {
             self.deadline = Some(now + self.linger);
         }
         self.current.receipts.push(receipt);
+        if !first_delivery {
+            self.current.earlier.push(update.clone());
+        }
         let key = (update.leaderboard_id.clone(), update.profile_id);
         match self.index.get(&key) {
             Some(&i) => {
@@ -123,19 +131,30 @@ impl<R> Batcher<R> {
 
     /// Closes the open flush (possibly empty).
     pub fn take(&mut self) -> Flush<R> {
-        self.index.clear();
         self.deadline = None;
-        std::mem::replace(
+        let mut flush = std::mem::replace(
             &mut self.current,
             Flush {
                 latest: Vec::with_capacity(self.max_scores),
                 first_delivery: Vec::with_capacity(self.max_scores),
                 events: Vec::with_capacity(self.max_scores),
+                earlier: Vec::new(),
                 receipts: Vec::with_capacity(self.max_scores),
                 receipt_keys: Vec::with_capacity(self.max_scores),
                 opened_at: None,
             },
-        )
+        );
+        // Only rows other than the newest's: the newest row is this flush's own.
+        let index = std::mem::take(&mut self.index);
+        let latest = &flush.latest;
+        flush.earlier.retain(|u| {
+            let newest = &latest[index[&(u.leaderboard_id.clone(), u.profile_id)]];
+            u.score != newest.score
+        });
+        flush
+            .earlier
+            .dedup_by(|a, b| a.key() == b.key() && a.score == b.score);
+        flush
     }
 }
 
@@ -152,6 +171,31 @@ mod tests {
             score,
             occurred_at_micros: at,
         }
+    }
+
+    #[test]
+    fn redelivered_updates_superseded_in_the_flush_are_kept_as_earlier() {
+        let mut b = Batcher::new(50, Duration::from_millis(100));
+        let now = Instant::now();
+        // Key 1: a redelivered update (score 4), then a newer first delivery (10): 4 is earlier.
+        b.push(update("lb", 1, 4, 1, "a"), 0, false, now);
+        b.push(update("lb", 1, 10, 2, "b"), 1, true, now);
+        // Key 2: a first delivery superseded by a redelivered one: nothing earlier (no row was
+        // written for the first delivery, and the redelivered one is the newest).
+        b.push(update("lb", 2, 3, 1, "c"), 2, true, now);
+        b.push(update("lb", 2, 6, 2, "d"), 3, false, now);
+        // Key 3: redelivered with the newest's score: the same row, not earlier.
+        b.push(update("lb", 3, 7, 1, "e"), 4, false, now);
+        b.push(update("lb", 3, 7, 2, "f"), 5, true, now);
+        let f = b.take();
+        let earlier: Vec<(u128, i64)> = f
+            .earlier
+            .iter()
+            .map(|u| (u.profile_id.as_u128(), u.score))
+            .collect();
+        assert_eq!(earlier, vec![(1, 4)]);
+        assert_eq!(f.first_delivery, vec![false, false, false]);
+        assert!(b.take().earlier.is_empty(), "a new flush starts empty");
     }
 
     #[test]

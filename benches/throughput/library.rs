@@ -90,7 +90,7 @@ impl ProtocolStore {
     /// Writes one flush as the pipeline does, without its retries and without its per-process skip of
     /// superseded first deliveries (that hint lives in the pipeline, not in the store).
     pub async fn write(&self, flush: &FlushRows) -> Result<(), String> {
-        Store::write(&self.store, &flush.0, &flush.1)
+        Store::write(&self.store, &flush.0, &flush.1, &[])
             .await
             .map_err(|e| e.to_string())
     }

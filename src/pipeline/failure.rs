@@ -79,7 +79,7 @@ impl<S: Store> super::Pipeline<S> {
             }
         };
         let mut result = self
-            .write_with_retries(latest, &flush.events, attempts)
+            .write_with_retries(latest, &flush.events, &flush.earlier, attempts)
             .await;
         let failure = loop {
             let Err(failure) = result else {
@@ -91,7 +91,7 @@ impl<S: Store> super::Pipeline<S> {
                     self.hold(&failure, probe).await;
                     next_attempt(attempts);
                     result = self
-                        .write_with_retries(latest, &flush.events, attempts)
+                        .write_with_retries(latest, &flush.events, &flush.earlier, attempts)
                         .await;
                 }
             }
@@ -161,7 +161,13 @@ impl<S: Store> super::Pipeline<S> {
                 .filter(|e| latest.iter().any(|u| u.key() == e.key()))
                 .cloned()
                 .collect();
-            match self.store.write(&latest, &events).await {
+            let earlier: Vec<ScoreUpdate> = flush
+                .earlier
+                .iter()
+                .filter(|e| latest.iter().any(|u| u.key() == e.key()))
+                .cloned()
+                .collect();
+            match self.store.write(&latest, &events, &earlier).await {
                 Ok(()) => {}
                 Err(e) if part.len() == 1 => {
                     outcomes[part[0]] = Failure::of(&e).blame(&latest[0]);

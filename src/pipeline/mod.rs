@@ -180,11 +180,12 @@ impl<S: Store> Pipeline<S> {
         &self,
         latest: &[ScoreUpdate],
         events: &[ScoreUpdate],
+        earlier: &[ScoreUpdate],
         attempts: &AtomicU32,
     ) -> Result<(), Failure> {
         let attempts = retry::run_with_retries(
             &self.config.retry,
-            || self.store.write(latest, events),
+            || self.store.write(latest, events, earlier),
             |e| e.class() == Class::Retryable,
             |e, delay| {
                 // The span shows the attempt the next lines belong to.

@@ -33,11 +33,14 @@ pub trait WriteError: std::error::Error + Send + Sync + 'static {
 pub trait Store: Send + Sync + 'static {
     type Error: WriteError;
 
-    /// Writes one flush: the newest update per key, and a history row per event.
+    /// Writes one flush: the newest update per key, a history row per event, and the removal of the
+    /// leaderboard rows an earlier delivery of `earlier` (updates of this flush's keys, superseded in
+    /// it) may have written.
     fn write(
         &self,
         latest: &[ScoreUpdate],
         events: &[ScoreUpdate],
+        earlier: &[ScoreUpdate],
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// Whether the database takes this worker's writes at all, asked with statements on every table

@@ -151,7 +151,12 @@ impl FakeStore {
 impl Store for FakeStore {
     type Error = FakeError;
 
-    async fn write(&self, latest: &[ScoreUpdate], events: &[ScoreUpdate]) -> Result<(), FakeError> {
+    async fn write(
+        &self,
+        latest: &[ScoreUpdate],
+        events: &[ScoreUpdate],
+        _earlier: &[ScoreUpdate],
+    ) -> Result<(), FakeError> {
         if self
             .hangs
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))

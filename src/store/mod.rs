@@ -335,12 +335,14 @@ struct Own {
 ///   an entry was written before `t*`, so `t* − 1` still removes it). A deleted key owns no row: every
 ///   entry goes at the delete's `t*`, which wins a tie with an event at the same time.
 /// - The writer's own row goes too, by the same rule, when it is not the current one, even if `ranked`
-///   no longer lists it: an overwrite may have erased its entry before this read.
+///   no longer lists it: an overwrite may have erased its entry before this read. So do the rows of
+///   `earlier` scores: updates of the key superseded in this flush whose messages were delivered
+///   before, whose earlier delivery may have written a row and then stopped before its clean-up.
 /// - Only the writer whose own write is current (`s* = s`, `t* = t`: its write completed before this
 ///   read, which the argument in docs/design.md needs) overwrites `ranked`, and only if it held
 ///   anything stale: at `t*`, with the current entry. The overwrite's collection tombstone (at
 ///   `t* − 1`) shadows every older entry at once and leaves no dead cell per removed entry.
-fn cleanup(bucket: i32, own: Own, current: &Current) -> Cleanup {
+fn cleanup(bucket: i32, own: Own, earlier: &[i64], current: &Current) -> Cleanup {
     let at = |s: i64| match current.score {
         Some(score) if tie_rank(s) > tie_rank(score) => current.written_at - 1,
         _ => current.written_at,
@@ -356,7 +358,8 @@ fn cleanup(bucket: i32, own: Own, current: &Current) -> Cleanup {
         let entry = current.score.map(|s| (bucket, s));
         (current.written_at, entry.into_iter().collect())
     });
-    if let Some(score) = own.score.filter(|&s| current.score != Some(s)) {
+    let own_rows = own.score.iter().chain(earlier);
+    for &score in own_rows.filter(|&&s| current.score != Some(s)) {
         if !deletes.iter().any(|&(entry, _)| entry == (bucket, score)) {
             deletes.push(((bucket, score), at(score)));
         }
@@ -398,6 +401,7 @@ impl Store for ScyllaStore {
         &self,
         latest: &[ScoreUpdate],
         events: &[ScoreUpdate],
+        earlier: &[ScoreUpdate],
     ) -> Result<(), StoreError> {
         let st = &self.statements;
         let mut placer = self.placer();
@@ -457,7 +461,8 @@ impl Store for ScyllaStore {
         }
         self.run(WRITE_ROWS, rows).await?;
 
-        self.settle_keys(&mut placer, latest, &placed, true).await
+        self.settle_keys(&mut placer, latest, &placed, Some(earlier))
+            .await
     }
 
     async fn probe(&self) -> Result<(), StoreError> {
@@ -499,10 +504,11 @@ impl ScyllaStore {
             .collect()
     }
 
-    /// Phases 3-5 for the keys of `latest` once their rows are written (`wrote_rows`; an operator's
-    /// delete writes none): read back what is current, delete every other leaderboard row a key owns
-    /// or wrote, invalidate the eligibility cache of each wallet whose event is the newest, and
-    /// overwrite `ranked` where it held stale entries.
+    /// Phases 3-5 for the keys of `latest` once their rows are written (`wrote`: with the updates
+    /// whose earlier delivery may have written rows too; `None` for an operator's delete, which writes
+    /// none): read back what is current, delete every other leaderboard row a key owns or its writers
+    /// wrote, invalidate the eligibility cache of each wallet whose event is the newest, and overwrite
+    /// `ranked` where it held stale entries.
     ///
     /// A key the read-back does not find at all, though its row was just written at quorum, was
     /// deleted after the write by a statement that left no `updated_at` (plain CQL, at server time;
@@ -514,7 +520,7 @@ impl ScyllaStore {
         placer: &mut Placer,
         latest: &[ScoreUpdate],
         placed: &[Placed],
-        wrote_rows: bool,
+        wrote: Option<&[ScoreUpdate]>,
     ) -> Result<(), StoreError> {
         let st = &self.statements;
         let found = self.read_back(latest, placed).await?;
@@ -549,10 +555,21 @@ impl ScyllaStore {
                 }
             };
             let own = Own {
-                score: wrote_rows.then_some(u.score),
+                score: wrote.is_some().then_some(u.score),
                 at: u.occurred_at_micros,
             };
-            let plan = cleanup(bucket_of(u.profile_id, self.buckets), own, current);
+            let earlier: Vec<i64> = wrote
+                .unwrap_or_default()
+                .iter()
+                .filter(|e| e.key() == u.key())
+                .map(|e| e.score)
+                .collect();
+            let plan = cleanup(
+                bucket_of(u.profile_id, self.buckets),
+                own,
+                &earlier,
+                current,
+            );
             for ((b, s), t) in plan.deletes {
                 let values = (t, lb, b, s, u.profile_id);
                 deletes.push(&at.board, &st.delete_row, values, bytes::delete(u));
@@ -637,7 +654,7 @@ mod tests {
     #[test]
     fn cleanup_spares_the_current_row_and_respects_ties() {
         // Nothing else owned, and the writer's row is the current one: nothing to do.
-        let plan = cleanup(3, event(10, 100), &current(10, 100, &[(3, 10)]));
+        let plan = cleanup(3, event(10, 100), &[], &current(10, 100, &[(3, 10)]));
         assert_eq!(
             plan,
             Cleanup {
@@ -648,14 +665,14 @@ mod tests {
         // An older score and the same score in another bucket go at t*; the current writer
         // overwrites `ranked` at t* with the current entry alone.
         let c = current(10, 100, &[(3, 10), (3, 5), (7, 10)]);
-        let plan = cleanup(3, event(10, 100), &c);
+        let plan = cleanup(3, event(10, 100), &[], &c);
         assert_eq!(plan.deletes, vec![((3, 5), 100), ((7, 10), 100)]);
         assert_eq!(plan.overwrite, Some((100, vec![(3, 10)])));
         // A score that beats the current one in a same-time tie (a larger u64: 11, or a negative
         // score) goes at t* - 1, so a write in flight at exactly t* survives.
         let c = current(10, 100, &[(3, 11), (3, -1), (3, 9)]);
         assert_eq!(
-            cleanup(3, event(10, 100), &c).deletes,
+            cleanup(3, event(10, 100), &[], &c).deletes,
             vec![((3, 11), 99), ((3, -1), 99), ((3, 9), 100)]
         );
         // A deleted key: everything goes, at the delete's time, and the delete empties `ranked`.
@@ -670,6 +687,7 @@ mod tests {
                 score: None,
                 at: 100,
             },
+            &[],
             &deleted,
         );
         assert_eq!(plan.deletes, vec![((3, 10), 100), ((3, -1), 100)]);
@@ -677,10 +695,21 @@ mod tests {
     }
 
     #[test]
+    fn rows_an_earlier_delivery_may_have_written_go_too() {
+        // A redelivered update (score 4) was superseded in this flush by the current one (10); its
+        // earlier delivery wrote row 4 and crashed, and an overwrite erased its entry: it goes at t*.
+        // The current writer still overwrites: `ranked` held a stale entry (5).
+        let c = current(10, 100, &[(3, 10), (3, 5)]);
+        let plan = cleanup(3, event(10, 100), &[4, 5, 10], &c);
+        assert_eq!(plan.deletes, vec![((3, 5), 100), ((3, 4), 100)]);
+        assert_eq!(plan.overwrite, Some((100, vec![(3, 10)])));
+    }
+
+    #[test]
     fn only_the_current_writer_overwrites_and_a_superseded_one_deletes_its_own_row() {
         // Superseded, and another writer's overwrite erased this writer's entry (7) before its
         // read-back: the row it wrote goes all the same; `ranked` is left to the current writer.
-        let plan = cleanup(3, event(7, 90), &current(10, 100, &[(3, 10)]));
+        let plan = cleanup(3, event(7, 90), &[], &current(10, 100, &[(3, 10)]));
         assert_eq!(
             plan,
             Cleanup {
@@ -692,16 +721,17 @@ mod tests {
         let plan = cleanup(
             3,
             event(7, 90),
+            &[],
             &current(10, 100, &[(3, 10), (3, 7), (3, 2)]),
         );
         assert_eq!(plan.deletes, vec![((3, 7), 100), ((3, 2), 100)]);
         assert_eq!(plan.overwrite, None);
         // A same-time tie the writer lost, with a score that would rank first had its cell won
         // (-1 ranks above 10): t* - 1, like any entry of that kind.
-        let plan = cleanup(3, event(-1, 100), &current(10, 100, &[(3, 10)]));
+        let plan = cleanup(3, event(-1, 100), &[], &current(10, 100, &[(3, 10)]));
         assert_eq!(plan.deletes, vec![((3, -1), 99)]);
         // The writer's score is current but written by a later event: same row, kept; not current.
-        let plan = cleanup(3, event(10, 50), &current(10, 250, &[(3, 10), (3, 4)]));
+        let plan = cleanup(3, event(10, 50), &[], &current(10, 250, &[(3, 10), (3, 4)]));
         assert_eq!(plan.deletes, vec![((3, 4), 250)]);
         assert_eq!(plan.overwrite, None);
         // Deleted at t* after this writer's event: its row goes at t*.
@@ -710,7 +740,7 @@ mod tests {
             written_at: 100,
             ranked: vec![],
         };
-        let plan = cleanup(3, event(4, 90), &deleted);
+        let plan = cleanup(3, event(4, 90), &[], &deleted);
         assert_eq!(
             plan,
             Cleanup {

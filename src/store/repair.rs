@@ -87,7 +87,7 @@ impl ScyllaStore {
     /// leaderboard row and history row at the update's timestamp.
     pub async fn upsert(&self, update: &ScoreUpdate) -> Result<(), StoreError> {
         let one = std::slice::from_ref(update);
-        self.write(one, one).await
+        self.write(one, one, &[]).await
     }
 
     /// Deletes one key at `at_micros` (see the module doc); returns what it held before.
@@ -119,7 +119,7 @@ impl ScyllaStore {
         let statement = &self.statements.delete_profile;
         clear.push(&placed[0].profile, statement, values, bytes::profile(&key));
         self.run(WRITE_PROFILES, clear).await?;
-        self.settle_keys(&mut placer, keys, &placed, false).await?;
+        self.settle_keys(&mut placer, keys, &placed, None).await?;
         if let Some(wallet) = before.as_ref().map(|b| b.key.wallet_address.as_str()) {
             let mut invalidate = Phase::default();
             let at = placer.place("eligibility_cache", &(wallet,));

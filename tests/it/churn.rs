@@ -173,7 +173,7 @@ async fn writers_racing_on_a_key_with_thousands_of_changes_keep_it_once_at_its_n
         let u = update(e);
         async move {
             store
-                .write(std::slice::from_ref(&u), std::slice::from_ref(&u))
+                .write(std::slice::from_ref(&u), std::slice::from_ref(&u), &[])
                 .await
                 .expect("history write")
         }

@@ -42,7 +42,7 @@ fn update(board: &str, profile: Uuid, score: i64, at: i64) -> ScoreUpdate {
 /// Writes through the worker's store, 50 keys per flush (history included).
 async fn write_all(store: &ScyllaStore, updates: &[ScoreUpdate]) {
     for chunk in updates.chunks(50) {
-        store.write(chunk, chunk).await.expect("write");
+        store.write(chunk, chunk, &[]).await.expect("write");
     }
 }
 
@@ -201,7 +201,7 @@ async fn paging_skips_and_repeats_nothing_while_updates_race_it() {
                         )
                     })
                     .collect();
-                store.write(&batch, &[]).await.expect("racing write");
+                store.write(&batch, &[], &[]).await.expect("racing write");
             }
             rounds
         })

@@ -219,7 +219,7 @@ async fn write(
         .map(|latest| async move {
             run_with_retries(
                 &config.retry,
-                || store.write(&latest, &[]),
+                || store.write(&latest, &[], &[]),
                 StoreError::is_retryable,
                 |e, delay| tracing::warn!(error = %e, ?delay, "write failed; retrying"),
             )
