@@ -177,7 +177,7 @@ impl App {
             client.clone(),
             consumer,
             session,
-            config.scylla.keyspace.clone(),
+            config.scylla.clone(),
             PROBE_INTERVAL,
             cancel.clone(),
         ));

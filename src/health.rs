@@ -1,5 +1,6 @@
 //! Readiness: NATS connected, the durable consumer readable, database session up, schema at the
-//! expected version, the database taking writes, not draining. A probe task refreshes the
+//! expected version or ahead within this build's window (`schema::compat`; `/readyz` says which), the
+//! database taking writes, not draining. A probe task refreshes the
 //! first four (and the consumer lag gauge) every few seconds; a probe in progress ends on shutdown.
 //!
 //! Also the pull breaker: when a write fails for a transient reason (the database is down or
@@ -8,7 +9,8 @@
 //! fails: unreachable, or refusing this worker), the pipeline holds the flushes it cannot write
 //! (their messages kept alive by `+WPI`) and pulls stay paused until that probe passes
 //! ([`Health::writes_held`]), so an outage or a refusal of any length burns no delivery and
-//! dead-letters nothing.
+//! dead-letters nothing. A keyspace this build may not write (a newer schema outside its window,
+//! another bucket count) keeps pulls paused too, until it may again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +20,7 @@ use async_nats::jetstream;
 use scylla::client::session::Session;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ScyllaConfig;
 use crate::metrics::Metrics;
 use crate::schema;
 
@@ -28,6 +31,10 @@ pub struct Health {
     consumer: Mutex<Option<String>>,
     database: AtomicBool,
     schema: Mutex<Option<String>>,
+    /// How the schema stands when that is worth saying while ready (ahead, compatible).
+    schema_note: Mutex<Option<String>>,
+    /// The keyspace refuses this build: pulls stay paused.
+    schema_refuses: AtomicBool,
     /// Why the database takes no writes, while it takes none.
     held: Mutex<Option<String>>,
     draining: AtomicBool,
@@ -42,6 +49,8 @@ impl Health {
             consumer: Mutex::new(None),
             database: AtomicBool::new(false),
             schema: Mutex::new(Some("schema not checked yet".into())),
+            schema_note: Mutex::new(None),
+            schema_refuses: AtomicBool::new(false),
             held: Mutex::new(None),
             draining: AtomicBool::new(false),
             paused: tokio::sync::watch::Sender::new(false),
@@ -59,7 +68,8 @@ impl Health {
     /// The database answers (a probe) or a flush was written: pull again, unless the database takes
     /// no writes ([`Health::writes_held`]).
     pub fn resume_pulls(&self) {
-        if self.held.lock().expect("lock").is_some() {
+        if self.held.lock().expect("lock").is_some() || self.schema_refuses.load(Ordering::Relaxed)
+        {
             return;
         }
         if self.paused.send_replace(false) {
@@ -140,6 +150,46 @@ impl Health {
         self.resume_pulls();
     }
 
+    /// What readiness has to say beyond "ready" (a schema ahead of this build, within its window).
+    pub fn notes(&self) -> Vec<String> {
+        self.schema_note
+            .lock()
+            .expect("lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Records what the schema check found: `Ok(state)` may be written (ready when current or ahead
+    /// within the window); `Err(refusal)` may not, and pauses pulls until it may again.
+    fn schema_checked(&self, checked: Result<schema::SchemaState, String>) {
+        let (problem, note, refuses) = match checked {
+            Ok(state @ schema::SchemaState::AheadCompatible { .. }) => {
+                (None, Some(state.to_string()), false)
+            }
+            Ok(state) if state.ready() => (None, None, false),
+            Ok(state) => (Some(state.to_string()), None, false),
+            Err(refusal) => (Some(refusal), None, true),
+        };
+        *self.schema_note.lock().expect("lock") = note;
+        let mut slot = self.schema.lock().expect("lock");
+        if refuses && *slot != problem {
+            tracing::error!(problem = ?problem, "the keyspace refuses this build; pulling paused");
+        }
+        *slot = problem;
+        drop(slot);
+        if self.schema_refuses.swap(refuses, Ordering::Relaxed) != refuses && !refuses {
+            tracing::info!("the keyspace accepts this build again");
+        }
+        if refuses {
+            if !self.paused.send_replace(true) {
+                self.metrics.pulls_paused.set(1);
+            }
+        } else {
+            self.resume_pulls();
+        }
+    }
+
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
         self.readiness().ok();
@@ -151,7 +201,7 @@ impl Health {
         client: async_nats::Client,
         mut consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
         session: Arc<Session>,
-        keyspace: String,
+        scylla: ScyllaConfig,
         interval: Duration,
         cancel: CancellationToken,
     ) {
@@ -159,7 +209,7 @@ impl Health {
             // A query or consumer read in progress (up to its timeout) must not delay a shutdown.
             tokio::select! {
                 () = cancel.cancelled() => return,
-                () = self.probe_once(&client, &mut consumer, &session, &keyspace) => {}
+                () = self.probe_once(&client, &mut consumer, &session, &scylla) => {}
             }
             let _ = self.readiness();
             tokio::select! {
@@ -174,20 +224,22 @@ impl Health {
         client: &async_nats::Client,
         consumer: &mut jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
         session: &Session,
-        keyspace: &str,
+        scylla: &ScyllaConfig,
     ) {
         let connected = client.connection_state() == async_nats::connection::State::Connected;
         self.nats.store(connected, Ordering::Relaxed);
         self.metrics.nats_connected.set(i64::from(connected));
 
-        match schema::current_version(session, keyspace).await {
-            Ok(version) => {
+        let checked = match schema::check_writer(session, scylla).await {
+            Ok(state) => Ok(Ok(state)),
+            Err(e @ schema::SchemaError::Statement { .. }) => Err(e),
+            Err(refusal) => Ok(Err(refusal.to_string())),
+        };
+        match checked {
+            Ok(checked) => {
                 self.database.store(true, Ordering::Relaxed);
+                self.schema_checked(checked);
                 self.resume_pulls();
-                let expected = schema::expected_version();
-                *self.schema.lock().expect("lock") = (version != Some(expected)).then(|| {
-                    format!("schema at version {version:?}, this build expects {expected}: run `score-worker migrate`")
-                });
             }
             Err(e) => {
                 if self.database.swap(false, Ordering::Relaxed) {
@@ -262,6 +314,36 @@ mod tests {
         assert!(h.readiness().is_ok());
         h.set_draining();
         assert_eq!(h.readiness().unwrap_err(), vec!["draining".to_string()]);
+    }
+
+    #[test]
+    fn a_schema_ahead_within_the_window_is_ready_and_outside_it_pauses_pulls() {
+        let h = Health::new(Arc::new(Metrics::new()));
+        h.nats.store(true, Ordering::Relaxed);
+        h.database.store(true, Ordering::Relaxed);
+        let ahead = schema::SchemaState::AheadCompatible {
+            at: 4,
+            expected: 3,
+            oldest_writer: 3,
+        };
+        h.schema_checked(Ok(ahead));
+        assert!(h.readiness().is_ok());
+        assert!(
+            h.notes()[0].contains("ahead and compatible"),
+            "{:?}",
+            h.notes()
+        );
+        h.schema_checked(Err("schema ahead and not compatible".into()));
+        assert!(h.readiness().unwrap_err()[0].contains("not compatible"));
+        assert!(h.pulls_paused());
+        h.resume_pulls();
+        assert!(
+            h.pulls_paused(),
+            "a written flush does not resume a refused schema"
+        );
+        h.schema_checked(Ok(schema::SchemaState::Current { version: 3 }));
+        assert!(!h.pulls_paused());
+        assert!(h.readiness().is_ok() && h.notes().is_empty());
     }
 
     #[tokio::test(start_paused = true)]
