@@ -17,4 +17,5 @@ mod postgres;
 mod read;
 mod support;
 mod topology;
+mod upgrades;
 mod writes;
