@@ -116,7 +116,7 @@ impl Health {
         if let Some(cause) = self.held.lock().expect("lock").clone() {
             reasons.push(format!("database takes no writes: {cause}"));
         }
-        if *self.paused.borrow() {
+        if *self.paused.borrow() && !self.schema_refuses.load(Ordering::Relaxed) {
             reasons.push("database writes failing: pulling paused".to_string());
         }
         self.metrics.ready.set(i64::from(reasons.is_empty()));
