@@ -129,9 +129,18 @@ async fn checks(config: &Config) -> Report {
                 format!("database reachable at {:?}", config.scylla.nodes),
             );
             let ks = &config.scylla.keyspace;
-            match schema::state(&session, ks).await {
-                Ok(state) => push(state.ready(), format!("keyspace {ks}: {state}")),
-                Err(e) => push(false, format!("reading the schema version failed: {e}")),
+            let migrated = match schema::state(&session, ks).await {
+                Ok(state) => {
+                    push(state.ready(), format!("keyspace {ks}: {state}"));
+                    state != schema::SchemaState::Missing
+                }
+                Err(e) => {
+                    push(false, format!("reading the schema version failed: {e}"));
+                    false
+                }
+            };
+            if !migrated {
+                return Report { lines };
             }
             match schema::check_buckets(&session, &config.scylla).await {
                 Ok(()) => push(

@@ -96,7 +96,7 @@ pub enum Command {
         action: repair::Repair,
     },
     /// Change scylla.leaderboard_buckets: record the new count, then write every key again in its new
-    /// bucket (stop the workers with the old count first; see docs/runbooks/score-worker-upgrades.md).
+    /// bucket (stop the workers with the old count first; see docs/runbooks/score-worker-pulls-paused.md, "Upgrades and bucket changes").
     RebuildScores(rebuild::Args),
     /// Copy scores from PostgreSQL, validated, at their updated_at (a newer score always wins).
     MigratePostgres(migrate_postgres::Args),

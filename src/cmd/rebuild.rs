@@ -2,7 +2,7 @@
 //! keyspace. It records the new count (workers with the old one then refuse to start, and running ones
 //! stop pulling within a probe interval), then writes every key again through the write protocol in its
 //! new bucket ([`crate::store::rebuild`]). Safe while workers with the NEW count write; workers with the
-//! old count must be stopped first (docs/runbooks/score-worker-upgrades.md). Idempotent: run it again
+//! old count must be stopped first (docs/runbooks/score-worker-pulls-paused.md, "Upgrades and bucket changes"). Idempotent: run it again
 //! after a failure.
 
 use std::process::ExitCode;
