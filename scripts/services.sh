@@ -1009,8 +1009,15 @@ cl_cass_converged() {
 
 # cl_cass_wait N T0: until node N answers CQL and the running nodes have converged.
 cl_cass_wait() {
-    local n=$1 t0=$2 pid deadline cql_at=
-    pid=$(cl_pid cassandra "$n") || die "cassandra n$n is not running"
+    local n=$1 t0=$2 pid= deadline cql_at= i
+    # Right after a launch the pid file names the launching subshell until it execs the JVM (seconds on a loaded
+    # machine: a cluster-start once died here with the node starting fine).
+    for ((i = 0; i < 100; i++)); do
+        pid=$(cl_pid cassandra "$n") && break
+        alive "$(tr -dc 0-9 <"$(cl_pidfile cassandra "$n")" 2>/dev/null)" || break
+        sleep 0.1
+    done
+    [ -n "$pid" ] || die "cassandra n$n is not running"
     deadline=$(($(now_us) + CASS_TIMEOUT * 1000000))
     while [ "$(now_us)" -lt "$deadline" ]; do
         if [ -z "$cql_at" ] && cql_ping "$(cl_cass_addr "$n")" "$CL_CQL_PORT"; then cql_at=$(since "$t0"); fi
