@@ -18,7 +18,7 @@ OLDEST_NATS := 2.9.10
 OLDEST_ENV := SCORE_WORKER_LOCAL=$(CURDIR)/.local/oldest SCORE_WORKER_NATS_SERVER=debian SCORE_WORKER_NATS_PORT=4722 \
 	SCORE_WORKER_NATS_MON_PORT=8722 SCORE_WORKER_CQL_PORT=9442 SCORE_WORKER_STORAGE_PORT=7400 SCORE_WORKER_CASSANDRA_HEAP=512m
 
-.PHONY: help announce-setup services services-down run test unit it it-oldest-nats security chaos soak lint supply-chain msrv deploy-check metrics-contract sample check bench bench-baseline ci clean
+.PHONY: help announce-setup services services-down run test unit it it-oldest-nats security chaos datacenters soak lint supply-chain msrv deploy-check metrics-contract sample check bench bench-baseline ci clean
 
 help:
 	@echo "make run           start local nats-server + Cassandra, apply the schema, run the worker"
@@ -30,6 +30,7 @@ help:
 	@echo "make msrv          cargo check with the rust-version Cargo.toml declares (part of make lint)"
 	@echo "make deploy-check  promtool / kubernetes-validate / dashboard checks of deploy/"
 	@echo "make chaos         fault-injection suite, single servers and clusters (also part of make test); make soak: the long version"
+	@echo "make datacenters   the Cassandra cluster in two datacenters: LOCAL_QUORUM refused, QUORUM writes (also part of make test)"
 	@echo "make it-oldest-nats  the integration suite against nats-server $(OLDEST_NATS), the oldest supported (part of make test)"
 	@echo "make bench         throughput, DB requests, CPU per event, latency, stale rows vs the ceilings (release)"
 	@echo "make bench-baseline  the same with the build of BASELINE (default $(BASELINE_DEFAULT)) as a variant"
@@ -163,6 +164,13 @@ chaos:
 	scripts/services.sh cluster-up
 	$(CARGO) test --locked --test chaos -- --test-threads=1 --nocapture
 
+# Several datacenters: the 3-node Cassandra cluster with n1, n2 in dc1 and n3 in dc2, a keyspace replicated
+# to both; LOCAL_QUORUM refused without scylla.single_writing_datacenter (tests/chaos/datacenters.rs). A node
+# cannot change datacenter, so this layout starts the cluster afresh (~1 min); `make chaos` goes back to one.
+datacenters:
+	SCORE_WORKER_CLUSTER_DCS=2 scripts/services.sh cluster-up
+	$(CARGO) test --locked --test chaos -- --ignored --test-threads=1 --nocapture datacenters
+
 # Long mode: a 1,000,000-message backlog, 5x the events elsewhere, 30 SIGKILLs.
 soak:
 	$(CHAOS_ENV) scripts/services.sh up
@@ -178,7 +186,7 @@ metrics-contract: services
 	$(CARGO) build --locked
 	scripts/check-metrics-contract.sh --live $(or $(CARGO_TARGET_DIR),target)/debug/score-worker
 
-test: services lint unit it it-oldest-nats security chaos metrics-contract deploy-check
+test: services lint unit it it-oldest-nats security chaos datacenters metrics-contract deploy-check
 	@echo "make test: all checks passed"
 
 ci: test

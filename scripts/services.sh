@@ -36,7 +36,8 @@
 #   Cassandra n1..n3 on 127.0.0.1, 127.0.0.2, 127.0.0.3 (all of 127/8 is routed to lo on Linux): CQL 9500 and
 #             storage 7500 on each address (drivers reach every peer on the contact point's native port),
 #             JMX 127.0.0.1:7601..7603; cluster "score-worker-cluster", SimpleSnitch (datacenter1/rack1),
-#             one token per node, evenly spaced; hinted handoff on.
+#             one token per node, evenly spaced; hinted handoff on. With SCORE_WORKER_CLUSTER_DCS=2:
+#             GossipingPropertyFileSnitch, n1 and n2 in datacenter dc1, n3 in dc2 (tests/chaos/datacenters.rs).
 #
 # State lives in <repo>/.local/ (gitignored): nats-<version>/ (JetStream store, one per server version, so a
 # store is never opened by an older server), cassandra/ (data, commitlog, ...), *.log, *.pid. The Cassandra
@@ -54,6 +55,9 @@
 #   SCORE_WORKER_FRESH_DB=1           wipe .local/cassandra before starting Cassandra (restarts it if ours)
 #   SCORE_WORKER_FRESH_NATS=1         wipe .local/nats-<version> (the JetStream store) before starting NATS
 #   SCORE_WORKER_FRESH_CLUSTER=1      cluster-up: stop and wipe the cluster(s) first
+#   SCORE_WORKER_CLUSTER_DCS=1        cluster-up cassandra: 1 (default) = one datacenter; 2 = n1+n2 in dc1, n3 in
+#                                     dc2. A node cannot change datacenter: a cluster of the other layout is
+#                                     stopped and wiped first. cluster-start keeps the running layout.
 #   SCORE_WORKER_CASSANDRA_AUTH=1     run Cassandra with PasswordAuthenticator (user cassandra/cassandra) and
 #                                     CassandraAuthorizer (roles need GRANTs; the superuser has every permission)
 #   SCORE_WORKER_CASSANDRA_TLS=1      and with optional TLS on the CQL port (CA in <state dir>/tls/ca.pem)
@@ -695,6 +699,7 @@ CL_NATS_TIMEOUT=$((NATS_TIMEOUT * 2))
 # Murmur3 tokens -2^63 + k * 2^64/3: one token per node, each node primary for a third of the ring.
 CL_TOKENS=(-9223372036854775808 -3074457345618258603 3074457345618258602)
 CL_WHY= # why the last cl_cass_converged said no
+CL_LAYOUT_FILE=$CL_DIR/cassandra/layout # the datacenter layout the nodes' data was created with: 1 or 2
 
 cl_nats_port() { echo $((4500 + $1)); }
 cl_nats_route() { echo $((6500 + $1)); }
@@ -910,8 +915,17 @@ cl_cass_write_yaml() { # cl_cass_write_yaml N: deploy/cassandra/cassandra.yaml w
     done
 }
 
+cl_cass_layout() { # the layout the cluster's data has (1 when none is recorded: SimpleSnitch, as before)
+    cat "$CL_LAYOUT_FILE" 2>/dev/null || echo 1
+}
+
+cl_cass_dc() { # cl_cass_dc N: node N's datacenter in the two-datacenter layout
+    if [ "$1" = 3 ]; then echo dc2; else echo dc1; fi
+}
+
 cl_cass_launch() { # cl_cass_launch N: start node N (not running), no wait
-    local n=$1 addr data tmp p
+    local n=$1 addr data tmp p rackdc
+    local -a snitch=()
     addr=$(cl_cass_addr "$n")
     for p in "$CL_CQL_PORT" "$CL_STORAGE_PORT"; do
         tcp_open "$p" "$addr" && die "port $addr:$p (cassandra n$n) is taken by something this script did not start (pid $(listener_pid "$p" || echo '?'))"
@@ -926,13 +940,19 @@ cl_cass_launch() { # cl_cass_launch N: start node N (not running), no wait
     rm -rf "$tmp"
     mkdir -p "$data" "$tmp"
     cl_cass_write_yaml "$n"
+    if [ "$(cl_cass_layout)" = 2 ]; then
+        rackdc=$CL_DIR/cassandra/n$n-rackdc.properties
+        printf 'dc=%s\nrack=rack1\n' "$(cl_cass_dc "$n")" >"$rackdc"
+        sed -i 's/^endpoint_snitch:.*/endpoint_snitch: GossipingPropertyFileSnitch/' "$(cl_cass_yaml "$n")"
+        snitch=("-Dcassandra-rackdc.properties=file://$rackdc")
+    fi
     rotate_log "$(cl_log cassandra "$n")"
     cassandra_jvm_opts
     # JMX for nodetool only, local (loopback) only; without the port, no JMX listener at all.
     # ring_delay 5 s, not 30: the first node's shadow gossip round waits that long for the other seeds, not yet
     # started (measured: n1 took 40 s to CQL instead of ~12 s).
     cassandra_daemon_args "$CL_CASS_HEAP" "$(cl_cass_yaml "$n")" "$data" "$tmp" "-Dcassandra.jmx.local.port=$p" \
-        -Dcassandra.ring_delay_ms=5000
+        -Dcassandra.ring_delay_ms=5000 ${snitch[@]+"${snitch[@]}"}
     launch "$(cl_log cassandra "$n")" "$(cl_pidfile cassandra "$n")" "$JAVA" "${CASS_ARGS[@]}"
 }
 
@@ -989,8 +1009,15 @@ cl_cass_converged() {
 
 # cl_cass_wait N T0: until node N answers CQL and the running nodes have converged.
 cl_cass_wait() {
-    local n=$1 t0=$2 pid deadline cql_at=
-    pid=$(cl_pid cassandra "$n") || die "cassandra n$n is not running"
+    local n=$1 t0=$2 pid= deadline cql_at= i
+    # Right after a launch the pid file names the launching subshell until it execs the JVM (seconds on a loaded
+    # machine: a cluster-start once died here with the node starting fine).
+    for ((i = 0; i < 100; i++)); do
+        pid=$(cl_pid cassandra "$n") && break
+        alive "$(tr -dc 0-9 <"$(cl_pidfile cassandra "$n")" 2>/dev/null)" || break
+        sleep 0.1
+    done
+    [ -n "$pid" ] || die "cassandra n$n is not running"
     deadline=$(($(now_us) + CASS_TIMEOUT * 1000000))
     while [ "$(now_us)" -lt "$deadline" ]; do
         if [ -z "$cql_at" ] && cql_ping "$(cl_cass_addr "$n")" "$CL_CQL_PORT"; then cql_at=$(since "$t0"); fi
@@ -1025,21 +1052,33 @@ cl_cass_start() { # cl_cass_start N: start node N unless running, wait until the
 }
 
 cl_cass_up() {
-    local n t0
+    local n t0 want
     mkdir -p "$CL_DIR/cassandra"
+    want=${SCORE_WORKER_CLUSTER_DCS:-1}
+    case $want in 1 | 2) ;; *) die "SCORE_WORKER_CLUSTER_DCS must be 1 or 2, got '$want'" ;; esac
+    if [ "$(cl_cass_layout)" != "$want" ]; then
+        # A node refuses to start in another datacenter than its data says: the other layout starts afresh.
+        cl_stop cassandra TERM "${CL_NODES[@]}" >&2
+        log "the Cassandra cluster has $(cl_cass_layout) datacenter(s), $want wanted: wiping $CL_DIR/cassandra"
+        rm -rf "$CL_DIR/cassandra"
+        mkdir -p "$CL_DIR/cassandra"
+    fi
+    echo "$want" >"$CL_LAYOUT_FILE"
     if [ "${SCORE_WORKER_FRESH_CLUSTER:-0}" = 1 ]; then
         cl_stop cassandra TERM "${CL_NODES[@]}" >&2
         log "SCORE_WORKER_FRESH_CLUSTER=1: wiping $CL_DIR/cassandra"
         rm -rf "$CL_DIR/cassandra"
         mkdir -p "$CL_DIR/cassandra"
+        echo "$want" >"$CL_LAYOUT_FILE"
     fi
     ensure_java17
     ensure_cassandra_jars
     t0=$(now_us)
     # One after another: each node joins the ring (NORMAL in every running node's gossip) before the next starts.
     for n in "${CL_NODES[@]}"; do cl_cass_start "$n"; done
-    printf '%-9s cluster %s: %s nodes, CQL %s:%s (all addresses the same port), heap %s each, up in %s\n' cassandra \
-        "$CL_CASS_NAME" "${#CL_NODES[@]}" "$(cl_cass_addr 1)-3" "$CL_CQL_PORT" "$CL_CASS_HEAP" "$(since "$t0")"
+    printf '%-9s cluster %s: %s nodes, CQL %s:%s (all addresses the same port), heap %s each, %s, up in %s\n' cassandra \
+        "$CL_CASS_NAME" "${#CL_NODES[@]}" "$(cl_cass_addr 1)-3" "$CL_CQL_PORT" "$CL_CASS_HEAP" \
+        "$([ "$want" = 2 ] && echo 'datacenters dc1 (n1, n2) and dc2 (n3)' || echo 'one datacenter')" "$(since "$t0")"
 }
 
 # ---- status, env

@@ -232,7 +232,7 @@ impl App {
         background.spawn(health.clone().probe(
             client.clone(),
             session,
-            config.scylla.keyspace.clone(),
+            config.scylla.clone(),
             PROBE_INTERVAL,
             cancel.clone(),
         ));

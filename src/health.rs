@@ -1,5 +1,5 @@
 //! Readiness: NATS connected, the durable consumer readable, database session up, schema at the
-//! expected version, the database taking writes, dead letters being stored, the pull breaker not
+//! expected version or ahead within this build's window (`schema::compat`; `/readyz` says which), the database taking writes, dead letters being stored, the pull breaker not
 //! open, not draining. A probe task refreshes NATS and the database every few seconds (a probe in
 //! progress ends on shutdown); the consumer's watcher reports the consumer (`consumer::watch`), the
 //! dead-letter queue its stream.
@@ -20,6 +20,7 @@ use scylla::client::session::Session;
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::Breaker;
+use crate::config::ScyllaConfig;
 use crate::metrics::Metrics;
 use crate::schema;
 
@@ -30,6 +31,11 @@ pub struct Health {
     consumer: Mutex<Option<String>>,
     database: AtomicBool,
     schema: Mutex<Option<String>>,
+    /// How the schema stands when that is worth saying while ready (ahead, compatible).
+    schema_note: Mutex<Option<String>>,
+    /// The keyspace refuses this build (a newer schema outside its window, another bucket count):
+    /// the breaker stays open.
+    schema_refuses: AtomicBool,
     /// Why the database takes no writes, while it takes none.
     held: Mutex<Option<String>>,
     deadletters: Mutex<Option<String>>,
@@ -44,6 +50,8 @@ impl Health {
             consumer: Mutex::new(None),
             database: AtomicBool::new(false),
             schema: Mutex::new(Some("schema not checked yet".into())),
+            schema_note: Mutex::new(None),
+            schema_refuses: AtomicBool::new(false),
             held: Mutex::new(None),
             deadletters: Mutex::new(None),
             draining: AtomicBool::new(false),
@@ -65,7 +73,8 @@ impl Health {
     /// A flush was written: close the breaker (pull at full speed), unless the database takes no
     /// writes ([`Health::writes_held`]).
     pub fn resume_pulls(&self) {
-        if self.held.lock().expect("lock").is_some() {
+        if self.held.lock().expect("lock").is_some() || self.schema_refuses.load(Ordering::Relaxed)
+        {
             return;
         }
         self.breaker.close();
@@ -119,7 +128,9 @@ impl Health {
             reasons.push(format!("dead-letter stream unavailable: {problem}"));
         }
         // Half-open is ready: the database answers and the worker consumes, one probe at a time.
-        if self.breaker.state() == crate::breaker::State::Open {
+        if self.breaker.state() == crate::breaker::State::Open
+            && !self.schema_refuses.load(Ordering::Relaxed)
+        {
             reasons.push("database writes failing: pulling paused".to_string());
         }
         self.metrics.ready.set(i64::from(reasons.is_empty()));
@@ -152,6 +163,46 @@ impl Health {
         self.breaker.half_open();
     }
 
+    /// What readiness has to say beyond "ready" (a schema ahead of this build, within its window).
+    pub fn notes(&self) -> Vec<String> {
+        self.schema_note
+            .lock()
+            .expect("lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Records what the schema check found: `Ok(state)` may be written (ready when current or ahead
+    /// within the window); `Err(refusal)` may not, and keeps the breaker open until it may again.
+    fn schema_checked(&self, checked: Result<schema::SchemaState, String>) {
+        let (problem, note, refuses) = match checked {
+            Ok(state @ schema::SchemaState::AheadCompatible { .. }) => {
+                (None, Some(state.to_string()), false)
+            }
+            Ok(state) if state.ready() => (None, None, false),
+            Ok(state) => (Some(state.to_string()), None, false),
+            Err(refusal) => (Some(refusal), None, true),
+        };
+        *self.schema_note.lock().expect("lock") = note;
+        let mut slot = self.schema.lock().expect("lock");
+        if refuses && *slot != problem {
+            tracing::error!(problem = ?problem, "the keyspace refuses this build; pulling paused");
+        }
+        *slot = problem.clone();
+        drop(slot);
+        if self.schema_refuses.swap(refuses, Ordering::Relaxed) && !refuses {
+            tracing::info!("the keyspace accepts this build again");
+        }
+        if refuses {
+            self.breaker.open(
+                problem
+                    .as_deref()
+                    .unwrap_or("the keyspace refuses this build"),
+            );
+        }
+    }
+
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
         self.readiness().ok();
@@ -162,7 +213,7 @@ impl Health {
         self: Arc<Self>,
         client: async_nats::Client,
         session: Arc<Session>,
-        keyspace: String,
+        scylla: ScyllaConfig,
         interval: Duration,
         cancel: CancellationToken,
     ) {
@@ -170,7 +221,7 @@ impl Health {
             // A query or consumer read in progress (up to its timeout) must not delay a shutdown.
             tokio::select! {
                 () = cancel.cancelled() => return,
-                () = self.probe_once(&client, &session, &keyspace) => {}
+                () = self.probe_once(&client, &session, &scylla) => {}
             }
             let _ = self.readiness();
             tokio::select! {
@@ -180,22 +231,32 @@ impl Health {
         }
     }
 
-    async fn probe_once(&self, client: &async_nats::Client, session: &Session, keyspace: &str) {
+    async fn probe_once(
+        &self,
+        client: &async_nats::Client,
+        session: &Session,
+        scylla: &ScyllaConfig,
+    ) {
         let connected = client.connection_state() == async_nats::connection::State::Connected;
         self.nats.store(connected, Ordering::Relaxed);
         self.metrics.nats_connected.set(i64::from(connected));
 
-        match schema::current_version(session, keyspace).await {
-            Ok(version) => {
+        let checked = match schema::check_writer(session, scylla).await {
+            Ok(state) => Ok(Ok(state)),
+            Err(e @ schema::SchemaError::Statement { .. }) => Err(e),
+            Err(refusal) => Ok(Err(refusal.to_string())),
+        };
+        match checked {
+            Ok(checked) => {
                 self.database.store(true, Ordering::Relaxed);
-                // The database answers: probe with a small pull, unless it takes no writes.
-                if self.held.lock().expect("lock").is_none() {
+                self.schema_checked(checked);
+                // The database answers: probe with a small pull, unless it takes no writes or the
+                // keyspace refuses this build.
+                if self.held.lock().expect("lock").is_none()
+                    && !self.schema_refuses.load(Ordering::Relaxed)
+                {
                     self.breaker.half_open();
                 }
-                let expected = schema::expected_version();
-                *self.schema.lock().expect("lock") = (version != Some(expected)).then(|| {
-                    format!("schema at version {version:?}, this build expects {expected}: run `score-worker migrate`")
-                });
             }
             Err(e) => {
                 if self.database.swap(false, Ordering::Relaxed) {
@@ -288,5 +349,36 @@ mod tests {
         );
         h.deadletters_state(None);
         assert!(h.readiness().is_ok());
+    }
+
+    #[test]
+    fn a_schema_ahead_within_the_window_is_ready_and_outside_it_pauses_pulls() {
+        let h = Health::new(Arc::new(Metrics::new()));
+        h.nats.store(true, Ordering::Relaxed);
+        h.database.store(true, Ordering::Relaxed);
+        let ahead = schema::SchemaState::AheadCompatible {
+            at: 4,
+            expected: 3,
+            oldest_writer: 3,
+        };
+        h.schema_checked(Ok(ahead));
+        assert!(h.readiness().is_ok());
+        assert!(
+            h.notes()[0].contains("ahead and compatible"),
+            "{:?}",
+            h.notes()
+        );
+        h.schema_checked(Err("schema ahead and not compatible".into()));
+        assert!(h.readiness().unwrap_err()[0].contains("not compatible"));
+        assert!(h.pulls_paused());
+        h.resume_pulls();
+        assert!(
+            h.pulls_paused(),
+            "a written flush does not resume a refused schema"
+        );
+        h.schema_checked(Ok(schema::SchemaState::Current { version: 3 }));
+        h.resume_pulls();
+        assert!(!h.pulls_paused());
+        assert!(h.readiness().is_ok() && h.notes().is_empty());
     }
 }

@@ -29,7 +29,10 @@ pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     match state.health.readiness() {
-        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Ok(()) => match state.health.notes() {
+            notes if notes.is_empty() => (StatusCode::OK, "ready\n".to_string()),
+            notes => (StatusCode::OK, format!("ready: {}\n", notes.join("; "))),
+        },
         Err(reasons) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {}\n", reasons.join("; ")),

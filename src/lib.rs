@@ -45,7 +45,8 @@
 //! - [`advisory`]: dead-letters messages the server stopped delivering.
 //!
 //! Around it:
-//! - [`schema`]: applying and checking the versioned CQL in `schema/`.
+//! - [`schema`]: applying and checking the versioned CQL in `schema/`, the writers' compatibility window
+//!   and the consistency a keyspace's datacenters allow.
 //! - [`metrics`]: every metric, in a registry of the worker's own.
 //! - [`health`]: readiness state and the periodic probes that feed it.
 //! - [`breaker`]: the pull breaker (closed, open, half-open) the pipeline trips and the consumer obeys.
@@ -53,7 +54,7 @@
 //! - [`read`]: the typed read client other services link (leaderboards, profiles, history, the
 //!   eligibility cache); repairs of one score go through [`store::repair`].
 //! - [`cmd`]: the command line and the subcommands other than `run` (`migrate`, `check`, `dlq`,
-//!   `publish-sample`, `query`, `score`, `migrate-postgres`).
+//!   `publish-sample`, `query`, `score`, `migrate-postgres`, `rebuild-scores`).
 //!
 //! Dependencies point one way: `cmd → app → {consumer, pipeline, store, advisory} → {deadletter,
 //! batcher, retry, health} → {breaker, metrics, schema, config} → score`; the pipeline knows neither

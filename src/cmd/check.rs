@@ -1,5 +1,6 @@
 //! `score-worker check`: validates the configuration, reaches NATS and the database, and verifies the
-//! streams, the consumer and the schema version. Prints one line per check; never prints a secret.
+//! streams, the consumer, the schema version (current, ahead within this build's window, or not), the
+//! bucket count and the consistency on the keyspace's datacenters. Prints one line per check; never prints a secret.
 
 use std::process::ExitCode;
 
@@ -127,19 +128,40 @@ async fn checks(config: &Config) -> Report {
                 true,
                 format!("database reachable at {:?}", config.scylla.nodes),
             );
-            let expected = schema::expected_version();
-            match schema::current_version(&session, &config.scylla.keyspace).await {
-                Ok(Some(v)) if v == expected => {
-                    push(true, format!("schema of keyspace {} at version {v}", config.scylla.keyspace))
+            let ks = &config.scylla.keyspace;
+            let migrated = match schema::state(&session, ks).await {
+                Ok(state) => {
+                    push(state.ready(), format!("keyspace {ks}: {state}"));
+                    state != schema::SchemaState::Missing
                 }
-                Ok(v) => push(
-                    false,
+                Err(e) => {
+                    push(false, format!("reading the schema version failed: {e}"));
+                    false
+                }
+            };
+            if !migrated {
+                return Report { lines };
+            }
+            match schema::check_buckets(&session, &config.scylla).await {
+                Ok(()) => push(
+                    true,
                     format!(
-                        "schema of keyspace {} at version {v:?}, expected {expected}: run `score-worker migrate`",
-                        config.scylla.keyspace
+                        "leaderboard_buckets = {} as recorded",
+                        config.scylla.leaderboard_buckets
                     ),
                 ),
-                Err(e) => push(false, format!("reading the schema version failed: {e}")),
+                Err(e) => push(false, e.to_string()),
+            }
+            match schema::replication::check(&session, &config.scylla).await {
+                Ok(dcs) if !dcs.is_empty() => push(
+                    true,
+                    format!(
+                        "consistency {:?} keeps the leaderboard argument on datacenters {dcs:?}",
+                        config.scylla.consistency
+                    ),
+                ),
+                Ok(_) => {}
+                Err(e) => push(false, e.to_string()),
             }
         }
         Err(e) => push(false, e.to_string()),

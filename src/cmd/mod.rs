@@ -1,6 +1,6 @@
 //! The command line and its subcommands: `score-worker [--config FILE] <run | migrate [--dry-run] | check
 //! | dlq list|replay | publish-sample | health | completions SHELL | query … | score get|set|delete |
-//! migrate-postgres>`. [`run`] dispatches; each subcommand other than `run` lives in a
+//! migrate-postgres | rebuild-scores>`. [`run`] dispatches; each subcommand other than `run` lives in a
 //! module of its own here, and `run` is [`crate::app`].
 
 mod check;
@@ -10,6 +10,7 @@ mod migrate;
 pub mod migrate_postgres;
 mod progress;
 mod query;
+mod rebuild;
 mod repair;
 pub mod sample;
 
@@ -94,6 +95,9 @@ pub enum Command {
         #[command(subcommand)]
         action: repair::Repair,
     },
+    /// Change scylla.leaderboard_buckets: record the new count, then write every key again in its new
+    /// bucket (stop the workers with the old count first; see docs/runbooks/score-worker-pulls-paused.md, "Upgrades and bucket changes").
+    RebuildScores(rebuild::Args),
     /// Copy scores from PostgreSQL, validated, at their updated_at (a newer score always wins).
     MigratePostgres(migrate_postgres::Args),
     /// Ask the worker on this host (`http.listen`) whether it is ready; exit 0 if so, 1 otherwise
@@ -209,6 +213,8 @@ pub enum ArgumentError {
         #[source]
         source: dlq::TimeError,
     },
+    #[error("{0}: must be at least 1")]
+    Positive(&'static str),
     #[error("the score does not meet the wire contract: {0}")]
     Invalid(#[source] crate::score::Rejection),
 }
@@ -234,6 +240,7 @@ pub async fn run(command: Command, config: Config) -> Result<ExitCode, CmdError>
         Command::Query { json, query } => query::run(&config, query, json).await,
         Command::Score { json, action } => repair::run(&config, action, json).await,
         Command::MigratePostgres(args) => migrate_postgres::run(&config, args).await,
+        Command::RebuildScores(args) => rebuild::run(&config, args).await,
         Command::Health { live } => Ok(health::run(config.http.listen, live).await),
         Command::Completions { shell } => {
             use clap::CommandFactory;

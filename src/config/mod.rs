@@ -225,6 +225,9 @@ pub struct ScyllaConfig {
     pub allow_weak_consistency: bool,
     #[serde(deserialize_with = "optional_string")]
     pub local_datacenter: Option<String>,
+    /// Every process that writes the keyspace runs in `local_datacenter`: allows a `LOCAL_*`
+    /// consistency on a keyspace replicated to several datacenters (see [`crate::schema::replication`]).
+    pub single_writing_datacenter: bool,
     pub replication: String,
     pub leaderboard_buckets: i32,
     pub write_concurrency: usize,
@@ -671,6 +674,19 @@ mod tests {
             c.scylla.consistency = strong;
             c.validate().unwrap();
         }
+    }
+
+    #[test]
+    fn the_single_writing_datacenter_promise_needs_its_datacenter() {
+        assert!(!Config::defaults().scylla.single_writing_datacenter);
+        let err = rejects("scylla.single_writing_datacenter", |c| {
+            c.scylla.single_writing_datacenter = true
+        });
+        assert!(err.contains("scylla.local_datacenter"), "{err}");
+        let mut c = Config::defaults();
+        c.scylla.single_writing_datacenter = true;
+        c.scylla.local_datacenter = Some("dc1".into());
+        c.validate().unwrap();
     }
 
     #[test]

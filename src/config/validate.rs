@@ -126,6 +126,12 @@ impl ScyllaConfig {
                 ),
             ));
         }
+        if self.single_writing_datacenter && self.local_datacenter.is_none() {
+            return Err(invalid(
+                "scylla.single_writing_datacenter",
+                "needs scylla.local_datacenter: the one datacenter every writer runs in",
+            ));
+        }
         if self.nodes.is_empty() {
             return Err(invalid("scylla.nodes", "must list at least one host:port"));
         }

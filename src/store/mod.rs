@@ -23,6 +23,7 @@
 pub mod error;
 mod phase;
 mod probe;
+pub mod rebuild;
 pub mod repair;
 mod session;
 mod statements;
@@ -40,7 +41,7 @@ use scylla::value::CqlTimestamp;
 use uuid::Uuid;
 
 pub use error::{Cause, Kind, StoreError};
-pub use session::{connect, consistency, ConnectError, TlsError};
+pub use session::{connect, consistency, datacenters, ConnectError, TlsError};
 
 use crate::config::{ReadBack, ScyllaConfig};
 use crate::metrics::{Metrics, REQUESTS};
@@ -95,16 +96,22 @@ pub struct ScyllaStore {
 }
 
 impl ScyllaStore {
-    /// Prepares every statement against `config.keyspace`.
+    /// Prepares every statement against `config.keyspace`, after checking that this writer may write
+    /// it (schema window, bucket count, consistency on the keyspace's datacenters).
     pub async fn new(
         session: Arc<Session>,
         config: &ScyllaConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConnectError> {
         let statements = Statements::prepare(&session, &config.keyspace).await?;
-        crate::schema::check_buckets(&session, config)
+        // Every writer (the worker, repairs, rebuild-scores) refuses a keyspace it may not write.
+        let schema = |e| ConnectError::Schema(Box::new(e));
+        crate::schema::check_writer(&session, config)
             .await
-            .map_err(|e| ConnectError::Buckets(Box::new(e)))?;
+            .map_err(schema)?;
+        crate::schema::replication::check(&session, config)
+            .await
+            .map_err(schema)?;
         let latency = REQUESTS.map(|r| metrics.scylla_query_duration.with_label_values(&[r]));
         Ok(Self {
             session,

@@ -34,8 +34,10 @@ pub enum ConnectError {
     Prepare(#[source] StoreError),
     #[error(transparent)]
     Datacenter(#[from] DatacenterError),
+    /// The keyspace refuses this writer: another bucket count, a schema outside this build's
+    /// window, or a `LOCAL_*` level on several datacenters.
     #[error(transparent)]
-    Buckets(Box<crate::schema::SchemaError>),
+    Schema(Box<crate::schema::SchemaError>),
 }
 
 /// The configured consistency and datacenter do not fit the cluster.
@@ -116,6 +118,12 @@ pub async fn connect(config: &ScyllaConfig) -> Result<Session, ConnectError> {
             nodes: config.nodes.clone(),
             source,
         })?;
+    check_datacenters(config, datacenters(&session))?;
+    Ok(session)
+}
+
+/// The datacenters of the cluster's nodes as the driver knows them, sorted, once each.
+pub fn datacenters(session: &Session) -> Vec<String> {
     let mut datacenters: Vec<String> = session
         .get_cluster_state()
         .get_nodes_info()
@@ -124,8 +132,7 @@ pub async fn connect(config: &ScyllaConfig) -> Result<Session, ConnectError> {
         .collect();
     datacenters.sort_unstable();
     datacenters.dedup();
-    check_datacenters(config, datacenters)?;
-    Ok(session)
+    datacenters
 }
 
 /// A `LOCAL_*` level on a cluster of several datacenters needs to know which one is local, or the

@@ -28,6 +28,7 @@ mod support;
 
 mod advisory;
 mod cluster;
+mod datacenters;
 mod harness;
 mod stopped;
 mod verify;

@@ -20,4 +20,5 @@ mod read;
 mod recovery;
 mod support;
 mod topology;
+mod upgrades;
 mod writes;

@@ -251,7 +251,7 @@ async fn check_names_a_missing_stream_consumer_and_schema() {
             "[FAIL] consumer {}: its stream is missing",
             config.nats.consumer
         ),
-        format!("[FAIL] schema of keyspace {ks} at version None"),
+        format!("[FAIL] keyspace {ks}: no schema applied: run `score-worker migrate`"),
     ] {
         assert!(report.contains(&line), "`{line}` missing:\n{report}");
     }

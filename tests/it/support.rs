@@ -263,9 +263,19 @@ pub async fn leaderboard_rows(
     boards: &[String],
     buckets: i32,
 ) -> HashMap<(String, Uuid), Vec<i64>> {
+    leaderboard_rows_in(session, KEYSPACE, boards, buckets).await
+}
+
+/// [`leaderboard_rows`] of `keyspace`.
+pub async fn leaderboard_rows_in(
+    session: &Session,
+    keyspace: &str,
+    boards: &[String],
+    buckets: i32,
+) -> HashMap<(String, Uuid), Vec<i64>> {
     let mut rows: HashMap<(String, Uuid), Vec<i64>> = HashMap::new();
     let cql = format!(
-        "SELECT score, profile_id FROM {KEYSPACE}.scores WHERE leaderboard_id = ? AND bucket = ?"
+        "SELECT score, profile_id FROM {keyspace}.scores WHERE leaderboard_id = ? AND bucket = ?"
     );
     for lb in boards {
         for bucket in 0..buckets {
@@ -282,11 +292,20 @@ pub async fn profile_scores(
     session: &Session,
     keys: impl Iterator<Item = (String, Uuid)>,
 ) -> HashMap<(String, Uuid), (Option<i64>, Option<String>)> {
+    profile_scores_in(session, KEYSPACE, keys).await
+}
+
+/// [`profile_scores`] in `keyspace`.
+pub async fn profile_scores_in(
+    session: &Session,
+    keyspace: &str,
+    keys: impl Iterator<Item = (String, Uuid)>,
+) -> HashMap<(String, Uuid), (Option<i64>, Option<String>)> {
     let mut out = HashMap::new();
     for (lb, profile) in keys {
         let result = session
             .query_unpaged(
-                format!("SELECT score, wallet_address FROM {KEYSPACE}.scores_by_profile WHERE profile_id = ? AND leaderboard_id = ?"),
+                format!("SELECT score, wallet_address FROM {keyspace}.scores_by_profile WHERE profile_id = ? AND leaderboard_id = ?"),
                 (profile, &lb),
             )
             .await
@@ -330,12 +349,22 @@ pub async fn history_event_ids(session: &Session, events: &[Event]) -> Vec<Strin
 
 /// Asserts the database holds exactly the newest score of every key, once on the leaderboard.
 pub async fn assert_final_state(session: &Session, events: &[Event], buckets: i32) {
+    assert_final_state_in(session, KEYSPACE, events, buckets).await
+}
+
+/// [`assert_final_state`] in a keyspace of the test's own.
+pub async fn assert_final_state_in(
+    session: &Session,
+    keyspace: &str,
+    events: &[Event],
+    buckets: i32,
+) {
     let want = expected(events);
     let mut boards: Vec<String> = want.keys().map(|(lb, _)| lb.clone()).collect();
     boards.sort();
     boards.dedup();
-    let rows = leaderboard_rows(session, &boards, buckets).await;
-    let profiles = profile_scores(session, want.keys().cloned()).await;
+    let rows = leaderboard_rows_in(session, keyspace, &boards, buckets).await;
+    let profiles = profile_scores_in(session, keyspace, want.keys().cloned()).await;
     let mut problems = Vec::new();
     for (key, score) in &want {
         match rows.get(key) {

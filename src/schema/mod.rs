@@ -1,17 +1,32 @@
-//! The versioned CQL in `schema/`: applying it (`migrate`) and checking the version a running worker
-//! expects (`check`, `/readyz`). Applied versions are recorded in `<keyspace>.schema_migrations`.
+//! The versioned CQL in `schema/`: applying it (`migrate`) and checking it against what a running
+//! worker expects (`check`, `/readyz`, start-up). Applied versions are recorded in
+//! `<keyspace>.schema_migrations`, each with the oldest writer version it accepts ([`compat`]); the
+//! keyspace's datacenters decide which consistency levels writers may use ([`replication`]).
+
+pub mod compat;
+mod migrate;
+pub mod replication;
 
 use scylla::client::session::Session;
 use scylla::errors::ExecutionError;
-use scylla::value::CqlTimestamp;
 
-use crate::config::ScyllaConfig;
+pub use compat::{Applied, SchemaState};
+pub use migrate::{migrate, migrate_with, statements};
+
+use crate::config::{Consistency, ScyllaConfig};
 
 /// One schema version.
 pub struct Migration {
     pub version: i32,
     pub name: &'static str,
     pub cql: &'static str,
+    /// The oldest schema version a worker may have been built for and still write correctly once this
+    /// migration is applied, recorded by `migrate` so that builds that do not know this migration can
+    /// tell. An additive change (a new table, a new column no writer needs, a table option) keeps the
+    /// previous writers: `version - 1` (or lower, if the previous migrations kept older writers too).
+    /// A change writers must follow (a new column every write sets, a changed key, a new rule of the
+    /// protocol) is `version`: older workers become unready and stop pulling.
+    pub oldest_writer: i32,
 }
 
 /// Every version, in order. Files are embedded so the binary carries its schema.
@@ -19,17 +34,22 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "0001_initial",
-        cql: include_str!("../schema/0001_initial.cql"),
+        cql: include_str!("../../schema/0001_initial.cql"),
+        oldest_writer: 1,
     },
     Migration {
         version: 2,
         name: "0002_settings",
-        cql: include_str!("../schema/0002_settings.cql"),
+        cql: include_str!("../../schema/0002_settings.cql"),
+        // Workers of version 2 check the bucket count at start; version 1 ones did not.
+        oldest_writer: 2,
     },
     Migration {
         version: 3,
         name: "0003_read_side",
-        cql: include_str!("../schema/0003_read_side.cql"),
+        cql: include_str!("../../schema/0003_read_side.cql"),
+        // A compaction option and two cache columns the worker never writes.
+        oldest_writer: 2,
     },
 ];
 
@@ -94,6 +114,11 @@ pub fn expected_version() -> i32 {
     MIGRATIONS.last().map_or(0, |m| m.version)
 }
 
+/// The versions this build knows.
+pub fn known_versions() -> Vec<i32> {
+    MIGRATIONS.iter().map(|m| m.version).collect()
+}
+
 // The driver's error dominates the size; these are start-up and `migrate` errors, so boxing buys nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +128,42 @@ pub enum SchemaError {
         statement: String,
         #[source]
         source: ExecutionError,
+    },
+    #[error(
+        "keyspace {keyspace} is replicated to datacenters {datacenters:?}: writers in two datacenters at \
+         {consistency:?} count disjoint replicas, so a read-back can miss another writer's completed \
+         write and the leaderboard keeps stale rows (docs/design.md, \"Several datacenters\"). Set \
+         scylla.consistency = \"quorum\" (or \"each_quorum\"), or, if every process that writes this \
+         keyspace runs in one datacenter, scylla.single_writing_datacenter = true with \
+         scylla.local_datacenter set to it"
+    )]
+    LocalConsistency {
+        keyspace: String,
+        consistency: Consistency,
+        datacenters: Vec<String>,
+    },
+    #[error(
+        "scylla.single_writing_datacenter = true needs scylla.local_datacenter set to one of the \
+         datacenters keyspace {keyspace} is replicated to ({datacenters:?}); it is `{local}`"
+    )]
+    WritingDatacenter {
+        keyspace: String,
+        local: String,
+        datacenters: Vec<String>,
+    },
+    #[error("keyspace {keyspace}: {state}")]
+    Incompatible {
+        keyspace: String,
+        state: SchemaState,
+    },
+    #[error(
+        "keyspace {keyspace} records leaderboard_buckets = {found}, not {expected}: another \
+         rebuild-scores changed it meanwhile"
+    )]
+    BucketsChanged {
+        keyspace: String,
+        expected: String,
+        found: String,
     },
     #[error(
         "keyspace {keyspace} was migrated with leaderboard_buckets = {stored}, the configuration says \
@@ -150,66 +211,65 @@ pub async fn check_buckets(session: &Session, config: &ScyllaConfig) -> Result<(
     }
 }
 
-/// Splits a CQL file into statements, dropping `--` comments and blank lines.
-pub fn statements(cql: &str) -> Vec<String> {
-    let without_comments: String = cql
-        .lines()
-        .map(|line| line.split("--").next().unwrap_or(""))
-        .collect::<Vec<_>>()
-        .join("\n");
-    without_comments
-        .split(';')
-        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
-fn keyspace_statements(config: &ScyllaConfig) -> Vec<String> {
-    let ks = &config.keyspace;
-    vec![
-        format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {}", config.replication),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {ks}.schema_migrations (version int PRIMARY KEY, name text, applied_at timestamp)"
-        ),
-    ]
-}
-
-/// Qualifies the table names of a migration statement with the keyspace.
-fn qualify(statement: &str, keyspace: &str) -> String {
-    let mut out = statement.to_string();
-    for prefix in ["CREATE TABLE IF NOT EXISTS ", "ALTER TABLE "] {
-        out = out.replace(prefix, &format!("{prefix}{keyspace}."));
-    }
-    // CREATE INDEX IF NOT EXISTS name ON table (...)
-    if out.starts_with("CREATE INDEX") {
-        if let Some(pos) = out.find(" ON ") {
-            out.insert_str(pos + 4, &format!("{keyspace}."));
-        }
-    }
-    out
-}
-
-/// `ALTER TABLE … ADD` of a column that is already there: an earlier `migrate` stopped after it and
-/// before recording its version. Neither server has an `IF NOT EXISTS` for it that both accept
-/// (Cassandra: "already exists", ScyllaDB: "conflicts with an existing column").
-fn column_exists(statement: &str, error: &ExecutionError) -> bool {
-    let ExecutionError::LastAttemptError(scylla::errors::RequestAttemptError::DbError(
-        scylla::errors::DbError::Invalid,
-        message,
-    )) = error
-    else {
-        return false;
-    };
-    statement.starts_with("ALTER TABLE ")
-        && statement.contains(" ADD ")
-        && (message.contains("already exists") || message.contains("conflicts with an existing"))
-}
-
 /// The applied versions, or `None` if the keyspace or its version table does not exist.
 pub async fn applied_versions(
     session: &Session,
     keyspace: &str,
 ) -> Result<Option<Vec<i32>>, ExecutionError> {
+    Ok(applied(session, keyspace)
+        .await?
+        .map(|t| t.rows.iter().map(|a| a.version).collect()))
+}
+
+/// `schema_migrations` as read: its rows, and whether it has the `oldest_writer` column (a table
+/// created before the compatibility window has not, until `migrate` adds it).
+pub struct AppliedTable {
+    pub rows: Vec<Applied>,
+    pub has_window: bool,
+}
+
+fn invalid(e: &ExecutionError) -> bool {
+    matches!(
+        e,
+        ExecutionError::LastAttemptError(scylla::errors::RequestAttemptError::DbError(
+            scylla::errors::DbError::Invalid,
+            _,
+        ))
+    )
+}
+
+/// The applied versions with the oldest writer each accepts, or `None` if the keyspace or its version
+/// table does not exist.
+pub async fn applied(
+    session: &Session,
+    keyspace: &str,
+) -> Result<Option<AppliedTable>, ExecutionError> {
+    let query = format!("SELECT version, oldest_writer FROM {keyspace}.schema_migrations");
+    match session.query_unpaged(query, ()).await {
+        Ok(result) => {
+            let rows = result
+                .into_rows_result()
+                .ok()
+                .and_then(|r| {
+                    r.rows::<(i32, Option<i32>)>().ok().map(|it| {
+                        it.filter_map(Result::ok)
+                            .map(|(version, oldest_writer)| Applied {
+                                version,
+                                oldest_writer,
+                            })
+                            .collect()
+                    })
+                })
+                .unwrap_or_default();
+            return Ok(Some(AppliedTable {
+                rows,
+                has_window: true,
+            }));
+        }
+        Err(e) if invalid(&e) => {}
+        Err(e) => return Err(e),
+    }
+    // No such column (a table from before the window), or no such table.
     let query = format!("SELECT version FROM {keyspace}.schema_migrations");
     match session.query_unpaged(query, ()).await {
         Ok(result) => {
@@ -217,17 +277,22 @@ pub async fn applied_versions(
                 .into_rows_result()
                 .ok()
                 .and_then(|r| {
-                    r.rows::<(i32,)>()
-                        .ok()
-                        .map(|it| it.filter_map(Result::ok).map(|(v,)| v).collect())
+                    r.rows::<(i32,)>().ok().map(|it| {
+                        it.filter_map(Result::ok)
+                            .map(|(version,)| Applied {
+                                version,
+                                oldest_writer: None,
+                            })
+                            .collect()
+                    })
                 })
                 .unwrap_or_default();
-            Ok(Some(rows))
+            Ok(Some(AppliedTable {
+                rows,
+                has_window: false,
+            }))
         }
-        Err(ExecutionError::LastAttemptError(scylla::errors::RequestAttemptError::DbError(
-            scylla::errors::DbError::Invalid,
-            _,
-        ))) => Ok(None),
+        Err(e) if invalid(&e) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -242,96 +307,67 @@ pub async fn current_version(
         .and_then(|v| v.into_iter().max()))
 }
 
-/// What `migrate` did or, with `dry_run`, would do: one line per statement.
-pub async fn migrate(
-    session: &Session,
-    config: &ScyllaConfig,
-    dry_run: bool,
-) -> Result<Vec<String>, SchemaError> {
-    let ks = &config.keyspace;
-    let applied = applied_versions(session, ks)
+/// Where `keyspace` stands against this build ([`SchemaState`]).
+pub async fn state(session: &Session, keyspace: &str) -> Result<SchemaState, SchemaError> {
+    let table = applied(session, keyspace)
         .await
         .map_err(|source| SchemaError::Statement {
             statement: "read schema_migrations".into(),
             source,
         })?;
-    let mut plan = Vec::new();
-    if applied.is_none() {
-        plan.extend(keyspace_statements(config).into_iter().map(|s| (None, s)));
-    }
-    let applied = applied.unwrap_or_default();
-    for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
-        for s in statements(m.cql) {
-            plan.push((None, qualify(&s, ks)));
-        }
-        plan.push((Some(m), String::new()));
-    }
-
-    let flavour = flavour(session).await?;
-    plan.extend(server_options(&flavour, ks).into_iter().map(|s| (None, s)));
-
-    let mut report = Vec::new();
-    for (migration, statement) in plan {
-        match migration {
-            Some(m) => {
-                report.push(format!("record version {} ({})", m.version, m.name));
-                if !dry_run {
-                    let insert = format!("INSERT INTO {ks}.schema_migrations (version, name, applied_at) VALUES (?, ?, ?)");
-                    let now = CqlTimestamp(chrono::Utc::now().timestamp_millis());
-                    session
-                        .query_unpaged(insert.clone(), (m.version, m.name, now))
-                        .await
-                        .map_err(|source| SchemaError::Statement {
-                            statement: insert,
-                            source,
-                        })?;
-                }
-            }
-            None => {
-                report.push(statement.clone());
-                if !dry_run {
-                    match session.query_unpaged(statement.clone(), ()).await {
-                        Ok(_) => {}
-                        Err(e) if column_exists(&statement, &e) => {}
-                        Err(source) => return Err(SchemaError::Statement { statement, source }),
-                    }
-                }
-            }
-        }
-    }
-    if report.len() == server_options(&flavour, ks).len() {
-        report.insert(
-            0,
-            format!("schema is up to date at version {}", expected_version()),
-        );
-    }
-    if dry_run {
-        report.push(format!(
-            "record {BUCKETS_SETTING} = {} unless already recorded",
-            config.leaderboard_buckets
-        ));
-    } else {
-        record_buckets(session, config).await?;
-    }
-    Ok(report)
+    let rows = table.map(|t| t.rows);
+    Ok(SchemaState::evaluate(rows.as_deref(), &known_versions()))
 }
 
-/// Records the bucket count once (the first `migrate` wins, with a lightweight transaction); a later
-/// `migrate` with another count fails.
-async fn record_buckets(session: &Session, config: &ScyllaConfig) -> Result<(), SchemaError> {
-    let ks = &config.keyspace;
-    let insert = format!("INSERT INTO {ks}.settings (name, value) VALUES (?, ?) IF NOT EXISTS");
+/// What a writer checks at start and its readiness probe every few seconds: the schema is within this
+/// build's window, and the recorded bucket count is the configured one. `Ok` carries the state
+/// (which may still be "behind": not ready, but not refused either).
+pub async fn check_writer(
+    session: &Session,
+    config: &ScyllaConfig,
+) -> Result<SchemaState, SchemaError> {
+    let state = state(session, &config.keyspace).await?;
+    if !state.may_write() {
+        return Err(SchemaError::Incompatible {
+            keyspace: config.keyspace.clone(),
+            state,
+        });
+    }
+    check_buckets(session, config).await?;
+    Ok(state)
+}
+
+/// Records a new bucket count for `rebuild-scores`, with a lightweight transaction that succeeds only
+/// if the keyspace still records `from`; a no-op when it already records `to` (a rebuild run again).
+pub async fn record_new_buckets(
+    session: &Session,
+    keyspace: &str,
+    from: i32,
+    to: i32,
+) -> Result<(), SchemaError> {
+    let stored = stored_buckets(session, keyspace).await?;
+    if stored.as_deref() == Some(to.to_string().as_str()) {
+        return Ok(());
+    }
+    let update = format!("UPDATE {keyspace}.settings SET value = ? WHERE name = ? IF value = ?");
     session
         .query_unpaged(
-            insert.clone(),
-            (BUCKETS_SETTING, config.leaderboard_buckets.to_string()),
+            update.clone(),
+            (to.to_string(), BUCKETS_SETTING, from.to_string()),
         )
         .await
         .map_err(|source| SchemaError::Statement {
-            statement: insert,
+            statement: update,
             source,
         })?;
-    check_buckets(session, config).await
+    match stored_buckets(session, keyspace).await? {
+        Some(now) if now == to.to_string() => Ok(()),
+        found => Err(SchemaError::BucketsChanged {
+            keyspace: keyspace.to_string(),
+            expected: from.to_string(),
+            found: found.unwrap_or_else(|| "nothing".into()),
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -356,24 +392,6 @@ mod tests {
             );
         }
         assert!(stmts.iter().all(|s| !s.contains("--")));
-    }
-
-    #[test]
-    fn qualifies_tables_and_indexes() {
-        assert_eq!(
-            qualify(
-                "CREATE TABLE IF NOT EXISTS scores (a int PRIMARY KEY)",
-                "ks"
-            ),
-            "CREATE TABLE IF NOT EXISTS ks.scores (a int PRIMARY KEY)"
-        );
-        assert_eq!(
-            qualify(
-                "CREATE INDEX IF NOT EXISTS i ON scores_by_profile (wallet_address)",
-                "ks"
-            ),
-            "CREATE INDEX IF NOT EXISTS i ON ks.scores_by_profile (wallet_address)"
-        );
     }
 
     #[test]
@@ -403,5 +421,7 @@ mod tests {
     fn versions_are_increasing() {
         assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
         assert_eq!(expected_version(), 3);
+        // A migration cannot accept writers newer than itself.
+        assert!(MIGRATIONS.iter().all(|m| m.oldest_writer <= m.version));
     }
 }
