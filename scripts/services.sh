@@ -1094,7 +1094,7 @@ cl_kinds() { # cl_kinds [KIND]: the kinds a cluster command applies to
 # of our own in $LOCAL/postgres/data on 127.0.0.1:$PG_PORT (TCP only, trust authentication for user
 # postgres, fsync off: a test server), run as the `postgres` OS user because the server refuses root.
 # TLS is on (ssl = on), with the server certificate of $LOCAL/tls (the CA clients trust: $LOCAL/tls/ca.pem,
-# the same files as Cassandra's TLS); plain-text clients are still accepted. The settings live in
+# the same files as Cassandra's TLS, copied beside ssl_cert_file); plain-text clients are still accepted. The settings live in
 # $PG_DATA/score-worker.conf, included by postgresql.conf, so `ALTER SYSTEM SET ssl = off` + reload (a test
 # of a server without TLS) overrides them until `ALTER SYSTEM RESET ssl`.
 # One already answering on the port is reused and left alone by `down`.
@@ -1169,6 +1169,8 @@ postgres_tls_files() {
     cassandra_tls_files
     mkdir -p "$d"
     cp "$LOCAL/tls/server.crt" "$d/server.crt"
+    # Beside the server's certificate, so a client that can `SHOW ssl_cert_file` finds the CA to trust.
+    cp "$LOCAL/tls/ca.pem" "$d/ca.pem"
     cp "$LOCAL/tls/server.key" "$d/server.key"
     chmod 600 "$d/server.key"
     [ "$(id -u)" = 0 ] && chown -R postgres: "$d"

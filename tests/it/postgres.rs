@@ -3,8 +3,8 @@
 //! changes nothing, a run moves 100,000 rows exactly and reports the invalid ones, a run killed
 //! mid-way and resumed ends the same, and a newer score from NATS survives the migration. The source
 //! is only read (a query that writes fails), and over TLS: verified against the test CA of
-//! `scripts/services.sh` (`$SCORE_WORKER_LOCAL/tls/ca.pem`), a wrong name or CA refused, and with TLS
-//! switched off on the server (`ALTER SYSTEM SET ssl = off`), `require` refuses it.
+//! `scripts/services.sh` (beside the server's `ssl_cert_file`), a wrong name or CA refused, and with
+//! TLS switched off on the server (`ALTER SYSTEM SET ssl = off`), `require` refuses it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -26,11 +26,21 @@ fn pg_url() -> String {
     })
 }
 
-/// The CA that signed the local PostgreSQL's certificate (`scripts/services.sh`, the same as Cassandra's).
-fn pg_ca() -> String {
-    let local = std::env::var("SCORE_WORKER_LOCAL")
-        .unwrap_or_else(|_| format!("{}/.local", env!("CARGO_MANIFEST_DIR")));
-    format!("{local}/tls/ca.pem")
+/// The CA that signed the local PostgreSQL's certificate: `scripts/services.sh` puts it beside the
+/// server's certificate (whichever pair's script started the server).
+async fn pg_ca(client: &tokio_postgres::Client) -> String {
+    let cert: String = client
+        .query_one("SHOW ssl_cert_file", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let ca = std::path::Path::new(&cert).with_file_name("ca.pem");
+    assert!(
+        ca.is_file(),
+        "no {} beside the server certificate {cert}: start PostgreSQL with scripts/services.sh",
+        ca.display()
+    );
+    ca.to_string_lossy().into_owned()
 }
 
 async fn pg() -> tokio_postgres::Client {
@@ -437,7 +447,7 @@ async fn tls_to_postgresql_is_verified_and_a_server_without_tls_is_refused_when_
     let config = base_config("pgtls");
     let tag = Uuid::new_v4().simple().to_string()[..8].to_string();
     let table = small_table(&client, &tag).await;
-    let ca = pg_ca();
+    let ca = pg_ca(&client).await;
     let port = pg_url()
         .split_whitespace()
         .find_map(|kv| kv.strip_prefix("port="))
