@@ -14,21 +14,24 @@
 //! (`PGSSLMODE`, `PGSSLROOTCERT`); tokio-postgres itself knows neither `verify-*` nor `sslrootcert`,
 //! so they are taken out of the string here.
 //!
+//! - `conninfo`: `sslmode`/`sslrootcert` out of the connection string ([`split`]);
+//! - `verify`: the rustls configuration each mode verifies with ([`client_config`]).
+//!
 //! **Default** ([`default_mode`]): `verify-full` when a CA is given; otherwise `require` unless every
 //! host is loopback or a Unix socket, where libpq's `prefer` stays. A copy of scores over a network is
 //! never silently in plain text.
 
+mod conninfo;
+mod verify;
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::config::{Host, SslMode as WireMode};
+
+pub use conninfo::{split, Split};
+pub use verify::client_config;
 
 /// `sslmode`, as libpq names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,116 +112,6 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-/// The connection string without `sslmode`/`sslrootcert`, and those two.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Split {
-    pub rest: String,
-    pub mode: Option<String>,
-    pub root: Option<String>,
-}
-
-/// Takes `sslmode` and `sslrootcert` out of a `key=value` string or a `postgres[ql]://` URL. A string
-/// this cannot read is returned whole, for tokio-postgres to report.
-pub fn split(conn: &str) -> Split {
-    let parsed = if conn.starts_with("postgres://") || conn.starts_with("postgresql://") {
-        split_url(conn)
-    } else {
-        split_key_values(conn)
-    };
-    parsed.unwrap_or_else(|| Split {
-        rest: conn.to_string(),
-        mode: None,
-        root: None,
-    })
-}
-
-fn split_url(conn: &str) -> Option<Split> {
-    let Some((base, query)) = conn.split_once('?') else {
-        return Some(Split {
-            rest: conn.to_string(),
-            mode: None,
-            root: None,
-        });
-    };
-    let (mut mode, mut root, mut kept) = (None, None, Vec::new());
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "sslmode" => mode = Some(percent_decode(value)?),
-            "sslrootcert" => root = Some(percent_decode(value)?),
-            _ => kept.push(pair),
-        }
-    }
-    let rest = if kept.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", kept.join("&"))
-    };
-    Some(Split { rest, mode, root })
-}
-
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// libpq's `key = value` syntax: white space between pairs and around `=`, a value single-quoted
-/// (with `\'` and `\\`) or bare up to white space.
-fn split_key_values(conn: &str) -> Option<Split> {
-    let (mut mode, mut root, mut kept) = (None, None, Vec::new());
-    let mut chars = conn.char_indices().peekable();
-    loop {
-        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
-        let Some(&(start, _)) = chars.peek() else {
-            break;
-        };
-        let mut key = String::new();
-        while let Some((_, c)) = chars.next_if(|(_, c)| *c != '=' && !c.is_whitespace()) {
-            key.push(c);
-        }
-        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
-        chars.next_if(|(_, c)| *c == '=')?;
-        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
-        let mut value = String::new();
-        if chars.next_if(|(_, c)| *c == '\'').is_some() {
-            loop {
-                match chars.next()?.1 {
-                    '\'' => break,
-                    '\\' => value.push(chars.next()?.1),
-                    c => value.push(c),
-                }
-            }
-        } else {
-            while let Some((_, c)) = chars.next_if(|(_, c)| !c.is_whitespace()) {
-                value.push(if c == '\\' { chars.next()?.1 } else { c });
-            }
-        }
-        let end = chars.peek().map_or(conn.len(), |(i, _)| *i);
-        match key.as_str() {
-            "sslmode" => mode = Some(value),
-            "sslrootcert" => root = Some(value),
-            _ => kept.push(conn[start..end].trim_end()),
-        }
-    }
-    Some(Split {
-        rest: kept.join(" "),
-        mode,
-        root,
-    })
-}
-
 /// One value from the string or the flag: the same from both is fine, two different ones are not.
 pub fn one_of(
     key: &'static str,
@@ -294,124 +187,6 @@ pub fn check_of(mode: SslMode, root: Option<&RootCert>) -> Result<Check, TlsErro
     })
 }
 
-/// The rustls client configuration for `check` against `root`.
-pub fn client_config(
-    check: Check,
-    root: Option<&RootCert>,
-) -> Result<rustls::ClientConfig, TlsError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
-    let roots = root.map(roots).transpose()?.map(Arc::new);
-    let config = match (check, roots) {
-        (Check::ChainAndName, Some(roots)) => builder.with_root_certificates(roots),
-        (Check::Chain, Some(roots)) => {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Verifier {
-                    roots: Some(roots),
-                    provider,
-                }))
-        }
-        (_, _) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Verifier {
-                roots: None,
-                provider,
-            })),
-    };
-    Ok(config.with_no_client_auth())
-}
-
-fn roots(root: &RootCert) -> Result<RootCertStore, TlsError> {
-    let mut store = RootCertStore::empty();
-    match root {
-        RootCert::System => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = store.add(cert);
-            }
-        }
-        RootCert::File(path) => {
-            let pem = |source| TlsError::Pem {
-                path: path.clone(),
-                source,
-            };
-            for cert in CertificateDer::pem_file_iter(path).map_err(pem)? {
-                store.add(cert.map_err(pem)?)?;
-            }
-            if store.is_empty() {
-                return Err(TlsError::Empty(path.clone()));
-            }
-        }
-    }
-    Ok(store)
-}
-
-/// libpq's `require` and `verify-ca`: the handshake's signatures are always verified; the
-/// certificate's chain against `roots` when there are roots (never its name), and not at all without.
-#[derive(Debug)]
-struct Verifier {
-    roots: Option<Arc<RootCertStore>>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Verifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Some(roots) = &self.roots {
-            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-            rustls::client::verify_server_cert_signed_by_trust_anchor(
-                &cert,
-                roots,
-                intermediates,
-                now,
-                self.provider.signature_verification_algorithms.all,
-            )?;
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// Whether a connection's bytes were encrypted, and how far the server was verified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transport {
@@ -468,37 +243,6 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ssl_keys_are_taken_out_of_key_value_strings() {
-        let s = split("host=db.example port=5432 sslmode=verify-full user=me sslrootcert='/etc/ca dir/ca.pem' dbname = 'a \\' b'");
-        assert_eq!(s.mode.as_deref(), Some("verify-full"));
-        assert_eq!(s.root.as_deref(), Some("/etc/ca dir/ca.pem"));
-        assert_eq!(
-            s.rest,
-            "host=db.example port=5432 user=me dbname = 'a \\' b'"
-        );
-        let parsed = tokio_postgres::Config::from_str(&s.rest).unwrap();
-        assert_eq!(parsed.get_dbname(), Some("a ' b"));
-        let none = split("host=127.0.0.1 user=postgres");
-        assert_eq!((none.mode, none.root), (None, None));
-        assert_eq!(none.rest, "host=127.0.0.1 user=postgres");
-    }
-
-    #[test]
-    fn ssl_keys_are_taken_out_of_urls() {
-        let s = split("postgresql://me@db.example:5432/scores?sslmode=require&application_name=x&sslrootcert=%2Fetc%2Fca.pem");
-        assert_eq!(s.mode.as_deref(), Some("require"));
-        assert_eq!(s.root.as_deref(), Some("/etc/ca.pem"));
-        assert_eq!(
-            s.rest,
-            "postgresql://me@db.example:5432/scores?application_name=x"
-        );
-        assert_eq!(
-            split("postgres://h/db?sslmode=disable").rest,
-            "postgres://h/db"
-        );
-    }
 
     #[test]
     fn tls_is_required_by_default_outside_loopback_and_verified_with_a_ca() {
