@@ -136,8 +136,10 @@ for v in "${K8S_VERSIONS[@]}"; do
     check "kubernetes-validate --strict -k $v: built-in manifests" kubernetes_validate "$v"
 done
 check "custom resources: ScaledObject, PodMonitor, PrometheusRule against their CRD schemas" custom_resources
-check "kubernetes: probes, security, grace period, ConfigMap keys, KEDA sizing + fallback, PDB eviction policy, NetworkPolicy, labels" \
+check "kubernetes: probes, security, grace period, ConfigMap keys, KEDA sizing + fallback, PDB eviction policy, NetworkPolicies, TLS, database roles, labels" \
     "$PY" "$TOOLS/check_deploy.py" kubernetes
+check "kubernetes credentials: each broken fixture (TLS off, CA not from a mounted Secret, Job as the worker's role, Job outside a NetworkPolicy) fails" \
+    "$PY" "$TOOLS/check_deploy.py" kubernetes-fixtures
 check "generated files: prometheusrule.yaml = rule files, runbook links, version labels, config checksum" \
     "$PY" "$TOOLS/sync_generated.py" --check
 check "docker-compose.yml: compose-spec schema" \

@@ -3,7 +3,7 @@
 #
 #   nats-server with JetStream       nats://127.0.0.1:4222   monitoring http://127.0.0.1:8222
 #   Apache Cassandra 5.0 (CQL)       127.0.0.1:9042          storage port 7000 (a ScyllaDB stand-in)
-#   PostgreSQL (Debian's package)    127.0.0.1:5433          user postgres, trust (migrate-postgres source)
+#   PostgreSQL (Debian's package)    127.0.0.1:5433          user postgres, trust, TLS on (migrate-postgres source)
 #
 # and, on demand, a 3-node cluster of each on loopback (see "Clusters" below).
 #
@@ -1132,6 +1132,10 @@ cl_kinds() { # cl_kinds [KIND]: the kinds a cluster command applies to
 # The source of `score-worker migrate-postgres` and its tests: Debian's `postgresql` package, a cluster
 # of our own in $LOCAL/postgres/data on 127.0.0.1:$PG_PORT (TCP only, trust authentication for user
 # postgres, fsync off: a test server), run as the `postgres` OS user because the server refuses root.
+# TLS is on (ssl = on), with the server certificate of $LOCAL/tls (the CA clients trust: $LOCAL/tls/ca.pem,
+# the same files as Cassandra's TLS, copied beside ssl_cert_file); plain-text clients are still accepted. The settings live in
+# $PG_DATA/score-worker.conf, included by postgresql.conf, so `ALTER SYSTEM SET ssl = off` + reload (a test
+# of a server without TLS) overrides them until `ALTER SYSTEM RESET ssl`.
 # One already answering on the port is reused and left alone by `down`.
 PG_PORT=${SCORE_WORKER_PG_PORT:-5433}
 PG_HOME=$LOCAL/postgres
@@ -1186,13 +1190,33 @@ start_postgres() {
         as_postgres "$bin/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 \
             >"$PG_HOME/initdb.log" 2>&1 || { tail -n 20 "$PG_HOME/initdb.log" >&2; die "initdb failed"; }
     fi
+    postgres_tls_files
     # A postmaster.pid left by a killed server is removed by the server itself when its pid is gone.
     as_postgres "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t "$PG_TIMEOUT" -s \
         -o "-p $PG_PORT -c listen_addresses=$HOST -c unix_socket_directories='' -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
         start </dev/null >/dev/null 2>&1 || { show_tail "$PG_LOG"; die "PostgreSQL did not start on $HOST:$PG_PORT"; }
     pg_ping || { show_tail "$PG_LOG"; die "PostgreSQL started but does not answer on $HOST:$PG_PORT"; }
-    printf '%-9s started %s:%s  (pid %s, %s, in %s)\n' postgres "$HOST" "$PG_PORT" "$(pg_owned_pid || echo '?')" \
-        "$("$bin/postgres" --version | sed 's/^postgres (PostgreSQL) /v/')" "$(since "$t0")"
+    printf '%-9s started %s:%s  (pid %s, %s, TLS on, CA %s, in %s)\n' postgres "$HOST" "$PG_PORT" \
+        "$(pg_owned_pid || echo '?')" "$("$bin/postgres" --version | sed 's/^postgres (PostgreSQL) /v/')" \
+        "$LOCAL/tls/ca.pem" "$(since "$t0")"
+}
+
+# postgres_tls_files: the test CA's server certificate (cassandra_tls_files makes it once) as the postgres
+# user's files (the server refuses a key others can read), and ssl = on in an included file of our own.
+postgres_tls_files() {
+    local d=$PG_HOME/tls conf=$PG_DATA/score-worker.conf
+    cassandra_tls_files
+    mkdir -p "$d"
+    cp "$LOCAL/tls/server.crt" "$d/server.crt"
+    # Beside the server's certificate, so a client that can `SHOW ssl_cert_file` finds the CA to trust.
+    cp "$LOCAL/tls/ca.pem" "$d/ca.pem"
+    cp "$LOCAL/tls/server.key" "$d/server.key"
+    chmod 600 "$d/server.key"
+    [ "$(id -u)" = 0 ] && chown -R postgres: "$d"
+    printf "ssl = on\nssl_cert_file = '%s'\nssl_key_file = '%s'\n" "$d/server.crt" "$d/server.key" >"$conf"
+    [ "$(id -u)" = 0 ] && chown postgres: "$conf"
+    grep -qxF "include_if_exists = 'score-worker.conf'" "$PG_DATA/postgresql.conf" ||
+        echo "include_if_exists = 'score-worker.conf'" >>"$PG_DATA/postgresql.conf"
 }
 
 stop_postgres() {

@@ -14,8 +14,12 @@ what it found and exits 1 when something is wrong. Needs PyYAML; everything else
     check_deploy.py dashboards         structure, title + unit, datasource variable, thresholds = alert rules
     check_deploy.py dashboard-rules OUT  every panel query as a recording rule, for `promtool check rules`
     check_deploy.py derive-config IN OUT prometheus.yml with kubernetes_sd_configs swapped for static_configs
-    check_deploy.py kubernetes         Deployment, ConfigMap, PDB, NetworkPolicy, KEDA and PodMonitor invariants;
-                                       recommended app.kubernetes.io labels on every object and pod template
+    check_deploy.py kubernetes [DIR]   Deployment, ConfigMap, PDB, NetworkPolicy, KEDA and PodMonitor invariants;
+                                       recommended app.kubernetes.io labels on every object and pod template;
+                                       credentials: TLS on, CA files from mounted Secrets, the worker's and the
+                                       migration Job's database roles apart, the Job inside a NetworkPolicy
+    check_deploy.py kubernetes-fixtures  each broken copy of deploy/kubernetes in tools/fixtures/kubernetes.yaml
+                                       fails `kubernetes` with its expected problem (and the real one passes)
     check_deploy.py crs-json           the custom resources as JSON, for validate_crs.mjs
     check_deploy.py builtin-manifests  the manifests of built-in kinds, for kubernetes-validate
     check_deploy.py compose            docker-compose.yml references, Grafana provisioning, compose Prometheus
@@ -42,6 +46,7 @@ RECORDING = PROM / "recording.yml"
 RULE_TESTS = PROM / "tests"
 DASHBOARDS = DEPLOY / "grafana" / "dashboards"
 K8S = DEPLOY / "kubernetes"
+K8S_FIXTURES = DEPLOY / "tools" / "fixtures" / "kubernetes.yaml"
 COMPOSE = DEPLOY / "docker-compose.yml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 METRICS_DOC = ROOT / "docs" / "metrics.md"
@@ -84,7 +89,11 @@ class Problems:
 
 
 def rel(path):
-    return str(pathlib.Path(path).resolve().relative_to(ROOT))
+    path = pathlib.Path(path).resolve()
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:  # a fixture's copy of the manifests
+        return str(path)
 
 
 def load_yaml(path):
@@ -563,9 +572,9 @@ def derive_config(src, out):
     return 0 if swapped else 1
 
 
-def _k8s_docs():
+def _k8s_docs(k8s=K8S):
     docs = []
-    for path in sorted(K8S.glob("*.yaml")):
+    for path in sorted(pathlib.Path(k8s).glob("*.yaml")):
         for doc in load_yaml_all(path):
             docs.append((path, doc))
     return docs
@@ -588,20 +597,21 @@ def _env_key_exists(name, defaults):
     return parts in defaults
 
 
-def check_kubernetes():
+def check_kubernetes(k8s=K8S):
+    k8s = pathlib.Path(k8s)
     p = Problems()
-    docs = _k8s_docs()
+    docs = _k8s_docs(k8s)
     by_kind = {}
     for path, doc in docs:
         by_kind.setdefault(doc.get("kind"), []).append((path, doc))
     defaults = dict(_flatten(tomllib.loads(DEFAULT_CONFIG.read_text())))
 
     # kustomization: every listed file exists; every manifest but the migration Job is listed.
-    kust = K8S / "kustomization.yaml"
+    kust = k8s / "kustomization.yaml"
     listed = set(load_yaml(kust).get("resources", []))
     for name in sorted(listed):
-        p.check((K8S / name).is_file(), rel(kust), f"lists a missing file {name}")
-    for path in sorted(K8S.glob("*.yaml")):
+        p.check((k8s / name).is_file(), rel(kust), f"lists a missing file {name}")
+    for path in sorted(k8s.glob("*.yaml")):
         if path.name not in {"kustomization.yaml", "migrate-job.yaml"}:
             p.check(path.name in listed, rel(kust), f"does not list {path.name}")
 
@@ -627,7 +637,7 @@ def check_kubernetes():
     effective.update(dict(_flatten(config)))
 
     deployments = by_kind.get("Deployment", [])
-    p.check(len(deployments) == 1, rel(K8S), "expected one Deployment")
+    p.check(len(deployments) == 1, rel(k8s), "expected one Deployment")
     if not deployments:
         return p.done("")
     path, dep = deployments[0]
@@ -692,7 +702,7 @@ def check_kubernetes():
         for name in ("SCORE_WORKER__NATS__AUTH__PASSWORD", "SCORE_WORKER__SCYLLA__PASSWORD"):
             p.check(env.get(name, {}).get("valueFrom", {}).get("secretKeyRef"), cw, f"{name} must come from a Secret")
         p.check(env.get("SCORE_WORKER__LOG__FORMAT", {}).get("value") == "json", cw, "SCORE_WORKER__LOG__FORMAT should be json")
-    p.check(not by_kind.get("Secret"), rel(K8S), "no Secret manifests in the repository: reference them")
+    p.check(not by_kind.get("Secret"), rel(k8s), "no Secret manifests in the repository: reference them")
     p.check(len(secrets_used) >= 2, where, "expects Secret references for NATS and the database")
 
     for path, pdb in by_kind.get("PodDisruptionBudget", []):
@@ -704,7 +714,7 @@ def check_kubernetes():
         # disrupted already, and a node drain waits for an outage that is not the node's to end.
         p.check(pdb["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow", pw,
                 "unhealthyPodEvictionPolicy must be AlwaysAllow (a dependency outage must not block node drains)")
-    p.check(by_kind.get("PodDisruptionBudget"), rel(K8S), "no PodDisruptionBudget")
+    p.check(by_kind.get("PodDisruptionBudget"), rel(k8s), "no PodDisruptionBudget")
 
     containers = pod.get("containers", [])
     metrics_ports = {pt.get("name") for c in containers for pt in c.get("ports", [])}
@@ -743,8 +753,8 @@ def check_kubernetes():
                     f"fallback.replicas must lie within minReplicaCount {lo} and maxReplicaCount {hi}")
             p.check(all(t.get("metricType", "AverageValue") == "AverageValue" for t in s.get("triggers", [])), sw,
                     "KEDA applies a fallback only to AverageValue triggers")
-    p.check(by_kind.get("ScaledObject"), rel(K8S), "no KEDA ScaledObject")
-    p.check(not by_kind.get("HorizontalPodAutoscaler"), rel(K8S), "KEDA owns the HPA: no second one")
+    p.check(by_kind.get("ScaledObject"), rel(k8s), "no KEDA ScaledObject")
+    p.check(not by_kind.get("HorizontalPodAutoscaler"), rel(k8s), "KEDA owns the HPA: no second one")
 
     for path, pm in by_kind.get("PodMonitor", []):
         mw = rel(path)
@@ -756,18 +766,19 @@ def check_kubernetes():
         for ep in s.get("podMetricsEndpoints", []):
             p.check(ep.get("port") in metrics_ports, mw, f"port {ep.get('port')!r} is not a container port name")
             p.check(ep.get("path", "/metrics") == "/metrics", mw, "path must be /metrics")
-    p.check(by_kind.get("PodMonitor"), rel(K8S), "no PodMonitor")
-    p.check(by_kind.get("PrometheusRule"), rel(K8S), "no PrometheusRule")
+    p.check(by_kind.get("PodMonitor"), rel(k8s), "no PodMonitor")
+    p.check(by_kind.get("PrometheusRule"), rel(k8s), "no PrometheusRule")
 
     for path, job in by_kind.get("Job", []):
         jw = rel(path)
         c = job["spec"]["template"]["spec"]["containers"][0]
         p.check((c.get("args", []) or [""])[-1] == "migrate", jw, "the migration Job must run `migrate`")
         p.check(c.get("image") == containers[0].get("image"), jw, "the migration Job must use the worker's image")
-    check_network_policy(p, by_kind, pod_labels, containers, effective)
-    check_labels(p, docs, by_kind)
+    check_network_policy(p, by_kind, pod_labels, containers, effective, k8s)
+    check_credentials(p, by_kind, dep, effective, k8s)
+    check_labels(p, docs, by_kind, k8s)
     return p.done(f"{len(docs)} manifests consistent (Deployment, ConfigMap, PDB, NetworkPolicy, ScaledObject, "
-                  "PodMonitor, Job, recommended labels)")
+                  "PodMonitor, Job, TLS and database roles, recommended labels)")
 
 
 def _service_namespace(host):
@@ -790,35 +801,19 @@ def _peer_namespaces(peer):
     return ns
 
 
-def check_network_policy(p, by_kind, pod_labels, containers, effective):
-    """Ingress only to the metrics port; egress only to NATS, the database and DNS (from configmap.yaml)."""
-    policies = [(path, np) for path, np in by_kind.get("NetworkPolicy", [])
-                if _matches(np["spec"].get("podSelector"), pod_labels)]
-    if not p.check(len(policies) == 1, rel(K8S), f"expected one NetworkPolicy selecting the worker pods, found {len(policies)}"):
-        return
-    path, np = policies[0]
-    w = rel(path)
-    s = np["spec"]
-    p.check(sorted(s.get("policyTypes", [])) == ["Egress", "Ingress"], w,
-            "policyTypes must be Ingress and Egress (otherwise one direction stays open)")
-    metrics = {pt.get("containerPort") for c in containers for pt in c.get("ports", []) if pt.get("name") == "metrics"}
-    ingress = s.get("ingress", [])
-    p.check(ingress, w, "no ingress rule: Prometheus could not scrape /metrics")
-    for i, rule in enumerate(ingress):
-        ports = rule.get("ports") or []
-        p.check(ports and all(pt.get("port") in {"metrics"} | metrics and pt.get("protocol", "TCP") == "TCP"
-                              for pt in ports), w, f"ingress rule {i} must allow only the metrics port (TCP {sorted(metrics)})")
-        p.check(rule.get("from"), w, f"ingress rule {i} allows every source: name Prometheus' namespace")
+def _wanted_endpoints(effective, names):
+    """{name: (ports, namespaces)} of NATS and/or the database, from the configuration."""
+    ends = {"NATS": _endpoints(effective[("nats", "url")].split(","), 4222),
+            "database": _endpoints(effective[("scylla", "nodes")], 9042)}
+    return {name: ({port for _, port in ends[name]}, {_service_namespace(h) for h, _ in ends[name]})
+            for name in names}
 
-    nats = _endpoints(effective[("nats", "url")].split(","), 4222)
-    scylla = _endpoints(effective[("scylla", "nodes")], 9042)
-    # ScyllaDB's shard-aware port (CQL port + 10000) is where the driver opens its per-shard connections.
-    wanted = {"NATS": ({port for _, port in nats}, {_service_namespace(h) for h, _ in nats}),
-              "database": ({port for _, port in scylla}, {_service_namespace(h) for h, _ in scylla})}
-    allowed_extra = {"database": {port + 10000 for _, port in scylla}}
+
+def _check_egress(p, w, egress, wanted, allowed_extra):
+    """Every egress rule goes to one of `wanted` (ports, namespaces) or to DNS; together they cover them."""
     dns_ok = {"UDP": False, "TCP": False}
     covered = {name: set() for name in wanted}
-    for i, rule in enumerate(s.get("egress", [])):
+    for i, rule in enumerate(egress):
         ports = rule.get("ports") or []
         peers = rule.get("to") or []
         if not p.check(ports and peers, w, f"egress rule {i} must name both destinations and ports"):
@@ -835,7 +830,7 @@ def check_network_policy(p, by_kind, pod_labels, containers, effective):
         matched = [name for name, (wports, wns) in wanted.items()
                    if namespaces <= wns and numbers <= wports | allowed_extra.get(name, set())]
         if p.check(matched, w, f"egress rule {i} ({sorted(namespaces, key=str)} ports {sorted(numbers, key=str)}) "
-                               "goes to neither NATS, the database nor DNS"):
+                               f"goes to none of {' or '.join(sorted(wanted))} or DNS"):
             for pt in ports:
                 p.check(pt.get("protocol", "TCP") == "TCP", w, f"egress rule {i}: NATS and CQL are TCP")
             covered[matched[0]] |= numbers
@@ -845,6 +840,158 @@ def check_network_policy(p, by_kind, pod_labels, containers, effective):
                 f"no egress to {name} ports {sorted(wports - covered[name])} in namespace {sorted(wns, key=str)} "
                 "(configmap.yaml)")
     p.check(all(dns_ok.values()), w, "egress to DNS needs port 53 over UDP and TCP")
+
+
+def check_network_policy(p, by_kind, pod_labels, containers, effective, k8s=K8S):
+    """Ingress only to the metrics port; egress only to NATS, the database and DNS (from configmap.yaml)."""
+    policies = [(path, np) for path, np in by_kind.get("NetworkPolicy", [])
+                if _matches(np["spec"].get("podSelector"), pod_labels)]
+    if not p.check(len(policies) == 1, rel(k8s), f"expected one NetworkPolicy selecting the worker pods, found {len(policies)}"):
+        return
+    path, np = policies[0]
+    w = rel(path)
+    s = np["spec"]
+    p.check(sorted(s.get("policyTypes", [])) == ["Egress", "Ingress"], w,
+            "policyTypes must be Ingress and Egress (otherwise one direction stays open)")
+    metrics = {pt.get("containerPort") for c in containers for pt in c.get("ports", []) if pt.get("name") == "metrics"}
+    ingress = s.get("ingress", [])
+    p.check(ingress, w, "no ingress rule: Prometheus could not scrape /metrics")
+    for i, rule in enumerate(ingress):
+        ports = rule.get("ports") or []
+        p.check(ports and all(pt.get("port") in {"metrics"} | metrics and pt.get("protocol", "TCP") == "TCP"
+                              for pt in ports), w, f"ingress rule {i} must allow only the metrics port (TCP {sorted(metrics)})")
+        p.check(rule.get("from"), w, f"ingress rule {i} allows every source: name Prometheus' namespace")
+    wanted = _wanted_endpoints(effective, ["NATS", "database"])
+    # ScyllaDB's shard-aware port (CQL port + 10000) is where the driver opens its per-shard connections.
+    extra = {"database": {port + 10000 for port in wanted["database"][0]}}
+    _check_egress(p, w, s.get("egress", []), wanted, extra)
+
+
+def _mounted_file(container, volumes, path):
+    """The volume (and whether the file is among its items) that holds `path` in `container`, or None."""
+    path = pathlib.PurePosixPath(path)
+    for m in container.get("volumeMounts", []):
+        if path.parent == pathlib.PurePosixPath(m["mountPath"]):
+            volume = volumes.get(m["name"], {})
+            items = (volume.get("secret") or volume.get("configMap") or {}).get("items")
+            return volume, items is None or path.name in {i.get("path") for i in items}
+    return None
+
+
+def _secret_env(container, name):
+    ref = next((e.get("valueFrom", {}).get("secretKeyRef") for e in container.get("env", []) if e["name"] == name), None)
+    return ref["name"] if ref else None
+
+
+def check_credentials(p, by_kind, dep, effective, k8s=K8S):
+    """TLS on to NATS and the database, its CA files from mounted Secrets; the worker and the migration Job log in
+    to the database as different roles (different Secrets); the Job inside a NetworkPolicy of its own."""
+    where = f"{rel(k8s / 'configmap.yaml')} config.toml"
+    urls = [u.strip() for u in effective[("nats", "url")].split(",")]
+    p.check(effective[("nats", "tls", "enabled")] is True or all(u.startswith("tls://") for u in urls), where,
+            "NATS without TLS: set nats.tls.enabled = true (credentials and scores would cross the network in clear)")
+    p.check(effective[("scylla", "tls", "enabled")] is True, where,
+            "the database without TLS: set scylla.tls.enabled = true")
+    pod = dep["spec"]["template"]["spec"]
+    jobs = by_kind.get("Job", [])
+    users = [("worker", f"{rel(k8s / 'deployment.yaml')} {dep['metadata']['name']}", pod, {"nats", "scylla"})]
+    users += [("migration Job", rel(path), job["spec"]["template"]["spec"], {"scylla"}) for path, job in jobs]
+    for who, w, spec, sections in users:
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for c in spec.get("containers", []):
+            for section in sorted(sections):
+                for key in ("ca_file", "cert_file", "key_file"):
+                    path = effective.get((section, "tls", key), "")
+                    if not path:
+                        continue
+                    found = _mounted_file(c, volumes, path)
+                    if p.check(found, w, f"{who}: {section}.tls.{key} {path} is in no mounted volume"):
+                        volume, listed = found
+                        p.check(volume.get("secret", {}).get("secretName"), w,
+                                f"{who}: {section}.tls.{key} {path} must come from a Secret")
+                        p.check(listed, w, f"{who}: {section}.tls.{key}: the volume's items do not include {path}")
+    worker_c = pod.get("containers", [{}])[0]
+    worker_db = {_secret_env(worker_c, n) for n in ("SCORE_WORKER__SCYLLA__USER", "SCORE_WORKER__SCYLLA__PASSWORD")}
+    for path, job in jobs:
+        jw = rel(path)
+        c = job["spec"]["template"]["spec"]["containers"][0]
+        job_db = {_secret_env(c, n) for n in ("SCORE_WORKER__SCYLLA__USER", "SCORE_WORKER__SCYLLA__PASSWORD")}
+        p.check(None not in job_db, jw, "the migration Job's database user and password must come from a Secret")
+        shared = sorted((job_db & worker_db) - {None})
+        p.check(not shared, jw, f"the migration Job and the worker share the database Secret {shared}: the worker's "
+                                "role must not be able to change the schema (two roles: deploy/README.md)")
+        labels = job["spec"]["template"]["metadata"].get("labels", {})
+        policies = [(pp, np) for pp, np in by_kind.get("NetworkPolicy", [])
+                    if _matches(np["spec"].get("podSelector"), labels)]
+        if not p.check(len(policies) == 1, jw,
+                       f"expected one NetworkPolicy selecting the migration Job's pods, found {len(policies)}"):
+            continue
+        pp, np = policies[0]
+        w = rel(pp)
+        s = np["spec"]
+        p.check(sorted(s.get("policyTypes", [])) == ["Egress", "Ingress"], w,
+                "the Job's policyTypes must be Ingress and Egress (otherwise one direction stays open)")
+        p.check(not s.get("ingress"), w, "the migration Job serves nothing: no ingress rule")
+        wanted = _wanted_endpoints(effective, ["database"])
+        _check_egress(p, w, s.get("egress", []), wanted,
+                      {"database": {port + 10000 for port in wanted["database"][0]}})
+
+
+def _edit(text, old, new):
+    """`text` with `old` replaced by `new` once: as a substring, or else as a run of whole lines compared without
+    their indentation (YAML block scalars drop it), `new` indented like the first line it replaces. None if absent."""
+    if old in text:
+        return text.replace(old, new, 1)
+    lines, olds = text.split("\n"), [line.strip() for line in old.split("\n")]
+    for i in range(len(lines) - len(olds) + 1):
+        if [line.strip() for line in lines[i:i + len(olds)]] == olds:
+            indent = lines[i][:len(lines[i]) - len(lines[i].lstrip())]
+            news = [indent + line if line else line for line in new.split("\n")] if new else []
+            return "\n".join(lines[:i] + news + lines[i + len(olds):])
+    return None
+
+
+def check_kubernetes_fixtures():
+    """Each fixture (a broken copy of deploy/kubernetes) fails `kubernetes` with its expected problem."""
+    import contextlib
+    import io
+    import shutil
+    import tempfile
+
+    def run(k8s):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = check_kubernetes(k8s)
+        return rc, out.getvalue()
+
+    fixtures = load_yaml(K8S_FIXTURES)
+    failed = []
+    with tempfile.TemporaryDirectory() as tmp:
+        rc, out = run(K8S)
+        if rc != 0:
+            failed.append(f"the real manifests do not pass:\n{out}")
+        for fx in fixtures:
+            k8s = pathlib.Path(tmp) / fx["name"]
+            shutil.copytree(K8S, k8s)
+            for edit in fx["edits"]:
+                target = k8s / edit["file"]
+                text = _edit(target.read_text(), edit["old"], edit["new"])
+                if text is None:
+                    failed.append(f"{fx['name']}: `{edit['old']}` is not in {edit['file']} (fixture out of date)")
+                    break
+                target.write_text(text)
+            else:
+                rc, out = run(k8s)
+                hits = [line.strip() for line in out.splitlines() if fx["expect"] in line]
+                if rc == 0 or not hits:
+                    failed.append(f"{fx['name']}: expected a problem with `{fx['expect']}`, got:\n{out}")
+                else:
+                    print(f"  {fx['name']}: {hits[0]}")
+    for f in failed:
+        print(f"  FAIL {f}")
+    print(f"{len(fixtures)} broken fixtures each fail with their problem; the real manifests pass"
+          if not failed else f"{len(failed)} fixture problem(s)")
+    return 1 if failed else 0
 
 
 RECOMMENDED_LABELS = ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
@@ -866,7 +1013,7 @@ def _selectors(doc):
         yield "topologySpreadConstraints.labelSelector", c.get("labelSelector")
 
 
-def check_labels(p, docs, by_kind):
+def check_labels(p, docs, by_kind, k8s=K8S):
     """The recommended app.kubernetes.io labels on every object and pod template; selectors use stable ones."""
     version = sync_generated.package_version()
     instances = set()
@@ -893,15 +1040,15 @@ def check_labels(p, docs, by_kind):
         for where, selector in _selectors(doc):
             keys = set((selector or {}).get("matchLabels", {})) | {e.get("key") for e in (selector or {}).get("matchExpressions", [])}
             p.check(not keys & UNSTABLE_LABELS, w, f"{where} uses {sorted(keys & UNSTABLE_LABELS)}, which change")
-    p.check(len(instances) == 1, rel(K8S), f"one app.kubernetes.io/instance for the whole installation, found {sorted(instances, key=str)}")
+    p.check(len(instances) == 1, rel(k8s), f"one app.kubernetes.io/instance for the whole installation, found {sorted(instances, key=str)}")
     for path, dep in by_kind.get("Deployment", []):
         p.check(dep["spec"].get("selector", {}).get("matchLabels") == WORKER_SELECTOR and
                 not dep["spec"]["selector"].get("matchExpressions"), rel(path),
                 f"the Deployment's selector must stay {WORKER_SELECTOR}: it is immutable on existing clusters")
-    kust = load_yaml(K8S / "kustomization.yaml")
+    kust = load_yaml(pathlib.Path(k8s) / "kustomization.yaml")
     managed = [lab for lab in kust.get("labels", []) if "app.kubernetes.io/managed-by" in lab.get("pairs", {})]
     p.check(managed and managed[0].get("includeTemplates") is True and not managed[0].get("includeSelectors"),
-            rel(K8S / "kustomization.yaml"),
+            rel(pathlib.Path(k8s) / "kustomization.yaml"),
             "labels: app.kubernetes.io/managed-by with includeTemplates: true and no includeSelectors (selectors stay as released)")
 
 
@@ -1145,7 +1292,7 @@ def main(argv):
     table = {
         "rules": check_rules, "runbooks": check_runbooks, "contract": check_contract,
         "dashboards": check_dashboards, "dashboard-rules": write_dashboard_rules, "derive-config": derive_config,
-        "kubernetes": check_kubernetes, "crs-json": crs_json, "builtin-manifests": builtin_manifests, "compose": check_compose,
+        "kubernetes": check_kubernetes, "kubernetes-fixtures": check_kubernetes_fixtures, "crs-json": crs_json, "builtin-manifests": builtin_manifests, "compose": check_compose,
         "dockerfile": check_dockerfile, "metrics-contract": check_metrics_contract,
     }
     if cmd not in table:

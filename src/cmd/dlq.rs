@@ -8,6 +8,11 @@
 //! dead-letter stream (unless `--keep`); a payload that is still bad simply comes back as a new one
 //! (after the last letter the command started with, so it is not read again in the same run).
 //!
+//! A letter's original subject is a header anyone who can publish to the dead-letter subjects could
+//! have written, and replay publishes with the operator's credentials: only subjects under
+//! `nats.subjects` (or an operator's `--allow-subject` pattern) are replayed ([`subjects`]); a letter
+//! naming anything else is refused, kept, logged and counted, and the command exits 1.
+//!
 //! Both stream the letters ([`Letters`]: one fetch page at a time, a bounded window of replays in
 //! flight), so memory does not grow with the dead-letter stream; progress is a bar on a terminal,
 //! a log line every few seconds otherwise.
@@ -28,17 +33,21 @@ use crate::nats::{self, BoxError};
 use crate::score::RejectReason;
 
 mod letters;
+mod subjects;
 
 pub use letters::Letters;
+pub use subjects::Allowed;
 
 /// Replays whose publish ack (and delete) are awaited at once.
 const WINDOW: usize = 256;
+/// Refused letters logged one by one; the rest are only counted.
+const REFUSALS_LOGGED: usize = 10;
 
 /// `dlq list|replay`: prints each letter, or what a replay did.
 pub async fn run(config: &Config, action: DlqAction) -> Result<ExitCode, CmdError> {
     let client = nats::connect(&config.nats, None).await?;
     let js = nats::jetstream(client.clone(), &config.nats);
-    match action {
+    let code = match action {
         DlqAction::List { filter, output } => {
             let mut out = std::io::BufWriter::new(std::io::stdout());
             // A bar only when the letters go elsewhere: on one terminal they would interleave.
@@ -67,15 +76,18 @@ pub async fn run(config: &Config, action: DlqAction) -> Result<ExitCode, CmdErro
                 let _ = writeln!(out, "{count} dead letters");
             }
             let _ = out.flush();
+            ExitCode::SUCCESS
         }
         DlqAction::Replay {
             filter,
             keep,
             dry_run,
+            allow_subject,
         } => {
             let filter = filter_of(filter)?;
+            let allowed = Allowed::new(&config.nats.subjects, &allow_subject);
             let bar = std::io::stderr().is_terminal();
-            let report = replay(&js, &config.nats, &filter, keep, dry_run, bar).await?;
+            let report = replay(&js, &config.nats, &filter, &allowed, keep, dry_run, bar).await?;
             if dry_run {
                 println!(
                     "would replay {} dead letters, skip {} (dry run: nothing published or deleted)",
@@ -87,10 +99,23 @@ pub async fn run(config: &Config, action: DlqAction) -> Result<ExitCode, CmdErro
                     report.replayed, report.skipped
                 );
             }
+            if report.refused == 0 {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "{} {} dead letters: their original subject is not under {:?} (nats.subjects \
+                     and --allow-subject); they are kept in {}",
+                    if dry_run { "would refuse" } else { "refused" },
+                    report.refused,
+                    allowed.patterns(),
+                    config.nats.deadletter_stream
+                );
+                ExitCode::FAILURE
+            }
         }
-    }
+    };
     client.flush().await.map_err(CmdError::Flush)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 fn filter_of(args: DlqFilter) -> Result<Filter, ArgumentError> {
@@ -227,16 +252,21 @@ async fn delete(js: &Context, stream: &str, sequence: u64) -> Result<(), BoxErro
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ReplayReport {
     pub replayed: usize,
+    /// Letters without an original subject.
     pub skipped: usize,
+    /// Letters whose original subject `allowed` does not permit: kept, not published.
+    pub refused: usize,
 }
 
 /// Publishes each matching dead letter back to its original subject (waiting for the stream's ack,
-/// [`WINDOW`] at a time), then deletes it from the dead-letter stream unless `keep`. `dry_run`
-/// counts what would be replayed and skipped, and changes nothing.
+/// [`WINDOW`] at a time), then deletes it from the dead-letter stream unless `keep`. A letter whose
+/// subject `allowed` does not permit is refused: logged, counted, kept. `dry_run` counts what would
+/// be replayed, skipped and refused, and changes nothing.
 pub async fn replay(
     js: &Context,
     config: &NatsConfig,
     filter: &Filter,
+    allowed: &Allowed,
     keep: bool,
     dry_run: bool,
     bar: bool,
@@ -262,6 +292,18 @@ pub async fn replay(
         // A letter that keeps only the start of its payload cannot give the original back.
         if letter.original_subject.is_empty() || letter.truncated_from.is_some() {
             report.skipped += 1;
+            progress.inc();
+            continue;
+        }
+        if !allowed.permits(&letter.original_subject) {
+            report.refused += 1;
+            if report.refused <= REFUSALS_LOGGED {
+                tracing::warn!(
+                    sequence = letter.sequence,
+                    subject = ?letter.original_subject,
+                    "dead letter not replayed: its original subject is not a score subject"
+                );
+            }
             progress.inc();
             continue;
         }

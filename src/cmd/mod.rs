@@ -160,6 +160,10 @@ pub enum DlqAction {
         /// Count what would be replayed and skipped; publish and delete nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Also replay letters whose original subject matches this NATS pattern (repeatable). By default
+        /// only subjects under nats.subjects are replayed: the header is not trusted.
+        #[arg(long, value_name = "PATTERN")]
+        allow_subject: Vec<String>,
     },
 }
 

@@ -12,7 +12,7 @@ use super::dlq::parse_time;
 use super::{ArgumentError, CmdError};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::read::{Cursor, Entry, HistoryCursor, ProfileScore, Reader};
+use crate::read::{Cursor, Entry, HistoryCursor, ProfileScore, Rank, Reader};
 use crate::store;
 
 #[derive(Debug, Subcommand)]
@@ -35,12 +35,15 @@ pub enum Query {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// A profile's rank on a leaderboard (counts every row above it: cost grows with the rank).
+    /// A profile's rank on a leaderboard (counts the rows above it, up to --budget: past it, "beyond N").
     Rank {
         #[arg(long)]
         leaderboard: String,
         #[arg(long)]
         profile: Uuid,
+        /// Rows counted at most before answering "rank beyond N".
+        #[arg(long, default_value_t = crate::read::RANK_BUDGET)]
+        budget: u64,
     },
     /// A profile's scores on every leaderboard.
     Profile {
@@ -109,14 +112,29 @@ pub async fn run(config: &Config, query: Query, json: bool) -> Result<ExitCode, 
         Query::Rank {
             leaderboard,
             profile,
+            budget,
         } => {
-            let rank = reader.rank(&leaderboard, profile).await?;
-            print(json, &rank, || match rank {
+            let rank = reader
+                .with_rank_budget(budget)
+                .rank(&leaderboard, profile)
+                .await?;
+            print(json, &rank, || {
+                match rank {
                 None => format!("profile {profile} has no score on {leaderboard}\n"),
-                Some(r) => format!(
+                Some(Rank::Exact(r)) => format!(
                     "rank {} (score {}; {} tied: ranks {}..={}); counted {} rows\n",
                     r.rank, r.score, r.tied, r.best, r.worst, r.rows_counted
                 ),
+                Some(Rank::Beyond {
+                    score,
+                    ahead,
+                    rows_counted,
+                    budget,
+                }) => format!(
+                    "rank beyond {ahead} (score {score}); counted {rows_counted} rows, the budget of \
+                     {budget} ran out (--budget)\n"
+                ),
+            }
             });
         }
         Query::Profile { profile } => {

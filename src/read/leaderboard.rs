@@ -11,9 +11,8 @@
 //! (`score < s`). Each read is driver-paged, so a page the server cuts short (a tombstone-heavy
 //! stretch) is continued, never mistaken for the end.
 //!
-//! **Rank** counts the rows above the profile in every bucket (`COUNT(*)`, one request per bucket and
-//! relation, concurrently). Its cost grows with the rank: every row (and tombstone) above the
-//! profile is read on the server. Cheap near the top, a full scan of the board for the last profile.
+//! A read returns at most [`super::MAX_ROWS`] rows: a caller asking for more gets
+//! [`ReadError::TooMany`], not an allocation of that size. A profile's rank: [`super::rank`].
 
 use std::cmp::Ordering;
 use std::collections::VecDeque;
@@ -58,21 +57,6 @@ pub struct Cursor {
 pub struct Page {
     pub entries: Vec<Entry>,
     pub next: Option<Cursor>,
-}
-
-/// Where a profile stands on a leaderboard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct RankBand {
-    pub score: i64,
-    /// Its position (1 = first) in the board's order, ties broken by profile id.
-    pub rank: u64,
-    /// Profiles with the same score, itself included.
-    pub tied: u64,
-    /// The band its score shares: positions `best..=worst`.
-    pub best: u64,
-    pub worst: u64,
-    /// Rows the server counted to answer (the cost: every row above, and the tie).
-    pub rows_counted: u64,
 }
 
 /// The database's order of `uuid` values: by version, time-based (version 1) ids by their
@@ -122,7 +106,7 @@ impl Source {
 type EntryRow = (i64, Uuid, Option<String>, Option<CqlTimestamp>);
 
 /// Largest page asked of one bucket.
-const MAX_PAGE: usize = 5_000;
+pub(super) const MAX_PAGE: usize = 5_000;
 
 impl Reader {
     /// The first `n` rows of `leaderboard`.
@@ -146,54 +130,6 @@ impl Reader {
         self.merge(leaderboard, segments, n).await
     }
 
-    /// Where `profile_id` stands on `leaderboard`, or `None` if it has no score there. See the module
-    /// doc for its cost.
-    pub async fn rank(
-        &self,
-        leaderboard: &str,
-        profile_id: Uuid,
-    ) -> Result<Option<RankBand>, ReadError> {
-        let Some(current) = self.score_on(profile_id, leaderboard).await? else {
-            return Ok(None);
-        };
-        let s = current.score;
-        let counts = (0..self.buckets).map(|b| async move {
-            let st = &self.statements;
-            let above = self.count(&st.count_above, (leaderboard, b, s)).await?;
-            let before = self
-                .count(&st.count_tie_before, (leaderboard, b, s, profile_id))
-                .await?;
-            let tie = self.count(&st.count_tie, (leaderboard, b, s)).await?;
-            Ok::<_, StoreError>((above, before, tie))
-        });
-        let counts = futures::future::try_join_all(counts).await?;
-        let sum = |f: fn(&(u64, u64, u64)) -> u64| counts.iter().map(f).sum::<u64>();
-        let (above, before, tied) = (sum(|c| c.0), sum(|c| c.1), sum(|c| c.2));
-        Ok(Some(RankBand {
-            score: s,
-            rank: above + before + 1,
-            tied,
-            best: above + 1,
-            worst: above + tied.max(1),
-            rows_counted: above + tied,
-        }))
-    }
-
-    async fn count(
-        &self,
-        statement: &PreparedStatement,
-        values: impl scylla::serialize::row::SerializeRow,
-    ) -> Result<u64, StoreError> {
-        let result = self
-            .session
-            .execute_unpaged(statement, values)
-            .await
-            .map_err(failed("rank"))?;
-        let rows = result.into_rows_result().map_err(decode("rank"))?;
-        let count = rows.maybe_first_row::<(i64,)>().map_err(decode("rank"))?;
-        Ok(count.map_or(0, |(c,)| c.max(0) as u64))
-    }
-
     /// Merges the buckets' reads (`segments` per bucket) until `n` rows are out.
     async fn merge(
         &self,
@@ -201,9 +137,7 @@ impl Reader {
         segments: impl Fn(i32) -> Vec<Segment>,
         n: usize,
     ) -> Result<Page, ReadError> {
-        if n == 0 {
-            return Err(ReadError::Argument("a page holds at least one row".into()));
-        }
+        let n = super::rows_wanted("a page", n)?;
         let mut sources: Vec<Source> = (0..self.buckets)
             .map(|bucket| Source {
                 bucket,
@@ -302,7 +236,7 @@ impl Reader {
     }
 }
 
-fn paged(statement: &PreparedStatement, page: usize) -> PreparedStatement {
+pub(super) fn paged(statement: &PreparedStatement, page: usize) -> PreparedStatement {
     let mut s = statement.clone();
     s.set_page_size(page.clamp(1, MAX_PAGE) as i32);
     s

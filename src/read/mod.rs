@@ -4,9 +4,13 @@
 //! `LOCAL_QUORUM`), and its errors are classified by the writer's one classifier
 //! ([`crate::store::error`]).
 //!
-//! - [`leaderboard`]: top N merging the buckets, a page after a (score, profile), a profile's rank;
+//! - [`leaderboard`]: top N merging the buckets, a page after a (score, profile);
+//! - [`rank`]: a profile's rank, within a budget of rows counted;
 //! - [`profile`]: a profile's scores on every leaderboard, look-up by wallet, history by time range;
 //! - [`eligibility`]: `eligibility(wallet, leaderboard, min_score)` with the read-through cache.
+//!
+//! Sizes come from callers (a gateway passes its client's `limit`): a read returns at most
+//! [`MAX_ROWS`] rows and refuses more with [`ReadError::TooMany`] before allocating anything.
 //!
 //! Operators' writes (get, upsert, delete of one score) go through the write protocol:
 //! [`crate::store::repair`].
@@ -14,6 +18,7 @@
 pub mod eligibility;
 pub mod leaderboard;
 pub mod profile;
+pub mod rank;
 mod statements;
 
 use std::sync::Arc;
@@ -28,11 +33,15 @@ use crate::store::StoreError;
 use statements::Statements;
 
 pub use eligibility::{CacheResult, Eligibility};
-pub use leaderboard::{Cursor, Entry, Page, RankBand};
+pub use leaderboard::{Cursor, Entry, Page};
 pub use profile::{HistoryCursor, HistoryEvent, HistoryPage, ProfileScore};
+pub use rank::{Rank, RankBand, RANK_BUDGET};
 
 /// How long an eligibility entry written by [`Reader::eligibility`] lives: the table's default.
 pub const CACHE_TTL: Duration = Duration::from_secs(300);
+
+/// The most rows one read (a top N, a page, a page of history) returns; page with the cursor for more.
+pub const MAX_ROWS: usize = 10_000;
 
 /// A read failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +57,13 @@ pub enum ReadError {
     /// An argument the read cannot use.
     #[error("{0}")]
     Argument(String),
+    /// More rows asked of one read than [`MAX_ROWS`].
+    #[error("{what} of {asked} rows is more than one read returns ({max}); page with the cursor")]
+    TooMany {
+        what: &'static str,
+        asked: usize,
+        max: usize,
+    },
 }
 
 impl ReadError {
@@ -55,7 +71,7 @@ impl ReadError {
     pub fn class(&self) -> Class {
         match self {
             ReadError::Store(e) | ReadError::Prepare(e) => e.kind.class(),
-            ReadError::Argument(_) => Class::Permanent,
+            ReadError::Argument(_) | ReadError::TooMany { .. } => Class::Permanent,
         }
     }
 }
@@ -67,6 +83,7 @@ pub struct Reader {
     statements: Statements,
     metrics: Arc<Metrics>,
     cache_ttl: Duration,
+    rank_budget: u64,
 }
 
 impl Reader {
@@ -86,6 +103,7 @@ impl Reader {
             statements,
             metrics,
             cache_ttl: CACHE_TTL,
+            rank_budget: RANK_BUDGET,
         })
     }
 
@@ -93,6 +111,24 @@ impl Reader {
     pub fn with_cache_ttl(mut self, ttl: Duration) -> Self {
         self.cache_ttl = ttl;
         self
+    }
+}
+
+/// `n` rows asked of one read, checked: at least one, at most [`MAX_ROWS`].
+// The error is the public one every read returns (its size is the database variants'); this runs
+// once per read, before any request.
+#[allow(clippy::result_large_err)]
+fn rows_wanted(what: &'static str, n: usize) -> Result<usize, ReadError> {
+    match n {
+        0 => Err(ReadError::Argument(format!(
+            "{what} holds at least one row"
+        ))),
+        n if n > MAX_ROWS => Err(ReadError::TooMany {
+            what,
+            asked: n,
+            max: MAX_ROWS,
+        }),
+        n => Ok(n),
     }
 }
 
@@ -106,4 +142,36 @@ fn decode<E: std::error::Error + Send + Sync + 'static>(
 /// A driver error of `statement`, classified.
 fn failed(statement: &'static str) -> impl Fn(scylla::errors::ExecutionError) -> StoreError {
     move |e| StoreError::new(statement, e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_asks_for_one_to_max_rows() {
+        assert_eq!(rows_wanted("a page", 1).unwrap(), 1);
+        assert_eq!(rows_wanted("a page", MAX_ROWS).unwrap(), MAX_ROWS);
+        assert!(matches!(
+            rows_wanted("a page", 0),
+            Err(ReadError::Argument(_))
+        ));
+        let too_many = rows_wanted("a page", usize::MAX).unwrap_err();
+        assert!(matches!(
+            too_many,
+            ReadError::TooMany {
+                asked: usize::MAX,
+                max: MAX_ROWS,
+                ..
+            }
+        ));
+        assert_eq!(too_many.class(), Class::Permanent);
+        assert_eq!(
+            too_many.to_string(),
+            format!(
+                "a page of {} rows is more than one read returns (10000); page with the cursor",
+                usize::MAX
+            )
+        );
+    }
 }

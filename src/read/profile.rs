@@ -139,10 +139,9 @@ impl Reader {
         limit: usize,
         after: Option<&HistoryCursor>,
     ) -> Result<HistoryPage, ReadError> {
-        if limit == 0 || from >= to {
-            return Err(ReadError::Argument(
-                "history needs from < to and a limit of at least one".into(),
-            ));
+        let limit = super::rows_wanted("a page of history", limit)?;
+        if from >= to {
+            return Err(ReadError::Argument("history needs from < to".into()));
         }
         let from = from.max(to - Duration::days(HISTORY_DAYS + 1));
         let millis = |t: DateTime<Utc>| CqlTimestamp(t.timestamp_millis());

@@ -17,9 +17,8 @@ pub(super) struct Statements {
     pub tie_after: PreparedStatement,
     /// A bucket's rows below a score.
     pub below: PreparedStatement,
-    pub count_above: PreparedStatement,
-    pub count_tie_before: PreparedStatement,
-    pub count_tie: PreparedStatement,
+    /// A bucket's keys at or above a score: what a rank counts.
+    pub rank_rows: PreparedStatement,
     pub profile: PreparedStatement,
     pub profile_on: PreparedStatement,
     pub by_wallet: PreparedStatement,
@@ -51,16 +50,8 @@ impl Statements {
                 "SELECT {ENTRY} FROM {ks}.scores WHERE {bucket} AND score < ?"
             ))
             .await?,
-            count_above: prepare(format!(
-                "SELECT COUNT(*) FROM {ks}.scores WHERE {bucket} AND score > ?"
-            ))
-            .await?,
-            count_tie_before: prepare(format!(
-                "SELECT COUNT(*) FROM {ks}.scores WHERE {bucket} AND score = ? AND profile_id < ?"
-            ))
-            .await?,
-            count_tie: prepare(format!(
-                "SELECT COUNT(*) FROM {ks}.scores WHERE {bucket} AND score = ?"
+            rank_rows: prepare(format!(
+                "SELECT score, profile_id FROM {ks}.scores WHERE {bucket} AND score >= ?"
             ))
             .await?,
             profile: prepare(format!(

@@ -3,7 +3,8 @@
 //! and against Cassandra with password authentication and permissions (the pair on 9242 from
 //! `scripts/services.sh`, or the one `SCORE_WORKER_*_PORT` name, started by the tests if it is not up).
 //! Wrong credentials must give a clear error and a non-zero exit; no secret may appear in logs, `check`
-//! output or `/metrics`. [`refusals`]: what the worker does when that database refuses its writes.
+//! output or `/metrics`. [`refusals`]: what the worker does when that database refuses its writes;
+//! [`roles`]: the worker under the DML-only role and `migrate` under the DDL role of deploy/README.md.
 //!
 //! `cargo test --test security`
 
@@ -13,6 +14,7 @@ mod support;
 
 mod harness;
 mod refusals;
+mod roles;
 
 use std::path::Path;
 use std::time::Duration;

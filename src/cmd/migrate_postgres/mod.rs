@@ -9,10 +9,16 @@
 //! counted by reason, with examples, and skipped. `--dry-run` reads and validates everything and
 //! writes nothing (not even a checkpoint). Progress: a bar on a terminal, a log line every few seconds
 //! otherwise. With `--checkpoint FILE` an interrupted run continues after the last chunk it wrote.
+//!
+//! The source is only read: the census and the cursor run in one `READ ONLY` transaction (repeatable
+//! read, so both see one snapshot), and a `--query` that would write (a function with side effects,
+//! say) fails instead. The connection is TLS by default outside loopback ([`tls`]); `--chunk` is
+//! bounded ([`MAX_CHUNK`]), since a chunk is held in memory.
 
 mod checkpoint;
 mod report;
 mod source;
+pub mod tls;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -35,12 +41,23 @@ use checkpoint::Checkpoint;
 pub use report::Report;
 use source::Relation;
 
+/// The most rows one cursor fetch (and one chunk in memory) may hold.
+pub const MAX_CHUNK: u32 = 100_000;
+
 /// `migrate-postgres` arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// PostgreSQL connection string (`host=… port=… user=… dbname=…` or `postgresql://…`).
+    /// PostgreSQL connection string (`host=… port=… user=… dbname=… sslmode=… sslrootcert=…` or
+    /// `postgresql://…`).
     #[arg(long, env = "SCORE_WORKER_PG_URL", hide_env_values = true)]
     pub source: String,
+    /// TLS: disable, prefer, require, verify-ca or verify-full. Default: verify-full with --sslrootcert,
+    /// else require, except to loopback (prefer). Also `sslmode=` in the connection string.
+    #[arg(long, env = "PGSSLMODE")]
+    pub sslmode: Option<String>,
+    /// The CA certificates (PEM) to verify the server with, or `system`. Also `sslrootcert=`.
+    #[arg(long, env = "PGSSLROOTCERT")]
+    pub sslrootcert: Option<String>,
     /// A table (or `schema.table`) with the columns profile_id, wallet_address, leaderboard_id, score,
     /// updated_at.
     #[arg(long, conflicts_with = "query", required_unless_present = "query")]
@@ -54,9 +71,9 @@ pub struct Args {
     /// Resume from and record progress in this file.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
-    /// Rows per cursor fetch (and per checkpoint).
-    #[arg(long, default_value_t = 2000)]
-    pub chunk: usize,
+    /// Rows per cursor fetch (and per checkpoint), 1 to 100000.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=MAX_CHUNK as i64))]
+    pub chunk: u32,
 }
 
 /// A migration failed.
@@ -64,6 +81,14 @@ pub struct Args {
 pub enum MigrateError {
     #[error("PostgreSQL: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    #[error("connecting to PostgreSQL (sslmode={mode})")]
+    Connect {
+        mode: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("--table `{0}` is not a table name ([A-Za-z0-9_], optionally schema.table)")]
     Table(String),
     #[error("checkpoint {}: {problem}", path.display())]
@@ -92,24 +117,34 @@ pub async fn run(config: &Config, args: Args) -> Result<ExitCode, CmdError> {
         (None, Some(q)) => Relation::Query(q.clone()),
         (None, None) => unreachable!("clap requires --table or --query"),
     };
-    let report = migrate(config, &args, &relation).await?;
+    let (report, transport) = migrate(config, &args, &relation).await?;
     if args.dry_run {
         println!("dry run: nothing written\n{report}");
     } else {
         println!("migration complete\n{report}");
     }
+    println!("source:        {transport}");
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs the migration (see the module doc) and returns its report.
+/// Runs the migration (see the module doc) and returns its report and how the source was reached.
 pub async fn migrate(
     config: &Config,
     args: &Args,
     relation: &Relation,
-) -> Result<Report, MigrateError> {
+) -> Result<(Report, tls::Transport), MigrateError> {
     let sql = relation.sql()?;
-    let mut pg = source::connect(&args.source).await?;
-    let (total, leaderboards, profiles) = source::census(&pg, &sql).await?;
+    let settings =
+        tls::Settings::new(&args.source, args.sslmode.clone(), args.sslrootcert.clone())?;
+    let (mut pg, transport) = source::connect(&settings).await?;
+    tracing::info!(%transport, "PostgreSQL connected");
+    let tx = pg
+        .build_transaction()
+        .read_only(true)
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .await?;
+    let (total, leaderboards, profiles) = source::census(&tx, &sql).await?;
     let mut checkpoint = match (&args.checkpoint, args.dry_run) {
         (Some(path), false) => Checkpoint::load(path, &sql)?,
         _ => Checkpoint::new(sql.clone()),
@@ -131,10 +166,9 @@ pub async fn migrate(
     let started = Instant::now();
     let resumed_at = checkpoint.report.rows_read;
 
-    let tx = pg.transaction().await?;
     let portal = source::open(&tx, &sql, checkpoint.after.as_ref()).await?;
     loop {
-        let rows = source::fetch(&tx, &portal, args.chunk.max(1)).await?;
+        let rows = source::fetch(&tx, &portal, args.chunk).await?;
         let Some(last) = rows.last() else { break };
         let last = last.key();
         let now = chrono::Utc::now().timestamp_micros();
@@ -178,7 +212,7 @@ pub async fn migrate(
         dry_run = args.dry_run,
         "migrate-postgres finished"
     );
-    Ok(checkpoint.report)
+    Ok((checkpoint.report, transport))
 }
 
 /// A row as the contract's fields (every column as text; `event_id` is not stored).
@@ -229,4 +263,38 @@ async fn write(
         .try_for_each(|()| async { Ok(()) })
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cmd::{Cli, Command};
+
+    fn chunk(value: &str) -> Result<u32, clap::Error> {
+        let cli = Cli::try_parse_from([
+            "score-worker",
+            "migrate-postgres",
+            "--source",
+            "host=127.0.0.1",
+            "--table",
+            "t",
+            "--chunk",
+            value,
+        ])?;
+        match cli.command {
+            Command::MigratePostgres(args) => Ok(args.chunk),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn chunk_is_bounded_with_a_clear_error() {
+        assert_eq!(chunk("1").unwrap(), 1);
+        assert_eq!(chunk("100000").unwrap(), super::MAX_CHUNK);
+        for bad in ["0", "100001", "3000000000"] {
+            let err = chunk(bad).unwrap_err().to_string();
+            assert!(err.contains("--chunk"), "{bad}: {err}");
+        }
+    }
 }

@@ -10,8 +10,11 @@
 //! The order is the [`Key`] (all five columns, nulls as empty), so a resumed run continues exactly
 //! after the last row its checkpoint records.
 
-use tokio_postgres::{Client, NoTls, Portal, Row, Transaction};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, NoTls, Portal, Row, Socket, Transaction};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::tls::{self, Settings, SslMode, Transport};
 use super::MigrateError;
 
 /// Where a row sits in the read order: `(profile, leaderboard, updated_at µs, score, wallet)`.
@@ -81,11 +84,51 @@ fn texts(relation: &str) -> String {
     )
 }
 
-/// Opens a connection (plain TCP: `sslmode` other than `disable`/`prefer` is not supported).
-pub async fn connect(url: &str) -> Result<Client, MigrateError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(MigrateError::Postgres)?;
+/// Opens a connection with `settings`' TLS ([`tls`]) and asks the server whether it is encrypted; a
+/// `prefer` that fell back to plain text is logged as a warning.
+pub async fn connect(settings: &Settings) -> Result<(Client, Transport), MigrateError> {
+    let check = tls::check_of(settings.mode, settings.root.as_ref())?;
+    let client = if settings.mode == SslMode::Disable {
+        spawn(settings, NoTls).await?
+    } else {
+        let config = tls::client_config(check, settings.root.as_ref())?;
+        spawn(settings, MakeRustlsConnect::new(config)).await?
+    };
+    let tls: bool = client
+        .query_one(
+            "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !tls && settings.mode != SslMode::Disable {
+        tracing::warn!(
+            sslmode = settings.mode.as_str(),
+            "PostgreSQL connection in plain text: the server offers no TLS"
+        );
+    }
+    let transport = Transport {
+        mode: settings.mode,
+        check,
+        tls,
+    };
+    Ok((client, transport))
+}
+
+async fn spawn<T>(settings: &Settings, tls: T) -> Result<Client, MigrateError>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) =
+        settings
+            .config
+            .connect(tls)
+            .await
+            .map_err(|source| MigrateError::Connect {
+                mode: settings.mode.as_str(),
+                source,
+            })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "PostgreSQL connection ended");
@@ -95,7 +138,10 @@ pub async fn connect(url: &str) -> Result<Client, MigrateError> {
 }
 
 /// Rows, leaderboards and profiles of the relation.
-pub async fn census(client: &Client, relation: &str) -> Result<(u64, u64, u64), MigrateError> {
+pub async fn census(
+    client: &Transaction<'_>,
+    relation: &str,
+) -> Result<(u64, u64, u64), MigrateError> {
     let sql = format!(
         "SELECT count(*), count(DISTINCT leaderboard_id), count(DISTINCT profile_id) FROM ({}) AS t",
         texts(relation)
@@ -134,9 +180,12 @@ pub async fn open(
 pub async fn fetch(
     tx: &Transaction<'_>,
     portal: &Portal,
-    chunk: usize,
+    chunk: u32,
 ) -> Result<Vec<SourceRow>, MigrateError> {
-    let rows = tx.query_portal(portal, chunk as i32).await?;
+    // At most MAX_CHUNK: always positive as an i32 (0 or less would fetch everything at once).
+    let rows = tx
+        .query_portal(portal, chunk.min(super::MAX_CHUNK) as i32)
+        .await?;
     Ok(rows.iter().map(row).collect())
 }
 

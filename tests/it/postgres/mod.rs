@@ -1,7 +1,10 @@
 //! `score-worker migrate-postgres` against a real PostgreSQL (`scripts/services.sh up`,
 //! 127.0.0.1:5433 or `SCORE_WORKER_PG_URL`) and the real database, with the real binary: a dry run
 //! changes nothing, a run moves 100,000 rows exactly and reports the invalid ones, a run killed
-//! mid-way and resumed ends the same, and a newer score from NATS survives the migration.
+//! mid-way and resumed ends the same, and a newer score from NATS survives the migration. How the
+//! source is reached and read (TLS, a read-only transaction): [`source`].
+
+mod source;
 
 use std::collections::HashMap;
 use std::time::Duration;
