@@ -78,6 +78,11 @@ fn hide_secrets(error: figment::Error) -> ConfigError {
     ConfigError::Load(Box::new(error))
 }
 
+/// A duration in µs, saturating.
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
 /// `nats://user:pass@host:4222,nats://host2` → `nats://***@host:4222,nats://host2`.
 pub fn redact_url(urls: &str) -> String {
     urls.split(',')
@@ -292,6 +297,10 @@ pub struct ValidationConfig {
     pub max_payload_bytes: usize,
     #[serde(deserialize_with = "duration")]
     pub max_clock_skew: Duration,
+    /// How far an event's time may be after its message's arrival at JetStream (and a repair's after
+    /// the operator's clock) before it is written at that bound instead.
+    #[serde(deserialize_with = "duration")]
+    pub max_ahead_of_arrival: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -383,8 +392,8 @@ impl Config {
     pub fn limits(&self) -> Limits {
         Limits {
             max_payload_bytes: self.validation.max_payload_bytes,
-            max_clock_skew_micros: i64::try_from(self.validation.max_clock_skew.as_micros())
-                .unwrap_or(i64::MAX),
+            max_clock_skew_micros: micros(self.validation.max_clock_skew),
+            max_ahead_of_arrival_micros: micros(self.validation.max_ahead_of_arrival),
         }
     }
 
@@ -450,6 +459,7 @@ mod tests {
         assert_eq!(c.scylla.consistency, Consistency::LocalQuorum);
         assert_eq!(c.validation.max_payload_bytes, 65_536);
         assert_eq!(c.validation.max_clock_skew, Duration::from_secs(300));
+        assert_eq!(c.validation.max_ahead_of_arrival, Duration::from_secs(2));
         assert_eq!(c.http.listen.port(), 9102);
     }
 

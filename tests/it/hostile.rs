@@ -417,10 +417,7 @@ fn corpus(now: DateTime<Utc>, limits: Limits, board: &str) -> Vec<Case> {
 }
 
 fn limits_of(config: &Config) -> Limits {
-    Limits {
-        max_payload_bytes: config.validation.max_payload_bytes,
-        max_clock_skew_micros: config.validation.max_clock_skew.as_micros() as i64,
-    }
+    config.limits()
 }
 
 fn count_bad(cases: &[Case]) -> usize {
