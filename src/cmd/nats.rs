@@ -30,12 +30,18 @@ pub async fn run(config: &Config, action: NatsAction) -> Result<ExitCode, CmdErr
         println!("nothing to change: the streams and the consumer match the configuration");
         return Ok(ExitCode::SUCCESS);
     }
-    let verb = if dry_run { "would change" } else { "changing" };
+    // One change NATS cannot make in place and nothing is changed.
+    let blocked = plan.blocked();
+    let verb = if dry_run || !blocked.is_empty() {
+        "would change"
+    } else {
+        "changing"
+    };
     for change in &plan.changes {
         println!("{verb}: {change}");
     }
-    let blocked = plan.blocked();
     if !blocked.is_empty() {
+        println!("nothing changed: NATS cannot make every change in place");
         return Err(NatsError::Drift { drift: blocked }.into());
     }
     if dry_run {
@@ -44,6 +50,6 @@ pub async fn run(config: &Config, action: NatsAction) -> Result<ExitCode, CmdErr
     }
     let count = plan.changes.len();
     plan.apply(&js, &config.nats).await?;
-    println!("changed: {count} settings and objects");
+    println!("done: {count} changes applied");
     Ok(ExitCode::SUCCESS)
 }

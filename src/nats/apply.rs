@@ -217,7 +217,7 @@ async fn read(
     error: impl Fn(super::BoxError) -> NatsError,
 ) -> Result<Option<Value>, NatsError> {
     let response: Response<Value> = js
-        .request(subject, &())
+        .request(subject, &serde_json::json!({}))
         .await
         .map_err(|e| error(Box::new(e)))?;
     match response {
