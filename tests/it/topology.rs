@@ -184,6 +184,13 @@ async fn a_worker_started_with_a_smaller_max_age_leaves_every_message_and_report
         &smaller,
         &["publish-sample", "--count", "1", "--profiles", "1"],
     );
+    let after_sample = stream_state(&js, name).await;
+    eprintln!("after publish-sample with max_age 2s: (messages, max_age) {after_sample:?}");
+    assert_eq!(
+        after_sample,
+        (21, Duration::from_secs(3600)),
+        "publish-sample deleted nothing, changed nothing"
+    );
     let worker = Worker::start(smaller.clone()).await;
     wait_until("every event written", Duration::from_secs(60), || {
         worker.processed() >= 21
