@@ -119,6 +119,7 @@ pub struct NatsConfig {
     pub subjects: Vec<String>,
     pub stream: String,
     pub consumer: String,
+    /// Create the streams and the consumer where missing (never change what exists: `nats apply` does).
     pub manage_jetstream: bool,
     #[serde(deserialize_with = "duration")]
     pub duplicate_window: Duration,
