@@ -1,9 +1,9 @@
 //! NATS connection and JetStream topology: the `SCORES` stream, the `SCORES_DLQ` stream and the
 //! shared durable pull consumer, as the configuration describes them.
 //!
-//! - [`topology`]: what `run` does — create what is missing, change nothing, report drift;
+//! - `topology`: what `run` does — create what is missing, change nothing, report drift;
 //! - [`apply`]: `score-worker nats apply` — bring what exists to the configuration, said first;
-//! - [`drift`](mod@drift): how the server's settings differ from the configuration.
+//! - `drift`: how the server's settings differ from the configuration.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,5 @@
-//! The JetStream pull loop: takes messages from the durable consumer, decodes them, hands good ones
+//! The JetStream pull loop: takes messages from the durable consumer, decodes them (event time bounded
+//! by the message's arrival at JetStream, [`score::clock`]), hands good ones
 //! to the pipeline as `(ScoreUpdate, JsReceipt)` and settles bad ones as the pipeline's
 //! [`settle::decide`](crate::pipeline::settle::decide) says (a dead letter, queued for the
 //! dead-letter task, so a slow dead-letter stream never holds up the loop).
@@ -367,9 +368,7 @@ impl Consumer {
             }
         }
     }
-}
 
-impl Consumer {
     /// Counts and logs an event written at its arrival's bound instead of its `occurred_at` (a refused
     /// one is counted with its dead letter, [`Metrics::dead_lettered`]).
     fn clamped(&self, update: ScoreUpdate, clamped: Option<Clamped>) -> ScoreUpdate {
