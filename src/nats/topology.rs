@@ -100,15 +100,17 @@ pub async fn streams_drift(
 /// Every drift between the configuration and the server's streams and consumer (for `check`).
 pub async fn drift(js: &jetstream::Context, config: &NatsConfig) -> Result<Vec<Drift>, NatsError> {
     let mut out = streams_drift(js, config).await?;
-    let scores = get_stream(js, &config.stream).await?;
-    let consumer: jetstream::consumer::Consumer<pull::Config> = scores
-        .get_consumer(&config.consumer)
+    let consumer = js
+        .get_stream_no_info(&config.stream)
         .await
-        .map_err(|e| consumer_error(config, e))?;
-    out.extend(consumer_drift(
-        &consumer_config(config),
-        &consumer.cached_info().config,
-    ));
+        .map_err(|e| NatsError::Stream {
+            stream: config.stream.clone(),
+            source: e.into(),
+        })?
+        .consumer_info(&config.consumer)
+        .await
+        .map_err(|e| consumer_error(config, e.into()))?;
+    out.extend(consumer_drift(&consumer_config(config), &consumer.config));
     Ok(out)
 }
 
