@@ -58,6 +58,11 @@ pub const CACHE_RESULTS: [&str; 2] = ["hit", "miss"];
 /// States of the pull breaker (label `state`; see `crate::breaker`).
 pub const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
 
+/// What the arrival rule did to an event's time (label `action` of `score_worker_events_clock_total`;
+/// see `score::clock`): written at arrival + `validation.max_ahead_of_arrival`, or dead-lettered as
+/// `future_timestamp`.
+pub const CLOCK_ACTIONS: [&str; 2] = ["clamped", "refused"];
+
 /// The worker's metrics. Cheap to share behind an `Arc`.
 pub struct Metrics {
     registry: Registry,
@@ -65,6 +70,8 @@ pub struct Metrics {
     pub messages_processed: IntCounter,
     pub messages_failed: IntCounterVec,
     pub dead_letters: IntCounterVec,
+    /// Events whose `occurred_at` was later than their arrival allows, by [`CLOCK_ACTIONS`].
+    pub events_clock: IntCounterVec,
     pub processing_duration: Histogram,
     pub batch_size: Histogram,
     pub batch_retries: IntCounter,
@@ -89,6 +96,8 @@ pub struct Metrics {
     pub deadletters_deferred: IntCounter,
     pub deadletters_truncated: IntCounter,
     pub consumer_restores: IntCounter,
+    /// Settings of the streams and the consumer on the server that differ from the configuration.
+    pub jetstream_drift: IntGauge,
     /// Look-ups of the read side's eligibility cache (`crate::read`), by `result`.
     pub eligibility_cache_requests: IntCounterVec,
 }
@@ -141,6 +150,11 @@ impl Metrics {
                 "score_worker_dead_letters_total",
                 "Messages published to the dead-letter subject, by reason.",
                 "reason",
+            ),
+            events_clock: counter_vec(
+                "score_worker_events_clock_total",
+                "Events whose occurred_at was later than their arrival at JetStream allows: clamped (a delivery written at arrival + validation.max_ahead_of_arrival) or refused (dead-lettered as future_timestamp).",
+                "action",
             ),
             processing_duration: histogram(
                 "score_worker_processing_duration_seconds",
@@ -237,7 +251,11 @@ impl Metrics {
             ),
             consumer_restores: counter(
                 "score_worker_consumer_restores_total",
-                "Times the worker recreated the stream or durable consumer, or brought them back to the configuration, while running.",
+                "Times the worker recreated a deleted stream or durable consumer while running.",
+            ),
+            jetstream_drift: gauge(
+                "score_worker_jetstream_drift",
+                "Settings of the streams and the durable consumer on the server that differ from the configuration; the server's apply until `score-worker nats apply` changes them.",
             ),
             eligibility_cache_requests: counter_vec(
                 "score_worker_eligibility_cache_requests_total",
@@ -264,6 +282,9 @@ impl Metrics {
             m.dead_letters.with_label_values(&[reason.as_str()]);
         }
         m.messages_failed.with_label_values(&[FAILED_WRITE]);
+        for action in CLOCK_ACTIONS {
+            m.events_clock.with_label_values(&[action]);
+        }
         for statement in REQUESTS {
             m.scylla_query_duration.with_label_values(&[statement]);
         }
@@ -286,7 +307,8 @@ impl Metrics {
         m
     }
 
-    /// Counts a dead-lettered message (called by the dead-letter publisher, which also logs it).
+    /// Counts a dead-lettered message (called by the dead-letter publisher, which also logs it); a
+    /// `future_timestamp` one is also an event the arrival rule refused.
     pub fn dead_lettered(&self, reason: RejectReason) {
         self.messages_failed
             .with_label_values(&[reason.as_str()])
@@ -294,6 +316,9 @@ impl Metrics {
         self.dead_letters
             .with_label_values(&[reason.as_str()])
             .inc();
+        if reason == RejectReason::FutureTimestamp {
+            self.events_clock.with_label_values(&["refused"]).inc();
+        }
     }
 
     /// Counts one warning the database attached to a response to `statement`; the driver logs its
@@ -345,6 +370,7 @@ mod tests {
             "score_worker_messages_processed_total",
             "score_worker_messages_failed_total",
             "score_worker_dead_letters_total",
+            "score_worker_events_clock_total",
             "score_worker_processing_duration_seconds",
             "score_worker_batch_size",
             "score_worker_batch_retries_total",
@@ -364,6 +390,7 @@ mod tests {
             "score_worker_deadletters_deferred_total",
             "score_worker_deadletters_truncated_total",
             "score_worker_consumer_restores_total",
+            "score_worker_jetstream_drift",
             "score_worker_eligibility_cache_requests_total",
         ] {
             assert!(
@@ -378,6 +405,7 @@ mod tests {
         assert!(text.contains("score_worker_processing_duration_seconds_bucket{le=\"2\"} 1"));
         assert!(text.contains("score_worker_scylla_query_duration_seconds_bucket{statement=\"read_back\",le=\"0.1\"} 0"));
         assert!(text.contains("score_worker_dead_letters_total{reason=\"malformed_json\"} 0"));
+        assert!(text.contains("score_worker_events_clock_total{action=\"clamped\"} 0"));
         assert!(text.contains(&format!(
             "score_worker_build_info{{revision=\"{}\",version=\"{}\"}} 1",
             env!("SCORE_WORKER_REVISION"),
