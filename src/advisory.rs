@@ -11,7 +11,8 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::deadletter::{Advised, DeadLetterQueue};
-use crate::pipeline::settle::{decide, Attempt, Outcome, Settler};
+use crate::pipeline::settle::{decide, Attempt, Settler};
+use crate::pipeline::Outcome;
 
 #[derive(serde::Deserialize)]
 struct Advisory {

@@ -9,10 +9,14 @@
 //!   database that answers a read but still fails writes costs a probe's worth of messages per round,
 //!   not two full pulls.
 //!
-//! The pipeline trips and closes it (through [`crate::health::Health`]), the health probe half-opens
-//! it, the consumer obeys it.
+//! Two conditions **pin** it open whatever writes or probes say, for as long as they last ([`Pin`]):
+//! the database takes no writes of this worker's (the pipeline holds its flushes), and the keyspace
+//! refuses this build (the health probe's schema check).
+//!
+//! A small type of its own, made by the application and shared: the pipeline trips, closes and pins
+//! it, the health probe half-opens it, the consumer obeys it, readiness reads it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -58,9 +62,20 @@ pub enum Pull {
     Probe,
 }
 
+/// What keeps the breaker open until it clears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pin {
+    /// The database takes no writes of this worker's (its write probe fails).
+    WritesHeld,
+    /// The keyspace refuses this build (schema window, bucket count).
+    SchemaRefuses,
+}
+
 /// The shared breaker.
 pub struct Breaker {
     state: watch::Sender<State>,
+    /// Why it is pinned open, per [`Pin`] (`[WritesHeld, SchemaRefuses]`).
+    pins: Mutex<[Option<String>; 2]>,
     metrics: Arc<Metrics>,
 }
 
@@ -68,6 +83,7 @@ impl Breaker {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         let breaker = Self {
             state: watch::Sender::new(State::Closed),
+            pins: Mutex::new([None, None]),
             metrics,
         };
         breaker.export(State::Closed);
@@ -87,8 +103,35 @@ impl Breaker {
         }
     }
 
-    /// The database answered a probe: held flushes may try again, the consumer may probe.
+    /// Opens the breaker and keeps it open until [`Breaker::unpin`]; returns the cause it replaced
+    /// (`None` when newly pinned, or pinned for another cause before).
+    pub fn pin(&self, pin: Pin, cause: &str) -> Option<String> {
+        let before = self.pins.lock().expect("lock")[pin as usize].replace(cause.to_string());
+        self.open(cause);
+        before
+    }
+
+    /// `pin` no longer holds; returns the cause it had. The breaker stays open until a probe
+    /// half-opens it.
+    pub fn unpin(&self, pin: Pin) -> Option<String> {
+        self.pins.lock().expect("lock")[pin as usize].take()
+    }
+
+    /// Why `pin` keeps the breaker open, if it does.
+    pub fn pinned(&self, pin: Pin) -> Option<String> {
+        self.pins.lock().expect("lock")[pin as usize].clone()
+    }
+
+    fn is_pinned(&self) -> bool {
+        self.pins.lock().expect("lock").iter().any(Option::is_some)
+    }
+
+    /// The database answered a probe: held flushes may try again, the consumer may probe (not while
+    /// pinned).
     pub fn half_open(&self) {
+        if self.is_pinned() {
+            return;
+        }
         let changed = self.state.send_if_modified(|s| {
             let open = *s == State::Open;
             if open {
@@ -102,8 +145,11 @@ impl Breaker {
         }
     }
 
-    /// A write landed (or a probe found nothing to write): pull at full speed.
+    /// A write landed (or a probe found nothing to write): pull at full speed (not while pinned).
     pub fn close(&self) {
+        if self.is_pinned() {
+            return;
+        }
         let before = self.state.send_replace(State::Closed);
         if before != State::Closed {
             tracing::info!(from = before.label(), "pulling resumed at full speed");
@@ -214,6 +260,44 @@ mod tests {
     }
 
     const WAIT: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn a_pin_keeps_it_open_through_writes_and_probes_until_every_pin_clears() {
+        let b = breaker();
+        assert_eq!(b.pin(Pin::WritesHeld, "probe failed: unauthorized"), None);
+        assert_eq!(
+            b.pin(Pin::WritesHeld, "probe failed: unauthorized")
+                .as_deref(),
+            Some("probe failed: unauthorized"),
+            "the same cause again: the caller logs it once"
+        );
+        b.pin(
+            Pin::SchemaRefuses,
+            "schema version 9 is outside this build's window",
+        );
+        for _ in 0..2 {
+            b.close();
+            b.half_open();
+            assert_eq!(
+                b.state(),
+                State::Open,
+                "a written flush or a probe moves nothing"
+            );
+        }
+        assert!(b.unpin(Pin::WritesHeld).is_some());
+        b.half_open();
+        assert_eq!(b.state(), State::Open, "still refused by the schema");
+        assert_eq!(
+            b.pinned(Pin::SchemaRefuses).as_deref(),
+            Some("schema version 9 is outside this build's window")
+        );
+        assert!(b.unpin(Pin::SchemaRefuses).is_some());
+        assert_eq!(b.unpin(Pin::SchemaRefuses), None);
+        b.half_open();
+        assert_eq!(b.state(), State::HalfOpen { probing: false });
+        b.close();
+        assert_eq!(b.state(), State::Closed);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn open_pulls_nothing_half_open_hands_out_one_probe_and_a_landed_write_closes() {

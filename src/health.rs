@@ -4,13 +4,11 @@
 //! progress ends on shutdown); the consumer's watcher reports the consumer (`consumer::watch`), the
 //! dead-letter queue its stream.
 //!
-//! Health owns the pull [`Breaker`]: when a write fails for a transient reason the pipeline opens it;
-//! the probe half-opens it once the database answers (one small pull until a write lands), and a
-//! write that lands closes it. While the database takes no writes at all (the store's write probe
-//! fails: unreachable, or refusing this worker), the pipeline holds the flushes it cannot write
-//! (their messages kept alive by `+WPI`) and the breaker stays open until that probe passes
-//! ([`Health::writes_held`]), so an outage or a refusal of any length burns no delivery and
-//! dead-letters nothing.
+//! Health reads the pull [`Breaker`] (shared with the pipeline, which trips, closes and pins it, and
+//! the consumer, which obeys it) and half-opens it once the database answers, unless it is pinned:
+//! while the database takes no writes at all the pipeline pins it ([`Pin::WritesHeld`], whose cause
+//! readiness names), and while the keyspace refuses this build the schema check here does
+//! ([`Pin::SchemaRefuses`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +17,7 @@ use std::time::Duration;
 use scylla::client::session::Session;
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::Breaker;
+use crate::breaker::{Breaker, Pin, State};
 use crate::config::ScyllaConfig;
 use crate::metrics::Metrics;
 use crate::schema;
@@ -33,61 +31,29 @@ pub struct Health {
     schema: Mutex<Option<String>>,
     /// How the schema stands when that is worth saying while ready (ahead, compatible).
     schema_note: Mutex<Option<String>>,
-    /// The keyspace refuses this build (a newer schema outside its window, another bucket count):
-    /// the breaker stays open.
-    schema_refuses: AtomicBool,
-    /// Why the database takes no writes, while it takes none.
-    held: Mutex<Option<String>>,
     deadletters: Mutex<Option<String>>,
     draining: AtomicBool,
     breaker: Arc<Breaker>,
 }
 
 impl Health {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, breaker: Arc<Breaker>) -> Self {
         Self {
             nats: AtomicBool::new(false),
             consumer: Mutex::new(None),
             database: AtomicBool::new(false),
             schema: Mutex::new(Some("schema not checked yet".into())),
             schema_note: Mutex::new(None),
-            schema_refuses: AtomicBool::new(false),
-            held: Mutex::new(None),
             deadletters: Mutex::new(None),
             draining: AtomicBool::new(false),
-            breaker: Arc::new(Breaker::new(metrics.clone())),
+            breaker,
             metrics,
         }
     }
 
-    /// The pull breaker the consumer obeys.
+    /// The pull breaker readiness reads.
     pub fn breaker(&self) -> Arc<Breaker> {
         self.breaker.clone()
-    }
-
-    /// Flushes fail for transient reasons: open the breaker (stop pulling).
-    pub fn pause_pulls(&self, cause: &str) {
-        self.breaker.open(cause);
-    }
-
-    /// A flush was written: close the breaker (pull at full speed), unless the database takes no
-    /// writes ([`Health::writes_held`]).
-    pub fn resume_pulls(&self) {
-        if self.held.lock().expect("lock").is_some() || self.schema_refuses.load(Ordering::Relaxed)
-        {
-            return;
-        }
-        self.breaker.close();
-    }
-
-    /// Pulling is not at full speed (the breaker is open or half-open).
-    pub fn pulls_paused(&self) -> bool {
-        self.breaker.state() != crate::breaker::State::Closed
-    }
-
-    /// Resolves once writes may be tried again (the breaker is half-open or closed).
-    pub async fn resumed(&self) {
-        self.breaker.writable().await;
     }
 
     /// Dead letters cannot be stored (`Some(why)`), or they can again (`None`); logs each change.
@@ -121,15 +87,14 @@ impl Health {
         if let Some(problem) = self.schema.lock().expect("lock").clone() {
             reasons.push(problem);
         }
-        if let Some(cause) = self.held.lock().expect("lock").clone() {
+        if let Some(cause) = self.breaker.pinned(Pin::WritesHeld) {
             reasons.push(format!("database takes no writes: {cause}"));
         }
         if let Some(problem) = self.deadletters.lock().expect("lock").clone() {
             reasons.push(format!("dead-letter stream unavailable: {problem}"));
         }
         // Half-open is ready: the database answers and the worker consumes, one probe at a time.
-        if self.breaker.state() == crate::breaker::State::Open
-            && !self.schema_refuses.load(Ordering::Relaxed)
+        if self.breaker.state() == State::Open && self.breaker.pinned(Pin::SchemaRefuses).is_none()
         {
             reasons.push("database writes failing: pulling paused".to_string());
         }
@@ -139,28 +104,6 @@ impl Health {
         } else {
             Err(reasons)
         }
-    }
-
-    /// The database takes no writes of this worker's (its write probe fails: unreachable, a revoked
-    /// grant, a dropped table) and flushes are held: the breaker stays open and readiness names
-    /// `cause` until [`Health::writes_taken`]; neither the probe below nor a written flush moves the
-    /// breaker meanwhile. Logs each distinct cause once.
-    pub fn writes_held(&self, cause: &str) {
-        let mut slot = self.held.lock().expect("lock");
-        if slot.as_deref() != Some(cause) {
-            tracing::error!(%cause, "the database takes no writes; flushes held and pulling paused until it does");
-            *slot = Some(cause.to_string());
-        }
-        self.breaker.open(cause);
-    }
-
-    /// The write probe passes again: held flushes are written, and the breaker half-opens (one small
-    /// pull until a write lands).
-    pub fn writes_taken(&self) {
-        if self.held.lock().expect("lock").take().is_some() {
-            tracing::info!("the database takes writes again; held flushes are written");
-        }
-        self.breaker.half_open();
     }
 
     /// What readiness has to say beyond "ready" (a schema ahead of this build, within its window).
@@ -191,15 +134,15 @@ impl Health {
         }
         *slot = problem.clone();
         drop(slot);
-        if self.schema_refuses.swap(refuses, Ordering::Relaxed) && !refuses {
-            tracing::info!("the keyspace accepts this build again");
-        }
-        if refuses {
-            self.breaker.open(
-                problem
-                    .as_deref()
-                    .unwrap_or("the keyspace refuses this build"),
-            );
+        match problem.as_deref() {
+            Some(refusal) if refuses => {
+                self.breaker.pin(Pin::SchemaRefuses, refusal);
+            }
+            _ => {
+                if self.breaker.unpin(Pin::SchemaRefuses).is_some() {
+                    tracing::info!("the keyspace accepts this build again");
+                }
+            }
         }
     }
 
@@ -250,13 +193,9 @@ impl Health {
             Ok(checked) => {
                 self.database.store(true, Ordering::Relaxed);
                 self.schema_checked(checked);
-                // The database answers: probe with a small pull, unless it takes no writes or the
-                // keyspace refuses this build.
-                if self.held.lock().expect("lock").is_none()
-                    && !self.schema_refuses.load(Ordering::Relaxed)
-                {
-                    self.breaker.half_open();
-                }
+                // The database answers: probe with a small pull, unless the breaker is pinned (the
+                // database takes no writes, or the keyspace refuses this build).
+                self.breaker.half_open();
             }
             Err(e) => {
                 if self.database.swap(false, Ordering::Relaxed) {
@@ -284,34 +223,47 @@ impl Health {
 mod tests {
     use super::*;
 
+    fn health() -> Health {
+        let metrics = Arc::new(Metrics::new());
+        Health::new(metrics.clone(), Arc::new(Breaker::new(metrics)))
+    }
+
+    fn paused(h: &Health) -> bool {
+        h.breaker.state() != State::Closed
+    }
+
     #[test]
     fn not_ready_until_probed_and_held_writes_fail_readiness_until_taken() {
-        let h = Health::new(Arc::new(Metrics::new()));
+        let h = health();
         assert!(h.readiness().is_err());
         h.nats.store(true, Ordering::Relaxed);
         h.database.store(true, Ordering::Relaxed);
         *h.schema.lock().unwrap() = None;
         assert!(h.readiness().is_ok());
-        h.writes_held("probe of scores failed (permanent): no MODIFY permission");
+        h.breaker.pin(
+            Pin::WritesHeld,
+            "probe of scores failed (permanent): no MODIFY permission",
+        );
         let reasons = h.readiness().unwrap_err();
         assert!(
             reasons[0].contains("takes no writes: probe of scores"),
             "{reasons:?}"
         );
-        assert!(h.pulls_paused());
-        h.resume_pulls();
+        assert!(paused(&h));
+        h.breaker.close();
         assert!(
-            h.pulls_paused(),
+            paused(&h),
             "neither the probe nor a written flush resumes a hold"
         );
-        h.writes_taken();
+        h.breaker.unpin(Pin::WritesHeld);
+        h.breaker.half_open();
         assert_eq!(
             h.breaker.state(),
-            crate::breaker::State::HalfOpen { probing: false },
+            State::HalfOpen { probing: false },
             "the write probe passed: one small pull until a write lands"
         );
-        h.resume_pulls();
-        assert!(!h.pulls_paused());
+        h.breaker.close();
+        assert!(!paused(&h));
         assert!(h.readiness().is_ok());
         h.consumer_state(Some("JetStream consumer cannot be read: not found".into()));
         assert_eq!(
@@ -320,9 +272,9 @@ mod tests {
         );
         h.consumer_state(None);
         assert!(h.readiness().is_ok());
-        h.pause_pulls("db down");
+        h.breaker.open("db down");
         assert!(h.readiness().unwrap_err()[0].contains("pulling paused"));
-        h.resume_pulls();
+        h.breaker.close();
         assert!(h.readiness().is_ok());
         h.set_draining();
         assert_eq!(h.readiness().unwrap_err(), vec!["draining".to_string()]);
@@ -330,18 +282,18 @@ mod tests {
 
     #[test]
     fn a_half_open_breaker_is_ready_and_dead_letters_that_cannot_be_stored_are_not() {
-        let h = Health::new(Arc::new(Metrics::new()));
+        let h = health();
         h.nats.store(true, Ordering::Relaxed);
         h.database.store(true, Ordering::Relaxed);
         *h.schema.lock().unwrap() = None;
-        h.pause_pulls("db down");
+        h.breaker.open("db down");
         assert!(h.readiness().is_err());
         h.breaker.half_open();
         assert!(
             h.readiness().is_ok(),
             "the database answers: consuming, one probe at a time"
         );
-        assert!(h.pulls_paused(), "but not at full speed");
+        assert!(paused(&h), "but not at full speed");
         h.deadletters_state(Some("no responders".into()));
         assert_eq!(
             h.readiness().unwrap_err(),
@@ -353,7 +305,7 @@ mod tests {
 
     #[test]
     fn a_schema_ahead_within_the_window_is_ready_and_outside_it_pauses_pulls() {
-        let h = Health::new(Arc::new(Metrics::new()));
+        let h = health();
         h.nats.store(true, Ordering::Relaxed);
         h.database.store(true, Ordering::Relaxed);
         let ahead = schema::SchemaState::AheadCompatible {
@@ -370,15 +322,15 @@ mod tests {
         );
         h.schema_checked(Err("schema ahead and not compatible".into()));
         assert!(h.readiness().unwrap_err()[0].contains("not compatible"));
-        assert!(h.pulls_paused());
-        h.resume_pulls();
+        assert!(paused(&h));
+        h.breaker.close();
         assert!(
-            h.pulls_paused(),
+            paused(&h),
             "a written flush does not resume a refused schema"
         );
         h.schema_checked(Ok(schema::SchemaState::Current { version: 3 }));
-        h.resume_pulls();
-        assert!(!h.pulls_paused());
+        h.breaker.close();
+        assert!(!paused(&h));
         assert!(h.readiness().is_ok() && h.notes().is_empty());
     }
 }

@@ -14,6 +14,8 @@
 //!                                   ▼                         ▼
 //!                        settle::decide(attempt, deliveries) → Outcome
 //!                          Ack │ Retry{delay} (nak) │ DeadLetter{reason} (publish, +TERM)
+//!                        (every settlement: written, rejected, failed, abandoned, letter not
+//!                         queued, handed back on shutdown)
 //!                                   ▲
 //!  max-deliveries advisory ─────────┘ (advisory)
 //!
@@ -22,11 +24,13 @@
 //!
 //! # Layout
 //! Running the worker:
-//! - [`app`]: wiring; connects, spawns consumer, pipeline, dead-letter queue, watchers, probes and
-//!   HTTP, drains on shutdown.
+//! - [`app`]: wiring; `App::build` connects, `App::start` spawns consumer, pipeline, dead-letter
+//!   queue, watchers, probes and HTTP and returns a `Running` handle whose `stop` drains within
+//!   `shutdown.timeout` and hands back what is left.
 //! - [`config`]: typed settings, layered load (defaults → file → env), validation per section.
 //! - [`telemetry`]: tracing subscriber (JSON or text).
-//! - [`shutdown`]: the signal future the binary passes to [`app::App::run_until_stopped`].
+//! - [`shutdown`]: the signal future the binary passes to [`app::App::run_until_stopped`] (start, then
+//!   stop when it resolves).
 //!
 //! The message path, in order:
 //! - [`score`]: the wire contract: `ScoreUpdate`, decode + validate from bytes, the tie order; event time
@@ -51,7 +55,11 @@
 //!   and the consistency a keyspace's datacenters allow.
 //! - [`metrics`]: every metric, in a registry of the worker's own.
 //! - [`health`]: readiness state and the periodic probes that feed it.
-//! - [`breaker`]: the pull breaker (closed, open, half-open) the pipeline trips and the consumer obeys.
+//! - [`breaker`]: the pull breaker (closed, open, half-open; pinned open while the database takes no
+//!   writes or the keyspace refuses this build), made by `app` and shared: the pipeline trips it, the
+//!   health probe half-opens it, the consumer obeys it, readiness reads it.
+//! - keep-alive: every delivery held anywhere gets `+WPI` every `retry.progress_interval` until it is
+//!   settled or handed back (`consumer::Unsettled`).
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`read`]: the typed read client other services link (leaderboards, profiles, history, the
 //!   eligibility cache); repairs of one score go through [`store::repair`].

@@ -11,8 +11,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use async_nats::jetstream;
 use async_nats::jetstream::consumer::pull::Config as PullConfig;
-use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -304,7 +304,7 @@ impl Consumer {
     async fn hand_back(&self, request: &mut Request) {
         let mut naked = 0;
         while let Some(message) = request.buffered() {
-            nak_now(&message).await;
+            nak_now(&message, &self.settler).await;
             naked += 1;
         }
         if naked > 0 {
@@ -356,7 +356,7 @@ impl Consumer {
                 // A pull never delivers more than it asked for (`batch`); if one did, the surplus
                 // is handed back rather than held without room.
                 None => {
-                    nak_now(&receipt.message).await;
+                    nak_now(&receipt.message, &self.settler).await;
                     false
                 }
             },
@@ -384,9 +384,10 @@ impl Consumer {
     }
 }
 
-/// `-NAK` without delay: redeliver now, to any replica.
-async fn nak_now(message: &jetstream::Message) {
-    if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
+/// Lets a delivery go unsettled ([`Attempt::HandedBack`]: redeliver now, to any replica).
+async fn nak_now(message: &jetstream::Message, settler: &Settler) {
+    let kind = receipt::ack_kind(&settler.decide(Attempt::HandedBack, 1));
+    if let Err(e) = message.ack_with(kind).await {
         tracing::warn!(error = %e, "cannot nak a delivery");
     }
 }

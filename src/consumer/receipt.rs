@@ -53,9 +53,9 @@ impl JsReceipt {
                 self.message.double_ack().await.map_err(settle_error("ack"))
             }
             Outcome::Ack => self.message.ack().await.map_err(settle_error("ack")),
-            Outcome::Retry { delay } => self
+            Outcome::Retry { .. } => self
                 .message
-                .ack_with(AckKind::Nak(Some(*delay)))
+                .ack_with(ack_kind(outcome))
                 .await
                 .map_err(settle_error("nak")),
             // Queued: the dead-letter task stores the letter, then terminates the original, which
@@ -71,6 +71,17 @@ impl JsReceipt {
                     .map_err(|e| settle_error("dead-letter")(Box::new(e)))
             }
         }
+    }
+}
+
+/// The JetStream acknowledgement that carries out an outcome needing no letter: `+ACK`, or `-NAK`
+/// with its delay (none: at once). A dead letter is terminated (`+TERM`) only once stored.
+pub(super) fn ack_kind(outcome: &Outcome) -> AckKind {
+    match outcome {
+        Outcome::Ack => AckKind::Ack,
+        Outcome::Retry { delay } if delay.is_zero() => AckKind::Nak(None),
+        Outcome::Retry { delay } => AckKind::Nak(Some(*delay)),
+        Outcome::DeadLetter { .. } => AckKind::Term,
     }
 }
 

@@ -15,6 +15,8 @@ use async_nats::jetstream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::pipeline::{Attempt, Settler};
+
 #[derive(Default)]
 pub struct Unsettled {
     /// Reply subject → when the server last heard of the delivery (its receipt or the last `+WPI`),
@@ -144,11 +146,12 @@ impl Unsettled {
 
     /// Naks every delivery held (publishes only; the caller flushes), and makes the pull loop nak
     /// whatever it still reads instead of handing it on. Returns how many were nak'd here.
-    pub async fn abandon(&self, client: &async_nats::Client) -> usize {
+    pub async fn abandon(&self, client: &async_nats::Client, settler: &Settler) -> usize {
         self.abandoned.cancel();
+        let kind = super::receipt::ack_kind(&settler.decide(Attempt::HandedBack, 1));
         let replies: Vec<String> = self.lock().drain().map(|(reply, _)| reply).collect();
         for reply in &replies {
-            if let Err(e) = client.publish(reply.clone(), "-NAK".into()).await {
+            if let Err(e) = client.publish(reply.clone(), kind.into()).await {
                 tracing::warn!(error = %e, "cannot nak an unsettled delivery");
             }
         }

@@ -18,6 +18,7 @@ use std::sync::atomic::AtomicU32;
 use super::next_attempt;
 use super::ports::{Store, WriteError};
 use crate::batcher::Flush;
+use crate::breaker::Pin;
 use crate::score::ScoreUpdate;
 
 /// What happened to one key of a flush.
@@ -130,11 +131,18 @@ impl<S: Store> super::Pipeline<S> {
         tracing::warn!(error = %failure.detail, %probe,
             "flush not written and the database takes no writes; holding it until it does");
         loop {
-            self.health.writes_held(&probe.to_string());
+            let cause = probe.to_string();
+            if self.breaker.pin(Pin::WritesHeld, &cause).as_deref() != Some(&cause) {
+                tracing::error!(%cause, "the database takes no writes; flushes held and pulling paused until it does");
+            }
             tokio::time::sleep(self.config.retry.max_backoff).await;
             match self.store.probe().await {
                 Ok(()) => {
-                    self.health.writes_taken();
+                    if self.breaker.unpin(Pin::WritesHeld).is_some() {
+                        tracing::info!("the database takes writes again; held flushes are written");
+                    }
+                    // One small pull until a write lands.
+                    self.breaker.half_open();
                     return;
                 }
                 Err(e) => probe = e,

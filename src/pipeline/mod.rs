@@ -25,11 +25,11 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 pub use crate::config::PipelineConfig;
-pub use ports::{Class, Receipt, SettleError, Store, WriteError};
-pub use settle::{Attempt, Outcome, Settler};
+pub use ports::{Class, Outcome, Receipt, SettleError, Store, WriteError};
+pub use settle::{Attempt, Settler};
 
 use crate::batcher::{Batcher, Flush};
-use crate::health::Health;
+use crate::breaker::Breaker;
 use crate::metrics::Metrics;
 use crate::retry;
 use crate::score::ScoreUpdate;
@@ -42,7 +42,9 @@ pub struct Pipeline<S> {
     written: NewestWritten,
     settler: Settler,
     metrics: Arc<Metrics>,
-    health: Arc<Health>,
+    /// Tripped when a write fails for a transient reason, closed when one lands, pinned open while
+    /// the database takes no writes.
+    breaker: Arc<Breaker>,
     /// Numbers the flushes of this process, for their log span.
     flushes: AtomicU64,
 }
@@ -52,7 +54,7 @@ impl<S: Store> Pipeline<S> {
         store: Arc<S>,
         config: PipelineConfig,
         metrics: Arc<Metrics>,
-        health: Arc<Health>,
+        breaker: Arc<Breaker>,
     ) -> Self {
         let settler = Settler::new(
             settle::Limits {
@@ -67,7 +69,7 @@ impl<S: Store> Pipeline<S> {
             config,
             settler,
             metrics,
-            health,
+            breaker,
             flushes: AtomicU64::new(0),
         }
     }
@@ -191,7 +193,7 @@ impl<S: Store> Pipeline<S> {
                 // The span shows the attempt the next lines belong to.
                 next_attempt(attempts);
                 self.metrics.batch_retries.inc();
-                self.health.pause_pulls(&e.to_string());
+                self.breaker.open(&e.to_string());
                 tracing::warn!(error = %e, retry_in = ?delay, scores = latest.len(), "flush write failed; retrying");
             },
         );
@@ -208,8 +210,9 @@ impl<S: Store> Pipeline<S> {
         }
     }
 
-    /// Health and the newest-written hint after a flush: any key written shows that the database
-    /// takes writes (the keys that failed were logged, with their key, as they were found).
+    /// The breaker and the newest-written hint after a flush: any key written shows that the
+    /// database takes writes (the keys that failed were logged, with their key, as they were found).
+    /// What becomes of each message is [`settle::decide`]'s alone.
     fn account<R>(&self, flush: &Flush<R>, outcomes: &[Written]) {
         let written = || {
             flush
@@ -220,7 +223,7 @@ impl<S: Store> Pipeline<S> {
                 .map(|(u, _)| u)
         };
         if written().next().is_some() {
-            self.health.resume_pulls();
+            self.breaker.close();
             self.written.record(written());
         }
     }

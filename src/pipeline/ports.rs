@@ -1,13 +1,13 @@
 //! The two seams the pipeline is generic over, owned here so that neither the pipeline nor its test
 //! fakes know the database driver or NATS: a [`Store`] that writes flushes, and a [`Receipt`] per
-//! message that is settled once with an [`Outcome`].
+//! message that is settled once with an [`Outcome`], which [`super::settle::decide`] chose.
 
 use std::future::Future;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::settle::Outcome;
-use crate::score::ScoreUpdate;
+use crate::score::{RejectReason, ScoreUpdate};
 
 /// Whether a failed write may succeed if tried again. The store decides (in one place: its error
 /// classifier); the pipeline only obeys.
@@ -58,6 +58,20 @@ pub struct SettleError {
     pub action: &'static str,
     #[source]
     pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// What becomes of a message (vector's delivered / errored / rejected; NATS `+ACK`, `-NAK`, `+TERM`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its writes are durable: acknowledge (confirmed by the server).
+    Ack,
+    /// Not written yet: ask for redelivery after `delay`.
+    Retry { delay: Duration },
+    /// Never to be written: publish to the dead-letter subject, then terminate.
+    DeadLetter {
+        reason: RejectReason,
+        detail: String,
+    },
 }
 
 /// A handle on one received message, settled exactly once by the pipeline.

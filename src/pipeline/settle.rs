@@ -7,23 +7,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::ports::Receipt;
+use super::ports::{Outcome, Receipt};
 use crate::metrics::{Metrics, FAILED_WRITE};
 use crate::score::{RejectReason, Rejection};
-
-/// What becomes of a message (vector's delivered / errored / rejected; NATS `+ACK`, `-NAK`, `+TERM`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Its writes are durable: acknowledge (confirmed by the server).
-    Ack,
-    /// Not written yet: ask for redelivery after `delay`.
-    Retry { delay: Duration },
-    /// Never to be written: publish to the dead-letter subject, then terminate.
-    DeadLetter {
-        reason: RejectReason,
-        detail: String,
-    },
-}
 
 /// What happened to a message, as far as its fate is concerned.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +25,11 @@ pub enum Attempt<'a> {
     WriteRejected { detail: &'a str },
     /// The broker stopped delivering it after this many deliveries without a settlement.
     Abandoned { deliveries: i64 },
+    /// Its dead letter could not be queued (the queue is full): it stays unwritten.
+    LetterNotQueued,
+    /// This process lets it go unsettled: a shutdown past its deadline, or a pull that brought more
+    /// than there is room for.
+    HandedBack,
 }
 
 /// The limits a decision depends on.
@@ -76,6 +67,15 @@ pub fn decide(attempt: Attempt<'_>, delivered: i64, limits: Limits) -> Outcome {
             reason: RejectReason::MaxDeliveries,
             detail: format!("NATS stopped delivering after {deliveries} deliveries"),
         },
+        // Not stored as a letter, so not terminated either: redelivered after the usual delay (on
+        // its last delivery the advisory watcher dead-letters it from the stream).
+        Attempt::LetterNotQueued => Outcome::Retry {
+            delay: limits.nak_delay,
+        },
+        // Another replica may take it at once: nothing about the message failed.
+        Attempt::HandedBack => Outcome::Retry {
+            delay: Duration::ZERO,
+        },
     }
 }
 
@@ -103,6 +103,12 @@ impl Settler {
             max_deliver: self.max_deliver.load(Ordering::Relaxed),
             ..self.limits
         }
+    }
+
+    /// What becomes of a message on its `delivered`-th delivery after `attempt`, under the current
+    /// limits.
+    pub fn decide(&self, attempt: Attempt<'_>, delivered: i64) -> Outcome {
+        decide(attempt, delivered, self.limits())
     }
 
     /// The consumer's `max_deliver` as the server has it now (every clone of this settler sees it);
@@ -133,9 +139,7 @@ impl Settler {
             }
             (Outcome::DeadLetter { .. }, Err(e)) => {
                 tracing::error!(error = %e, "cannot dead-letter a message; nak'ing it");
-                let retry = Outcome::Retry {
-                    delay: limits.nak_delay,
-                };
+                let retry = decide(Attempt::LetterNotQueued, receipt.delivered(), limits);
                 if let Err(e) = receipt.settle(&retry).await {
                     tracing::warn!(error = %e, "nak failed; NATS redelivers after ack_wait");
                 }
@@ -237,7 +241,17 @@ mod tests {
                 },
             ));
         }
-        assert_eq!(cases.len(), 12);
+        for delivered in [1, 5] {
+            cases.push((Attempt::LetterNotQueued, delivered, retry.clone()));
+            cases.push((
+                Attempt::HandedBack,
+                delivered,
+                Outcome::Retry {
+                    delay: Duration::ZERO,
+                },
+            ));
+        }
+        assert_eq!(cases.len(), 16);
         for (attempt, delivered, want) in cases {
             assert_eq!(
                 decide(attempt, delivered, LIMITS),

@@ -1,7 +1,9 @@
 //! The pipeline's logic against a fake store and fake receipts, on a paused clock.
 
 use super::*;
+use crate::breaker::State;
 use crate::config::RetryConfig;
+use crate::health::Health;
 use crate::score::RejectReason;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -233,8 +235,9 @@ impl Run {
     async fn start(store: FakeStore, n: usize, delivered: i64) -> Run {
         let store = Arc::new(store);
         let metrics = Arc::new(Metrics::new());
-        let health = Arc::new(Health::new(metrics.clone()));
-        let pipeline = Pipeline::new(store.clone(), config(), metrics, health.clone());
+        let breaker = Arc::new(Breaker::new(metrics.clone()));
+        let health = Arc::new(Health::new(metrics.clone(), breaker.clone()));
+        let pipeline = Pipeline::new(store.clone(), config(), metrics, breaker);
         let (tx, rx) = mpsc::channel(8);
         let log = Arc::new(Mutex::new(vec![]));
         let handle = tokio::spawn(pipeline.run(rx));
@@ -337,11 +340,14 @@ async fn a_refusal_of_every_write_is_held_like_an_outage_not_split_nor_dead_lett
     let run = Run::start(FakeStore::out_for(Duration::from_secs(300), REFUSED), 10, 5).await;
     tokio::time::sleep(Duration::from_secs(150)).await;
     assert!(run.settled().is_empty(), "held, not settled");
-    assert!(run.health.pulls_paused());
-    run.health.resume_pulls();
-    assert!(
-        run.health.pulls_paused(),
-        "the health probe does not resume pulls while writes are held"
+    let breaker = run.health.breaker();
+    assert_eq!(breaker.state(), State::Open);
+    breaker.close();
+    breaker.half_open();
+    assert_eq!(
+        breaker.state(),
+        State::Open,
+        "neither a written flush nor the health probe resumes pulls while writes are held"
     );
     let reasons = run.health.readiness().unwrap_err();
     assert!(

@@ -275,7 +275,7 @@ async fn the_pull_breaker_probes_with_one_message_before_pulling_at_full_speed()
     let state = |s: &str| m.pull_breaker_state.with_label_values(&[s]).get();
 
     // Idle: a trip with nothing to pull does not leave the breaker half-open.
-    worker.health.pause_pulls("test: writes failing");
+    worker.health.breaker().open("test: writes failing");
     wait_until(
         "closed again with nothing to pull",
         Duration::from_secs(30),
@@ -283,7 +283,7 @@ async fn the_pull_breaker_probes_with_one_message_before_pulling_at_full_speed()
     )
     .await;
 
-    worker.health.pause_pulls("test: writes failing");
+    worker.health.breaker().open("test: writes failing");
     // The pull that was waiting when it tripped expires (nats::PULL_EXPIRES); nothing more is asked.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let evs = events("breaker", 300);
