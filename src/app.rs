@@ -173,7 +173,7 @@ impl App {
         let pipeline = Pipeline::new(store, pipeline_config, metrics.clone(), health.clone());
         let settler = pipeline.settler().clone();
         let mut pipeline_task = tokio::spawn(pipeline.run(rx));
-        let unsettled = Arc::new(Unsettled::default());
+        let unsettled = Arc::new(Unsettled::new(metrics.unsettled.clone()));
         let signals = Arc::new(watch::Signals::default());
         // An operator-owned consumer may cap the bytes of a pull request.
         let pull_max_bytes = match consumer.cached_info().config.max_bytes {
