@@ -32,7 +32,7 @@ fn signal(pid: &str, sig: &str) {
 }
 
 /// Resumes the database even if the test panics.
-struct Thaw(String);
+pub(crate) struct Thaw(String);
 impl Drop for Thaw {
     fn drop(&mut self) {
         signal(&self.0, "CONT");
@@ -41,7 +41,7 @@ impl Drop for Thaw {
 
 /// Freezes the database (SIGSTOP) until the returned guard is dropped.
 #[must_use]
-fn freeze_database() -> Thaw {
+pub(crate) fn freeze_database() -> Thaw {
     let pid = services("cassandra-pid");
     signal(&pid, "STOP");
     Thaw(pid)

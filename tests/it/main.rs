@@ -13,6 +13,7 @@ mod hostile;
 mod http;
 mod invariant;
 mod knobs;
+mod observe;
 mod ops;
 mod oversized;
 mod postgres;
