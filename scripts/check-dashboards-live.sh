@@ -104,11 +104,12 @@ fi
 # Two more scrapes after the last event, so each rate window holds the load.
 sleep 3
 
-"$PY" "$ROOT/deploy/tools/check_deploy.py" live-dashboards "http://127.0.0.1:$prom_port"
+out=$("$PY" "$ROOT/deploy/tools/check_deploy.py" live-dashboards "http://127.0.0.1:$prom_port")
 rc=$?
+printf '%s\n' "$out" | sed '$d'
 if [ "$rc" -ne 0 ]; then
-    echo "      worker log (last lines):"
-    tail -n 15 "$WORKER_LOG" | sed 's/^/      /'
+    echo "  worker log (last lines):"
+    tail -n 15 "$WORKER_LOG" | sed 's/^/    /'
 fi
-echo "live dashboards: $(($(date +%s) - started)) s"
+echo "$(printf '%s\n' "$out" | tail -n 1) (in $(($(date +%s) - started)) s)"
 exit "$rc"
