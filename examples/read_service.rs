@@ -26,7 +26,9 @@ use score_worker::read::Reader;
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:9103".into());
-    let board = args.next().context("usage: read_service LISTEN LEADERBOARD")?;
+    let board = args
+        .next()
+        .context("usage: read_service LISTEN LEADERBOARD")?;
     let config = Config::load(None)?;
     let session = Arc::new(score_worker::store::connect(&config.scylla).await?);
     let metrics = Arc::new(Metrics::new());

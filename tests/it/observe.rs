@@ -67,8 +67,18 @@ async fn a_held_flush_and_its_deliveries_show_how_long_they_wait() {
     for e in &events[..50] {
         publish(&js, &config, e, &e.event_id).await;
     }
+    // One bad message: its settlement (a dead letter) is timed too, not only acks.
+    publish_raw(&js, &config, "bad", b"{not json".to_vec(), "observe-bad").await;
     wait_until("first events written", Duration::from_secs(60), || {
         worker.processed() >= 50
+    })
+    .await;
+    wait_until("the bad message settled", Duration::from_secs(30), || {
+        value(
+            &worker.metrics.encode(),
+            "score_worker_processing_duration_seconds_count",
+            &[("outcome", "dead_letter")],
+        ) == 1.0
     })
     .await;
 
