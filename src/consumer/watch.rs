@@ -65,13 +65,10 @@ impl Watch {
 
     async fn check(&self) {
         let c = &self.config;
-        let stream = self.js.get_stream(&c.stream).await;
+        // No stream request here: a stream that is gone shows as the consumer's `StreamNotFound`.
+        let stream = self.js.get_stream_no_info(&c.stream).await;
         let info = match &stream {
-            Ok(stream) => {
-                let max_age = stream.cached_info().config.max_age;
-                self.metrics.stream_max_age.set(max_age.as_secs_f64());
-                stream.consumer_info(&c.consumer).await
-            }
+            Ok(stream) => stream.consumer_info(&c.consumer).await,
             Err(e) => {
                 self.health
                     .consumer_state(Some(format!("JetStream consumer cannot be read: {e}")));
@@ -83,7 +80,7 @@ impl Watch {
                 let pending = info.num_pending as i64 + info.num_ack_pending as i64;
                 self.metrics.consumer_pending.set(pending);
                 if let Ok(stream) = &stream {
-                    self.oldest_pending(stream, &info).await;
+                    self.lag(stream, &info).await;
                 }
                 self.health.consumer_state(None);
                 if c.manage_jetstream {
@@ -121,10 +118,20 @@ impl Watch {
         }
     }
 
+    /// The backlog in seconds and the stream's `max_age` it is measured against; a stream that cannot
+    /// be read keeps the last values.
+    async fn lag(&self, stream: &jetstream::stream::Stream<()>, info: &consumer::Info) {
+        if let Ok(stream_info) = stream.get_info().await {
+            let max_age = stream_info.config.max_age;
+            self.metrics.stream_max_age.set(max_age.as_secs_f64());
+        }
+        self.oldest_pending(stream, info).await;
+    }
+
     /// Records the stored time of the oldest message the consumer has not had acknowledged: the first
     /// message at or after its ack floor + 1 on its filter subject (none pending: no age). A failure
     /// keeps the last time known.
-    async fn oldest_pending(&self, stream: &jetstream::stream::Stream, info: &consumer::Info) {
+    async fn oldest_pending(&self, stream: &jetstream::stream::Stream<()>, info: &consumer::Info) {
         if info.num_pending == 0 && info.num_ack_pending == 0 {
             self.metrics.oldest_pending.set(None);
             return;

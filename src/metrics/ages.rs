@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus::Gauge;
 use tokio::time::Instant;
 
 /// A set of things held now, each with the instant it started being held. Cheap to clone (shared).
@@ -85,6 +86,57 @@ impl Since {
             0 => 0.0,
             at => (now_micros.saturating_sub(at)).max(0) as f64 / 1e6,
         }
+    }
+}
+
+impl super::Metrics {
+    /// The age gauges, set from [`Metrics::held_flushes`], [`Metrics::unsettled`] and
+    /// [`Metrics::oldest_pending`] when scraped.
+    pub(super) fn register_ages(&self) {
+        let gauge = |name: &str, help: &str| {
+            let g = Gauge::new(name, help).expect("valid metric");
+            self.registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        for (ages, count, oldest) in [
+            (
+                &self.held_flushes,
+                (
+                    "score_worker_flushes_held",
+                    "Flushes held now because the database takes no writes (their messages kept alive, pulls paused).",
+                ),
+                (
+                    "score_worker_flushes_held_oldest_age_seconds",
+                    "How long the flush held longest has been held (0 when none is).",
+                ),
+            ),
+            (
+                &self.unsettled,
+                (
+                    "score_worker_unsettled_deliveries",
+                    "Deliveries this process holds and has not settled yet (in the hand-off, a batch, a flush, a dead letter waiting).",
+                ),
+                (
+                    "score_worker_unsettled_deliveries_oldest_age_seconds",
+                    "Time since this process received the oldest delivery it has not settled yet (0 when none).",
+                ),
+            ),
+        ] {
+            let (count, oldest) = (gauge(count.0, count.1), gauge(oldest.0, oldest.1));
+            let ages = ages.clone();
+            self.on_scrape(move || {
+                count.set(ages.len() as f64);
+                oldest.set(ages.oldest(tokio::time::Instant::now()).as_secs_f64());
+            });
+        }
+        let pending = gauge(
+            "score_worker_consumer_oldest_pending_age_seconds",
+            "Age of the oldest message in the stream the consumer has not had acknowledged (its stored time to now; 0 when none): the backlog in seconds.",
+        );
+        let since = self.oldest_pending.clone();
+        self.on_scrape(move || pending.set(since.age(chrono::Utc::now().timestamp_micros())));
     }
 }
 

@@ -6,6 +6,7 @@
 //! unsettled delivery, pending message) are computed when scraped ([`ages`]).
 
 mod ages;
+mod labels;
 
 use std::sync::{Arc, Mutex};
 
@@ -15,79 +16,9 @@ use prometheus::{
 };
 
 pub use ages::{AgeGuard, Ages, Since};
+pub use labels::*;
 
 use crate::score::RejectReason;
-
-/// Receipt → settlement; boundaries at the 2 s alert threshold and past 10 s.
-pub const PROCESSING_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
-];
-/// One statement; resolves the 100 ms alert threshold.
-pub const QUERY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
-/// Scores per flush.
-pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0];
-
-/// Failure reason for a message whose write did not succeed in time (it is nak'd, not lost).
-pub const FAILED_WRITE: &str = "write";
-
-/// The requests the store sends (label `statement`), one per phase of a flush, in order; each is a
-/// single statement or an unlogged batch.
-pub const REQUESTS: [&str; 5] = [
-    "write_profiles",
-    "write_rows",
-    "read_back",
-    "cleanup",
-    "prune_ranked",
-];
-/// Statements per request.
-pub const STATEMENT_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0];
-
-/// Label `statement` of `score_worker_scylla_errors_total` for the write probe's statements.
-pub const PROBE: &str = "probe";
-
-/// How a message was settled (label `outcome` of `score_worker_processing_duration_seconds`).
-pub const OUTCOMES: [&str; 3] = ["ack", "retry", "dead_letter"];
-
-/// The read API's operations (label `operation`; see `crate::read`).
-pub const READ_OPERATIONS: [&str; 8] = [
-    "top",
-    "page",
-    "rank",
-    "profile",
-    "wallet",
-    "score_on",
-    "history",
-    "eligibility",
-];
-/// Error kind of a read refused before any request: a bad argument, or too many rows asked.
-pub const ARGUMENT: &str = "argument";
-/// One read API call; resolves the 250 ms alert threshold.
-pub const READ_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
-
-/// Kinds of warning a database server attaches to a response (label `warning`): a read that met more
-/// dead cells than `tombstone_warn_threshold`, a batch over the size threshold or spanning too many
-/// partitions, anything else.
-pub const SERVER_WARNINGS: [&str; 3] = ["tombstones", "batch", "other"];
-
-/// Database error kinds (label `kind`); see `store::error`.
-pub const ERROR_KINDS: &[&str] = &[
-    "timeout",
-    "unavailable",
-    "overloaded",
-    "connection",
-    "server",
-    "permanent",
-];
-
-/// Eligibility cache look-up results (label `result`).
-pub const CACHE_RESULTS: [&str; 2] = ["hit", "miss"];
-
-/// States of the pull breaker (label `state`; see `crate::breaker`).
-pub const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
 
 /// The worker's metrics. Cheap to share behind an `Arc`.
 pub struct Metrics {
@@ -333,42 +264,48 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("SCORE_WORKER_REVISION")])
             .set(1);
 
+        m.preinitialise();
+        m
+    }
+
+    /// Every label value of the contract, at zero (the breaker's state: closed).
+    fn preinitialise(&self) {
         for reason in RejectReason::ALL {
-            m.messages_failed.with_label_values(&[reason.as_str()]);
-            m.dead_letters.with_label_values(&[reason.as_str()]);
+            self.messages_failed.with_label_values(&[reason.as_str()]);
+            self.dead_letters.with_label_values(&[reason.as_str()]);
         }
-        m.messages_failed.with_label_values(&[FAILED_WRITE]);
+        self.messages_failed.with_label_values(&[FAILED_WRITE]);
         for statement in REQUESTS {
-            m.scylla_query_duration.with_label_values(&[statement]);
+            self.scylla_query_duration.with_label_values(&[statement]);
         }
         for statement in REQUESTS.into_iter().chain([PROBE]) {
             for kind in ERROR_KINDS {
-                m.scylla_errors.with_label_values(&[statement, kind]);
+                self.scylla_errors.with_label_values(&[statement, kind]);
             }
         }
         for outcome in OUTCOMES {
-            m.processing_duration.with_label_values(&[outcome]);
+            self.processing_duration.with_label_values(&[outcome]);
         }
         for operation in READ_OPERATIONS {
-            m.read_duration.with_label_values(&[operation]);
+            self.read_duration.with_label_values(&[operation]);
             for kind in ERROR_KINDS.iter().chain(&[ARGUMENT]) {
-                m.read_errors.with_label_values(&[operation, kind]);
+                self.read_errors.with_label_values(&[operation, kind]);
             }
         }
         for statement in REQUESTS {
             for warning in SERVER_WARNINGS {
-                m.scylla_warnings.with_label_values(&[statement, warning]);
+                self.scylla_warnings
+                    .with_label_values(&[statement, warning]);
             }
         }
         for result in CACHE_RESULTS {
-            m.eligibility_cache_requests.with_label_values(&[result]);
+            self.eligibility_cache_requests.with_label_values(&[result]);
         }
         for state in BREAKER_STATES {
-            m.pull_breaker_state
+            self.pull_breaker_state
                 .with_label_values(&[state])
                 .set(i64::from(state == "closed"));
         }
-        m
     }
 
     /// Counts a dead-lettered message (called by the dead-letter publisher, which also logs it).
@@ -395,55 +332,6 @@ impl Metrics {
         self.scylla_warnings
             .with_label_values(&[statement, kind])
             .inc();
-    }
-
-    /// The age gauges, set from [`Metrics::held_flushes`], [`Metrics::unsettled`] and
-    /// [`Metrics::oldest_pending`] when scraped.
-    fn register_ages(&self) {
-        let gauge = |name: &str, help: &str| {
-            let g = Gauge::new(name, help).expect("valid metric");
-            self.registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
-        for (ages, count, oldest) in [
-            (
-                &self.held_flushes,
-                (
-                    "score_worker_flushes_held",
-                    "Flushes held now because the database takes no writes (their messages kept alive, pulls paused).",
-                ),
-                (
-                    "score_worker_flushes_held_oldest_age_seconds",
-                    "How long the flush held longest has been held (0 when none is).",
-                ),
-            ),
-            (
-                &self.unsettled,
-                (
-                    "score_worker_unsettled_deliveries",
-                    "Deliveries this process holds and has not settled yet (in the hand-off, a batch, a flush, a dead letter waiting).",
-                ),
-                (
-                    "score_worker_unsettled_deliveries_oldest_age_seconds",
-                    "Time since this process received the oldest delivery it has not settled yet (0 when none).",
-                ),
-            ),
-        ] {
-            let (count, oldest) = (gauge(count.0, count.1), gauge(oldest.0, oldest.1));
-            let ages = ages.clone();
-            self.on_scrape(move || {
-                count.set(ages.len() as f64);
-                oldest.set(ages.oldest(tokio::time::Instant::now()).as_secs_f64());
-            });
-        }
-        let pending = gauge(
-            "score_worker_consumer_oldest_pending_age_seconds",
-            "Age of the oldest message in the stream the consumer has not had acknowledged (its stored time to now; 0 when none): the backlog in seconds.",
-        );
-        let since = self.oldest_pending.clone();
-        self.on_scrape(move || pending.set(since.age(chrono::Utc::now().timestamp_micros())));
     }
 
     /// Runs `refresh` before every scrape (to set a gauge only the caller can compute, such as an
