@@ -1,4 +1,5 @@
-//! Wiring: [`App::build`] connects to NATS and the database, ensures the JetStream topology, prepares
+//! Wiring: [`App::build`] connects to NATS and the database, creates what is missing of the JetStream
+//! topology (reporting, never changing, what differs from the configuration), prepares
 //! statements and binds the HTTP listener; [`App::run_until_stopped`] runs the consumer, pipeline,
 //! dead-letter queue, watchers, probes and HTTP server until the shutdown future resolves, then
 //! drains within `shutdown.timeout`.
@@ -52,6 +53,8 @@ pub struct App {
     js: async_nats::jetstream::Context,
     consumer:
         async_nats::jetstream::consumer::Consumer<async_nats::jetstream::consumer::pull::Config>,
+    /// How the live streams and consumer differed from the configuration at start-up.
+    drift: Vec<nats::Drift>,
     /// The score stream removes what is acknowledged (work queue): an advised message is deleted
     /// once dead-lettered.
     work_queue: bool,
@@ -79,7 +82,12 @@ impl App {
         let client = nats::connect(&config.nats, Some(metrics.clone())).await?;
         metrics.nats_connected.set(1);
         let js = nats::jetstream(client.clone(), &config.nats);
-        let consumer = nats::ensure_topology(&js, &config.nats).await?;
+        // Creates what is missing; what exists stays as the server has it (drift is reported).
+        let topology = nats::ensure_topology(&js, &config.nats).await?;
+        metrics
+            .jetstream_drift
+            .set(i64::try_from(topology.drift.len()).unwrap_or(i64::MAX));
+        let (consumer, drift) = (topology.consumer, topology.drift);
         let work_queue = nats::retention_of(&js, &config.nats.stream).await?
             == async_nats::jetstream::stream::RetentionPolicy::WorkQueue;
         let session = match store::connect(&config.scylla).await {
@@ -98,6 +106,7 @@ impl App {
             client,
             js,
             consumer,
+            drift,
             work_queue,
             session,
             store,
@@ -133,6 +142,7 @@ impl App {
             client,
             js,
             consumer,
+            drift,
             work_queue,
             session,
             store,
@@ -226,6 +236,7 @@ impl App {
                 metrics: metrics.clone(),
                 signals,
                 interval: PROBE_INTERVAL,
+                reported: drift,
             }
             .run(cancel.clone()),
         );

@@ -29,8 +29,10 @@
 //! - [`shutdown`]: the signal future the binary passes to [`app::App::run_until_stopped`].
 //!
 //! The message path, in order:
-//! - [`score`]: the wire contract: `ScoreUpdate`, decode + validate from bytes, the tie order.
-//! - [`nats`]: NATS connection, JetStream stream/consumer set-up, and their drift from the configuration.
+//! - [`score`]: the wire contract: `ScoreUpdate`, decode + validate from bytes, the tie order; event time
+//!   bounded by the message's arrival at JetStream (`score::clock`).
+//! - [`nats`]: NATS connection, JetStream streams and consumer: created where missing, never changed by
+//!   `run` (drift reported), changed only by `nats apply`.
 //! - [`consumer`]: the pull loop (pulls bounded in messages and bytes); turns messages into
 //!   `(ScoreUpdate, JsReceipt)`; its watcher restores a deleted or changed consumer.
 //! - [`batcher`]: pure accumulator: flush at `max_scores` / linger, coalescing by key.
@@ -54,7 +56,7 @@
 //! - [`read`]: the typed read client other services link (leaderboards, profiles, history, the
 //!   eligibility cache); repairs of one score go through [`store::repair`].
 //! - [`cmd`]: the command line and the subcommands other than `run` (`migrate`, `check`, `dlq`,
-//!   `publish-sample`, `query`, `score`, `migrate-postgres`, `rebuild-scores`).
+//!   `nats apply`, `publish-sample`, `query`, `score`, `migrate-postgres`, `rebuild-scores`).
 //!
 //! Dependencies point one way: `cmd → app → {consumer, pipeline, store, advisory} → {deadletter,
 //! batcher, retry, health} → {breaker, metrics, schema, config} → score`; the pipeline knows neither

@@ -1,5 +1,9 @@
 //! NATS connection and JetStream topology: the `SCORES` stream, the `SCORES_DLQ` stream and the
-//! shared durable pull consumer.
+//! shared durable pull consumer, as the configuration describes them.
+//!
+//! - `topology`: what `run` does — create what is missing, change nothing, report drift;
+//! - [`apply`]: `score-worker nats apply` — bring what exists to the configuration, said first;
+//! - `drift`: how the server's settings differ from the configuration.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,11 +14,14 @@ use secrecy::ExposeSecret;
 
 use crate::config::{NatsAuth, NatsConfig, Retention};
 
+pub mod apply;
 mod drift;
+mod topology;
 
 use crate::metrics::Metrics;
 use drift::deadletter_drift;
 pub use drift::{consumer_drift, stream_drift, Drift};
+pub use topology::{drift, ensure_topology, retention_of, streams_drift, warn_drift, Topology};
 
 /// One of async-nats' many JetStream error types (each API call has its own).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -46,7 +53,8 @@ pub enum NatsError {
         #[source]
         source: BoxError,
     },
-    /// The server cannot change these settings of an existing stream or consumer in place.
+    /// The server cannot change these settings of an existing stream or consumer in place
+    /// (`nats apply` changes nothing then).
     #[error("{}; NATS cannot change this in place: recreate it (docs/runbooks/nats-jetstream-storage-near-limit.md) or align the configuration", list(drift))]
     Drift { drift: Vec<Drift> },
     /// The server refused to bring a stream or consumer to the configuration.
@@ -208,146 +216,6 @@ pub fn consumer_config(config: &NatsConfig) -> pull::Config {
         max_ack_pending: config.max_ack_pending,
         ..Default::default()
     }
-}
-
-/// Every drift between the configuration and the server's streams and consumer (for `check`).
-pub async fn drift(js: &jetstream::Context, config: &NatsConfig) -> Result<Vec<Drift>, NatsError> {
-    let mut out = Vec::new();
-    let scores = get_stream(js, &config.stream).await?;
-    out.extend(stream_drift(
-        &scores_stream_config(config),
-        &scores.cached_info().config,
-    ));
-    let dlq = get_stream(js, &config.deadletter_stream).await?;
-    out.extend(deadletter_drift(
-        &deadletter_stream_config(config),
-        &dlq.cached_info().config,
-    ));
-    let consumer: jetstream::consumer::Consumer<pull::Config> = scores
-        .get_consumer(&config.consumer)
-        .await
-        .map_err(|e| consumer_error(config, e))?;
-    out.extend(consumer_drift(
-        &consumer_config(config),
-        &consumer.cached_info().config,
-    ));
-    Ok(out)
-}
-
-/// What a stream keeps, as the server has it.
-pub async fn retention_of(
-    js: &jetstream::Context,
-    name: &str,
-) -> Result<stream::RetentionPolicy, NatsError> {
-    Ok(get_stream(js, name).await?.cached_info().config.retention)
-}
-
-async fn get_stream(js: &jetstream::Context, name: &str) -> Result<stream::Stream, NatsError> {
-    js.get_stream(name).await.map_err(|e| NatsError::Stream {
-        stream: name.to_string(),
-        source: e.into(),
-    })
-}
-
-fn consumer_error(config: &NatsConfig, source: BoxError) -> NatsError {
-    NatsError::Consumer {
-        consumer: config.consumer.clone(),
-        source,
-    }
-}
-
-/// Creates a stream, or brings an existing one to `want` (logging each change). A change NATS
-/// cannot make in place is an error that names it.
-async fn ensure_stream(
-    js: &jetstream::Context,
-    want: stream::Config,
-    drift_of: fn(&stream::Config, &stream::Config) -> Vec<Drift>,
-) -> Result<stream::Stream, NatsError> {
-    let name = want.name.clone();
-    let existing = js
-        .get_or_create_stream(want.clone())
-        .await
-        .map_err(|e| NatsError::Stream {
-            stream: name.clone(),
-            source: e.into(),
-        })?;
-    let drift = drift_of(&want, &existing.cached_info().config);
-    if drift.is_empty() {
-        return Ok(existing);
-    }
-    if drift.iter().any(|d| !d.in_place) {
-        return Err(NatsError::Drift { drift });
-    }
-    js.update_stream(&want)
-        .await
-        .map_err(|e| NatsError::Update {
-            drift: drift.clone(),
-            source: e.into(),
-        })?;
-    log_applied(&drift);
-    get_stream(js, &name).await
-}
-
-/// One line per setting brought to the configuration.
-fn log_applied(drift: &[Drift]) {
-    for d in drift {
-        tracing::info!(object = %d.object, field = d.field, from = %d.server, to = %d.configured, "updated to the configuration");
-    }
-}
-
-/// Creates (or, when not managing, looks up) both streams and the consumer; returns the consumer.
-///
-/// Managed (`nats.manage_jetstream`): what differs from the configuration is updated and logged.
-/// Operator-owned: each difference is logged as a warning and the server's settings apply (the last
-/// delivery comes from [`max_deliver`] of the returned consumer).
-pub async fn ensure_topology(
-    js: &jetstream::Context,
-    config: &NatsConfig,
-) -> Result<jetstream::consumer::Consumer<pull::Config>, NatsError> {
-    let want = consumer_config(config);
-    if config.manage_jetstream {
-        let stream = ensure_stream(js, scores_stream_config(config), stream_drift).await?;
-        ensure_stream(js, deadletter_stream_config(config), deadletter_drift).await?;
-        let existing: jetstream::consumer::Consumer<pull::Config> = stream
-            .get_or_create_consumer(&config.consumer, want.clone())
-            .await
-            .map_err(|e| consumer_error(config, e.into()))?;
-        let drift = consumer_drift(&want, &existing.cached_info().config);
-        if drift.is_empty() {
-            return Ok(existing);
-        }
-        if drift.iter().any(|d| !d.in_place) {
-            return Err(NatsError::Drift { drift });
-        }
-        // Creating a durable that exists updates it (every server since 2.9; no 2.10 `action`).
-        let updated = stream
-            .create_consumer(want)
-            .await
-            .map_err(|e| NatsError::Update {
-                drift: drift.clone(),
-                source: e.into(),
-            })?;
-        log_applied(&drift);
-        return Ok(updated);
-    }
-    let dlq = get_stream(js, &config.deadletter_stream).await?;
-    let stream = get_stream(js, &config.stream).await?;
-    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
-        .get_consumer(&config.consumer)
-        .await
-        .map_err(|e| consumer_error(config, e))?;
-    let drift = stream_drift(&scores_stream_config(config), &stream.cached_info().config)
-        .into_iter()
-        .chain(deadletter_drift(
-            &deadletter_stream_config(config),
-            &dlq.cached_info().config,
-        ))
-        .chain(consumer_drift(&want, &consumer.cached_info().config));
-    for d in drift {
-        tracing::warn!(object = %d.object, field = d.field, server = %d.server, configured = %d.configured,
-            "the server's setting differs from the configuration and applies (nats.manage_jetstream = false)");
-    }
-    Ok(consumer)
 }
 
 /// The delivery after which the server delivers a message no more: the consumer's `max_deliver`

@@ -8,6 +8,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+pub mod clock;
+
 /// A valid score update.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScoreUpdate {
@@ -56,7 +58,8 @@ pub enum RejectReason {
     InvalidValue,
     /// The payload exceeds `validation.max_payload_bytes`.
     TooLarge,
-    /// `occurred_at` lies more than `validation.max_clock_skew` in the future.
+    /// `occurred_at` lies more than `validation.max_clock_skew` after the message's arrival at
+    /// JetStream (or, without one, after the receiver's clock).
     FutureTimestamp,
     /// NATS delivered the message `max_deliver` times without a successful write.
     MaxDeliveries,
@@ -123,7 +126,10 @@ impl Rejection {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_payload_bytes: usize,
+    /// Refused beyond this after the reference time ([`decode`]).
     pub max_clock_skew_micros: i64,
+    /// Written at most this after the message's arrival ([`clock::decode_arrived`]).
+    pub max_ahead_of_arrival_micros: i64,
 }
 
 /// The fields of the contract; unknown fields are ignored by serde.
@@ -137,7 +143,8 @@ struct Raw {
     occurred_at: Option<Value>,
 }
 
-/// Decodes and validates one payload. `now_micros` is the receiver's clock.
+/// Decodes and validates one payload. `now_micros` is the reference time `occurred_at` may be at most
+/// `max_clock_skew` after: the message's arrival at JetStream, or the receiver's clock.
 pub fn decode(payload: &[u8], limits: Limits, now_micros: i64) -> Result<ScoreUpdate, Rejection> {
     use RejectReason::*;
     if payload.len() > limits.max_payload_bytes {
@@ -246,7 +253,12 @@ pub fn decode(payload: &[u8], limits: Limits, now_micros: i64) -> Result<ScoreUp
     if occurred_at_micros > now_micros.saturating_add(limits.max_clock_skew_micros) {
         return Err(Rejection::new(
             FutureTimestamp,
-            format!("occurred_at {occurred_at} is beyond the allowed clock skew"),
+            format!(
+                "occurred_at {occurred_at} is more than {}s after the message's arrival (or the receiver's clock) {}",
+                limits.max_clock_skew_micros / 1_000_000,
+                DateTime::from_timestamp_micros(now_micros)
+                    .map_or_else(|| now_micros.to_string(), |t| t.to_rfc3339())
+            ),
         ));
     }
 
@@ -339,6 +351,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_payload_bytes: 65_536,
         max_clock_skew_micros: 300_000_000,
+        max_ahead_of_arrival_micros: 2_000_000,
     };
 
     fn good() -> serde_json::Map<String, Value> {

@@ -108,14 +108,14 @@ async fn checks(config: &Config) -> Report {
                 if drift.is_empty() {
                     push(true, "streams and consumer match the configuration".into());
                 }
+                // `run` changes nothing that exists: the server's value applies until an operator acts.
                 for d in drift {
-                    let managed = config.nats.manage_jetstream;
-                    let (ok, note) = match (managed, d.in_place) {
-                        (true, true) => (true, "`run` updates it"),
-                        (true, false) => (false, "NATS cannot change this in place: see docs/runbooks/nats-jetstream-storage-near-limit.md"),
-                        (false, _) => (false, "the server's value applies (nats.manage_jetstream = false)"),
+                    let note = match (d.in_place, d.effect) {
+                        (false, _) => "NATS cannot change this in place: see docs/runbooks/nats-jetstream-storage-near-limit.md".to_string(),
+                        (true, None) => "the server's value applies; `score-worker nats apply` changes it".to_string(),
+                        (true, Some(effect)) => format!("the server's value applies; `score-worker nats apply` changes it (destructive: {effect})"),
                     };
-                    push(ok, format!("{d}; {note}"));
+                    push(false, format!("{d}; {note}"));
                 }
             }
         }

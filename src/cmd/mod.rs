@@ -1,6 +1,6 @@
 //! The command line and its subcommands: `score-worker [--config FILE] <run | migrate [--dry-run] | check
-//! | dlq list|replay | publish-sample | health | completions SHELL | query … | score get|set|delete |
-//! migrate-postgres | rebuild-scores>`. [`run`] dispatches; each subcommand other than `run` lives in a
+//! | nats apply [--dry-run] | dlq list|replay | publish-sample | health | completions SHELL | query … |
+//! score get|set|delete | migrate-postgres | rebuild-scores>`. [`run`] dispatches; each subcommand other than `run` lives in a
 //! module of its own here, and `run` is [`crate::app`].
 
 mod check;
@@ -8,6 +8,7 @@ mod dlq;
 pub mod health;
 mod migrate;
 pub mod migrate_postgres;
+mod nats;
 mod progress;
 mod query;
 mod rebuild;
@@ -62,6 +63,11 @@ pub enum Command {
     Check {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
+    },
+    /// Change the live JetStream streams and consumer (`run` only creates what is missing).
+    Nats {
+        #[command(subcommand)]
+        action: nats::NatsAction,
     },
     /// Inspect or replay dead letters.
     Dlq {
@@ -219,6 +225,13 @@ pub enum ArgumentError {
     },
     #[error("{0}: must be at least 1")]
     Positive(&'static str),
+    /// A repair's `--at` too far ahead of the operator's clock.
+    #[error("--at {at}")]
+    Ahead {
+        at: String,
+        #[source]
+        source: crate::score::clock::TooFarAhead,
+    },
     #[error("the score does not meet the wire contract: {0}")]
     Invalid(#[source] crate::score::Rejection),
 }
@@ -235,6 +248,7 @@ pub async fn run(command: Command, config: Config) -> Result<ExitCode, CmdError>
         }
         Command::Migrate { dry_run } => migrate::run(&config, dry_run).await,
         Command::Check { output } => Ok(check::run(&config, output).await),
+        Command::Nats { action } => nats::run(&config, action).await,
         Command::Dlq { action } => dlq::run(&config, action).await,
         Command::PublishSample {
             count,

@@ -1,6 +1,7 @@
 //! `score-worker score get|set|delete`: an operator's repair of one score, through the worker's write
 //! protocol ([`crate::store::repair`]), so it is safe while workers run. A set is validated with the
-//! wire contract's rules and written at `--at` (default now): a newer live update still wins.
+//! wire contract's rules and written at `--at` (default now): a newer live update still wins. `--at`
+//! (set and delete) may be at most `validation.max_ahead_of_arrival` ahead of the operator's clock.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use super::dlq::parse_time;
 use super::{ArgumentError, CmdError};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::score::{self, Fields};
+use crate::score::{self, clock, Fields};
 use crate::store::{self, ScyllaStore};
 
 #[derive(Debug, Subcommand)]
@@ -34,7 +35,8 @@ pub enum Repair {
         wallet: String,
         #[arg(long, allow_hyphen_values = true)]
         score: i64,
-        /// Event time: RFC 3339 or an age (10m); default now. Older than the current score: no effect.
+        /// Event time: RFC 3339 or an age (10m); default now. Older than the current score: no effect;
+        /// at most validation.max_ahead_of_arrival ahead of this machine's clock.
         #[arg(long)]
         at: Option<String>,
     },
@@ -44,6 +46,8 @@ pub enum Repair {
         profile: Uuid,
         #[arg(long)]
         leaderboard: String,
+        /// RFC 3339 or an age (10m); default now; at most validation.max_ahead_of_arrival ahead of this
+        /// machine's clock.
         #[arg(long)]
         at: Option<String>,
     },
@@ -52,14 +56,20 @@ pub enum Repair {
 pub async fn run(config: &Config, action: Repair, json: bool) -> Result<ExitCode, CmdError> {
     let session = Arc::new(store::connect(&config.scylla).await?);
     let store = ScyllaStore::new(session, &config.scylla, Arc::new(Metrics::new())).await?;
-    let at = |at: Option<String>| match at {
-        Some(text) => parse_time(&text)
+    let allowance = config.limits().max_ahead_of_arrival_micros;
+    // A repair arrives now: like an event against its arrival, it may be at most the allowance ahead.
+    let at = |at: Option<String>| -> Result<i64, ArgumentError> {
+        let now = chrono::Utc::now().timestamp_micros();
+        let Some(text) = at else { return Ok(now) };
+        let micros = parse_time(&text)
             .map(|t| t.timestamp_micros())
             .map_err(|source| ArgumentError::Time {
                 flag: "--at",
                 source,
-            }),
-        None => Ok(chrono::Utc::now().timestamp_micros()),
+            })?;
+        clock::check_repair_time(micros, now, allowance)
+            .map_err(|source| ArgumentError::Ahead { at: text, source })?;
+        Ok(micros)
     };
     match action {
         Repair::Get {

@@ -17,7 +17,8 @@ use super::CmdError;
 use crate::config::Config;
 use crate::nats;
 
-/// `publish-sample`: ensures the topology, publishes, reports.
+/// `publish-sample`: creates what is missing of the topology (changing nothing that exists),
+/// publishes, reports.
 pub async fn run(
     config: &Config,
     count: usize,
@@ -155,6 +156,7 @@ mod tests {
         let limits = crate::score::Limits {
             max_payload_bytes: 65_536,
             max_clock_skew_micros: 300_000_000,
+            max_ahead_of_arrival_micros: 2_000_000,
         };
         let update =
             crate::score::decode(&body, limits, chrono::Utc::now().timestamp_micros()).unwrap();

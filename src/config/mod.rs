@@ -7,13 +7,13 @@
 //! types cannot express, one section at a time and then across sections.
 
 mod connection;
+mod consistency;
 mod duration;
 mod list;
 mod validate;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -22,6 +22,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 pub use connection::{AuthMethodsError, NatsAuth, TlsFiles};
+pub use consistency::{Consistency, ConsistencyError};
 pub use duration::{parse_duration, DurationError};
 
 use crate::score::Limits;
@@ -78,6 +79,11 @@ fn hide_secrets(error: figment::Error) -> ConfigError {
     ConfigError::Load(Box::new(error))
 }
 
+/// A duration in µs, saturating.
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
 /// `nats://user:pass@host:4222,nats://host2` → `nats://***@host:4222,nats://host2`.
 pub fn redact_url(urls: &str) -> String {
     urls.split(',')
@@ -114,6 +120,7 @@ pub struct NatsConfig {
     pub subjects: Vec<String>,
     pub stream: String,
     pub consumer: String,
+    /// Create the streams and the consumer where missing (never change what exists: `nats apply` does).
     pub manage_jetstream: bool,
     #[serde(deserialize_with = "duration")]
     pub duplicate_window: Duration,
@@ -152,67 +159,6 @@ pub enum Retention {
     WorkQueue,
     Interest,
     Limits,
-}
-
-/// A consistency level of the database, as written in the configuration (any case).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub enum Consistency {
-    One,
-    Two,
-    Three,
-    Quorum,
-    All,
-    LocalQuorum,
-    EachQuorum,
-    LocalOne,
-}
-
-/// A name that is not a consistency level.
-#[derive(Debug, thiserror::Error)]
-#[error("`{0}` is not a consistency level: one, two, three, quorum, all, local_quorum, each_quorum or local_one")]
-pub struct ConsistencyError(String);
-
-impl FromStr for Consistency {
-    type Err = ConsistencyError;
-
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        Ok(match name.to_ascii_lowercase().as_str() {
-            "one" => Self::One,
-            "two" => Self::Two,
-            "three" => Self::Three,
-            "quorum" => Self::Quorum,
-            "all" => Self::All,
-            "local_quorum" => Self::LocalQuorum,
-            "each_quorum" => Self::EachQuorum,
-            "local_one" => Self::LocalOne,
-            _ => return Err(ConsistencyError(name.to_string())),
-        })
-    }
-}
-
-impl Consistency {
-    /// Whether a read at this level always overlaps a write at this level (on every replication
-    /// factor): the property the leaderboard invariant rests on.
-    pub fn is_quorum(self) -> bool {
-        match self {
-            Self::Quorum | Self::All | Self::LocalQuorum | Self::EachQuorum => true,
-            Self::One | Self::Two | Self::Three | Self::LocalOne => false,
-        }
-    }
-
-    /// Whether the level counts replicas of the local datacenter only.
-    pub fn is_local(self) -> bool {
-        matches!(self, Self::LocalQuorum | Self::LocalOne)
-    }
-}
-
-impl TryFrom<String> for Consistency {
-    type Error = ConsistencyError;
-
-    fn try_from(name: String) -> Result<Self, Self::Error> {
-        name.parse()
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -292,6 +238,10 @@ pub struct ValidationConfig {
     pub max_payload_bytes: usize,
     #[serde(deserialize_with = "duration")]
     pub max_clock_skew: Duration,
+    /// How far an event's time may be after its message's arrival at JetStream (and a repair's after
+    /// the operator's clock) before it is written at that bound instead.
+    #[serde(deserialize_with = "duration")]
+    pub max_ahead_of_arrival: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -383,8 +333,8 @@ impl Config {
     pub fn limits(&self) -> Limits {
         Limits {
             max_payload_bytes: self.validation.max_payload_bytes,
-            max_clock_skew_micros: i64::try_from(self.validation.max_clock_skew.as_micros())
-                .unwrap_or(i64::MAX),
+            max_clock_skew_micros: micros(self.validation.max_clock_skew),
+            max_ahead_of_arrival_micros: micros(self.validation.max_ahead_of_arrival),
         }
     }
 
@@ -450,6 +400,7 @@ mod tests {
         assert_eq!(c.scylla.consistency, Consistency::LocalQuorum);
         assert_eq!(c.validation.max_payload_bytes, 65_536);
         assert_eq!(c.validation.max_clock_skew, Duration::from_secs(300));
+        assert_eq!(c.validation.max_ahead_of_arrival, Duration::from_secs(2));
         assert_eq!(c.http.listen.port(), 9102);
     }
 

@@ -219,6 +219,13 @@ impl ValidationConfig {
         if self.max_payload_bytes == 0 {
             return Err(invalid("validation.max_payload_bytes", "must be positive"));
         }
+        // Between the two, an event is written at arrival + max_ahead_of_arrival; beyond, refused.
+        if self.max_ahead_of_arrival > self.max_clock_skew {
+            return Err(invalid(
+                "validation.max_ahead_of_arrival",
+                "must not exceed validation.max_clock_skew",
+            ));
+        }
         Ok(())
     }
 }

@@ -1,4 +1,5 @@
-//! The JetStream pull loop: takes messages from the durable consumer, decodes them, hands good ones
+//! The JetStream pull loop: takes messages from the durable consumer, decodes them (event time bounded
+//! by the message's arrival at JetStream, [`score::clock`]), hands good ones
 //! to the pipeline as `(ScoreUpdate, JsReceipt)` and settles bad ones as the pipeline's
 //! [`settle::decide`](crate::pipeline::settle::decide) says (a dead letter, queued for the
 //! dead-letter task, so a slow dead-letter stream never holds up the loop).
@@ -23,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::nats::PULL_EXPIRES;
 use crate::pipeline::{Attempt, Settler};
 use crate::retry::growing_wait;
+use crate::score::clock::Clamped;
 use crate::score::{self, Limits, ScoreUpdate};
 
 mod pull;
@@ -319,12 +321,16 @@ impl Consumer {
     ) -> bool {
         let received_at = Instant::now();
         self.metrics.messages_received.inc();
-        let (delivered, stream_sequence) = message
+        let (delivered, stream_sequence, arrival) = message
             .info()
-            .map(|i| (i.delivered, i.stream_sequence))
-            .unwrap_or((1, 0));
+            .map(|i| {
+                let arrival = i.published.timestamp_micros();
+                (i.delivered, i.stream_sequence, Some(arrival))
+            })
+            .unwrap_or((1, 0, None));
         let now = chrono::Utc::now().timestamp_micros();
-        let decoded = score::decode(&message.payload, self.limits, now);
+        let decoded = score::clock::decode_arrived(&message.payload, self.limits, arrival, now)
+            .map(|(update, clamped)| self.clamped(update, clamped));
         if decoded.is_ok() {
             // The payload is a slice of the client's read buffer, which it shares with the messages
             // read with it: a small accepted message held until its flush is written would keep a
@@ -361,6 +367,20 @@ impl Consumer {
                 false
             }
         }
+    }
+
+    /// Counts and logs an event written at its arrival's bound instead of its `occurred_at` (a refused
+    /// one is counted with its dead letter, [`Metrics::dead_lettered`]).
+    fn clamped(&self, update: ScoreUpdate, clamped: Option<Clamped>) -> ScoreUpdate {
+        if let Some(clamped) = clamped {
+            self.metrics
+                .events_clock
+                .with_label_values(&["clamped"])
+                .inc();
+            tracing::warn!(event_id = %update.event_id, leaderboard = %update.leaderboard_id,
+                profile = %update.profile_id, "{clamped} (validation.max_ahead_of_arrival)");
+        }
+        update
     }
 }
 

@@ -1,9 +1,10 @@
-//! Keeps the durable consumer there, and as configured, while the worker runs: every few seconds,
-//! and at once when a pull finds it gone, it reads the consumer and
-//! - managed (`nats.manage_jetstream`): recreates it (and its streams) when an operator deleted it,
-//!   and brings it back to the configuration when it was recreated or changed with other settings
+//! Keeps the durable consumer there while the worker runs: every few seconds, and at once when a pull
+//! finds it gone, it reads the consumer and
+//! - managed (`nats.manage_jetstream`): recreates it (and its streams) when an operator deleted it
 //!   (`score_worker_consumer_restores_total`); the pull loop then pulls again at once;
-//! - operator-owned: follows its `max_deliver`, so the last delivery is always the server's;
+//! - always: follows its `max_deliver`, so the last delivery is the server's, and reports how the
+//!   streams and the consumer differ from the configuration (`score_worker_jetstream_drift`, a
+//!   warning when that changes) without changing them: `score-worker nats apply` does;
 //!
 //! and feeds readiness ("JetStream consumer cannot be read: …") and the lag gauges: in messages
 //! (`score_worker_consumer_pending`) and in seconds (`score_worker_consumer_oldest_pending_age_seconds`:
@@ -43,12 +44,14 @@ pub struct Watch {
     pub metrics: Arc<Metrics>,
     pub signals: Arc<Signals>,
     pub interval: Duration,
+    /// The drift last reported (a warning is logged when it changes).
+    pub reported: Vec<nats::Drift>,
 }
 
 impl Watch {
     /// Checks every `interval` (or when a pull asks) until cancelled; a check in progress (up to
     /// `nats.request_timeout`) does not delay a shutdown.
-    pub async fn run(self, cancel: CancellationToken) {
+    pub async fn run(mut self, cancel: CancellationToken) {
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
@@ -63,7 +66,7 @@ impl Watch {
         }
     }
 
-    async fn check(&self) {
+    async fn check(&mut self) {
         let c = &self.config;
         // No stream request here: a stream that is gone shows as the consumer's `StreamNotFound`.
         let stream = self.js.get_stream_no_info(&c.stream).await;
@@ -83,25 +86,14 @@ impl Watch {
                     self.lag(stream, &info).await;
                 }
                 self.health.consumer_state(None);
-                if c.manage_jetstream {
-                    let drift = nats::consumer_drift(&nats::consumer_config(c), &info.config);
-                    if !drift.is_empty() {
-                        let what = drift
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join("; ");
-                        self.restore(&what).await;
-                    }
-                } else {
-                    let max_deliver = nats::max_deliver_of(&info.config);
-                    if self.settler.set_max_deliver(max_deliver) {
-                        tracing::warn!(
-                            max_deliver,
-                            "the consumer's max_deliver changed on the server; the last delivery follows it"
-                        );
-                    }
+                let max_deliver = nats::max_deliver_of(&info.config);
+                if self.settler.set_max_deliver(max_deliver) {
+                    tracing::warn!(
+                        max_deliver,
+                        "the consumer's max_deliver changed on the server; the last delivery follows it"
+                    );
                 }
+                self.report_drift(&info.config).await;
             }
             Err(e)
                 if c.manage_jetstream
@@ -154,18 +146,42 @@ impl Watch {
         }
     }
 
-    /// Brings the streams and the consumer to the configuration (creating what is missing).
-    async fn restore(&self, why: &str) {
+    /// Sets the drift gauge, and logs the drift when it changed (a stream that cannot be read shows
+    /// elsewhere: pulls fail, readiness says so).
+    async fn report_drift(&mut self, consumer: &jetstream::consumer::Config) {
+        let Ok(mut drift) = nats::streams_drift(&self.js, &self.config).await else {
+            return;
+        };
+        drift.extend(nats::consumer_drift(
+            &nats::consumer_config(&self.config),
+            consumer,
+        ));
+        self.metrics
+            .jetstream_drift
+            .set(i64::try_from(drift.len()).unwrap_or(i64::MAX));
+        if drift != self.reported {
+            nats::warn_drift(&drift);
+            if drift.is_empty() {
+                tracing::info!("the streams and the consumer match the configuration again");
+            }
+            self.reported = drift;
+        }
+    }
+
+    /// Creates the streams and the consumer where missing (what exists is not changed).
+    async fn restore(&mut self, why: &str) {
         match nats::ensure_topology(&self.js, &self.config).await {
-            Ok(consumer) => {
+            Ok(topology) => {
                 self.metrics.consumer_restores.inc();
                 tracing::warn!(
                     why,
                     stream = %self.config.stream,
                     consumer = %self.config.consumer,
-                    "restored the stream and consumer to the configuration"
+                    "recreated what was missing of the stream and consumer"
                 );
-                self.settler.set_max_deliver(nats::max_deliver(&consumer));
+                self.settler
+                    .set_max_deliver(nats::max_deliver(&topology.consumer));
+                self.reported = topology.drift;
                 self.health.consumer_state(None);
                 self.signals.restored.notify_waiters();
             }

@@ -71,3 +71,8 @@ pub const CACHE_RESULTS: [&str; 2] = ["hit", "miss"];
 
 /// States of the pull breaker (label `state`; see `crate::breaker`).
 pub const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
+
+/// What the arrival rule did to an event's time (label `action` of `score_worker_events_clock_total`;
+/// see `score::clock`): written at arrival + `validation.max_ahead_of_arrival`, or dead-lettered as
+/// `future_timestamp`.
+pub const CLOCK_ACTIONS: [&str; 2] = ["clamped", "refused"];

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub messages_processed: IntCounter,
     pub messages_failed: IntCounterVec,
     pub dead_letters: IntCounterVec,
+    /// Events whose `occurred_at` was later than their arrival allows, by [`CLOCK_ACTIONS`].
+    pub events_clock: IntCounterVec,
     /// Receipt → settlement, by `outcome` ([`OUTCOMES`]).
     pub processing_duration: HistogramVec,
     pub batch_size: Histogram,
@@ -52,6 +54,8 @@ pub struct Metrics {
     pub deadletters_deferred: IntCounter,
     pub deadletters_truncated: IntCounter,
     pub consumer_restores: IntCounter,
+    /// Settings of the streams and the consumer on the server that differ from the configuration.
+    pub jetstream_drift: IntGauge,
     /// Look-ups of the read side's eligibility cache (`crate::read`), by `result`.
     pub eligibility_cache_requests: IntCounterVec,
     /// Read API calls by `operation` ([`READ_OPERATIONS`]), errors included.
@@ -128,6 +132,11 @@ impl Metrics {
                 "score_worker_dead_letters_total",
                 "Messages published to the dead-letter subject, by reason.",
                 &["reason"],
+            ),
+            events_clock: counter_vec(
+                "score_worker_events_clock_total",
+                "Events whose occurred_at was later than their arrival at JetStream allows: clamped (a delivery written at arrival + validation.max_ahead_of_arrival) or refused (dead-lettered as future_timestamp).",
+                &["action"],
             ),
             processing_duration: histogram_vec(
                 "score_worker_processing_duration_seconds",
@@ -218,7 +227,11 @@ impl Metrics {
             ),
             consumer_restores: counter(
                 "score_worker_consumer_restores_total",
-                "Times the worker recreated the stream or durable consumer, or brought them back to the configuration, while running.",
+                "Times the worker recreated a deleted stream or durable consumer while running.",
+            ),
+            jetstream_drift: gauge(
+                "score_worker_jetstream_drift",
+                "Settings of the streams and the durable consumer on the server that differ from the configuration; the server's apply until `score-worker nats apply` changes them.",
             ),
             eligibility_cache_requests: counter_vec(
                 "score_worker_eligibility_cache_requests_total",
@@ -275,6 +288,9 @@ impl Metrics {
             self.dead_letters.with_label_values(&[reason.as_str()]);
         }
         self.messages_failed.with_label_values(&[FAILED_WRITE]);
+        for action in CLOCK_ACTIONS {
+            self.events_clock.with_label_values(&[action]);
+        }
         for statement in REQUESTS {
             self.scylla_query_duration.with_label_values(&[statement]);
         }
@@ -308,7 +324,8 @@ impl Metrics {
         }
     }
 
-    /// Counts a dead-lettered message (called by the dead-letter publisher, which also logs it).
+    /// Counts a dead-lettered message (called by the dead-letter publisher, which also logs it); a
+    /// `future_timestamp` one is also an event the arrival rule refused.
     pub fn dead_lettered(&self, reason: RejectReason) {
         self.messages_failed
             .with_label_values(&[reason.as_str()])
@@ -316,6 +333,9 @@ impl Metrics {
         self.dead_letters
             .with_label_values(&[reason.as_str()])
             .inc();
+        if reason == RejectReason::FutureTimestamp {
+            self.events_clock.with_label_values(&["refused"]).inc();
+        }
     }
 
     /// Counts one warning the database attached to a response to `statement`; the driver logs its
@@ -378,6 +398,7 @@ mod tests {
             "score_worker_messages_processed_total",
             "score_worker_messages_failed_total",
             "score_worker_dead_letters_total",
+            "score_worker_events_clock_total",
             "score_worker_processing_duration_seconds",
             "score_worker_batch_size",
             "score_worker_batch_retries_total",
@@ -397,6 +418,7 @@ mod tests {
             "score_worker_deadletters_deferred_total",
             "score_worker_deadletters_truncated_total",
             "score_worker_consumer_restores_total",
+            "score_worker_jetstream_drift",
             "score_worker_eligibility_cache_requests_total",
             "score_worker_read_duration_seconds",
             "score_worker_read_errors_total",
@@ -430,6 +452,7 @@ mod tests {
         );
         assert!(text.contains("score_worker_scylla_query_duration_seconds_bucket{statement=\"read_back\",le=\"0.1\"} 0"));
         assert!(text.contains("score_worker_dead_letters_total{reason=\"malformed_json\"} 0"));
+        assert!(text.contains("score_worker_events_clock_total{action=\"clamped\"} 0"));
         assert!(text.contains(&format!(
             "score_worker_build_info{{revision=\"{}\",version=\"{}\"}} 1",
             env!("SCORE_WORKER_REVISION"),

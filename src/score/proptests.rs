@@ -22,6 +22,7 @@ const NOW: i64 = 1_780_000_000_000_000; // 2026-05-28
 const LIMITS: Limits = Limits {
     max_payload_bytes: 65_536,
     max_clock_skew_micros: 300_000_000,
+    max_ahead_of_arrival_micros: 2_000_000,
 };
 const FIELDS: [&str; 6] = [
     "event_id",

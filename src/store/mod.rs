@@ -34,7 +34,7 @@ mod statements;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
@@ -80,6 +80,42 @@ pub struct ScyllaStore {
     latency: [Histogram; 5],
 }
 
+/// How long a writer starting up retries its schema and replication checks while they time out or
+/// find the database unavailable: a node killed just before the start has not yet been convicted by
+/// its peers, and a coordinator still waits on it for a read at quorum.
+const CHECK_BUDGET: Duration = Duration::from_secs(60);
+
+/// Every writer (the worker, repairs, rebuild-scores) refuses a keyspace it may not write (schema
+/// window, bucket count, consistency on the keyspace's datacenters). A check that fails for a
+/// transient reason ([`error::classify`]) is tried again, with a growing wait, for [`CHECK_BUDGET`].
+async fn check_may_write(session: &Session, config: &ScyllaConfig) -> Result<(), ConnectError> {
+    let deadline = Instant::now() + CHECK_BUDGET;
+    let mut failures = 0;
+    loop {
+        let checked = match crate::schema::check_writer(session, config).await {
+            Ok(_) => crate::schema::replication::check(session, config).await,
+            Err(e) => Err(e),
+        };
+        let e = match checked {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let transient = match &e {
+            crate::schema::SchemaError::Statement { source, .. } => {
+                error::classify(source).class() == crate::pipeline::Class::Retryable
+            }
+            _ => false,
+        };
+        failures += 1;
+        let wait = crate::retry::growing_wait(failures);
+        if !transient || Instant::now() + wait > deadline {
+            return Err(ConnectError::Schema(Box::new(e)));
+        }
+        tracing::warn!(error = %e, retry_in = ?wait, "schema check failed; retrying");
+        tokio::time::sleep(wait).await;
+    }
+}
+
 impl ScyllaStore {
     /// Prepares every statement against `config.keyspace`, after checking that this writer may write
     /// it (schema window, bucket count, consistency on the keyspace's datacenters).
@@ -89,14 +125,7 @@ impl ScyllaStore {
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConnectError> {
         let statements = Statements::prepare(&session, &config.keyspace).await?;
-        // Every writer (the worker, repairs, rebuild-scores) refuses a keyspace it may not write.
-        let schema = |e| ConnectError::Schema(Box::new(e));
-        crate::schema::check_writer(&session, config)
-            .await
-            .map_err(schema)?;
-        crate::schema::replication::check(&session, config)
-            .await
-            .map_err(schema)?;
+        check_may_write(&session, config).await?;
         let latency = REQUESTS.map(|r| metrics.scylla_query_duration.with_label_values(&[r]));
         Ok(Self {
             session,

@@ -151,3 +151,72 @@ fn signal_term(child: &mut std::process::Child) {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// `score set|delete --at` (issue 18, item 1): a repair arrives when the operator runs it, so its time
+/// may be at most `validation.max_ahead_of_arrival` ahead of the operator's clock — a delete included,
+/// which had no limit at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_ahead_of_the_operators_clock_is_refused() {
+    ensure_schema().await;
+    let _servers = shared().await;
+    let config = base_config("repair_clock");
+    let profile = uuid::Uuid::new_v4().to_string();
+    let board = format!("repair-clock-{}", &profile[..8]);
+    let ahead = |seconds: i64| {
+        (chrono::Utc::now() + chrono::Duration::seconds(seconds))
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    };
+    let key = [
+        "--profile",
+        profile.as_str(),
+        "--leaderboard",
+        board.as_str(),
+    ];
+    let wallet = wallet_of(profile.parse().unwrap());
+    let set = |at: &str, score: &str| {
+        let mut args = vec!["score", "set"];
+        args.extend(key);
+        args.extend(["--wallet", wallet.as_str(), "--score", score, "--at", at]);
+        run(&config, &args, &[])
+    };
+    let get = || {
+        let mut args = vec!["score", "get"];
+        args.extend(key);
+        stdout(&run(&config, &args, &[]))
+    };
+
+    let four_minutes = ahead(240);
+    let refused = set(&four_minutes, "999");
+    let stderr = String::from_utf8_lossy(&refused.stderr).into_owned();
+    eprintln!("score set --at +4 min: {:?} {stderr}", refused.status);
+    assert!(
+        !refused.status.success(),
+        "set 4 minutes ahead: {}",
+        stdout(&refused)
+    );
+    assert!(
+        stderr.contains("ahead of this machine's clock; a repair may be at most 2.000s ahead"),
+        "{stderr}"
+    );
+    assert!(get().starts_with("no score"), "nothing written: {}", get());
+
+    let written = set(&ahead(-1), "7");
+    assert!(
+        written.status.success(),
+        "{}",
+        String::from_utf8_lossy(&written.stderr)
+    );
+    let mut delete = vec!["score", "delete"];
+    delete.extend(key);
+    delete.extend(["--at", four_minutes.as_str()]);
+    let refused = run(&config, &delete, &[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr).into_owned();
+    eprintln!("score delete --at +4 min: {:?} {stderr}", refused.status);
+    assert!(
+        !refused.status.success(),
+        "delete 4 minutes ahead: {}",
+        stdout(&refused)
+    );
+    assert!(stderr.contains("a repair may be at most"), "{stderr}");
+    assert!(get().starts_with("score 7 "), "the score stays: {}", get());
+}

@@ -417,10 +417,7 @@ fn corpus(now: DateTime<Utc>, limits: Limits, board: &str) -> Vec<Case> {
 }
 
 fn limits_of(config: &Config) -> Limits {
-    Limits {
-        max_payload_bytes: config.validation.max_payload_bytes,
-        max_clock_skew_micros: config.validation.max_clock_skew.as_micros() as i64,
-    }
+    config.limits()
 }
 
 fn count_bad(cases: &[Case]) -> usize {
@@ -681,6 +678,20 @@ async fn hostile_corpus_through_one_live_worker() {
             .get(),
         0
     );
+    // The arrival rule: the one good event stamped ahead (`within-clock-skew`, 2.5 min) is written at
+    // its arrival + the allowance; every `future_timestamp` is counted as refused.
+    let clock = |action: &str| {
+        worker
+            .metrics
+            .events_clock
+            .with_label_values(&[action])
+            .get()
+    };
+    let refused = rejected
+        .iter()
+        .filter(|c| c.current() == Some(RejectReason::FutureTimestamp))
+        .count() as u64;
+    assert_eq!((clock("clamped"), clock("refused")), (1, refused));
 
     // One worker did it all, without a restart or a redelivery.
     assert!(worker.is_running(), "the worker's run task ended");

@@ -30,6 +30,8 @@ async fn health_readiness_and_metrics_endpoints() {
         "score_worker_consumer_pending",
         "score_worker_nats_connected 1",
         "score_worker_build_info",
+        "score_worker_events_clock_total{action=\"clamped\"} 0",
+        "score_worker_jetstream_drift 0",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics");
     }

@@ -4,6 +4,7 @@
 mod buckets;
 mod churn;
 mod cli;
+mod clocks;
 mod deadletter_outage;
 mod deadletters;
 mod dlq;

@@ -195,6 +195,7 @@ async fn the_oldest_pending_message_is_aged_from_its_stored_time() {
             metrics: metrics.clone(),
             signals: signals.clone(),
             interval: Duration::from_millis(200),
+            reported: Vec::new(),
         }
         .run(cancel.clone()),
     );

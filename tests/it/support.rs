@@ -496,6 +496,7 @@ pub fn worker_env(c: &Config, http_port: u16) -> Vec<(String, String)> {
             .into(),
         ),
         ("NATS__MAX_AGE", ms(c.nats.max_age)),
+        ("NATS__DUPLICATE_WINDOW", ms(c.nats.duplicate_window)),
         ("NATS__MAX_BYTES", c.nats.max_bytes.to_string()),
         ("NATS__ACK_WAIT", ms(c.nats.ack_wait)),
         ("NATS__MAX_DELIVER", c.nats.max_deliver.to_string()),

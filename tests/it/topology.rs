@@ -1,12 +1,13 @@
-//! The JetStream topology against the configuration (issue 9, items 1, 5 and 7): what the score
-//! stream keeps, what happens at its byte limit, streams and consumers that drifted from the
-//! configuration, and a consumer that disappears under a running worker.
+//! The JetStream topology against the configuration (issue 9, items 1, 5 and 7; issue 18, item 4):
+//! what the score stream keeps, what happens at its byte limit, streams and consumers that drifted
+//! from the configuration (reported by `run`, changed only by `nats apply`), and a consumer that
+//! disappears under a running worker.
 
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull;
 use score_worker::config::Retention;
-use score_worker::nats::{self, NatsError};
+use score_worker::nats;
 use uuid::Uuid;
 
 use crate::support::*;
@@ -138,16 +139,136 @@ async fn a_full_stream_refuses_publishes_and_keeps_what_it_holds() {
     worker.stop().await;
 }
 
+/// The live stream as the server has it: (messages, max_age).
+async fn stream_state(js: &async_nats::jetstream::Context, name: &str) -> (u64, Duration) {
+    let mut stream = js.get_stream(name).await.unwrap();
+    let info = stream.info().await.unwrap();
+    (info.state.messages, info.config.max_age)
+}
+
+/// `score-worker ARGS` against `config`: (exit code, stdout, stderr).
+fn command(config: &score_worker::config::Config, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = worker_command(config, 0).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 18, item 4: `publish-sample` and a worker started with a smaller `max_age` than the live
+/// stream change nothing (a smaller max_age deletes the backlog) and report the drift; `nats apply
+/// --dry-run` prints the change and makes none; `nats apply` makes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_managed_worker_brings_the_stream_and_consumer_to_the_configuration() {
+async fn a_worker_started_with_a_smaller_max_age_leaves_every_message_and_reports_the_drift() {
     ensure_schema().await;
     let _servers = shared().await;
-    let mut old = base_config("managed");
+    // Limits retention: what the worker acknowledges stays, so the count shows what the stream keeps.
+    let mut live = base_config("max_age");
+    live.nats.retention = Retention::Limits;
+    live.nats.max_age = Duration::from_secs(3600);
+    // NATS refuses a max_age shorter than the duplicate window.
+    live.nats.duplicate_window = Duration::from_secs(1);
+    let (_client, js) = jetstream(&live).await;
+    let events = events("max_age", 20);
+    for e in &events {
+        publish(&js, &live, e, &e.event_id).await;
+    }
+    let mut smaller = live.clone();
+    smaller.nats.max_age = Duration::from_secs(2);
+    // Every stored message is now older than the smaller max_age.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let name = &live.nats.stream;
+
+    cli(
+        &smaller,
+        &["publish-sample", "--count", "1", "--profiles", "1"],
+    );
+    let after_sample = stream_state(&js, name).await;
+    eprintln!("after publish-sample with max_age 2s: (messages, max_age) {after_sample:?}");
+    assert_eq!(
+        after_sample,
+        (21, Duration::from_secs(3600)),
+        "publish-sample deleted nothing, changed nothing"
+    );
+    let worker = Worker::start(smaller.clone()).await;
+    wait_until("every event written", Duration::from_secs(60), || {
+        worker.processed() >= 21
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_run = stream_state(&js, name).await;
+    let drift = worker.metrics.jetstream_drift.get();
+    worker.stop().await;
+    eprintln!("after publish-sample and a worker with max_age 2s: (messages, max_age) {after_run:?}, drift gauge {drift}");
+    assert_eq!(
+        after_run,
+        (21, Duration::from_secs(3600)),
+        "nothing deleted, nothing changed"
+    );
+    assert_eq!(drift, 1, "score_worker_jetstream_drift counts the max_age");
+
+    let line = format!("stream {name}: max_age is 3600s on the server, 2s in the configuration");
+    let (code, report, _) = command(&smaller, &["check"]);
+    assert_eq!(code, Some(1), "{report}");
+    assert!(
+        report.contains(&format!("[FAIL] {line}; the server's value applies; `score-worker nats apply` changes it (destructive: stored messages older than the new max_age are deleted)")),
+        "{report}"
+    );
+
+    let (code, dry, err) = command(&smaller, &["nats", "apply", "--dry-run"]);
+    eprintln!("nats apply --dry-run:\n{dry}");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        dry,
+        format!("would change: {line} (destructive: stored messages older than the new max_age are deleted)\ndry run: nothing changed\n")
+    );
+    assert_eq!(
+        stream_state(&js, name).await,
+        (21, Duration::from_secs(3600))
+    );
+
+    let (code, applied, err) = command(&smaller, &["nats", "apply"]);
+    eprintln!("nats apply:\n{applied}");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        applied.starts_with(&format!("changing: {line}")),
+        "{applied}"
+    );
+    eventually(
+        "the old messages expired",
+        Duration::from_secs(10),
+        || async { stream_state(&js, name).await == (0, Duration::from_secs(2)) },
+    )
+    .await;
+    let again = cli(&smaller, &["check"]);
+    assert!(
+        again.contains("streams and consumer match the configuration"),
+        "{again}"
+    );
+}
+
+/// `run` brings nothing that exists to the configuration; `nats apply` does, patching only the
+/// drifted settings (an operator's description stays), and refuses, changing nothing, what NATS
+/// cannot change in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_apply_brings_the_stream_and_consumer_to_the_configuration_and_run_does_not() {
+    ensure_schema().await;
+    let _servers = shared().await;
+    let mut old = base_config("apply");
     old.nats.max_age = Duration::from_secs(3600);
     old.nats.ack_wait = Duration::from_secs(30);
     old.nats.max_deliver = 5;
     old.nats.max_ack_pending = 100;
     let (_client, js) = jetstream(&old).await;
+    // The operators' own settings, which the worker does not manage.
+    let stream = js.get_stream(&old.nats.stream).await.unwrap();
+    let mut theirs = stream.cached_info().config.clone();
+    theirs.description = Some("owned by ops".into());
+    js.update_stream(&theirs).await.unwrap();
+    let mut theirs = nats::consumer_config(&old.nats);
+    theirs.description = Some("ops consumer".into());
+    stream.create_consumer(theirs).await.unwrap();
 
     let mut new = old.clone();
     new.nats.max_age = Duration::from_secs(7200);
@@ -155,55 +276,99 @@ async fn a_managed_worker_brings_the_stream_and_consumer_to_the_configuration() 
     new.nats.ack_wait = Duration::from_secs(10);
     new.nats.max_deliver = 20;
     new.nats.max_ack_pending = 2000;
-    let check = worker_command(&new, 0).arg("check").output().unwrap();
-    let report = String::from_utf8_lossy(&check.stdout);
-    eprintln!("check before the update:\n{report}");
+    let (_, report, _) = command(&new, &["check"]);
+    eprintln!("check before:\n{report}");
     for line in [
-        "max_age is 3600s on the server, 7200s in the configuration; `run` updates it",
-        "max_bytes is -1 on the server, 1048576 in the configuration; `run` updates it",
-        "ack_wait is 30s on the server, 10s in the configuration; `run` updates it",
-        "max_deliver is 5 on the server, 20 in the configuration; `run` updates it",
+        "max_age is 3600s on the server, 7200s in the configuration; the server's value applies; `score-worker nats apply` changes it\n",
+        "max_bytes is -1 on the server, 1048576 in the configuration; the server's value applies; `score-worker nats apply` changes it (destructive: the oldest stored messages beyond the new max_bytes are deleted)",
+        "ack_wait is 30s on the server, 10s in the configuration; the server's value applies",
+        "max_deliver is 5 on the server, 20 in the configuration; the server's value applies",
     ] {
         assert!(report.contains(line), "`check` reports `{line}`:\n{report}");
     }
 
+    let state = || async {
+        let mut stream = js.get_stream(&new.nats.stream).await.unwrap();
+        let s = stream.info().await.unwrap().config.clone();
+        let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> =
+            stream.get_consumer(&new.nats.consumer).await.unwrap();
+        let c = consumer.cached_info().config.clone();
+        (
+            (s.max_age, s.max_bytes, s.description),
+            (c.ack_wait, c.max_deliver, c.max_ack_pending, c.description),
+        )
+    };
+    let before = state().await;
     let worker = Worker::start(new.clone()).await;
-    let mut stream = js.get_stream(&new.nats.stream).await.unwrap();
-    let s = stream.info().await.unwrap().config.clone();
-    assert_eq!(
-        (s.max_age, s.max_bytes),
-        (Duration::from_secs(7200), 1 << 20)
-    );
-    let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> =
-        stream.get_consumer(&new.nats.consumer).await.unwrap();
-    let c = &consumer.cached_info().config;
-    assert_eq!(
-        (c.ack_wait, c.max_deliver, c.max_ack_pending),
-        (Duration::from_secs(10), 20, 2000)
-    );
+    assert_eq!(worker.metrics.jetstream_drift.get(), 5);
     worker.stop().await;
+    assert_eq!(state().await, before, "run changed nothing");
+
+    let (code, out, err) = command(&new, &["nats", "apply"]);
+    eprintln!("nats apply:\n{out}");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("changing: ")).count(),
+        5,
+        "{out}"
+    );
+    assert_eq!(
+        state().await,
+        (
+            (
+                Duration::from_secs(7200),
+                1 << 20,
+                Some("owned by ops".into())
+            ),
+            (
+                Duration::from_secs(10),
+                20,
+                2000,
+                Some("ops consumer".into())
+            )
+        )
+    );
     let again = cli(&new, &["check"]);
     assert!(
         again.contains("streams and consumer match the configuration"),
         "{again}"
     );
+    assert_eq!(
+        cli(&new, &["nats", "apply"]),
+        "nothing to change: the streams and the consumer match the configuration\n"
+    );
 
-    // Retention cannot change in place: start-up names it instead of running on the old one.
+    // Retention cannot change in place: `run` reports it, `nats apply` names it and changes nothing.
     let mut limits = base_config("limits");
     limits.nats.retention = Retention::Limits;
     let (_client, js) = jetstream(&limits).await;
     let mut wants_queue = limits.clone();
     wants_queue.nats.retention = Retention::WorkQueue;
-    let err = nats::ensure_topology(&js, &wants_queue.nats)
-        .await
-        .expect_err("a limits stream cannot become a work queue in place");
-    assert!(matches!(err, NatsError::Drift { .. }), "{err}");
-    let text = err.to_string();
+    wants_queue.nats.max_age = Duration::from_secs(60);
+    let topology = nats::ensure_topology(&js, &wants_queue.nats).await.unwrap();
+    let fields: Vec<&str> = topology.drift.iter().map(|d| d.field).collect();
+    assert_eq!(fields, ["retention", "max_age"]);
+    let (code, out, err) = command(&wants_queue, &["nats", "apply"]);
+    eprintln!("nats apply against a limits stream:\n{out}{err}");
+    assert_eq!(code, Some(1), "{out}");
     assert!(
-        text.contains("retention is Limits on the server, WorkQueue in the configuration"),
-        "{text}"
+        out.ends_with("nothing changed: NATS cannot make every change in place\n"),
+        "{out}"
     );
-    eprintln!("managed: updated max_age, max_bytes, ack_wait, max_deliver, max_ack_pending; refused: {text}");
+    assert!(
+        err.contains("retention is Limits on the server, WorkQueue in the configuration; NATS cannot change this in place"),
+        "{err}"
+    );
+    let mut stream = js.get_stream(&limits.nats.stream).await.unwrap();
+    let c = stream.info().await.unwrap().config.clone();
+    assert_eq!(
+        (c.retention, c.max_age),
+        (
+            async_nats::jetstream::stream::RetentionPolicy::Limits,
+            limits.nats.max_age
+        ),
+        "nothing applied"
+    );
 }
 
 /// An operator-owned consumer (`nats.manage_jetstream = false`) that disappears: the worker cannot
