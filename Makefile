@@ -28,7 +28,7 @@ help:
 	@echo "make lint          cargo fmt --check and clippy -D warnings, after make supply-chain and msrv"
 	@echo "make supply-chain  cargo deny (licences, bans, sources) and cargo audit (RustSec advisories)"
 	@echo "make msrv          cargo check with the rust-version Cargo.toml declares (part of make lint)"
-	@echo "make deploy-check  promtool / kubernetes-validate / dashboard checks of deploy/"
+	@echo "make deploy-check  promtool / kubernetes-validate / dashboard checks of deploy/, then every panel against a live worker"
 	@echo "make chaos         fault-injection suite, single servers and clusters (also part of make test); make soak: the long version"
 	@echo "make datacenters   the Cassandra cluster in two datacenters: LOCAL_QUORUM refused, QUORUM writes (also part of make test)"
 	@echo "make it-oldest-nats  the integration suite against nats-server $(OLDEST_NATS), the oldest supported (part of make test)"
@@ -177,14 +177,20 @@ soak:
 	SCORE_WORKER_CHAOS_BACKLOG=1000000 SCORE_WORKER_CHAOS_SCALE=5 SCORE_WORKER_CHAOS_KILLS=30 \
 		$(CARGO) test --locked --test chaos -- --test-threads=1 --nocapture
 
-deploy-check:
-	scripts/check-deploy.sh
+# The offline checks of deploy/, then the live one: Prometheus (Debian's) scrapes a worker under load and a
+# service linking the read API (examples/read_service.rs) with the shipped rules, and every dashboard panel's
+# query must return a series with a value (scripts/check-dashboards-live.sh, ~40 s; needs the servers).
+DEBUG_DIR := $(or $(CARGO_TARGET_DIR),target)/debug
+
+deploy-check: services
+	$(CARGO) build --locked --bin score-worker --example read_service
+	scripts/check-deploy.sh --live $(DEBUG_DIR)/score-worker $(DEBUG_DIR)/examples/read_service
 
 # Lints the /metrics text of a live worker it starts itself (on a stream and keyspace of its own) and
 # checks every metric the alert rules and dashboards use is exported.
 metrics-contract: services
 	$(CARGO) build --locked
-	scripts/check-metrics-contract.sh --live $(or $(CARGO_TARGET_DIR),target)/debug/score-worker
+	scripts/check-metrics-contract.sh --live $(DEBUG_DIR)/score-worker
 
 test: services lint unit it it-oldest-nats security chaos datacenters metrics-contract deploy-check
 	@echo "make test: all checks passed"

@@ -4,10 +4,16 @@
 # and exits non-zero if any check failed.
 #
 # Usage: scripts/check-deploy.sh              install what is missing, then run every check
+#        scripts/check-deploy.sh --live WORKER_BINARY READ_SERVICE_BINARY
+#                                             the same, then the live check: Prometheus scrapes a worker under
+#                                             load with the shipped rules and every dashboard panel query returns
+#                                             a series (scripts/check-dashboards-live.sh; needs the servers, as
+#                                             `make deploy-check` does: `make services` first)
 #        scripts/check-deploy.sh --install-only
 #
 # Installs what it needs when missing (as root on Debian bookworm):
-#   promtool 2.42      apt-get install prometheus        (Debian's build: no Kubernetes service discovery)
+#   promtool 2.42      apt-get install prometheus        (Debian's build: no Kubernetes service discovery; its
+#                                                         prometheus binary runs the live check, never the service)
 #   Python tools       .local/venv from deploy/tools/requirements.txt (kubernetes-validate, PyYAML, check-jsonschema)
 #   Node tools         .local/npm from deploy/tools/package-lock.json (@kubernetes-models/keda and
 #                      /prometheus-operator for CRD schemas, dockerfile-utils for the Dockerfile lint)
@@ -35,7 +41,7 @@ apt_install() {
 }
 
 install_tools() {
-    if ! command -v promtool >/dev/null; then
+    if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
         log "installing promtool (Debian package prometheus)"
         apt_install prometheus || { log "cannot install prometheus"; return 1; }
     fi
@@ -65,6 +71,10 @@ if ! install_tools; then
     exit 1
 fi
 [ "${1:-}" = "--install-only" ] && exit 0
+live=()
+if [ "${1:-}" = "--live" ]; then
+    live=("${2:?usage: $0 --live WORKER_BINARY READ_SERVICE_BINARY}" "${3:?usage: $0 --live WORKER_BINARY READ_SERVICE_BINARY}")
+fi
 
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
@@ -151,6 +161,11 @@ check "Dockerfile: multi-stage, COPY sources, non-root user, default command run
     "$PY" "$TOOLS/check_deploy.py" dockerfile
 check "metrics contract on the sample scrape deploy/prometheus/tests/worker-metrics.prom" \
     scripts/check-metrics-contract.sh deploy/prometheus/tests/worker-metrics.prom
+
+if [ ${#live[@]} -gt 0 ]; then
+    check "live: Prometheus scrapes a worker under load with the shipped rules; every panel query returns a series" \
+        scripts/check-dashboards-live.sh "${live[@]}"
+fi
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

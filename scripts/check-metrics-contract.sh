@@ -25,46 +25,19 @@ if ! command -v promtool >/dev/null || [ ! -x "$PY" ]; then
 fi
 
 TMP=$(mktemp -d)
-WORKER_PID=
+# shellcheck source=lib/live-worker.sh
+. "$ROOT/scripts/lib/live-worker.sh"
 cleanup() {
-    if [ -n "$WORKER_PID" ] && kill -0 "$WORKER_PID" 2>/dev/null; then
-        kill -TERM "$WORKER_PID" 2>/dev/null
-        wait "$WORKER_PID" 2>/dev/null
-    fi
+    stop_live_worker
     rm -rf "$TMP"
 }
 trap cleanup EXIT
 scrape=$TMP/metrics
 
-# live_worker BINARY: runs it on a free loopback port; sets src to its /metrics URL once /readyz says 200.
-live_worker() {
-    local bin=$1 port i
-    [ -x "$bin" ] || { echo "FAIL  $bin: not an executable (cargo build first)"; exit 1; }
-    port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    export SCORE_WORKER__NATS__URL=nats://127.0.0.1:${SCORE_WORKER_NATS_PORT:-4222}
-    export SCORE_WORKER__SCYLLA__NODES="[\"127.0.0.1:${SCORE_WORKER_CQL_PORT:-9042}\"]"
-    export SCORE_WORKER__SCYLLA__KEYSPACE=score_worker_contract
-    export SCORE_WORKER__NATS__SUBJECTS='["contract.scores.update.>"]' SCORE_WORKER__NATS__STREAM=CONTRACT
-    export SCORE_WORKER__NATS__CONSUMER=contract SCORE_WORKER__NATS__DEADLETTER_STREAM=CONTRACT_DLQ
-    export SCORE_WORKER__NATS__DEADLETTER_PREFIX=contract.scores.deadletter
-    export SCORE_WORKER__HTTP__LISTEN=127.0.0.1:$port SCORE_WORKER__LOG__FORMAT=text
-    "$bin" migrate >"$TMP/migrate.log" 2>&1 || { echo "FAIL  $bin migrate"; sed 's/^/      /' "$TMP/migrate.log"; exit 1; }
-    "$bin" run >"$TMP/worker.log" 2>&1 &
-    WORKER_PID=$!
-    for ((i = 0; i < 600; i++)); do
-        if "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
-            "http://127.0.0.1:$port/readyz" 2>/dev/null; then
-            src=http://127.0.0.1:$port/metrics
-            return 0
-        fi
-        kill -0 "$WORKER_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    echo "FAIL  the live worker did not become ready within 60 s"
-    tail -n 20 "$TMP/worker.log" | sed 's/^/      /'
-    exit 1
-}
-if [ "$src" = --live ]; then live_worker "${2:?usage: $0 --live BINARY}"; fi
+if [ "$src" = --live ]; then
+    live_worker "${2:?usage: $0 --live BINARY}" contract
+    src=http://127.0.0.1:$WORKER_PORT/metrics
+fi
 
 case $src in
     http://* | https://*)

@@ -120,21 +120,27 @@ impl Warnings {
     }
 }
 
-/// Cumulative bucket counts `(le, count)` of an unlabelled histogram's `_bucket` series.
+/// Cumulative bucket counts `(le, count)` of a histogram's `_bucket` series, summed over its other
+/// labels (builds from 0.1 label the processing time by `outcome`; older ones do not).
 pub fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
-    let prefix = format!("{name}{{le=\"");
-    text.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(&prefix)?;
-            let (le, count) = rest.split_once("\"} ")?;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((le, count.trim().parse().ok()?))
-        })
-        .collect()
+    let mut by_le: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+    for (labels, count) in series(text, name) {
+        let Some((_, le)) = labels.iter().find(|(k, _)| *k == "le") else {
+            continue;
+        };
+        let le = if *le == "+Inf" {
+            f64::INFINITY
+        } else {
+            match le.parse::<f64>() {
+                Ok(le) => le,
+                Err(_) => continue,
+            }
+        };
+        by_le.entry(le.to_bits()).or_insert((le, 0.0)).1 += count;
+    }
+    let mut out: Vec<(f64, f64)> = by_le.into_values().collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
 }
 
 /// Quantile of the difference of two cumulative histograms, interpolated linearly within a bucket

@@ -25,6 +25,9 @@ what it found and exits 1 when something is wrong. Needs PyYAML; everything else
     check_deploy.py compose            docker-compose.yml references, Grafana provisioning, compose Prometheus
     check_deploy.py dockerfile         COPY sources, multi-stage, non-root user, default command `run`
     check_deploy.py metrics-contract SCRAPE   a /metrics scrape exports every score_worker_* series used
+    check_deploy.py live-dashboards URL  every panel query, asked of the Prometheus at URL (which scrapes a live
+                                       worker under load, scripts/check-dashboards-live.sh), returns a series
+                                       with a value; every rule evaluates without error
 """
 import json
 import math
@@ -32,6 +35,8 @@ import pathlib
 import re
 import sys
 import tomllib
+import urllib.parse
+import urllib.request
 
 import yaml
 
@@ -59,7 +64,11 @@ RUNBOOK_SECTIONS = ["Meaning", "Impact", "Diagnosis", "Mitigation", "Escalation"
 WORKER_JOB = "score-worker"
 WORKER_PREFIX = "score_worker_"
 # Grafana variables and what they stand for when a panel query is compiled.
-DASHBOARD_VARS = {"__rate_interval": "5m", "__interval": "1m", "__range": "1h", "job": WORKER_JOB}
+# `read_job`: the jobs of the services that link the read API (all of them: `.+`).
+DASHBOARD_VARS = {"__rate_interval": "5m", "__interval": "1m", "__range": "1h", "job": WORKER_JOB,
+                  "read_job": ".+"}
+# The same for the live check: Prometheus scrapes every second, so a 30 s window holds 30 samples.
+LIVE_VARS = dict(DASHBOARD_VARS, __rate_interval="30s", __interval="1s", __range="5m")
 KEDA_NATS_KEYS = {"natsServerMonitoringEndpoint", "account", "stream", "consumer", "lagThreshold",
                   "activationLagThreshold", "useHttps"}
 # Words in panel descriptions that name an alert (checked to exist).
@@ -1284,6 +1293,63 @@ def check_metrics_contract(scrape_path):
                   f"{len(table)} contract metrics with their types and label values")
 
 
+# ------------------------------------------------------------------------------------------- live dashboards
+
+def _prometheus(base, path, **params):
+    url = f"{base}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        body = json.load(resp)
+    if body.get("status") != "success":
+        raise RuntimeError(f"{path}: {body.get('errorType')}: {body.get('error')}")
+    return body["data"]
+
+
+def _substitute(expr, variables):
+    for var, value in variables.items():
+        expr = expr.replace("${%s}" % var, value).replace("$" + var, value)
+    return expr
+
+
+def check_live_dashboards(base):
+    """Every panel query returns a series with a value from the live Prometheus at `base`."""
+    p = Problems()
+    records = recording_rules()
+    rules = 0
+    for group in _prometheus(base, "/api/v1/rules")["groups"]:
+        for rule in group["rules"]:
+            rules += 1
+            p.check(rule.get("health") == "ok", f"rule {rule['name']}",
+                    f"evaluates with {rule.get('health')}: {rule.get('lastError')}")
+    proved, skipped = 0, []
+    for path, board in dashboards():
+        for panel in data_panels(board):
+            where = f"{path.stem} panel {panel.get('title')!r}"
+            for target in panel.get("targets", []):
+                expr = _substitute(target.get("expr", ""), LIVE_VARS)
+                names = set()
+                for name in metric_names(expr):
+                    names |= metric_names(records[name]) if name in records else {name}
+                if not any(n.startswith(WORKER_PREFIX) for n in names):
+                    skipped.append(f"{where} {target.get('refId')}: needs {', '.join(sorted(names))}, "
+                                   "exported by no process of this repository")
+                    continue
+                try:
+                    result = _prometheus(base, "/api/v1/query", query=expr)["result"]
+                except (OSError, RuntimeError, ValueError) as err:
+                    p.add(where, f"query {target.get('refId')} failed: {err}")
+                    continue
+                values = [float(r["value"][1]) for r in result]
+                finite = [v for v in values if math.isfinite(v)]
+                if p.check(result, where, f"query {target.get('refId')} returned no series: {expr}") and \
+                        p.check(finite, where, f"query {target.get('refId')} returned only NaN: {expr}"):
+                    proved += 1
+                    print(f"  PASS  {where} {target.get('refId')}: {len(result)} series, {len(finite)} with a value")
+    for line in skipped:
+        print(f"  SKIP  {line}")
+    return p.done(f"{proved} panel queries return series with values; {len(skipped)} skipped (other services); "
+                  f"{rules} rules evaluate without error")
+
+
 def main(argv):
     if len(argv) < 2:
         print(__doc__)
@@ -1294,6 +1360,7 @@ def main(argv):
         "dashboards": check_dashboards, "dashboard-rules": write_dashboard_rules, "derive-config": derive_config,
         "kubernetes": check_kubernetes, "kubernetes-fixtures": check_kubernetes_fixtures, "crs-json": crs_json, "builtin-manifests": builtin_manifests, "compose": check_compose,
         "dockerfile": check_dockerfile, "metrics-contract": check_metrics_contract,
+        "live-dashboards": check_live_dashboards,
     }
     if cmd not in table:
         print(__doc__)

@@ -176,7 +176,7 @@ impl App {
         let pipeline = Pipeline::new(store, pipeline_config, metrics.clone(), breaker.clone());
         let settler = pipeline.settler().clone();
         let pipeline_task = tokio::spawn(pipeline.run(rx));
-        let unsettled = Arc::new(Unsettled::default());
+        let unsettled = Arc::new(Unsettled::new(metrics.unsettled.clone()));
         let signals = Arc::new(watch::Signals::default());
         let consumer_task = tokio::spawn(
             Consumer {

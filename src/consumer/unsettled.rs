@@ -15,6 +15,7 @@ use async_nats::jetstream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{AgeGuard, Ages};
 use crate::pipeline::{Attempt, Settler};
 
 #[derive(Default)]
@@ -23,11 +24,14 @@ pub struct Unsettled {
     /// and how many [`Held`] handles keep it.
     held: Mutex<HashMap<String, Entry>>,
     pub(super) abandoned: CancellationToken,
+    /// Since when each is held (`score_worker_unsettled_deliveries_oldest_age_seconds`).
+    ages: Ages,
 }
 
 struct Entry {
     heard: Instant,
     holders: usize,
+    _age: AgeGuard,
 }
 
 /// Keeps one delivery held; cloning adds a holder, the last one dropped lets it go.
@@ -65,6 +69,14 @@ impl Drop for Held {
 }
 
 impl Unsettled {
+    /// Deliveries counted and aged in `ages` while held.
+    pub fn new(ages: Ages) -> Self {
+        Self {
+            ages,
+            ..Self::default()
+        }
+    }
+
     /// Holds a delivery from now until the returned handle (and its clones) are dropped.
     pub(super) fn hold(self: &Arc<Self>, message: &jetstream::Message) -> Held {
         let reply = message.reply.as_ref().map(|r| r.to_string());
@@ -74,6 +86,7 @@ impl Unsettled {
                 Entry {
                     heard: Instant::now(),
                     holders: 1,
+                    _age: self.ages.start(),
                 },
             );
         }
@@ -171,6 +184,7 @@ mod tests {
                 Entry {
                     heard: *at,
                     holders: 1,
+                    _age: u.ages.start(),
                 },
             )
         }));
@@ -183,6 +197,7 @@ mod tests {
             Entry {
                 heard: Instant::now(),
                 holders: 1,
+                _age: u.ages.start(),
             },
         );
         Held {
@@ -192,14 +207,17 @@ mod tests {
     }
 
     #[test]
-    fn a_delivery_stays_held_until_its_last_handle_is_dropped() {
-        let u = Arc::new(Unsettled::default());
+    fn a_delivery_stays_held_and_aged_until_its_last_handle_is_dropped() {
+        let ages = Ages::default();
+        let u = Arc::new(Unsettled::new(ages.clone()));
         let receipt = handle(&u, "r1");
         let letter = receipt.clone();
         drop(receipt);
         assert_eq!(u.len(), 1, "the dead letter still holds it");
+        assert_eq!(ages.len(), 1, "exported as unsettled");
         drop(letter);
         assert!(u.is_empty());
+        assert!(ages.is_empty());
     }
 
     #[test]

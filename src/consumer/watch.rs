@@ -6,14 +6,17 @@
 //!   streams and the consumer differ from the configuration (`score_worker_jetstream_drift`, a
 //!   warning when that changes) without changing them: `score-worker nats apply` does;
 //!
-//! and feeds readiness ("JetStream consumer cannot be read: …") and the lag gauge
-//! (`score_worker_consumer_pending`).
+//! and feeds readiness ("JetStream consumer cannot be read: …") and the lag gauges: in messages
+//! (`score_worker_consumer_pending`) and in seconds (`score_worker_consumer_oldest_pending_age_seconds`:
+//! the stored time of the first message past the consumer's ack floor — by definition not acknowledged
+//! — aged when scraped; beside it the stream's `max_age`, past which that message is deleted).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream;
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::stream::RawMessageErrorKind;
+use async_nats::jetstream::{self, consumer};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -65,7 +68,9 @@ impl Watch {
 
     async fn check(&mut self) {
         let c = &self.config;
-        let info = match self.js.get_stream_no_info(&c.stream).await {
+        // No stream request here: a stream that is gone shows as the consumer's `StreamNotFound`.
+        let stream = self.js.get_stream_no_info(&c.stream).await;
+        let info = match &stream {
             Ok(stream) => stream.consumer_info(&c.consumer).await,
             Err(e) => {
                 self.health
@@ -77,6 +82,9 @@ impl Watch {
             Ok(info) => {
                 let pending = info.num_pending as i64 + info.num_ack_pending as i64;
                 self.metrics.consumer_pending.set(pending);
+                if let Ok(stream) = &stream {
+                    self.lag(stream, &info).await;
+                }
                 self.health.consumer_state(None);
                 let max_deliver = nats::max_deliver_of(&info.config);
                 if self.settler.set_max_deliver(max_deliver) {
@@ -99,6 +107,42 @@ impl Watch {
             Err(e) => self
                 .health
                 .consumer_state(Some(format!("JetStream consumer cannot be read: {e}"))),
+        }
+    }
+
+    /// The backlog in seconds and the stream's `max_age` it is measured against; a stream that cannot
+    /// be read keeps the last values.
+    async fn lag(&self, stream: &jetstream::stream::Stream<()>, info: &consumer::Info) {
+        if let Ok(stream_info) = stream.get_info().await {
+            let max_age = stream_info.config.max_age;
+            self.metrics.stream_max_age.set(max_age.as_secs_f64());
+        }
+        self.oldest_pending(stream, info).await;
+    }
+
+    /// Records the stored time of the oldest message the consumer has not had acknowledged: the first
+    /// message at or after its ack floor + 1 on its filter subject (none pending: no age). A failure
+    /// keeps the last time known.
+    async fn oldest_pending(&self, stream: &jetstream::stream::Stream<()>, info: &consumer::Info) {
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            self.metrics.oldest_pending.set(None);
+            return;
+        }
+        let from = info.ack_floor.stream_sequence + 1;
+        let subject = match info.config.filter_subject.as_str() {
+            "" => ">",
+            subject => subject,
+        };
+        match stream.get_first_raw_message_by_subject(subject, from).await {
+            Ok(message) => {
+                let at = message.time.timestamp_micros();
+                self.metrics.oldest_pending.set(Some(at));
+            }
+            // Settled or deleted since the consumer was read: the next check sees the next one.
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {}
+            Err(e) => {
+                tracing::debug!(error = %e, subject, "cannot read the oldest pending message")
+            }
         }
     }
 

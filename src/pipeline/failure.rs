@@ -19,6 +19,7 @@ use super::next_attempt;
 use super::ports::{Store, WriteError};
 use crate::batcher::Flush;
 use crate::breaker::Pin;
+use crate::metrics::AgeGuard;
 use crate::score::ScoreUpdate;
 
 /// What happened to one key of a flush.
@@ -82,6 +83,8 @@ impl<S: Store> super::Pipeline<S> {
         let mut result = self
             .write_with_retries(latest, &flush.events, &flush.earlier, attempts)
             .await;
+        // Exported as held from its first hold until it is written or split.
+        let mut held = None;
         let failure = loop {
             let Err(failure) = result else {
                 return vec![Written::Yes; flush.latest.len()];
@@ -89,7 +92,7 @@ impl<S: Store> super::Pipeline<S> {
             match self.store.probe().await {
                 Ok(()) => break failure,
                 Err(probe) => {
-                    self.hold(&failure, probe).await;
+                    self.hold(&failure, probe, &mut held).await;
                     next_attempt(attempts);
                     result = self
                         .write_with_retries(latest, &flush.events, &flush.earlier, attempts)
@@ -116,7 +119,7 @@ impl<S: Store> super::Pipeline<S> {
                 detail: format!("all {} keys of the flush failed", all.len()),
                 refuses_values: false,
             };
-            self.hold(&failure, probe).await;
+            self.hold(&failure, probe, &mut held).await;
             next_attempt(attempts);
             outcomes = vec![Written::Yes; all.len()];
             self.isolate(flush, &all, &mut outcomes).await;
@@ -126,8 +129,10 @@ impl<S: Store> super::Pipeline<S> {
 
     /// Holds while the database takes no writes at all (the probe fails): pulls stay paused and
     /// readiness names the cause whatever the health probe says, until the write probe, asked every
-    /// `retry.max_backoff`, passes.
-    async fn hold(&self, failure: &Failure, mut probe: S::Error) {
+    /// `retry.max_backoff`, passes. `held` keeps the flush counted as held
+    /// (`score_worker_flushes_held`) from its first hold on.
+    async fn hold(&self, failure: &Failure, mut probe: S::Error, held: &mut Option<AgeGuard>) {
+        held.get_or_insert_with(|| self.metrics.held_flushes.start());
         tracing::warn!(error = %failure.detail, %probe,
             "flush not written and the database takes no writes; holding it until it does");
         loop {

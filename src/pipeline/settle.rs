@@ -123,14 +123,20 @@ impl Settler {
         let limits = self.limits();
         let outcome = decide(attempt, receipt.delivered(), limits);
         let result = receipt.settle(&outcome).await;
+        // Every settlement is timed, not only acks: a message nak'd after a long hold counts too.
+        let settled = |label: &str| {
+            self.metrics
+                .processing_duration
+                .with_label_values(&[label])
+                .observe(receipt.received_at().elapsed().as_secs_f64());
+        };
         match (&outcome, result) {
             (Outcome::Ack, Ok(())) => {
                 self.metrics.messages_processed.inc();
-                self.metrics
-                    .processing_duration
-                    .observe(receipt.received_at().elapsed().as_secs_f64());
+                settled("ack");
             }
-            (Outcome::Retry { .. }, Ok(())) | (Outcome::DeadLetter { .. }, Ok(())) => {}
+            (Outcome::Retry { .. }, Ok(())) => settled("retry"),
+            (Outcome::DeadLetter { .. }, Ok(())) => settled("dead_letter"),
             (Outcome::Ack, Err(e)) => {
                 tracing::warn!(error = %e, "ack failed after a successful write; NATS will redeliver")
             }
@@ -140,8 +146,11 @@ impl Settler {
             (Outcome::DeadLetter { .. }, Err(e)) => {
                 tracing::error!(error = %e, "cannot dead-letter a message; nak'ing it");
                 let retry = decide(Attempt::LetterNotQueued, receipt.delivered(), limits);
-                if let Err(e) = receipt.settle(&retry).await {
-                    tracing::warn!(error = %e, "nak failed; NATS redelivers after ack_wait");
+                match receipt.settle(&retry).await {
+                    Ok(()) => settled("retry"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "nak failed; NATS redelivers after ack_wait")
+                    }
                 }
             }
         }

@@ -55,6 +55,16 @@ impl Reader {
         leaderboard: &str,
         min_score: i64,
     ) -> Result<Eligibility, ReadError> {
+        let answer = self.eligibility_of(wallet, leaderboard, min_score);
+        self.observed("eligibility", answer).await
+    }
+
+    async fn eligibility_of(
+        &self,
+        wallet: &str,
+        leaderboard: &str,
+        min_score: i64,
+    ) -> Result<Eligibility, ReadError> {
         let wallet = wallet.to_ascii_lowercase();
         let st = &self.statements;
         let cached = self

@@ -111,7 +111,8 @@ pub(super) const MAX_PAGE: usize = 5_000;
 impl Reader {
     /// The first `n` rows of `leaderboard`.
     pub async fn top(&self, leaderboard: &str, n: usize) -> Result<Page, ReadError> {
-        self.merge(leaderboard, |_| vec![Segment::Head], n).await
+        let top = self.merge(leaderboard, |_| vec![Segment::Head], n);
+        self.observed("top", top).await
     }
 
     /// The `n` rows that follow `after` on `leaderboard` (`after` itself excluded; it need not exist).
@@ -127,7 +128,8 @@ impl Reader {
                 Segment::Below(after.score),
             ]
         };
-        self.merge(leaderboard, segments, n).await
+        self.observed("page", self.merge(leaderboard, segments, n))
+            .await
     }
 
     /// Merges the buckets' reads (`segments` per bucket) until `n` rows are out.

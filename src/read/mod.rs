@@ -21,13 +21,14 @@ pub mod profile;
 pub mod rank;
 mod statements;
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use scylla::client::session::Session;
 
 use crate::config::ScyllaConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ARGUMENT};
 use crate::pipeline::Class;
 use crate::store::StoreError;
 use statements::Statements;
@@ -76,6 +77,26 @@ impl ReadError {
     }
 }
 
+/// An error's `kind` label: the classifier's kind of a database error, or `argument`.
+trait Kind {
+    fn kind(&self) -> &'static str;
+}
+
+impl Kind for StoreError {
+    fn kind(&self) -> &'static str {
+        self.kind.as_str()
+    }
+}
+
+impl Kind for ReadError {
+    fn kind(&self) -> &'static str {
+        match self {
+            ReadError::Store(e) | ReadError::Prepare(e) => e.kind(),
+            ReadError::Argument(_) | ReadError::TooMany { .. } => ARGUMENT,
+        }
+    }
+}
+
 /// The read client. Cheap to share behind an `Arc`; every method is one or a few requests.
 pub struct Reader {
     session: Arc<Session>,
@@ -105,6 +126,28 @@ impl Reader {
             cache_ttl: CACHE_TTL,
             rank_budget: RANK_BUDGET,
         })
+    }
+
+    /// Runs one call of the read API, timed (`score_worker_read_duration_seconds{operation}`) and,
+    /// if it fails, counted by kind (`score_worker_read_errors_total{operation, kind}`).
+    async fn observed<T, E: Kind>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let start = Instant::now();
+        let result = call.await;
+        self.metrics
+            .read_duration
+            .with_label_values(&[operation])
+            .observe(start.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            self.metrics
+                .read_errors
+                .with_label_values(&[operation, e.kind()])
+                .inc();
+        }
+        result
     }
 
     /// The TTL of the eligibility entries this reader writes (default [`CACHE_TTL`]).

@@ -57,14 +57,14 @@ type HistoryRow = (
 impl Reader {
     /// `profile_id`'s scores on every leaderboard, by leaderboard id.
     pub async fn scores(&self, profile_id: Uuid) -> Result<Vec<ProfileScore>, ReadError> {
-        Ok(self
-            .profile_rows("scores", &self.statements.profile, (profile_id,))
-            .await?)
+        let rows = self.profile_rows("scores", &self.statements.profile, (profile_id,));
+        Ok(self.observed("profile", rows).await?)
     }
 
     /// Every profile's score of `wallet` (any case; stored lower-case), by profile and leaderboard.
     pub async fn by_wallet(&self, wallet: &str) -> Result<Vec<ProfileScore>, ReadError> {
-        Ok(self.wallet_scores(&wallet.to_ascii_lowercase()).await?)
+        let wallet = wallet.to_ascii_lowercase();
+        Ok(self.observed("wallet", self.wallet_scores(&wallet)).await?)
     }
 
     pub(super) async fn wallet_scores(
@@ -82,6 +82,16 @@ impl Reader {
 
     /// `profile_id`'s score on `leaderboard`.
     pub async fn score_on(
+        &self,
+        profile_id: Uuid,
+        leaderboard: &str,
+    ) -> Result<Option<ProfileScore>, StoreError> {
+        let score = self.profile_score(profile_id, leaderboard);
+        self.observed("score_on", score).await
+    }
+
+    /// [`Reader::score_on`], not counted as a call of its own (a rank reads it).
+    pub(super) async fn profile_score(
         &self,
         profile_id: Uuid,
         leaderboard: &str,
@@ -132,6 +142,18 @@ impl Reader {
     /// `after` (the previous page's `next`). The range is cut to the last [`HISTORY_DAYS`] before
     /// `to`; one request per day read.
     pub async fn history(
+        &self,
+        profile_id: Uuid,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: usize,
+        after: Option<&HistoryCursor>,
+    ) -> Result<HistoryPage, ReadError> {
+        let page = self.history_page(profile_id, from, to, limit, after);
+        self.observed("history", page).await
+    }
+
+    async fn history_page(
         &self,
         profile_id: Uuid,
         from: DateTime<Utc>,

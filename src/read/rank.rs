@@ -90,7 +90,16 @@ impl Reader {
         leaderboard: &str,
         profile_id: Uuid,
     ) -> Result<Option<Rank>, ReadError> {
-        let Some(current) = self.score_on(profile_id, leaderboard).await? else {
+        self.observed("rank", self.count_rank(leaderboard, profile_id))
+            .await
+    }
+
+    async fn count_rank(
+        &self,
+        leaderboard: &str,
+        profile_id: Uuid,
+    ) -> Result<Option<Rank>, ReadError> {
+        let Some(current) = self.profile_score(profile_id, leaderboard).await? else {
             return Ok(None);
         };
         let s = current.score;

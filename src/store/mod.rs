@@ -49,7 +49,7 @@ pub use partition::{bucket_of, day_of};
 pub use session::{connect, consistency, datacenters, ConnectError, TlsError};
 
 use crate::config::{ReadBack, ScyllaConfig};
-use crate::metrics::{Metrics, REQUESTS};
+use crate::metrics::{Metrics, PROBE, REQUESTS};
 use crate::pipeline::Store;
 use crate::score::ScoreUpdate;
 use cleanup::{cleanup, Current, Own};
@@ -142,11 +142,16 @@ impl ScyllaStore {
         })
     }
 
-    /// Counts a failed request by its kind.
+    /// Counts a failed request by its statement and kind (the write probe's statements as one,
+    /// `probe`).
     fn failed(&self, e: StoreError) -> StoreError {
+        let statement = match REQUESTS.contains(&e.statement) {
+            true => e.statement,
+            false => PROBE,
+        };
         self.metrics
             .scylla_errors
-            .with_label_values(&[e.kind.as_str()])
+            .with_label_values(&[statement, e.kind.as_str()])
             .inc();
         if e.kind == Kind::Connection {
             self.metrics.scylla_connection_failures.inc();
@@ -332,9 +337,13 @@ impl ScyllaStore {
         let mut wallets = HashSet::new();
         for (u, at) in latest.iter().zip(placed) {
             let lb = u.leaderboard_id.as_str();
-            let current = self
-                .current_of(&found, u)
-                .ok_or_else(|| StoreError::not_visible(REQUESTS[READ_BACK], u.profile_id, lb))?;
+            let current = self.current_of(&found, u).ok_or_else(|| {
+                self.failed(StoreError::not_visible(
+                    REQUESTS[READ_BACK],
+                    u.profile_id,
+                    lb,
+                ))
+            })?;
             let current = current.as_ref();
             let own = Own {
                 score: wrote.is_some().then_some(u.score),

@@ -79,10 +79,13 @@ impl ScyllaStore {
             Option<Vec<(i32, i64)>>,
         );
         let result = self.send(READ_BACK, request).await?;
-        let rows = result.into_rows_result().map_err(decode)?;
+        let rows = result
+            .into_rows_result()
+            .map_err(|e| self.failed(decode(e)))?;
         let mut found = Vec::new();
-        for row in rows.rows::<Row>().map_err(decode)? {
-            let (pid, lb, score, written_at, touched_at, ranked) = row.map_err(decode)?;
+        for row in rows.rows::<Row>().map_err(|e| self.failed(decode(e)))? {
+            let (pid, lb, score, written_at, touched_at, ranked) =
+                row.map_err(|e| self.failed(decode(e)))?;
             if let Some(current) = current((score, written_at, touched_at, ranked)) {
                 found.push(((pid, lb), current));
             }

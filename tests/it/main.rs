@@ -14,6 +14,7 @@ mod hostile;
 mod http;
 mod invariant;
 mod knobs;
+mod observe;
 mod ops;
 mod oversized;
 mod postgres;

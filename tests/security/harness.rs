@@ -741,6 +741,17 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// The sum of every series of metric `name` that carries the label pair `label` (`kind="permanent"`).
+pub fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| {
+            let (labels, value) = l.strip_prefix(name)?.strip_prefix('{')?.split_once("} ")?;
+            labels.split(',').any(|kv| kv == label).then_some(())?;
+            value.trim().parse::<f64>().ok()
+        })
+        .sum()
+}
+
 // ------------------------------------------------------------------------------- NATS JWT (operator mode)
 
 /// A NATS operator with a system account and one JetStream-enabled account, as signed JWTs (what

@@ -163,7 +163,7 @@ fn progress(text: &str) -> String {
         metric(text, "score_worker_messages_received_total").unwrap_or(0.0),
         dead_letters(text),
         metric(text, "score_worker_pulls_paused").unwrap_or(0.0),
-        metric(text, "score_worker_scylla_errors_total{kind=\"permanent\"}").unwrap_or(0.0),
+        metric_sum(text, "score_worker_scylla_errors_total", "kind=\"permanent\""),
     )
 }
 
@@ -274,11 +274,11 @@ async fn a_refused_table_is_an_outage(table: &str) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let window = (NAK_DELAY * MAX_DELIVER as u32 * 10).max(Duration::from_secs(15));
-    let errors_before = metric(
+    let errors_before = metric_sum(
         &s.metrics().await,
-        "score_worker_scylla_errors_total{kind=\"permanent\"}",
-    )
-    .unwrap_or(0.0);
+        "score_worker_scylla_errors_total",
+        "kind=\"permanent\"",
+    );
     let mut paused_polls = (0, 0);
     while revoked.elapsed() < window {
         let text = s.metrics().await;
@@ -297,12 +297,11 @@ async fn a_refused_table_is_an_outage(table: &str) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let during = s.metrics().await;
-    let errors = metric(
+    let errors = metric_sum(
         &during,
-        "score_worker_scylla_errors_total{kind=\"permanent\"}",
-    )
-    .unwrap_or(0.0)
-        - errors_before;
+        "score_worker_scylla_errors_total",
+        "kind=\"permanent\"",
+    ) - errors_before;
     load.await.unwrap();
     role.grant(&grant).await;
     s.publish(&events[500..]).await;

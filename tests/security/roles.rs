@@ -125,11 +125,11 @@ async fn the_worker_runs_under_the_documented_dml_role_and_migrate_needs_the_ddl
             .unwrap_or_default();
         if metric(&text, "score_worker_messages_processed_total") >= Some(events.len() as f64) {
             assert_eq!(
-                metric(
+                metric_sum(
                     &text,
-                    "score_worker_scylla_errors_total{kind=\"permanent\"}"
-                )
-                .unwrap_or(0.0),
+                    "score_worker_scylla_errors_total",
+                    "kind=\"permanent\""
+                ),
                 0.0,
                 "no refused statement:\n{text}"
             );

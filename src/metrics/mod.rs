@@ -2,66 +2,23 @@
 //! alert rules and dashboards in `deploy/`; they are defined here and nowhere else.
 //!
 //! Label values are bounded: reasons, statement names and error kinds come from fixed lists and are
-//! pre-registered at zero, so `rate()` works from the first scrape.
+//! pre-registered at zero, so `rate()` works from the first scrape. Ages (of the oldest held flush,
+//! unsettled delivery, pending message) are computed when scraped ([`ages`]).
+
+mod ages;
+mod labels;
+
+use std::sync::{Arc, Mutex};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+pub use ages::{AgeGuard, Ages, Since};
+pub use labels::*;
+
 use crate::score::RejectReason;
-
-/// Receipt → ack; boundaries at the 2 s alert threshold and past 10 s.
-pub const PROCESSING_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
-];
-/// One statement; resolves the 100 ms alert threshold.
-pub const QUERY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
-/// Scores per flush.
-pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0];
-
-/// Failure reason for a message whose write did not succeed in time (it is nak'd, not lost).
-pub const FAILED_WRITE: &str = "write";
-
-/// The requests the store sends (label `statement`), one per phase of a flush, in order; each is a
-/// single statement or an unlogged batch.
-pub const REQUESTS: [&str; 5] = [
-    "write_profiles",
-    "write_rows",
-    "read_back",
-    "cleanup",
-    "prune_ranked",
-];
-/// Statements per request.
-pub const STATEMENT_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0];
-
-/// Kinds of warning a database server attaches to a response (label `warning`): a read that met more
-/// dead cells than `tombstone_warn_threshold`, a batch over the size threshold or spanning too many
-/// partitions, anything else.
-pub const SERVER_WARNINGS: [&str; 3] = ["tombstones", "batch", "other"];
-
-/// Database error kinds (label `kind`); see `store::error`.
-pub const ERROR_KINDS: &[&str] = &[
-    "timeout",
-    "unavailable",
-    "overloaded",
-    "connection",
-    "server",
-    "permanent",
-];
-
-/// Eligibility cache look-up results (label `result`).
-pub const CACHE_RESULTS: [&str; 2] = ["hit", "miss"];
-
-/// States of the pull breaker (label `state`; see `crate::breaker`).
-pub const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
-
-/// What the arrival rule did to an event's time (label `action` of `score_worker_events_clock_total`;
-/// see `score::clock`): written at arrival + `validation.max_ahead_of_arrival`, or dead-lettered as
-/// `future_timestamp`.
-pub const CLOCK_ACTIONS: [&str; 2] = ["clamped", "refused"];
 
 /// The worker's metrics. Cheap to share behind an `Arc`.
 pub struct Metrics {
@@ -72,7 +29,8 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// Events whose `occurred_at` was later than their arrival allows, by [`CLOCK_ACTIONS`].
     pub events_clock: IntCounterVec,
-    pub processing_duration: Histogram,
+    /// Receipt → settlement, by `outcome` ([`OUTCOMES`]).
+    pub processing_duration: HistogramVec,
     pub batch_size: Histogram,
     pub batch_retries: IntCounter,
     pub inflight_batches: IntGauge,
@@ -100,6 +58,21 @@ pub struct Metrics {
     pub jetstream_drift: IntGauge,
     /// Look-ups of the read side's eligibility cache (`crate::read`), by `result`.
     pub eligibility_cache_requests: IntCounterVec,
+    /// Read API calls by `operation` ([`READ_OPERATIONS`]), errors included.
+    pub read_duration: HistogramVec,
+    /// Read API calls that failed, by `operation` and `kind` ([`ERROR_KINDS`] and [`ARGUMENT`]).
+    pub read_errors: IntCounterVec,
+    /// Flushes held now because the database takes no writes, each from its first hold until it is
+    /// written or split.
+    pub held_flushes: Ages,
+    /// Deliveries this process holds and has not settled (`consumer::Unsettled`), from their receipt.
+    pub unsettled: Ages,
+    /// The stored time of the oldest message the consumer has not had acknowledged.
+    pub oldest_pending: Arc<Since>,
+    /// The score stream's `max_age` (0: none).
+    pub stream_max_age: Gauge,
+    /// Gauges set when scraped (ages), each by the part that knows them.
+    on_scrape: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
 }
 
 impl Metrics {
@@ -112,8 +85,8 @@ impl Metrics {
                 .expect("unique metric");
             c
         };
-        let counter_vec = |name: &str, help: &str, label: &str| {
-            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry
                 .register(Box::new(c.clone()))
                 .expect("unique metric");
@@ -135,6 +108,15 @@ impl Metrics {
             h
         };
 
+        let histogram_vec = |name: &str, help: &str, buckets: &[f64], labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+            let h = HistogramVec::new(opts, labels).expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+
         let m = Metrics {
             messages_received: counter("score_worker_messages_received_total", "Messages taken from NATS."),
             messages_processed: counter(
@@ -144,22 +126,23 @@ impl Metrics {
             messages_failed: counter_vec(
                 "score_worker_messages_failed_total",
                 "Messages that failed, by reason (validation reasons, or `write` when the write did not succeed in time).",
-                "reason",
+                &["reason"],
             ),
             dead_letters: counter_vec(
                 "score_worker_dead_letters_total",
                 "Messages published to the dead-letter subject, by reason.",
-                "reason",
+                &["reason"],
             ),
             events_clock: counter_vec(
                 "score_worker_events_clock_total",
                 "Events whose occurred_at was later than their arrival at JetStream allows: clamped (a delivery written at arrival + validation.max_ahead_of_arrival) or refused (dead-lettered as future_timestamp).",
-                "action",
+                &["action"],
             ),
-            processing_duration: histogram(
+            processing_duration: histogram_vec(
                 "score_worker_processing_duration_seconds",
-                "Time from receiving a message to acknowledging it.",
+                "Time from receiving a message to settling it, by outcome (ack, retry: nak'd for redelivery, dead_letter).",
                 PROCESSING_BUCKETS,
+                &["outcome"],
             ),
             batch_size: histogram("score_worker_batch_size", "Scores per flush after coalescing.", BATCH_BUCKETS),
             batch_retries: counter("score_worker_batch_retries_total", "Flush write attempts that were retried."),
@@ -173,19 +156,12 @@ impl Metrics {
                 "Pull requests to the durable consumer that failed (each is followed by a growing wait).",
             ),
             nats_connected: gauge("score_worker_nats_connected", "1 while connected to NATS."),
-            scylla_query_duration: {
-                let h = HistogramVec::new(
-                    HistogramOpts::new(
-                        "score_worker_scylla_query_duration_seconds",
-                        "Duration of each database statement, by statement.",
-                    )
-                    .buckets(QUERY_BUCKETS.to_vec()),
-                    &["statement"],
-                )
-                .expect("valid metric");
-                registry.register(Box::new(h.clone())).expect("unique metric");
-                h
-            },
+            scylla_query_duration: histogram_vec(
+                "score_worker_scylla_query_duration_seconds",
+                "Duration of each database statement, by statement.",
+                QUERY_BUCKETS,
+                &["statement"],
+            ),
             scylla_statements: histogram(
                 "score_worker_scylla_statements_per_request",
                 "Statements carried by each database request (1, or the size of an unlogged batch).",
@@ -197,8 +173,8 @@ impl Metrics {
             ),
             scylla_errors: counter_vec(
                 "score_worker_scylla_errors_total",
-                "Database statement errors, by kind.",
-                "kind",
+                "Failed database requests of the write path, by statement and kind.",
+                &["statement", "kind"],
             ),
             scylla_connection_failures: counter(
                 "score_worker_scylla_connection_failures_total",
@@ -260,10 +236,34 @@ impl Metrics {
             eligibility_cache_requests: counter_vec(
                 "score_worker_eligibility_cache_requests_total",
                 "Eligibility look-ups of the read API, by whether the cache answered (hit) or the score tables did (miss).",
-                "result",
+                &["result"],
             ),
+            read_duration: histogram_vec(
+                "score_worker_read_duration_seconds",
+                "Duration of each read API call (score_worker::read), failed ones included, by operation.",
+                READ_BUCKETS,
+                &["operation"],
+            ),
+            read_errors: counter_vec(
+                "score_worker_read_errors_total",
+                "Read API calls that failed, by operation and kind (database error kinds, or argument).",
+                &["operation", "kind"],
+            ),
+            held_flushes: Ages::default(),
+            unsettled: Ages::default(),
+            oldest_pending: Arc::default(),
+            stream_max_age: Gauge::new(
+                "score_worker_stream_max_age_seconds",
+                "The score stream's max_age: messages older than this are deleted unprocessed (0: no limit).",
+            )
+            .expect("valid metric"),
+            on_scrape: Mutex::new(Vec::new()),
             registry,
         };
+        m.registry
+            .register(Box::new(m.stream_max_age.clone()))
+            .expect("unique metric");
+        m.register_ages();
 
         let build_info = IntGaugeVec::new(
             Opts::new("score_worker_build_info", "Build information; always 1."),
@@ -277,34 +277,51 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("SCORE_WORKER_REVISION")])
             .set(1);
 
+        m.preinitialise();
+        m
+    }
+
+    /// Every label value of the contract, at zero (the breaker's state: closed).
+    fn preinitialise(&self) {
         for reason in RejectReason::ALL {
-            m.messages_failed.with_label_values(&[reason.as_str()]);
-            m.dead_letters.with_label_values(&[reason.as_str()]);
+            self.messages_failed.with_label_values(&[reason.as_str()]);
+            self.dead_letters.with_label_values(&[reason.as_str()]);
         }
-        m.messages_failed.with_label_values(&[FAILED_WRITE]);
+        self.messages_failed.with_label_values(&[FAILED_WRITE]);
         for action in CLOCK_ACTIONS {
-            m.events_clock.with_label_values(&[action]);
+            self.events_clock.with_label_values(&[action]);
         }
         for statement in REQUESTS {
-            m.scylla_query_duration.with_label_values(&[statement]);
+            self.scylla_query_duration.with_label_values(&[statement]);
         }
-        for kind in ERROR_KINDS {
-            m.scylla_errors.with_label_values(&[kind]);
+        for statement in REQUESTS.into_iter().chain([PROBE]) {
+            for kind in ERROR_KINDS {
+                self.scylla_errors.with_label_values(&[statement, kind]);
+            }
+        }
+        for outcome in OUTCOMES {
+            self.processing_duration.with_label_values(&[outcome]);
+        }
+        for operation in READ_OPERATIONS {
+            self.read_duration.with_label_values(&[operation]);
+            for kind in ERROR_KINDS.iter().chain(&[ARGUMENT]) {
+                self.read_errors.with_label_values(&[operation, kind]);
+            }
         }
         for statement in REQUESTS {
             for warning in SERVER_WARNINGS {
-                m.scylla_warnings.with_label_values(&[statement, warning]);
+                self.scylla_warnings
+                    .with_label_values(&[statement, warning]);
             }
         }
         for result in CACHE_RESULTS {
-            m.eligibility_cache_requests.with_label_values(&[result]);
+            self.eligibility_cache_requests.with_label_values(&[result]);
         }
         for state in BREAKER_STATES {
-            m.pull_breaker_state
+            self.pull_breaker_state
                 .with_label_values(&[state])
                 .set(i64::from(state == "closed"));
         }
-        m
     }
 
     /// Counts a dead-lettered message (called by the dead-letter publisher, which also logs it); a
@@ -337,8 +354,17 @@ impl Metrics {
             .inc();
     }
 
-    /// The Prometheus text exposition (format 0.0.4).
+    /// Runs `refresh` before every scrape (to set a gauge only the caller can compute, such as an
+    /// age).
+    pub fn on_scrape(&self, refresh: impl Fn() + Send + Sync + 'static) {
+        self.on_scrape.lock().expect("lock").push(Box::new(refresh));
+    }
+
+    /// The Prometheus text exposition (format 0.0.4), with every age as of now.
     pub fn encode(&self) -> String {
+        for refresh in self.on_scrape.lock().expect("lock").iter() {
+            refresh();
+        }
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)
@@ -363,7 +389,9 @@ mod tests {
     #[test]
     fn exports_every_contract_name_with_help_and_type() {
         let m = Metrics::new();
-        m.processing_duration.observe(0.3);
+        m.processing_duration
+            .with_label_values(&["ack"])
+            .observe(0.3);
         let text = m.encode();
         for name in [
             "score_worker_messages_received_total",
@@ -392,6 +420,14 @@ mod tests {
             "score_worker_consumer_restores_total",
             "score_worker_jetstream_drift",
             "score_worker_eligibility_cache_requests_total",
+            "score_worker_read_duration_seconds",
+            "score_worker_read_errors_total",
+            "score_worker_flushes_held",
+            "score_worker_flushes_held_oldest_age_seconds",
+            "score_worker_unsettled_deliveries",
+            "score_worker_unsettled_deliveries_oldest_age_seconds",
+            "score_worker_consumer_oldest_pending_age_seconds",
+            "score_worker_stream_max_age_seconds",
         ] {
             assert!(
                 text.contains(&format!("# HELP {name} ")),
@@ -402,7 +438,18 @@ mod tests {
                 "missing TYPE for {name}"
             );
         }
-        assert!(text.contains("score_worker_processing_duration_seconds_bucket{le=\"2\"} 1"));
+        assert!(text.contains(
+            "score_worker_processing_duration_seconds_bucket{outcome=\"ack\",le=\"2\"} 1"
+        ));
+        assert!(text.contains(
+            "score_worker_processing_duration_seconds_bucket{outcome=\"retry\",le=\"2\"} 0"
+        ));
+        assert!(text.contains(
+            "score_worker_scylla_errors_total{kind=\"server\",statement=\"read_back\"} 0"
+        ));
+        assert!(
+            text.contains("score_worker_read_errors_total{kind=\"argument\",operation=\"rank\"} 0")
+        );
         assert!(text.contains("score_worker_scylla_query_duration_seconds_bucket{statement=\"read_back\",le=\"0.1\"} 0"));
         assert!(text.contains("score_worker_dead_letters_total{reason=\"malformed_json\"} 0"));
         assert!(text.contains("score_worker_events_clock_total{action=\"clamped\"} 0"));
@@ -411,6 +458,38 @@ mod tests {
             env!("SCORE_WORKER_REVISION"),
             env!("CARGO_PKG_VERSION")
         )));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ages_are_as_of_the_scrape() {
+        let m = Metrics::new();
+        let gauge = |text: &str, name: &str| -> f64 {
+            let line = text.lines().find(|l| l.starts_with(&format!("{name} ")));
+            line.and_then(|l| l.split(' ').nth(1)?.parse().ok())
+                .unwrap_or_else(|| panic!("no {name}"))
+        };
+        let held = m.held_flushes.start();
+        tokio::time::advance(std::time::Duration::from_secs(42)).await;
+        let text = m.encode();
+        assert_eq!(gauge(&text, "score_worker_flushes_held"), 1.0);
+        assert_eq!(
+            gauge(&text, "score_worker_flushes_held_oldest_age_seconds"),
+            42.0
+        );
+        drop(held);
+        let text = m.encode();
+        assert_eq!(gauge(&text, "score_worker_flushes_held"), 0.0);
+        assert_eq!(
+            gauge(&text, "score_worker_flushes_held_oldest_age_seconds"),
+            0.0
+        );
+        let ten_minutes_ago = chrono::Utc::now().timestamp_micros() - 600_000_000;
+        m.oldest_pending.set(Some(ten_minutes_ago));
+        let age = gauge(
+            &m.encode(),
+            "score_worker_consumer_oldest_pending_age_seconds",
+        );
+        assert!((600.0..610.0).contains(&age), "{age}");
     }
 
     #[test]
