@@ -53,7 +53,7 @@
 //! Around it:
 //! - [`schema`]: applying and checking the versioned CQL in `schema/`, the writers' compatibility window
 //!   and the consistency a keyspace's datacenters allow.
-//! - [`error_chain`]: an error with its causes, for log lines and the command line.
+//! - [`error_chain()`]: an error with its causes, for log lines and the command line.
 //! - [`metrics`]: every metric, in a registry of the worker's own.
 //! - [`health`]: readiness state and the periodic probes that feed it.
 //! - [`breaker`]: the pull breaker (closed, open, half-open; pinned open while the database takes no
