@@ -16,19 +16,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use axum::routing::get;
 use score_worker::config::Config;
 use score_worker::metrics::{Metrics, CONTENT_TYPE};
 use score_worker::read::Reader;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:9103".into());
     let board = args
         .next()
-        .context("usage: read_service LISTEN LEADERBOARD")?;
+        .ok_or("usage: read_service LISTEN LEADERBOARD")?;
     let config = Config::load(None)?;
     let session = Arc::new(score_worker::store::connect(&config.scylla).await?);
     let metrics = Arc::new(Metrics::new());
@@ -51,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// One call of each operation, on the board's first row.
-async fn read_everything(reader: &Reader, board: &str) -> anyhow::Result<()> {
+async fn read_everything(reader: &Reader, board: &str) -> Result<(), Box<dyn std::error::Error>> {
     let top = reader.top(board, 10).await?;
     let Some(first) = top.entries.first() else {
         return Ok(());

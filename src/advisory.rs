@@ -45,7 +45,7 @@ pub async fn watch_max_deliveries(
             Err(e) => {
                 failures = failures.saturating_add(1);
                 let wait = crate::retry::growing_wait(failures);
-                tracing::error!(error = %e, %subject, retry_in = ?wait, "cannot subscribe to max-deliveries advisories");
+                tracing::error!(error = %crate::error_chain(&e), %subject, retry_in = ?wait, "cannot subscribe to max-deliveries advisories");
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     () = tokio::time::sleep(wait) => {}

@@ -187,7 +187,7 @@ impl Health {
         let checked = match schema::check_writer(session, scylla).await {
             Ok(state) => Ok(Ok(state)),
             Err(e @ schema::SchemaError::Statement { .. }) => Err(e),
-            Err(refusal) => Ok(Err(refusal.to_string())),
+            Err(refusal) => Ok(Err(crate::error_chain(&refusal).to_string())),
         };
         match checked {
             Ok(checked) => {
@@ -199,7 +199,7 @@ impl Health {
             }
             Err(e) => {
                 if self.database.swap(false, Ordering::Relaxed) {
-                    tracing::warn!(error = %e, "database probe failed");
+                    tracing::warn!(error = %crate::error_chain(&e), "database probe failed");
                 }
             }
         }

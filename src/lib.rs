@@ -53,6 +53,7 @@
 //! Around it:
 //! - [`schema`]: applying and checking the versioned CQL in `schema/`, the writers' compatibility window
 //!   and the consistency a keyspace's datacenters allow.
+//! - [`error_chain()`]: an error with its causes, for log lines and the command line.
 //! - [`metrics`]: every metric, in a registry of the worker's own.
 //! - [`health`]: readiness state and the periodic probes that feed it.
 //! - [`breaker`]: the pull breaker (closed, open, half-open; pinned open while the database takes no
@@ -78,6 +79,7 @@ pub mod cmd;
 pub mod config;
 pub mod consumer;
 pub mod deadletter;
+mod error_chain;
 pub mod health;
 pub mod http;
 pub mod metrics;
@@ -90,3 +92,5 @@ pub mod score;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+
+pub use error_chain::{error_chain, ErrorChain};

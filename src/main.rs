@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use score_worker::cmd::{self, Cli};
 use score_worker::config::Config;
+use score_worker::error_chain;
 use score_worker::telemetry;
 
 #[tokio::main]
@@ -14,7 +15,7 @@ async fn main() -> ExitCode {
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("score-worker: {e}");
+            eprintln!("score-worker: error: {:#}", error_chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -22,24 +23,10 @@ async fn main() -> ExitCode {
     match cmd::run(cli.command, config).await {
         Ok(code) => code,
         Err(e) => {
-            let message = error_chain(&anyhow::Error::new(e));
-            tracing::error!(error = %message, "score-worker failed");
-            eprintln!("score-worker: {message}");
+            let chain = error_chain(&e);
+            tracing::error!(error = %chain, "score-worker failed");
+            eprintln!("score-worker: error: {chain:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes on one line, skipping a cause whose text its parent already shows
-/// (several driver errors print their source themselves).
-fn error_chain(error: &anyhow::Error) -> String {
-    let mut message = error.to_string();
-    for cause in error.chain().skip(1) {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-    }
-    message
 }

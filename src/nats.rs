@@ -29,25 +29,25 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A NATS or JetStream set-up failure.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
-    #[error("cannot connect to NATS at {url}: {source}")]
+    #[error("cannot connect to NATS at {url}")]
     Connect {
         url: String,
         #[source]
         source: async_nats::ConnectError,
     },
-    #[error("cannot read NATS credentials file {path}: {source}")]
+    #[error("cannot read NATS credentials file {path}")]
     Credentials {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("JetStream stream `{stream}`: {source}")]
+    #[error("JetStream stream `{stream}`")]
     Stream {
         stream: String,
         #[source]
         source: BoxError,
     },
-    #[error("JetStream consumer `{consumer}`: {source}")]
+    #[error("JetStream consumer `{consumer}`")]
     Consumer {
         consumer: String,
         #[source]
@@ -58,7 +58,7 @@ pub enum NatsError {
     #[error("{}; NATS cannot change this in place: recreate it (docs/runbooks/nats-jetstream-storage-near-limit.md) or align the configuration", list(drift))]
     Drift { drift: Vec<Drift> },
     /// The server refused to bring a stream or consumer to the configuration.
-    #[error("updating {}: {source}", list(drift))]
+    #[error("updating {}", list(drift))]
     Update {
         drift: Vec<Drift>,
         #[source]

@@ -146,14 +146,27 @@ struct Raw {
 /// Decodes and validates one payload. `now_micros` is the reference time `occurred_at` may be at most
 /// `max_clock_skew` after: the message's arrival at JetStream, or the receiver's clock.
 pub fn decode(payload: &[u8], limits: Limits, now_micros: i64) -> Result<ScoreUpdate, Rejection> {
+    let raw = parse(payload, limits.max_payload_bytes)?;
+    // Checked in this order: the first broken field is the one reported.
+    Ok(ScoreUpdate {
+        event_id: event_id(raw.event_id)?,
+        profile_id: profile_id(raw.profile_id)?,
+        wallet_address: wallet_address(raw.wallet_address)?,
+        leaderboard_id: leaderboard_id(raw.leaderboard_id)?,
+        score: score(raw.score)?,
+        occurred_at_micros: occurred_at(raw.occurred_at, limits, now_micros)?,
+    })
+}
+
+/// The payload as one JSON object of at most `max_bytes` bytes, its contract fields picked out.
+fn parse(payload: &[u8], max_bytes: usize) -> Result<Raw, Rejection> {
     use RejectReason::*;
-    if payload.len() > limits.max_payload_bytes {
+    if payload.len() > max_bytes {
         return Err(Rejection::new(
             TooLarge,
             format!(
-                "payload is {} bytes, the limit is {}",
-                payload.len(),
-                limits.max_payload_bytes
+                "payload is {} bytes, the limit is {max_bytes}",
+                payload.len()
             ),
         ));
     }
@@ -173,86 +186,77 @@ pub fn decode(payload: &[u8], limits: Limits, now_micros: i64) -> Result<ScoreUp
             },
         );
     }
-    let raw: Raw = match serde_json::from_slice(payload) {
-        Ok(raw) => raw,
-        Err(e) if e.is_data() => {
-            // Well-formed JSON of the wrong shape, e.g. a duplicated field.
-            return Err(Rejection::new(InvalidValue, e.to_string()));
-        }
-        Err(e) => return Err(Rejection::new(MalformedJson, e.to_string())),
-    };
+    match serde_json::from_slice(payload) {
+        Ok(raw) => Ok(raw),
+        // Well-formed JSON of the wrong shape, e.g. a duplicated field.
+        Err(e) if e.is_data() => Err(Rejection::new(InvalidValue, e.to_string())),
+        Err(e) => Err(Rejection::new(MalformedJson, e.to_string())),
+    }
+}
 
-    let event_id = string_field("event_id", raw.event_id)?;
+fn event_id(value: Option<Value>) -> Result<String, Rejection> {
+    let event_id = string_field("event_id", value)?;
     if event_id.is_empty() || event_id.chars().count() > 128 {
-        return Err(Rejection::new(
-            InvalidValue,
-            "event_id must be 1-128 characters",
-        ));
+        return Err(invalid("event_id must be 1-128 characters"));
     }
     if event_id.chars().any(char::is_control) {
-        return Err(Rejection::new(
-            InvalidValue,
-            "event_id contains control characters",
-        ));
+        return Err(invalid("event_id contains control characters"));
     }
+    Ok(event_id)
+}
 
-    let profile_id = string_field("profile_id", raw.profile_id)?;
-    let profile_id = Uuid::try_parse(&profile_id)
-        .map_err(|_| Rejection::new(InvalidValue, "profile_id must be a UUID"))?;
+fn profile_id(value: Option<Value>) -> Result<Uuid, Rejection> {
+    let profile_id = string_field("profile_id", value)?;
+    Uuid::try_parse(&profile_id).map_err(|_| invalid("profile_id must be a UUID"))
+}
 
-    let wallet = string_field("wallet_address", raw.wallet_address)?;
+/// `0x` and 40 hex digits, lowercased.
+fn wallet_address(value: Option<Value>) -> Result<String, Rejection> {
+    let wallet = string_field("wallet_address", value)?;
     let hex = wallet
         .strip_prefix("0x")
         .filter(|h| h.len() == 40 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| {
-            Rejection::new(
-                InvalidValue,
-                "wallet_address must be 0x followed by 40 hex digits",
-            )
-        })?;
-    let wallet_address = format!("0x{}", hex.to_ascii_lowercase());
+        .ok_or_else(|| invalid("wallet_address must be 0x followed by 40 hex digits"))?;
+    Ok(format!("0x{}", hex.to_ascii_lowercase()))
+}
 
-    let leaderboard_id = string_field("leaderboard_id", raw.leaderboard_id)?;
+fn leaderboard_id(value: Option<Value>) -> Result<String, Rejection> {
+    let leaderboard_id = string_field("leaderboard_id", value)?;
     if leaderboard_id.is_empty()
         || leaderboard_id.len() > 64
         || !leaderboard_id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
     {
-        return Err(Rejection::new(
-            InvalidValue,
+        return Err(invalid(
             "leaderboard_id must be 1-64 characters of [A-Za-z0-9_.-]",
         ));
     }
+    Ok(leaderboard_id)
+}
 
-    let score = match raw.score {
-        None | Some(Value::Null) => return Err(missing("score")),
-        Some(Value::Number(n)) => n.as_i64().ok_or_else(|| {
-            Rejection::new(
-                InvalidValue,
-                format!("score must be a signed 64-bit integer, got {n}"),
-            )
-        })?,
-        Some(other) => return Err(wrong_type("score", "an integer", &other)),
-    };
+fn score(value: Option<Value>) -> Result<i64, Rejection> {
+    match value {
+        None | Some(Value::Null) => Err(missing("score")),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| invalid(format!("score must be a signed 64-bit integer, got {n}"))),
+        Some(other) => Err(wrong_type("score", "an integer", &other)),
+    }
+}
 
-    let occurred_at = string_field("occurred_at", raw.occurred_at)?;
-    let occurred_at = DateTime::parse_from_rfc3339(&occurred_at).map_err(|e| {
-        Rejection::new(
-            InvalidValue,
-            format!("occurred_at must be RFC 3339 with an offset: {e}"),
-        )
-    })?;
+/// RFC 3339 with an offset, after 1970 and at most `max_clock_skew` after `now_micros`.
+fn occurred_at(value: Option<Value>, limits: Limits, now_micros: i64) -> Result<i64, Rejection> {
+    let occurred_at = string_field("occurred_at", value)?;
+    let occurred_at = DateTime::parse_from_rfc3339(&occurred_at)
+        .map_err(|e| invalid(format!("occurred_at must be RFC 3339 with an offset: {e}")))?;
     let occurred_at_micros = occurred_at.timestamp_micros();
     if occurred_at_micros <= 0 {
-        return Err(Rejection::new(
-            InvalidValue,
-            "occurred_at must be after 1970-01-01",
-        ));
+        return Err(invalid("occurred_at must be after 1970-01-01"));
     }
     if occurred_at_micros > now_micros.saturating_add(limits.max_clock_skew_micros) {
         return Err(Rejection::new(
-            FutureTimestamp,
+            RejectReason::FutureTimestamp,
             format!(
                 "occurred_at {occurred_at} is more than {}s after the message's arrival (or the receiver's clock) {}",
                 limits.max_clock_skew_micros / 1_000_000,
@@ -261,15 +265,11 @@ pub fn decode(payload: &[u8], limits: Limits, now_micros: i64) -> Result<ScoreUp
             ),
         ));
     }
+    Ok(occurred_at_micros)
+}
 
-    Ok(ScoreUpdate {
-        event_id,
-        profile_id,
-        wallet_address,
-        leaderboard_id,
-        score,
-        occurred_at_micros,
-    })
+fn invalid(detail: impl Into<String>) -> Rejection {
+    Rejection::new(RejectReason::InvalidValue, detail)
 }
 
 /// The fields of an update that did not come through NATS — an operator's repair, a PostgreSQL row —

@@ -4,7 +4,7 @@
 pub async fn signal() {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
+            tracing::error!(error = %crate::error_chain(&e), "cannot listen for SIGINT");
             std::future::pending::<()>().await;
         }
     };
@@ -15,7 +15,7 @@ pub async fn signal() {
                 term.recv().await;
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                tracing::error!(error = %crate::error_chain(&e), "cannot listen for SIGTERM");
                 std::future::pending::<()>().await;
             }
         }

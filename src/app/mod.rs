@@ -35,7 +35,7 @@ pub enum AppError {
     Nats(#[from] NatsError),
     #[error(transparent)]
     Database(Box<ConnectError>),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
         #[source]
@@ -351,7 +351,7 @@ fn serve_http(
         let serve = axum::serve(listener, router)
             .with_graceful_shutdown(async move { cancelled.cancelled().await });
         if let Err(e) = serve.await {
-            tracing::error!(error = %e, "HTTP server failed");
+            tracing::error!(error = %crate::error_chain(&e), "HTTP server failed");
         }
     });
     (task, stop)

@@ -62,7 +62,9 @@ impl Running {
         background.abort_all();
         match tokio::time::timeout_at(tail, self.client.flush()).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "NATS flush on shutdown failed"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %crate::error_chain(&e), "NATS flush on shutdown failed")
+            }
             Err(_) => tracing::warn!("NATS flush on shutdown timed out"),
         }
         self.http_cancel.cancel();

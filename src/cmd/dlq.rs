@@ -177,7 +177,7 @@ impl DeadLetter {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("dead-letter stream {stream}: {source}")]
+#[error("dead-letter stream {stream}")]
 pub struct DlqError {
     pub stream: String,
     #[source]
@@ -187,7 +187,7 @@ pub struct DlqError {
 /// Neither a time nor an age.
 #[derive(Debug, thiserror::Error)]
 pub enum TimeError {
-    #[error("expected an RFC 3339 time or an age such as 2h: {0}")]
+    #[error("expected an RFC 3339 time or an age such as 2h")]
     Syntax(#[from] DurationError),
     #[error("age out of range")]
     Range,
@@ -289,21 +289,7 @@ pub async fn replay(
     let mut report = ReplayReport::default();
     let mut inflight = FuturesUnordered::new();
     while let Some(letter) = letters.next().await? {
-        // A letter that keeps only the start of its payload cannot give the original back.
-        if letter.original_subject.is_empty() || letter.truncated_from.is_some() {
-            report.skipped += 1;
-            progress.inc();
-            continue;
-        }
-        if !allowed.permits(&letter.original_subject) {
-            report.refused += 1;
-            if report.refused <= REFUSALS_LOGGED {
-                tracing::warn!(
-                    sequence = letter.sequence,
-                    subject = ?letter.original_subject,
-                    "dead letter not replayed: its original subject is not a score subject"
-                );
-            }
+        if !replayable(&letter, allowed, &mut report) {
             progress.inc();
             continue;
         }
@@ -343,6 +329,28 @@ pub async fn replay(
     }
     progress.finish();
     Ok(report)
+}
+
+/// Whether `letter` can give its original back; one that cannot is counted in `report` (skipped, or
+/// refused for its subject).
+fn replayable(letter: &DeadLetter, allowed: &Allowed, report: &mut ReplayReport) -> bool {
+    // A letter that keeps only the start of its payload cannot give the original back.
+    if letter.original_subject.is_empty() || letter.truncated_from.is_some() {
+        report.skipped += 1;
+        return false;
+    }
+    if !allowed.permits(&letter.original_subject) {
+        report.refused += 1;
+        if report.refused <= REFUSALS_LOGGED {
+            tracing::warn!(
+                sequence = letter.sequence,
+                subject = ?letter.original_subject,
+                "dead letter not replayed: its original subject is not a score subject"
+            );
+        }
+        return false;
+    }
+    true
 }
 
 #[cfg(test)]

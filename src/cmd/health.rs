@@ -17,7 +17,7 @@ const MAX_RESPONSE: u64 = 64 * 1024;
 /// Why the endpoint gave no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
-    #[error("{addr}: {source}")]
+    #[error("{addr}")]
     Io {
         addr: SocketAddr,
         #[source]
@@ -57,7 +57,7 @@ pub async fn run(listen: SocketAddr, live: bool) -> ExitCode {
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("score-worker health: {path}: {e}");
+            eprintln!("score-worker health: {path}: {}", crate::error_chain(&e));
             ExitCode::FAILURE
         }
     }

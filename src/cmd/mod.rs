@@ -186,9 +186,9 @@ pub enum CmdError {
     Schema(Box<SchemaError>),
     #[error(transparent)]
     Dlq(#[from] dlq::DlqError),
-    #[error("publishing sample events: {0}")]
+    #[error("publishing sample events")]
     Sample(#[source] async_nats::jetstream::context::PublishError),
-    #[error("flushing to NATS: {0}")]
+    #[error("flushing to NATS")]
     Flush(#[source] async_nats::client::FlushError),
     #[error(transparent)]
     Argument(#[from] ArgumentError),
@@ -217,7 +217,7 @@ impl From<ConnectError> for CmdError {
 pub enum ArgumentError {
     #[error("--reason: unknown reason `{0}`")]
     Reason(String),
-    #[error("{flag}: {source}")]
+    #[error("{flag}")]
     Time {
         flag: &'static str,
         #[source]
@@ -232,7 +232,7 @@ pub enum ArgumentError {
         #[source]
         source: crate::score::clock::TooFarAhead,
     },
-    #[error("the score does not meet the wire contract: {0}")]
+    #[error("the score does not meet the wire contract")]
     Invalid(#[source] crate::score::Rejection),
 }
 

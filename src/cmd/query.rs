@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -12,7 +12,9 @@ use super::dlq::parse_time;
 use super::{ArgumentError, CmdError};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::read::{Cursor, Entry, HistoryCursor, ProfileScore, Rank, Reader};
+use crate::read::{
+    Cursor, Eligibility, Entry, HistoryCursor, HistoryPage, ProfileScore, Rank, Reader,
+};
 use crate::store;
 
 #[derive(Debug, Subcommand)]
@@ -56,24 +58,7 @@ pub enum Query {
         wallet: String,
     },
     /// A profile's events in a time range, newest first.
-    History {
-        #[arg(long)]
-        profile: Uuid,
-        /// Start (inclusive): RFC 3339, or an age such as 24h.
-        #[arg(long, default_value = "24h")]
-        since: String,
-        /// End (exclusive): RFC 3339, or an age; default now.
-        #[arg(long)]
-        until: Option<String>,
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
-        /// Continue after this event time (RFC 3339) ...
-        #[arg(long, requires = "after_event")]
-        after_time: Option<String>,
-        /// ... and event id: the `next` of the previous page.
-        #[arg(long, requires = "after_time")]
-        after_event: Option<String>,
-    },
+    History(HistoryArgs),
     /// Is a wallet eligible on a leaderboard (best score ≥ min score)? Through the cache.
     Eligibility {
         #[arg(long)]
@@ -85,12 +70,30 @@ pub enum Query {
     },
 }
 
+/// The flags of `query history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[arg(long)]
+    pub profile: Uuid,
+    /// Start (inclusive): RFC 3339, or an age such as 24h.
+    #[arg(long, default_value = "24h")]
+    pub since: String,
+    /// End (exclusive): RFC 3339, or an age; default now.
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Continue after this event time (RFC 3339) ...
+    #[arg(long, requires = "after_event")]
+    pub after_time: Option<String>,
+    /// ... and event id: the `next` of the previous page.
+    #[arg(long, requires = "after_time")]
+    pub after_event: Option<String>,
+}
+
 pub async fn run(config: &Config, query: Query, json: bool) -> Result<ExitCode, CmdError> {
     let session = Arc::new(store::connect(&config.scylla).await?);
     let reader = Reader::new(session, &config.scylla, Arc::new(Metrics::new())).await?;
-    let time = |flag: &'static str, text: &str| {
-        parse_time(text).map_err(|source| ArgumentError::Time { flag, source })
-    };
     match query {
         Query::Top { leaderboard, limit } => {
             let page = reader.top(&leaderboard, limit).await?;
@@ -118,24 +121,7 @@ pub async fn run(config: &Config, query: Query, json: bool) -> Result<ExitCode, 
                 .with_rank_budget(budget)
                 .rank(&leaderboard, profile)
                 .await?;
-            print(json, &rank, || {
-                match rank {
-                None => format!("profile {profile} has no score on {leaderboard}\n"),
-                Some(Rank::Exact(r)) => format!(
-                    "rank {} (score {}; {} tied: ranks {}..={}); counted {} rows\n",
-                    r.rank, r.score, r.tied, r.best, r.worst, r.rows_counted
-                ),
-                Some(Rank::Beyond {
-                    score,
-                    ahead,
-                    rows_counted,
-                    budget,
-                }) => format!(
-                    "rank beyond {ahead} (score {score}); counted {rows_counted} rows, the budget of \
-                     {budget} ran out (--budget)\n"
-                ),
-            }
-            });
+            print(json, &rank, || rank_text(rank, profile, &leaderboard));
         }
         Query::Profile { profile } => {
             let scores = reader.scores(profile).await?;
@@ -145,51 +131,9 @@ pub async fn run(config: &Config, query: Query, json: bool) -> Result<ExitCode, 
             let scores = reader.by_wallet(&wallet).await?;
             print(json, &scores, || scores_table(&scores));
         }
-        Query::History {
-            profile,
-            since,
-            until,
-            limit,
-            after_time,
-            after_event,
-        } => {
-            let from = time("--since", &since)?;
-            let to = match until {
-                Some(u) => time("--until", &u)?,
-                None => chrono::Utc::now(),
-            };
-            let after = match (after_time, after_event) {
-                (Some(t), Some(event_id)) => Some(HistoryCursor {
-                    occurred_at: time("--after-time", &t)?,
-                    event_id,
-                }),
-                _ => None,
-            };
-            let page = reader
-                .history(profile, from, to, limit, after.as_ref())
-                .await?;
-            print(json, &page, || {
-                let mut out = table(
-                    &["occurred_at", "event_id", "leaderboard", "score", "wallet"],
-                    page.events.iter().map(|e| {
-                        vec![
-                            e.occurred_at.to_rfc3339(),
-                            e.event_id.clone(),
-                            e.leaderboard_id.clone(),
-                            e.score.to_string(),
-                            e.wallet_address.clone(),
-                        ]
-                    }),
-                );
-                if let Some(next) = &page.next {
-                    out.push_str(&format!(
-                        "next: --after-time {} --after-event {}\n",
-                        next.occurred_at.to_rfc3339(),
-                        next.event_id
-                    ));
-                }
-                out
-            });
+        Query::History(args) => {
+            let page = read_history(&reader, args).await?;
+            print(json, &page, || history_table(&page));
         }
         Query::Eligibility {
             wallet,
@@ -197,21 +141,95 @@ pub async fn run(config: &Config, query: Query, json: bool) -> Result<ExitCode, 
             min_score,
         } => {
             let answer = reader.eligibility(&wallet, &leaderboard, min_score).await?;
-            print(json, &answer, || {
-                format!(
-                    "{} (best score {}, cache {})\n",
-                    if answer.eligible {
-                        "eligible"
-                    } else {
-                        "not eligible"
-                    },
-                    answer.score.map_or("none".into(), |s| s.to_string()),
-                    answer.cache.as_str()
-                )
-            });
+            print(json, &answer, || eligibility_text(&answer));
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A page of `query history`: its time flags parsed, then read.
+async fn read_history(reader: &Reader, args: HistoryArgs) -> Result<HistoryPage, CmdError> {
+    let HistoryArgs {
+        profile,
+        since,
+        until,
+        limit,
+        after_time,
+        after_event,
+    } = args;
+    let time = |flag: &'static str, text: &str| {
+        parse_time(text).map_err(|source| ArgumentError::Time { flag, source })
+    };
+    let from = time("--since", &since)?;
+    let to = match until {
+        Some(u) => time("--until", &u)?,
+        None => chrono::Utc::now(),
+    };
+    let after = match (after_time, after_event) {
+        (Some(t), Some(event_id)) => Some(HistoryCursor {
+            occurred_at: time("--after-time", &t)?,
+            event_id,
+        }),
+        _ => None,
+    };
+    Ok(reader
+        .history(profile, from, to, limit, after.as_ref())
+        .await?)
+}
+
+fn rank_text(rank: Option<Rank>, profile: Uuid, leaderboard: &str) -> String {
+    match rank {
+        None => format!("profile {profile} has no score on {leaderboard}\n"),
+        Some(Rank::Exact(r)) => format!(
+            "rank {} (score {}; {} tied: ranks {}..={}); counted {} rows\n",
+            r.rank, r.score, r.tied, r.best, r.worst, r.rows_counted
+        ),
+        Some(Rank::Beyond {
+            score,
+            ahead,
+            rows_counted,
+            budget,
+        }) => format!(
+            "rank beyond {ahead} (score {score}); counted {rows_counted} rows, the budget of \
+             {budget} ran out (--budget)\n"
+        ),
+    }
+}
+
+fn history_table(page: &HistoryPage) -> String {
+    let mut out = table(
+        &["occurred_at", "event_id", "leaderboard", "score", "wallet"],
+        page.events.iter().map(|e| {
+            vec![
+                e.occurred_at.to_rfc3339(),
+                e.event_id.clone(),
+                e.leaderboard_id.clone(),
+                e.score.to_string(),
+                e.wallet_address.clone(),
+            ]
+        }),
+    );
+    if let Some(next) = &page.next {
+        out.push_str(&format!(
+            "next: --after-time {} --after-event {}\n",
+            next.occurred_at.to_rfc3339(),
+            next.event_id
+        ));
+    }
+    out
+}
+
+fn eligibility_text(answer: &Eligibility) -> String {
+    format!(
+        "{} (best score {}, cache {})\n",
+        if answer.eligible {
+            "eligible"
+        } else {
+            "not eligible"
+        },
+        answer.score.map_or("none".into(), |s| s.to_string()),
+        answer.cache.as_str()
+    )
 }
 
 fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {

@@ -57,53 +57,19 @@ pub async fn run(config: &Config, action: Repair, json: bool) -> Result<ExitCode
     let session = Arc::new(store::connect(&config.scylla).await?);
     let store = ScyllaStore::new(session, &config.scylla, Arc::new(Metrics::new())).await?;
     let allowance = config.limits().max_ahead_of_arrival_micros;
-    // A repair arrives now: like an event against its arrival, it may be at most the allowance ahead.
-    let at = |at: Option<String>| -> Result<i64, ArgumentError> {
-        let now = chrono::Utc::now().timestamp_micros();
-        let Some(text) = at else { return Ok(now) };
-        let micros = parse_time(&text)
-            .map(|t| t.timestamp_micros())
-            .map_err(|source| ArgumentError::Time {
-                flag: "--at",
-                source,
-            })?;
-        clock::check_repair_time(micros, now, allowance)
-            .map_err(|source| ArgumentError::Ahead { at: text, source })?;
-        Ok(micros)
-    };
     match action {
         Repair::Get {
             profile,
             leaderboard,
-        } => {
-            let current = store.get(profile, &leaderboard).await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&current).expect("serializes")
-                );
-            } else {
-                match current {
-                    None => println!("no score for profile {profile} on {leaderboard}"),
-                    Some(s) => println!(
-                        "score {} wallet {} updated_at {} (written at {} µs; leaderboard rows {:?})",
-                        s.key.score,
-                        s.key.wallet_address,
-                        s.key.updated_at.to_rfc3339(),
-                        s.key.written_at_micros,
-                        s.ranked
-                    ),
-                }
-            }
-        }
+        } => get(&store, profile, &leaderboard, json).await?,
         Repair::Set {
             profile,
             leaderboard,
             wallet,
             score,
-            at: when,
+            at,
         } => {
-            let micros = at(when)?;
+            let micros = repair_time(at, allowance)?;
             let fields = Fields {
                 event_id: Some(format!("repair-{}", Uuid::new_v4())),
                 profile_id: Some(profile.to_string()),
@@ -112,31 +78,14 @@ pub async fn run(config: &Config, action: Repair, json: bool) -> Result<ExitCode
                 score: Some(score.into()),
                 occurred_at: Fields::time_text(Some(micros)),
             };
-            let now = chrono::Utc::now().timestamp_micros();
-            let update =
-                score::validate(&fields, config.limits(), now).map_err(ArgumentError::Invalid)?;
-            store.upsert(&update).await?;
-            let current = store.get(profile, &update.leaderboard_id).await?;
-            let won = current
-                .as_ref()
-                .is_some_and(|c| c.key.written_at_micros == micros && c.key.score == update.score);
-            println!(
-                "{} (event {}; current score {})",
-                if won {
-                    "written"
-                } else {
-                    "written, but a newer score is current"
-                },
-                update.event_id,
-                current.map_or("none".into(), |c| c.key.score.to_string())
-            );
+            set(config, &store, &fields, micros).await?;
         }
         Repair::Delete {
             profile,
             leaderboard,
-            at: when,
+            at,
         } => {
-            let micros = at(when)?;
+            let micros = repair_time(at, allowance)?;
             let before = store.delete(profile, &leaderboard, micros).await?;
             let after = store.get(profile, &leaderboard).await?;
             println!(
@@ -150,4 +99,75 @@ pub async fn run(config: &Config, action: Repair, json: bool) -> Result<ExitCode
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--at` (default now) in microseconds. A repair arrives now: like an event against its arrival,
+/// it may be at most `allowance` ahead.
+fn repair_time(at: Option<String>, allowance: i64) -> Result<i64, ArgumentError> {
+    let now = chrono::Utc::now().timestamp_micros();
+    let Some(text) = at else { return Ok(now) };
+    let micros = parse_time(&text)
+        .map(|t| t.timestamp_micros())
+        .map_err(|source| ArgumentError::Time {
+            flag: "--at",
+            source,
+        })?;
+    clock::check_repair_time(micros, now, allowance)
+        .map_err(|source| ArgumentError::Ahead { at: text, source })?;
+    Ok(micros)
+}
+
+async fn get(
+    store: &ScyllaStore,
+    profile: Uuid,
+    leaderboard: &str,
+    json: bool,
+) -> Result<(), CmdError> {
+    let current = store.get(profile, leaderboard).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&current).expect("serializes")
+        );
+        return Ok(());
+    }
+    match current {
+        None => println!("no score for profile {profile} on {leaderboard}"),
+        Some(s) => println!(
+            "score {} wallet {} updated_at {} (written at {} µs; leaderboard rows {:?})",
+            s.key.score,
+            s.key.wallet_address,
+            s.key.updated_at.to_rfc3339(),
+            s.key.written_at_micros,
+            s.ranked
+        ),
+    }
+    Ok(())
+}
+
+/// Validates `fields` by the wire contract's rules, writes them, and says whether they are current.
+async fn set(
+    config: &Config,
+    store: &ScyllaStore,
+    fields: &Fields,
+    micros: i64,
+) -> Result<(), CmdError> {
+    let now = chrono::Utc::now().timestamp_micros();
+    let update = score::validate(fields, config.limits(), now).map_err(ArgumentError::Invalid)?;
+    store.upsert(&update).await?;
+    let current = store.get(update.profile_id, &update.leaderboard_id).await?;
+    let won = current
+        .as_ref()
+        .is_some_and(|c| c.key.written_at_micros == micros && c.key.score == update.score);
+    println!(
+        "{} (event {}; current score {})",
+        if won {
+            "written"
+        } else {
+            "written, but a newer score is current"
+        },
+        update.event_id,
+        current.map_or("none".into(), |c| c.key.score.to_string())
+    );
+    Ok(())
 }

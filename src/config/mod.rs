@@ -54,7 +54,7 @@ pub fn env_var(key: &str) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A file or environment value could not be parsed into the expected type.
-    #[error("invalid configuration: {0}")]
+    #[error("invalid configuration")]
     Load(#[from] Box<figment::Error>),
     /// A value parsed but breaks a rule.
     #[error("invalid configuration: `{key}` {expected}")]
@@ -414,27 +414,23 @@ mod tests {
         assert_eq!(c.batch.linger, Duration::from_millis(20));
 
         std::fs::write(&path, "[batch]\nmax_scores = \"many\"\n").unwrap();
-        let err = Config::load_from(Some(&path), no_env(), &[])
-            .unwrap_err()
-            .to_string();
+        let err = Config::load_from(Some(&path), no_env(), &[]).unwrap_err();
+        let err = crate::error_chain(&err).to_string();
         assert!(err.contains("max_scores"), "{err}");
 
         std::fs::write(&path, "[batch]\nlinger = \"soon\"\n").unwrap();
-        let err = Config::load_from(Some(&path), no_env(), &[])
-            .unwrap_err()
-            .to_string();
+        let err = Config::load_from(Some(&path), no_env(), &[]).unwrap_err();
+        let err = crate::error_chain(&err).to_string();
         assert!(err.contains("linger"), "{err}");
 
         std::fs::write(&path, "[batch]\nmax_scroes = 3\n").unwrap();
-        let err = Config::load_from(Some(&path), no_env(), &[])
-            .unwrap_err()
-            .to_string();
+        let err = Config::load_from(Some(&path), no_env(), &[]).unwrap_err();
+        let err = crate::error_chain(&err).to_string();
         assert!(err.contains("max_scroes"), "{err}");
 
         std::fs::write(&path, "[retry]\nprogress_interval = \"2m\"\n").unwrap();
-        let err = Config::load_from(Some(&path), no_env(), &[])
-            .unwrap_err()
-            .to_string();
+        let err = Config::load_from(Some(&path), no_env(), &[]).unwrap_err();
+        let err = crate::error_chain(&err).to_string();
         assert!(err.contains("retry.progress_interval"), "{err}");
     }
 
@@ -469,7 +465,7 @@ mod tests {
             assert_eq!(c.scylla.nodes, ["10.0.0.1:9042", "10.0.0.2:9042"]);
             assert_eq!(c.nats.subjects, ["a.>", "b.>"]);
             jail.set_env("SCORE_WORKER__SCYLLA__NODES", "10.0.0.1:9042,");
-            let err = Config::load(None).unwrap_err().to_string();
+            let err = crate::error_chain(&Config::load(None).unwrap_err()).to_string();
             assert!(
                 err.contains("empty item") && err.to_lowercase().contains("scylla.nodes"),
                 "{err}"
@@ -495,9 +491,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[scylla]\npassword = 987654321\n").unwrap();
-        let err = Config::load_from(Some(&path), no_env(), &[])
-            .unwrap_err()
-            .to_string();
+        let err = Config::load_from(Some(&path), no_env(), &[]).unwrap_err();
+        let err = crate::error_chain(&err).to_string();
         assert!(
             err.contains("scylla.password") && !err.contains("987654321"),
             "{err}"
@@ -529,9 +524,8 @@ mod tests {
         std::fs::write(&path, "[nats.auth]\nuser = \"svc\"\npassword = \"pw\"\n").unwrap();
         let c = Config::load_from(Some(&path), no_env(), &[]).unwrap();
         assert!(matches!(c.nats.auth, NatsAuth::UserPassword { ref user, .. } if user == "svc"));
-        let err = Config::load_from(Some(&path), env, &secrets)
-            .unwrap_err()
-            .to_string();
+        let err = Config::load_from(Some(&path), env, &secrets).unwrap_err();
+        let err = crate::error_chain(&err).to_string();
         assert!(
             err.contains("at most one method") && err.contains("nats.auth"),
             "{err}"
@@ -645,9 +639,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[retry]\ntotal_budget = \"999999999999999999d\"\n").unwrap();
-        let err = Config::load_from(Some(&path), no_env(), &[])
-            .unwrap_err()
-            .to_string();
+        let err = Config::load_from(Some(&path), no_env(), &[]).unwrap_err();
+        let err = crate::error_chain(&err).to_string();
         assert!(
             err.contains("total_budget") && err.contains("too large"),
             "{err}"

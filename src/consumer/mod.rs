@@ -238,7 +238,7 @@ impl Consumer {
         *failures = failures.saturating_add(1);
         let wait = growing_wait(*failures);
         self.metrics.pull_errors.inc();
-        tracing::warn!(%error, failures = *failures, retry_in = ?wait, "pull failed");
+        tracing::warn!(error = %crate::error_chain(error), failures = *failures, retry_in = ?wait, "pull failed");
         let restored = self.signals.restored.notified();
         if error.consumer_gone() {
             self.signals.check.notify_one();
@@ -388,7 +388,7 @@ impl Consumer {
 async fn nak_now(message: &jetstream::Message, settler: &Settler) {
     let kind = receipt::ack_kind(&settler.decide(Attempt::HandedBack, 1));
     if let Err(e) = message.ack_with(kind).await {
-        tracing::warn!(error = %e, "cannot nak a delivery");
+        tracing::warn!(error = %crate::error_chain(&*e), "cannot nak a delivery");
     }
 }
 

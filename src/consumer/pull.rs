@@ -38,8 +38,12 @@ pub(super) struct Size {
 /// A pull that failed: it could not be sent, or the server refused it.
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
-    #[error("cannot send a pull request: {0}")]
-    Send(String),
+    /// The reply inbox could not be subscribed.
+    #[error("cannot subscribe to a pull request's inbox")]
+    Subscribe(#[source] async_nats::SubscribeError),
+    /// The request could not be published.
+    #[error("cannot send a pull request")]
+    Send(#[source] async_nats::jetstream::consumer::pull::BatchRequestError),
     /// `gone`: the consumer (or its stream) does not exist.
     #[error("pull refused: {status} {description}")]
     Refused {
@@ -113,7 +117,7 @@ impl Request {
         let sub = client
             .subscribe(inbox.clone())
             .await
-            .map_err(|e| PullError::Send(e.to_string()))?;
+            .map_err(PullError::Subscribe)?;
         let batch = BatchConfig {
             batch: size.messages,
             expires: Some(expires),
@@ -123,7 +127,7 @@ impl Request {
         consumer
             .request_batch(batch, inbox.into())
             .await
-            .map_err(|e| PullError::Send(e.to_string()))?;
+            .map_err(PullError::Send)?;
         Ok(Request {
             sub,
             context: context.clone(),

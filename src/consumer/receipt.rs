@@ -136,7 +136,7 @@ impl Settle for Terminate {
             if let Err(e) = self.message.double_ack_with(AckKind::Term).await {
                 // Stored, not terminated: NATS redelivers it after ack_wait, and the letter is
                 // stored once more (the same Nats-Msg-Id within the duplicate window).
-                tracing::warn!(error = %e, "cannot terminate a dead-lettered message");
+                tracing::warn!(error = %crate::error_chain(&*e), "cannot terminate a dead-lettered message");
             }
         })
     }

@@ -165,7 +165,7 @@ impl Unsettled {
         let replies: Vec<String> = self.lock().drain().map(|(reply, _)| reply).collect();
         for reply in &replies {
             if let Err(e) = client.publish(reply.clone(), kind.into()).await {
-                tracing::warn!(error = %e, "cannot nak an unsettled delivery");
+                tracing::warn!(error = %crate::error_chain(&e), "cannot nak an unsettled delivery");
             }
         }
         replies.len()

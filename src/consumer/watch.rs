@@ -73,8 +73,10 @@ impl Watch {
         let info = match &stream {
             Ok(stream) => stream.consumer_info(&c.consumer).await,
             Err(e) => {
-                self.health
-                    .consumer_state(Some(format!("JetStream consumer cannot be read: {e}")));
+                self.health.consumer_state(Some(format!(
+                    "JetStream consumer cannot be read: {}",
+                    crate::error_chain(e)
+                )));
                 return;
             }
         };
@@ -102,11 +104,13 @@ impl Watch {
                         ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
                     ) =>
             {
-                self.restore(&e.to_string()).await;
+                let why = crate::error_chain(&e).to_string();
+                self.restore(&why).await;
             }
-            Err(e) => self
-                .health
-                .consumer_state(Some(format!("JetStream consumer cannot be read: {e}"))),
+            Err(e) => self.health.consumer_state(Some(format!(
+                "JetStream consumer cannot be read: {}",
+                crate::error_chain(&e)
+            ))),
         }
     }
 
@@ -186,7 +190,8 @@ impl Watch {
                 self.signals.restored.notify_waiters();
             }
             Err(e) => self.health.consumer_state(Some(format!(
-                "JetStream consumer cannot be read: {why}; restoring it failed: {e}"
+                "JetStream consumer cannot be read: {why}; restoring it failed: {}",
+                crate::error_chain(&e)
             ))),
         }
     }

@@ -42,7 +42,7 @@ pub const LETTER_HEADROOM: usize = 8 * 1024;
 
 /// A dead letter could not be stored.
 #[derive(Debug, thiserror::Error)]
-#[error("publishing dead letter to {subject} failed: {source}")]
+#[error("publishing dead letter to {subject} failed")]
 pub struct DeadLetterError {
     pub subject: String,
     #[source]

@@ -211,10 +211,11 @@ async fn publish_until_stored(ctx: &Ctx, letter: &Letter) {
                 ctx.metrics.deadletter_failures.inc();
                 let wait = growing_wait(failures);
                 if failures == 1 {
-                    tracing::warn!(error = %e, stream_sequence = letter.stream_sequence, retry_in = ?wait,
+                    tracing::warn!(error = %crate::error_chain(&e), stream_sequence = letter.stream_sequence, retry_in = ?wait,
                         "cannot store a dead letter; its original is held and it is retried until the stream takes it");
                 }
-                ctx.health.deadletters_state(Some(e.to_string()));
+                ctx.health
+                    .deadletters_state(Some(crate::error_chain(&e).to_string()));
                 tokio::time::sleep(wait).await;
             }
         }
@@ -230,8 +231,13 @@ async fn read_advised(ctx: &Ctx, advised: &Advised) -> Option<Letter> {
             Ok(stream) => stream
                 .get_raw_message(advised.stream_sequence)
                 .await
-                .map_err(|e| (matches!(e.kind(), Kind::NoMessageFound), e.to_string())),
-            Err(e) => Err((false, e.to_string())),
+                .map_err(|e| {
+                    (
+                        matches!(e.kind(), Kind::NoMessageFound),
+                        crate::error_chain(&e).to_string(),
+                    )
+                }),
+            Err(e) => Err((false, crate::error_chain(&e).to_string())),
         };
         match read {
             Ok(raw) => {
@@ -284,10 +290,10 @@ async fn delete_advised(ctx: &Ctx, sequence: u64) {
                     {
                         Ok(())
                     }
-                    _ => Err(e.to_string()),
+                    _ => Err(crate::error_chain(&e).to_string()),
                 },
             },
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(crate::error_chain(&e).to_string()),
         };
         match deleted {
             Ok(()) => return,

@@ -43,7 +43,7 @@ pub(super) struct Failure {
 impl Failure {
     pub(super) fn of(error: &impl WriteError) -> Self {
         Self {
-            detail: error.to_string(),
+            detail: crate::error_chain(error).to_string(),
             refuses_values: error.refuses_values(),
         }
     }
@@ -133,10 +133,10 @@ impl<S: Store> super::Pipeline<S> {
     /// (`score_worker_flushes_held`) from its first hold on.
     async fn hold(&self, failure: &Failure, mut probe: S::Error, held: &mut Option<AgeGuard>) {
         held.get_or_insert_with(|| self.metrics.held_flushes.start());
-        tracing::warn!(error = %failure.detail, %probe,
+        tracing::warn!(error = %failure.detail, probe = %crate::error_chain(&probe),
             "flush not written and the database takes no writes; holding it until it does");
         loop {
-            let cause = probe.to_string();
+            let cause = crate::error_chain(&probe).to_string();
             if self.breaker.pin(Pin::WritesHeld, &cause).as_deref() != Some(&cause) {
                 tracing::error!(%cause, "the database takes no writes; flushes held and pulling paused until it does");
             }

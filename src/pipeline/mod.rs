@@ -193,8 +193,8 @@ impl<S: Store> Pipeline<S> {
                 // The span shows the attempt the next lines belong to.
                 next_attempt(attempts);
                 self.metrics.batch_retries.inc();
-                self.breaker.open(&e.to_string());
-                tracing::warn!(error = %e, retry_in = ?delay, scores = latest.len(), "flush write failed; retrying");
+                self.breaker.open(&crate::error_chain(e).to_string());
+                tracing::warn!(error = %crate::error_chain(e), retry_in = ?delay, scores = latest.len(), "flush write failed; retrying");
             },
         );
         match tokio::time::timeout(self.config.retry.total_budget, attempts).await {
@@ -258,6 +258,6 @@ impl<S> Pipeline<S> {
 
 fn log_join(result: Result<(), tokio::task::JoinError>) {
     if let Err(e) = result {
-        tracing::error!(error = %e, "flush task panicked; its messages will be redelivered");
+        tracing::error!(error = %crate::error_chain(&e), "flush task panicked; its messages will be redelivered");
     }
 }

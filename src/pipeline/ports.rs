@@ -52,7 +52,7 @@ pub trait Store: Send + Sync + 'static {
 
 /// Settling a message with the broker failed.
 #[derive(Debug, thiserror::Error)]
-#[error("{action} failed: {source}")]
+#[error("{action} failed")]
 pub struct SettleError {
     /// `ack`, `nak`, `dead-letter` or `term`.
     pub action: &'static str,

@@ -138,18 +138,18 @@ impl Settler {
             (Outcome::Retry { .. }, Ok(())) => settled("retry"),
             (Outcome::DeadLetter { .. }, Ok(())) => settled("dead_letter"),
             (Outcome::Ack, Err(e)) => {
-                tracing::warn!(error = %e, "ack failed after a successful write; NATS will redeliver")
+                tracing::warn!(error = %crate::error_chain(&e), "ack failed after a successful write; NATS will redeliver")
             }
             (Outcome::Retry { .. }, Err(e)) => {
-                tracing::warn!(error = %e, "nak failed; NATS redelivers after ack_wait")
+                tracing::warn!(error = %crate::error_chain(&e), "nak failed; NATS redelivers after ack_wait")
             }
             (Outcome::DeadLetter { .. }, Err(e)) => {
-                tracing::error!(error = %e, "cannot dead-letter a message; nak'ing it");
+                tracing::error!(error = %crate::error_chain(&e), "cannot dead-letter a message; nak'ing it");
                 let retry = decide(Attempt::LetterNotQueued, receipt.delivered(), limits);
                 match receipt.settle(&retry).await {
                     Ok(()) => settled("retry"),
                     Err(e) => {
-                        tracing::warn!(error = %e, "nak failed; NATS redelivers after ack_wait")
+                        tracing::warn!(error = %crate::error_chain(&e), "nak failed; NATS redelivers after ack_wait")
                     }
                 }
             }

@@ -52,7 +52,7 @@ pub enum ReadError {
     Store(#[from] StoreError),
     /// Preparing the read statements failed: usually a schema older than this build.
     #[error(
-        "preparing read statements failed (is the schema applied? run `score-worker migrate`): {0}"
+        "preparing read statements failed (is the schema applied? run `score-worker migrate`)"
     )]
     Prepare(#[source] StoreError),
     /// An argument the read cannot use.

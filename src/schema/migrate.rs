@@ -92,6 +92,39 @@ pub async fn migrate_with(
     migrations: &[Migration],
     dry_run: bool,
 ) -> Result<Vec<String>, SchemaError> {
+    let (plan, up_to_date) = plan(session, config, migrations).await?;
+    let mut report = Vec::new();
+    for step in plan {
+        let (line, statement, values) = step.cql(&config.keyspace);
+        report.push(line);
+        if !dry_run {
+            execute(session, statement, values).await?;
+        }
+    }
+    if up_to_date {
+        let newest = migrations.last().map_or(0, |m| m.version);
+        report.insert(0, format!("schema is up to date at version {newest}"));
+    }
+    if dry_run {
+        report.push(format!(
+            "record {BUCKETS_SETTING} = {} unless already recorded",
+            config.leaderboard_buckets
+        ));
+    } else {
+        record_buckets(session, config).await?;
+        // The keyspace may have been created just now, from scylla.replication.
+        replication::check(session, config).await?;
+    }
+    Ok(report)
+}
+
+/// The steps that bring the keyspace to `migrations`, then the server-specific table options; and
+/// whether the versions were all applied already.
+async fn plan<'a>(
+    session: &Session,
+    config: &ScyllaConfig,
+    migrations: &'a [Migration],
+) -> Result<(Vec<Step<'a>>, bool), SchemaError> {
     let ks = &config.keyspace;
     let table = applied(session, ks)
         .await
@@ -122,15 +155,19 @@ pub async fn migrate_with(
             Some(_) => {}
         }
     }
-
     let flavour = flavour(session).await?;
-    let options = server_options(&flavour, ks);
     let up_to_date = plan.is_empty();
-    plan.extend(options.into_iter().map(Step::Cql));
+    plan.extend(server_options(&flavour, ks).into_iter().map(Step::Cql));
+    Ok((plan, up_to_date))
+}
 
-    let mut report = Vec::new();
-    for step in plan {
-        let (line, statement, values): (String, String, Option<(i32, &str, i32)>) = match step {
+/// The values of a record step: (version, name, oldest writer).
+type Record<'a> = (i32, &'a str, i32);
+
+impl<'a> Step<'a> {
+    /// The report line, the statement and, for a record, its values.
+    fn cql(self, ks: &str) -> (String, String, Option<Record<'a>>) {
+        match self {
             Step::Cql(statement) => (statement.clone(), statement, None),
             Step::Record(m) => (
                 format!(
@@ -151,46 +188,35 @@ pub async fn migrate_with(
                 format!("UPDATE {ks}.schema_migrations SET oldest_writer = ? WHERE version = ?"),
                 Some((m.version, m.name, m.oldest_writer)),
             ),
-        };
-        report.push(line);
-        if dry_run {
-            continue;
-        }
-        let result = match values {
-            None => session.query_unpaged(statement.clone(), ()).await,
-            Some((version, name, oldest)) if statement.starts_with("INSERT") => {
-                let now = CqlTimestamp(chrono::Utc::now().timestamp_millis());
-                session
-                    .query_unpaged(statement.clone(), (version, name, now, oldest))
-                    .await
-            }
-            Some((version, _, oldest)) => {
-                session
-                    .query_unpaged(statement.clone(), (oldest, version))
-                    .await
-            }
-        };
-        match result {
-            Ok(_) => {}
-            Err(e) if column_exists(&statement, &e) => {}
-            Err(source) => return Err(SchemaError::Statement { statement, source }),
         }
     }
-    if up_to_date {
-        let newest = migrations.last().map_or(0, |m| m.version);
-        report.insert(0, format!("schema is up to date at version {newest}"));
+}
+
+/// Runs one step's statement; a column an earlier, interrupted `migrate` added is not an error.
+async fn execute(
+    session: &Session,
+    statement: String,
+    values: Option<Record<'_>>,
+) -> Result<(), SchemaError> {
+    let result = match values {
+        None => session.query_unpaged(statement.clone(), ()).await,
+        Some((version, name, oldest)) if statement.starts_with("INSERT") => {
+            let now = CqlTimestamp(chrono::Utc::now().timestamp_millis());
+            session
+                .query_unpaged(statement.clone(), (version, name, now, oldest))
+                .await
+        }
+        Some((version, _, oldest)) => {
+            session
+                .query_unpaged(statement.clone(), (oldest, version))
+                .await
+        }
+    };
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if column_exists(&statement, &e) => Ok(()),
+        Err(source) => Err(SchemaError::Statement { statement, source }),
     }
-    if dry_run {
-        report.push(format!(
-            "record {BUCKETS_SETTING} = {} unless already recorded",
-            config.leaderboard_buckets
-        ));
-    } else {
-        record_buckets(session, config).await?;
-        // The keyspace may have been created just now, from scylla.replication.
-        replication::check(session, config).await?;
-    }
-    Ok(report)
 }
 
 /// Records the bucket count once (the first `migrate` wins, with a lightweight transaction); a later

@@ -123,7 +123,7 @@ pub fn known_versions() -> Vec<i32> {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
-    #[error("schema statement failed: {statement}: {source}")]
+    #[error("schema statement failed: {statement}")]
     Statement {
         statement: String,
         #[source]

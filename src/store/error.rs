@@ -46,7 +46,7 @@ impl Kind {
 
 /// A failed request.
 #[derive(Debug, thiserror::Error)]
-#[error("{statement} failed ({}): {source}", kind.as_str())]
+#[error("{statement} failed ({})", kind.as_str())]
 pub struct StoreError {
     /// Which request (a label of `score_worker_scylla_query_duration_seconds`).
     pub statement: &'static str,
@@ -65,7 +65,7 @@ pub enum Cause {
     Execution(#[from] ExecutionError),
     /// A read-back whose rows do not have the expected shape: the schema is not the one this build
     /// writes (permanent until migrated).
-    #[error("unexpected result: {0}")]
+    #[error("unexpected result")]
     Decode(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A row this flush has just written is not visible, at a consistency below quorum
     /// (`scylla.allow_weak_consistency`): a replica behind (worth another attempt). At quorum a

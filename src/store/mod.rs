@@ -23,6 +23,7 @@
 mod bytes;
 mod cleanup;
 pub mod error;
+mod may_write;
 mod partition;
 mod phase;
 mod probe;
@@ -34,7 +35,7 @@ mod statements;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
@@ -53,6 +54,7 @@ use crate::metrics::{Metrics, PROBE, REQUESTS};
 use crate::pipeline::Store;
 use crate::score::ScoreUpdate;
 use cleanup::{cleanup, Current, Own};
+use may_write::check_may_write;
 use phase::{Phase, Placement, Placer, Request};
 use statements::Statements;
 
@@ -78,42 +80,6 @@ pub struct ScyllaStore {
     /// [`ScyllaStore::settle_keys`]); below it, it may be a replica behind.
     missing_is_deleted: bool,
     latency: [Histogram; 5],
-}
-
-/// How long a writer starting up retries its schema and replication checks while they time out or
-/// find the database unavailable: a node killed just before the start has not yet been convicted by
-/// its peers, and a coordinator still waits on it for a read at quorum.
-const CHECK_BUDGET: Duration = Duration::from_secs(60);
-
-/// Every writer (the worker, repairs, rebuild-scores) refuses a keyspace it may not write (schema
-/// window, bucket count, consistency on the keyspace's datacenters). A check that fails for a
-/// transient reason ([`error::classify`]) is tried again, with a growing wait, for [`CHECK_BUDGET`].
-async fn check_may_write(session: &Session, config: &ScyllaConfig) -> Result<(), ConnectError> {
-    let deadline = Instant::now() + CHECK_BUDGET;
-    let mut failures = 0;
-    loop {
-        let checked = match crate::schema::check_writer(session, config).await {
-            Ok(_) => crate::schema::replication::check(session, config).await,
-            Err(e) => Err(e),
-        };
-        let e = match checked {
-            Ok(_) => return Ok(()),
-            Err(e) => e,
-        };
-        let transient = match &e {
-            crate::schema::SchemaError::Statement { source, .. } => {
-                error::classify(source).class() == crate::pipeline::Class::Retryable
-            }
-            _ => false,
-        };
-        failures += 1;
-        let wait = crate::retry::growing_wait(failures);
-        if !transient || Instant::now() + wait > deadline {
-            return Err(ConnectError::Schema(Box::new(e)));
-        }
-        tracing::warn!(error = %e, retry_in = ?wait, "schema check failed; retrying");
-        tokio::time::sleep(wait).await;
-    }
 }
 
 impl ScyllaStore {

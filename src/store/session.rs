@@ -20,13 +20,13 @@ use crate::config::{Consistency, ScyllaConfig, TlsFiles};
 /// Failure to open a session.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("cannot connect to the database at {nodes:?}: {source}")]
+    #[error("cannot connect to the database at {nodes:?}")]
     Session {
         nodes: Vec<String>,
         #[source]
         source: NewSessionError,
     },
-    #[error("database TLS set-up failed: {0}")]
+    #[error("database TLS set-up failed")]
     Tls(#[from] TlsError),
     #[error(
         "preparing statements failed (is the schema applied? run `score-worker migrate`): {0}"
@@ -61,7 +61,7 @@ pub enum DatacenterError {
 /// A TLS file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Pem {
         path: PathBuf,
         #[source]

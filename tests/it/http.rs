@@ -69,3 +69,69 @@ async fn health_readiness_and_metrics_endpoints() {
 
     worker.stop().await;
 }
+
+/// The value of the sample `name` (with its labels as exported) in a `/metrics` text; 0 when absent.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The latency histograms are not only declared but fed: each acked message adds one observation
+/// to `processing_duration`, and each flush one per request it sent to `scylla_query_duration`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_histograms_record_every_acked_message_and_every_request() {
+    ensure_schema().await;
+    let _servers = shared().await;
+    let config = base_config("histograms");
+    let (_client, js) = jetstream(&config).await;
+    let worker = Worker::start(config.clone()).await;
+    let (_, before) = http_get(worker.addr, "/metrics").await;
+    let processing = "score_worker_processing_duration_seconds";
+    let query = |statement: &str, part: &str| {
+        format!("score_worker_scylla_query_duration_seconds_{part}{{statement=\"{statement}\"}}")
+    };
+    let board = format!("histograms-{}", uuid::Uuid::new_v4().simple());
+    let mut rng = rand::rng();
+    let events: Vec<Event> = (0..25)
+        .map(|i| {
+            let profile = uuid::Uuid::new_v4();
+            Event {
+                event_id: format!("hist-{i}-{}", uuid::Uuid::new_v4().simple()),
+                profile,
+                wallet: wallet_of(profile),
+                leaderboard: board.clone(),
+                score: i,
+                at_micros: recent_micros(&mut rng),
+            }
+        })
+        .collect();
+    for e in &events {
+        publish(&js, &config, e, &e.event_id).await;
+    }
+    let acked = events.len() as u64;
+    wait_until("all messages acked", Duration::from_secs(60), || {
+        worker.processed() >= acked
+    })
+    .await;
+    let (_, after) = http_get(worker.addr, "/metrics").await;
+    worker.stop().await;
+
+    let count = |text: &str| sample(text, &format!("{processing}_count"));
+    println!(
+        "processing_duration: count {} -> {}, sum {}",
+        count(&before),
+        count(&after),
+        sample(&after, &format!("{processing}_sum"))
+    );
+    assert_eq!(count(&after) - count(&before), acked as f64, "one per ack");
+    assert!(sample(&after, &format!("{processing}_sum")) > 0.0);
+    for statement in ["write_profiles", "write_rows", "read_back"] {
+        let grew = sample(&after, &query(statement, "count"))
+            - sample(&before, &query(statement, "count"));
+        let sum = sample(&after, &query(statement, "sum"));
+        println!("scylla_query_duration{{statement={statement}}}: count +{grew}, sum {sum}");
+        assert!(grew >= 1.0, "{statement}: no request timed");
+        assert!(sum > 0.0, "{statement}: no time recorded");
+    }
+}

@@ -37,28 +37,36 @@ impl Checkpoint {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Self::new(source.to_string()))
             }
-            Err(e) => return Err(problem(path, e.to_string())),
+            Err(e) => return Err(problem(path, CheckpointError::Io(e))),
         };
         let checkpoint: Checkpoint =
-            serde_json::from_str(&text).map_err(|e| problem(path, e.to_string()))?;
+            serde_json::from_str(&text).map_err(|e| problem(path, CheckpointError::Json(e)))?;
         if checkpoint.source != source {
-            return Err(problem(
-                path,
-                "it was written for another table or query".into(),
-            ));
+            return Err(problem(path, CheckpointError::OtherSource));
         }
         Ok(checkpoint)
     }
 
     pub fn save(&self, path: &Path) -> Result<(), MigrateError> {
-        let fail = |e: std::io::Error| problem(path, e.to_string());
+        let fail = |e: std::io::Error| problem(path, CheckpointError::Io(e));
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("serializes")).map_err(fail)?;
         std::fs::rename(&tmp, path).map_err(fail)
     }
 }
 
-fn problem(path: &Path, problem: String) -> MigrateError {
+/// Why a checkpoint file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Io(std::io::Error),
+    #[error("not a checkpoint")]
+    Json(#[source] serde_json::Error),
+    #[error("it was written for another table or query")]
+    OtherSource,
+}
+
+fn problem(path: &Path, problem: CheckpointError) -> MigrateError {
     MigrateError::Checkpoint {
         path: path.to_path_buf(),
         problem,

@@ -38,6 +38,7 @@ use crate::retry::run_with_retries;
 use crate::score::{self, Fields, ScoreUpdate};
 use crate::store::{self, ScyllaStore, StoreError};
 use checkpoint::Checkpoint;
+pub use checkpoint::CheckpointError;
 pub use report::Report;
 use source::Relation;
 
@@ -79,7 +80,7 @@ pub struct Args {
 /// A migration failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL")]
     Postgres(#[from] tokio_postgres::Error),
     #[error("connecting to PostgreSQL (sslmode={mode})")]
     Connect {
@@ -91,12 +92,16 @@ pub enum MigrateError {
     Tls(#[from] tls::TlsError),
     #[error("--table `{0}` is not a table name ([A-Za-z0-9_], optionally schema.table)")]
     Table(String),
-    #[error("checkpoint {}: {problem}", path.display())]
-    Checkpoint { path: PathBuf, problem: String },
+    #[error("checkpoint {}", path.display())]
+    Checkpoint {
+        path: PathBuf,
+        #[source]
+        problem: CheckpointError,
+    },
     #[error(transparent)]
     Database(Box<store::ConnectError>),
-    #[error("writing scores: {0}")]
-    Write(Box<StoreError>),
+    #[error("writing scores")]
+    Write(#[source] Box<StoreError>),
 }
 
 impl From<StoreError> for MigrateError {
@@ -171,19 +176,8 @@ pub async fn migrate(
         let rows = source::fetch(&tx, &portal, args.chunk).await?;
         let Some(last) = rows.last() else { break };
         let last = last.key();
-        let now = chrono::Utc::now().timestamp_micros();
         let report = &mut checkpoint.report;
-        let mut updates = Vec::with_capacity(rows.len());
-        for row in &rows {
-            report.rows_read += 1;
-            match score::validate(&fields(row), limits, now) {
-                Ok(update) => {
-                    report.valid += 1;
-                    updates.push(update);
-                }
-                Err(why) => report.reject(row, &why),
-            }
-        }
+        let updates = validate(&rows, limits, report);
         let flushes = flushes(config, updates);
         report.writes += flushes.iter().map(Vec::len).sum::<usize>() as u64;
         if let Some(store) = &store {
@@ -213,6 +207,28 @@ pub async fn migrate(
         "migrate-postgres finished"
     );
     Ok((checkpoint.report, transport))
+}
+
+/// The rows of a chunk that meet the contract, as updates; each counted in `report`, a rejected one
+/// with its reason.
+fn validate(
+    rows: &[source::SourceRow],
+    limits: score::Limits,
+    report: &mut Report,
+) -> Vec<ScoreUpdate> {
+    let now = chrono::Utc::now().timestamp_micros();
+    let mut updates = Vec::with_capacity(rows.len());
+    for row in rows {
+        report.rows_read += 1;
+        match score::validate(&fields(row), limits, now) {
+            Ok(update) => {
+                report.valid += 1;
+                updates.push(update);
+            }
+            Err(why) => report.reject(row, &why),
+        }
+    }
+    updates
 }
 
 /// A row as the contract's fields (every column as text; `event_id` is not stored).
@@ -255,7 +271,7 @@ async fn write(
                 &config.retry,
                 || store.write(&latest, &[], &[]),
                 StoreError::is_retryable,
-                |e, delay| tracing::warn!(error = %e, ?delay, "write failed; retrying"),
+                |e, delay| tracing::warn!(error = %crate::error_chain(e), ?delay, "write failed; retrying"),
             )
             .await
         })

@@ -131,7 +131,7 @@ where
             })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "PostgreSQL connection ended");
+            tracing::warn!(error = %crate::error_chain(&e), "PostgreSQL connection ended");
         }
     });
     Ok(client)

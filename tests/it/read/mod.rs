@@ -2,6 +2,7 @@
 //! under racing updates, the eligibility cache with the real worker's invalidation, and repairs racing
 //! a live worker. The bounds on what a caller can ask: [`limits`].
 
+mod history;
 mod limits;
 
 use std::collections::{HashMap, HashSet};

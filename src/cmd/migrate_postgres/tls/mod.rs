@@ -100,7 +100,7 @@ pub enum TlsError {
     },
     #[error("sslmode={0} needs sslrootcert (a CA file, or `system`) to verify the server against")]
     NoRoots(&'static str),
-    #[error("sslrootcert {}: {source}", path.display())]
+    #[error("sslrootcert {}", path.display())]
     Pem {
         path: PathBuf,
         #[source]
@@ -108,7 +108,7 @@ pub enum TlsError {
     },
     #[error("sslrootcert {}: no certificate in it", .0.display())]
     Empty(PathBuf),
-    #[error("TLS set-up: {0}")]
+    #[error("TLS set-up")]
     Rustls(#[from] rustls::Error),
 }
 
