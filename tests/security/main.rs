@@ -748,7 +748,8 @@ async fn invalid_configuration_never_echoes_a_secret() {
 /// 9. One row the database refuses does not fail its flush-mates (issue 9.3). The database: the
 /// password-auth Cassandra, where guardrails apply to an ordinary role such as the worker's, with
 /// `maximum_timestamp_fail_threshold: 3d` (ScyllaDB's `restrict_future_timestamp`). The poison: one
-/// event 30 days ahead, let through by a widened `validation.max_clock_skew`; the flush is split until
+/// event 30 days ahead, let through unclamped by a widened `validation.max_clock_skew` and
+/// `validation.max_ahead_of_arrival` (otherwise it would be written at its arrival + 2 s); the flush is split until
 /// it is found, it alone is dead-lettered as `write_rejected` with the database's message, the other
 /// 29 events land. Statements go out one by one (`scylla.batch_max_bytes = 0`): Cassandra 5.0 was seen
 /// to apply this guardrail to single statements only, not inside batches.
@@ -767,9 +768,11 @@ async fn a_row_the_database_refuses_is_dead_lettered_alone_and_its_flush_mates_l
     let dir = tempfile::tempdir().unwrap();
     let (mut env, mut config) = worker_setup(&nats, &role.user, &role.password);
     set(&mut env, "VALIDATION__MAX_CLOCK_SKEW", "3650d");
+    set(&mut env, "VALIDATION__MAX_AHEAD_OF_ARRIVAL", "3650d");
     set(&mut env, "BATCH__LINGER", "500ms");
     set(&mut env, "SCYLLA__BATCH_MAX_BYTES", "0");
     config.validation.max_clock_skew = Duration::from_secs(3650 * 86_400);
+    config.validation.max_ahead_of_arrival = config.validation.max_clock_skew;
     let migrate = {
         let _one_at_a_time = MIGRATE.lock().await;
         run_to_end(&["migrate"], &env, dir.path(), Duration::from_secs(180)).await
