@@ -137,11 +137,6 @@ impl App {
         self.health.clone()
     }
 
-    /// The pull breaker (tests trip it).
-    pub fn breaker(&self) -> Arc<Breaker> {
-        self.breaker.clone()
-    }
-
     /// Runs until `shutdown` resolves, then [`Running::stop`]s.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
         let running = self.start();

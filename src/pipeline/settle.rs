@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::ports::{Outcome, Receipt};
-use crate::metrics::{Metrics, FAILED_WRITE};
+use prometheus::Histogram;
+
+use crate::metrics::{Metrics, FAILED_WRITE, OUTCOMES};
 use crate::score::{RejectReason, Rejection};
 
 /// What happened to a message, as far as its fate is concerned.
@@ -79,6 +81,11 @@ pub fn decide(attempt: Attempt<'_>, delivered: i64, limits: Limits) -> Outcome {
     }
 }
 
+/// Indexes of [`OUTCOMES`] (the `outcome` label of `processing_duration`).
+const ACK: usize = 0;
+const RETRY: usize = 1;
+const DEAD_LETTER: usize = 2;
+
 /// Decides and carries out outcomes, and counts them. Dead letters are counted and logged by the
 /// dead-letter publisher, the one place that knows one was stored.
 #[derive(Clone)]
@@ -87,14 +94,20 @@ pub struct Settler {
     /// The server's `max_deliver`, which an operator may change while the worker runs.
     max_deliver: Arc<AtomicI64>,
     metrics: Arc<Metrics>,
+    /// `processing_duration` per outcome ([`OUTCOMES`]: ack, retry, dead letter), resolved once
+    /// rather than looked up by label on every message.
+    processing: [Histogram; 3],
 }
 
 impl Settler {
     pub fn new(limits: Limits, metrics: Arc<Metrics>) -> Self {
+        let processing =
+            OUTCOMES.map(|outcome| metrics.processing_duration.with_label_values(&[outcome]));
         Self {
             max_deliver: Arc::new(AtomicI64::new(limits.max_deliver)),
             limits,
             metrics,
+            processing,
         }
     }
 
@@ -124,19 +137,16 @@ impl Settler {
         let outcome = decide(attempt, receipt.delivered(), limits);
         let result = receipt.settle(&outcome).await;
         // Every settlement is timed, not only acks: a message nak'd after a long hold counts too.
-        let settled = |label: &str| {
-            self.metrics
-                .processing_duration
-                .with_label_values(&[label])
-                .observe(receipt.received_at().elapsed().as_secs_f64());
+        let settled = |outcome: usize| {
+            self.processing[outcome].observe(receipt.received_at().elapsed().as_secs_f64());
         };
         match (&outcome, result) {
             (Outcome::Ack, Ok(())) => {
                 self.metrics.messages_processed.inc();
-                settled("ack");
+                settled(ACK);
             }
-            (Outcome::Retry { .. }, Ok(())) => settled("retry"),
-            (Outcome::DeadLetter { .. }, Ok(())) => settled("dead_letter"),
+            (Outcome::Retry { .. }, Ok(())) => settled(RETRY),
+            (Outcome::DeadLetter { .. }, Ok(())) => settled(DEAD_LETTER),
             (Outcome::Ack, Err(e)) => {
                 tracing::warn!(error = %crate::error_chain(&e), "ack failed after a successful write; NATS will redeliver")
             }
@@ -147,7 +157,7 @@ impl Settler {
                 tracing::error!(error = %crate::error_chain(&e), "cannot dead-letter a message; nak'ing it");
                 let retry = decide(Attempt::LetterNotQueued, receipt.delivered(), limits);
                 match receipt.settle(&retry).await {
-                    Ok(()) => settled("retry"),
+                    Ok(()) => settled(RETRY),
                     Err(e) => {
                         tracing::warn!(error = %crate::error_chain(&e), "nak failed; NATS redelivers after ack_wait")
                     }
