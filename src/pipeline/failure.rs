@@ -90,7 +90,13 @@ impl<S: Store> super::Pipeline<S> {
                 return vec![Written::Yes; flush.latest.len()];
             };
             match self.store.probe().await {
-                Ok(()) => break failure,
+                // The database takes writes: the failure is this flush's keys', not a reason to keep
+                // the replica's pulls paused (the retries opened the breaker) until the health probe
+                // next runs; one small pull at a time until a write lands.
+                Ok(()) => {
+                    self.breaker.half_open();
+                    break failure;
+                }
                 Err(probe) => {
                     self.hold(&failure, probe, &mut held).await;
                     next_attempt(attempts);

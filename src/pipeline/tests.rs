@@ -226,6 +226,7 @@ fn update(i: usize) -> ScoreUpdate {
 /// A pipeline fed `n` messages (`update(i)` for message `i`), each on its `delivered`-th delivery.
 struct Run {
     store: Arc<FakeStore>,
+    breaker: Arc<Breaker>,
     health: Arc<Health>,
     log: Arc<Mutex<Vec<(usize, Settled)>>>,
     handle: tokio::task::JoinHandle<()>,
@@ -237,7 +238,7 @@ impl Run {
         let metrics = Arc::new(Metrics::new());
         let breaker = Arc::new(Breaker::new(metrics.clone()));
         let health = Arc::new(Health::new(metrics.clone(), breaker.clone()));
-        let pipeline = Pipeline::new(store.clone(), config(), metrics, breaker);
+        let pipeline = Pipeline::new(store.clone(), config(), metrics, breaker.clone());
         let (tx, rx) = mpsc::channel(8);
         let log = Arc::new(Mutex::new(vec![]));
         let handle = tokio::spawn(pipeline.run(rx));
@@ -252,6 +253,7 @@ impl Run {
         drop(tx);
         Run {
             store,
+            breaker,
             health,
             log,
             handle,
@@ -392,13 +394,18 @@ async fn a_key_that_fails_on_its_last_delivery_is_dead_lettered_as_write_failed(
 #[tokio::test(start_paused = true)]
 async fn a_lone_failing_key_is_its_own_when_the_probe_passes() {
     // A flush of one key: nothing to split; the probe tells that the database takes writes.
-    let (store, settled) = run(FakeStore::failing_scores(vec![0], DOWN), 1, 5).await;
+    let run = Run::start(FakeStore::failing_scores(vec![0], DOWN), 1, 5).await;
+    let breaker = run.breaker.clone();
+    let (store, settled) = run.finish().await;
     assert_all(&settled, 1, Settled::Dead(RejectReason::WriteFailed));
     assert_eq!(
         store.writes.load(Ordering::SeqCst),
         4,
         "one budget of retries, no more"
     );
+    // The retries paused pulls; the write probe that passed lets the next message be tried at once,
+    // so a key that keeps failing does not pause its replica until the health probe next runs.
+    assert_eq!(breaker.state(), State::HalfOpen { probing: false });
 }
 
 #[tokio::test(start_paused = true)]
