@@ -104,7 +104,7 @@ fi
 # Two more scrapes after the last event, so each rate window holds the load.
 sleep 3
 
-out=$("$PY" "$ROOT/deploy/tools/check_deploy.py" live-dashboards "http://127.0.0.1:$prom_port")
+out=$("$PY" "$ROOT/deploy/tools/check_deploy" live-dashboards "http://127.0.0.1:$prom_port")
 rc=$?
 printf '%s\n' "$out" | sed '$d'
 if [ "$rc" -ne 0 ]; then
