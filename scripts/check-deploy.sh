@@ -123,10 +123,20 @@ custom_resources() {
         node "$TOOLS/validate_crs.mjs" "$NPM_DIR/node_modules" <"$TMP/crs.json"
 }
 
+# The checkers' own tests (deploy/tools/tests): every check passes on the repository and fails on a broken copy.
+tools_tests() {
+    local out rc
+    out=$("$PY" -m unittest discover -s "$TOOLS/tests" -t "$TOOLS" 2>&1)
+    rc=$?
+    printf '%s\n' "$out"
+    [ $rc -eq 0 ] && grep -E '^Ran [0-9]+ tests' <<<"$out"
+}
+
 dockerfile_lint() {
     "$NPM_DIR/node_modules/.bin/dockerfile-utils" lint deploy/Dockerfile && echo "no problems"
 }
 
+check "deploy tools: unit tests (each check fails on a broken copy of the files it checks)" tools_tests
 check "promtool check rules: alerts.yml, recording.yml (lint: duplicate rules)" \
     promtool check rules --lint=all --lint-fatal deploy/prometheus/alerts.yml deploy/prometheus/recording.yml
 check "promtool test rules: every alert fires and stays quiet as tested" \
