@@ -30,6 +30,8 @@ TMP=$(mktemp -d)
 PROM_PID=
 READER_PID=
 LOAD_PID=
+# Run by the EXIT trap below, which shellcheck 0.9 does not count as a call (SC2317: "unreachable").
+# shellcheck disable=SC2317
 cleanup() {
     for pid in $LOAD_PID $READER_PID $PROM_PID; do
         kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null

@@ -21,7 +21,7 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
+cd "$ROOT" || exit 1
 TOOLS=deploy/tools
 VENV=$ROOT/.local/venv
 NPM_DIR=$ROOT/.local/npm
