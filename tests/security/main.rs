@@ -20,10 +20,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use harness::*;
-use rand::Rng;
 use score_worker::config::{Config, NatsAuth};
 use secrecy::SecretString;
-use support::{assert_final_state, publish, recent_micros, wallet_of, Event, KEYSPACE};
+use support::{assert_final_state, publish, wallet_of, Event, Profiles, Timing, KEYSPACE};
 use uuid::Uuid;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -162,21 +161,7 @@ fn assert_clear_failure(what: &str, out: &Output, needles: &[&str]) {
 }
 
 fn events_for(board: &str, n: usize) -> Vec<Event> {
-    let mut rng = rand::rng();
-    let profiles: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
-    (0..n)
-        .map(|i| {
-            let profile = profiles[i % profiles.len()];
-            Event {
-                event_id: format!("sec-{i}-{}", Uuid::new_v4().simple()),
-                profile,
-                wallet: wallet_of(profile),
-                leaderboard: board.into(),
-                score: rng.random_range(0..1_000_000),
-                at_micros: recent_micros(&mut rng),
-            }
-        })
-        .collect()
+    support::events_on(board, "sec", n, Profiles::Cycle(5), Timing::Random)
 }
 
 /// The library's NATS client, with the worker's rustls provider (aws-lc-rs) as the process default.
@@ -198,6 +183,13 @@ fn password_server(password: &str, tls: Option<&ServerTls>) -> NatsServer {
         },
         tls,
     )
+}
+
+/// [`password_server`] without TLS, and the worker's side logging in as `svc` with `password`.
+fn svc_with(server_password: &str, password: &str) -> (NatsServer, NatsSide) {
+    let server = password_server(server_password, None);
+    let nats = NatsSide::plain(server.port).user("svc", password);
+    (server, nats)
 }
 
 /// `migrate` with `env`, one at a time (migrations race on the schema), asserted to exit 0.
@@ -253,29 +245,31 @@ async fn the_dead_letter(
     header(score_worker::deadletter::ERROR).unwrap_or_default()
 }
 
-/// One refused-credential case: the worker's environment, the secrets no output may show, and each
-/// command that must fail clearly with the words its output must contain (`run` is spawned and
-/// must exit by itself; any other command is run to its end).
-struct Refusal<'a> {
-    /// Completes "run …" in the failure messages, e.g. "with a wrong NATS password".
-    what: &'a str,
-    env: &'a Env,
-    secrets: &'a [&'a str],
-    commands: &'a [(&'a str, &'a [&'a str])],
-}
-
-/// Drives one [`Refusal`]: every command exits 1 without a panic, names the cause and echoes no
-/// secret. Returns the outputs, in the order of `commands`, for the case's own further checks.
-async fn assert_refused(case: &Refusal<'_>, dir: &Path) -> Vec<Output> {
+/// The refused-credential cases, each driven by [`assert_refused`]: `what` completes "run …" in the
+/// failure messages, `nats` and the Cassandra `(user, password)` make the worker's environment,
+/// `secrets` may show in no output, and each of `commands` must fail clearly with the words its
+/// output must contain (`run` is spawned and must exit by itself; any other command is run to its
+/// end). Every command exits 1 without a panic, names its cause and echoes no secret; the outputs
+/// come back in the order of `commands` for the case's own further checks.
+async fn assert_refused(
+    what: &str,
+    (nats, cql): (&NatsSide, (&str, &str)),
+    secrets: &[&str],
+    commands: &[(&str, &[&str])],
+) -> Vec<Output> {
+    let dir = tempfile::tempdir().unwrap();
+    let (env, _) = worker_setup(nats, cql.0, cql.1);
     let mut outputs = Vec::new();
-    for (command, needles) in case.commands {
+    for (command, needles) in commands {
         let out = if *command == "run" {
-            Running::spawn(case.env, dir).wait_exit(RUN_TIMEOUT).await
+            Running::spawn(&env, dir.path())
+                .wait_exit(RUN_TIMEOUT)
+                .await
         } else {
-            run_to_end(&[command], case.env, dir, RUN_TIMEOUT).await
+            run_to_end(&[command], &env, dir.path(), RUN_TIMEOUT).await
         };
-        assert_clear_failure(&format!("{command} {}", case.what), &out, needles);
-        assert_no_secret(&format!("`{command}` output"), &out.all(), case.secrets);
+        assert_clear_failure(&format!("{command} {what}"), &out, needles);
+        assert_no_secret(&format!("`{command}` output"), &out.all(), secrets);
         outputs.push(out);
     }
     outputs
@@ -433,8 +427,7 @@ async fn tls_and_passwords_on_both_sides_work_and_leak_no_secret() {
 async fn passwords_on_both_sides_without_tls_work_and_leak_no_secret() {
     let role = CqlRole::create().await;
     let nats_password = secret("nats");
-    let server = password_server(&nats_password, None);
-    let nats = NatsSide::plain(server.port).user("svc", &nats_password);
+    let (_server, nats) = svc_with(&nats_password, &nats_password);
     happy_path("plain", &nats, &nats_password, &role).await;
     role.drop_role().await;
 }
@@ -444,19 +437,13 @@ async fn passwords_on_both_sides_without_tls_work_and_leak_no_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_nats_password_fails_clearly_without_echoing_it() {
     let role = CqlRole::create().await;
-    let dir = tempfile::tempdir().unwrap();
     let (right, wrong) = (secret("nats-right"), secret("nats-wrong"));
-    let server = password_server(&right, None);
-    let nats = NatsSide::plain(server.port).user("svc", &wrong);
-    let (env, _) = worker_setup(&nats, &role.user, &role.password);
+    let (_server, nats) = svc_with(&right, &wrong);
     let outputs = assert_refused(
-        &Refusal {
-            what: "with a wrong NATS password",
-            env: &env,
-            secrets: &[&right, &wrong, &role.password],
-            commands: NATS_REFUSED,
-        },
-        dir.path(),
+        "with a wrong NATS password",
+        (&nats, (&role.user, &role.password)),
+        &[&right, &wrong, &role.password],
+        NATS_REFUSED,
     )
     .await;
     let check = &outputs[1];
@@ -472,24 +459,18 @@ async fn wrong_nats_password_fails_clearly_without_echoing_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_cassandra_password_fails_clearly_without_echoing_it() {
     let role = CqlRole::create().await;
-    let dir = tempfile::tempdir().unwrap();
     let (nats_password, wrong) = (secret("nats"), secret("cql-wrong"));
-    let server = password_server(&nats_password, None);
-    let nats = NatsSide::plain(server.port).user("svc", &nats_password);
-    let (env, _) = worker_setup(&nats, &role.user, &wrong);
+    let (_server, nats) = svc_with(&nats_password, &nats_password);
     let needles: &[&str] = &[
         "cannot connect to the database",
         "Authentication failed",
         "bad credentials",
     ];
     let outputs = assert_refused(
-        &Refusal {
-            what: "with a wrong Cassandra password",
-            env: &env,
-            secrets: &[&nats_password, &wrong, &role.password],
-            commands: &[("run", needles), ("migrate", needles), ("check", needles)],
-        },
-        dir.path(),
+        "with a wrong Cassandra password",
+        (&nats, (&role.user, &wrong)),
+        &[&nats_password, &wrong, &role.password],
+        &[("run", needles), ("migrate", needles), ("check", needles)],
     )
     .await;
     let check = &outputs[2];
@@ -510,7 +491,6 @@ async fn wrong_cassandra_password_fails_clearly_without_echoing_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_an_untrusted_server_certificate_fails_clearly() {
     let role = CqlRole::create().await;
-    let dir = tempfile::tempdir().unwrap();
     let pki = tempfile::tempdir().unwrap();
     let ca = Ca::new(pki.path(), "ca");
     let other = Ca::new(pki.path(), "other");
@@ -527,18 +507,14 @@ async fn tls_with_an_untrusted_server_certificate_fails_clearly() {
     let nats = NatsSide::plain(server.port)
         .user("svc", &nats_password)
         .tls(&other.cert, None);
-    let (env, _) = worker_setup(&nats, &role.user, &role.password);
     let outputs = assert_refused(
-        &Refusal {
-            what: "trusting the wrong CA",
-            env: &env,
-            secrets: &[&nats_password, &role.password],
-            commands: &[
-                ("run", &["cannot connect to NATS at"]),
-                ("check", &["[FAIL] cannot connect to NATS at"]),
-            ],
-        },
-        dir.path(),
+        "trusting the wrong CA",
+        (&nats, (&role.user, &role.password)),
+        &[&nats_password, &role.password],
+        &[
+            ("run", &["cannot connect to NATS at"]),
+            ("check", &["[FAIL] cannot connect to NATS at"]),
+        ],
     )
     .await;
     assert_names_the_certificate("run trusting the wrong CA", &outputs[0]);
@@ -636,16 +612,11 @@ async fn credentials_file_auth_works_and_an_untrusted_user_fails_clearly() {
     let bad = files.path().join("intruder.creds");
     std::fs::write(&bad, creds).unwrap();
     let nats = NatsSide::plain(server.port).creds(&bad);
-    let dir = tempfile::tempdir().unwrap();
-    let (env, _) = worker_setup(&nats, &role.user, &role.password);
     assert_refused(
-        &Refusal {
-            what: "with a user the operator does not trust",
-            env: &env,
-            secrets: &[&seed, &other_seed, &role.password],
-            commands: &NATS_REFUSED[..1],
-        },
-        dir.path(),
+        "with a user the operator does not trust",
+        (&nats, (&role.user, &role.password)),
+        &[&seed, &other_seed, &role.password],
+        &NATS_REFUSED[..1],
     )
     .await;
     role.drop_role().await;
@@ -663,18 +634,13 @@ async fn nkey_auth_works_and_a_wrong_seed_fails_clearly() {
     let nats = NatsSide::plain(server.port).nkey(&seed);
     happy_path("nkey", &nats, &seed, &role).await;
 
-    let dir = tempfile::tempdir().unwrap();
     let other = nkeys::KeyPair::new_user().seed().expect("a user seed");
     let nats = NatsSide::plain(server.port).nkey(&other);
-    let (env, _) = worker_setup(&nats, &role.user, &role.password);
     let outputs = assert_refused(
-        &Refusal {
-            what: "with another user's NKey seed",
-            env: &env,
-            secrets: &[&seed, &other, &role.password],
-            commands: &NATS_REFUSED[..1],
-        },
-        dir.path(),
+        "with another user's NKey seed",
+        (&nats, (&role.user, &role.password)),
+        &[&seed, &other, &role.password],
+        &NATS_REFUSED[..1],
     )
     .await;
     eprintln!(
@@ -705,20 +671,15 @@ async fn token_auth_over_tls_works_and_a_wrong_token_fails_clearly() {
         .tls(&ca.cert, None);
     happy_path("token", &nats, &token, &role).await;
 
-    let dir = tempfile::tempdir().unwrap();
     let wrong = secret("token-wrong");
     let nats = NatsSide::plain(server.port)
         .token(&wrong)
         .tls(&ca.cert, None);
-    let (env, _) = worker_setup(&nats, &role.user, &role.password);
     assert_refused(
-        &Refusal {
-            what: "with a wrong token",
-            env: &env,
-            secrets: &[&token, &wrong, &role.password],
-            commands: NATS_REFUSED,
-        },
-        dir.path(),
+        "with a wrong token",
+        (&nats, (&role.user, &role.password)),
+        &[&token, &wrong, &role.password],
+        NATS_REFUSED,
     )
     .await;
     role.drop_role().await;
@@ -800,8 +761,7 @@ async fn invalid_configuration_never_echoes_a_secret() {
 async fn a_row_the_database_refuses_is_dead_lettered_alone_and_its_flush_mates_land() {
     let role = CqlRole::create().await;
     let nats_password = secret("nats");
-    let server = password_server(&nats_password, None);
-    let nats = NatsSide::plain(server.port).user("svc", &nats_password);
+    let (_server, nats) = svc_with(&nats_password, &nats_password);
     let dir = tempfile::tempdir().unwrap();
     let (mut env, mut config) = worker_setup(&nats, &role.user, &role.password);
     set(&mut env, "VALIDATION__MAX_CLOCK_SKEW", "3650d");

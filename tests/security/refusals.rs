@@ -14,12 +14,9 @@
 
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use uuid::Uuid;
 
-use super::support::{
-    assert_final_state, publish, read_stream, recent_micros, wallet_of, Event, KEYSPACE,
-};
+use super::support::{assert_final_state, publish, read_stream, Event, KEYSPACE};
 use super::*;
 
 /// Deliveries of a message, so a refusal lasting "several `max_deliver` × `nak_delay`" is seconds long.
@@ -41,8 +38,7 @@ struct Scenario {
 impl Scenario {
     async fn start(role: &CqlRole) -> Scenario {
         let nats_password = secret("nats");
-        let server = password_server(&nats_password, None);
-        let nats = NatsSide::plain(server.port).user("svc", &nats_password);
+        let (server, nats) = svc_with(&nats_password, &nats_password);
         let dir = tempfile::tempdir().unwrap();
         let (admin_env, _) = worker_setup(&nats, CQL_SUPERUSER.0, CQL_SUPERUSER.1);
         migrate_ok("refusals", &admin_env, dir.path()).await;
@@ -158,22 +154,8 @@ fn tail(text: &str, lines: usize) -> String {
 
 /// `n` events on one new board over `profiles` profiles, at recent times.
 fn board_events(tag: &str, n: usize, profiles: usize) -> Vec<Event> {
-    let mut rng = rand::rng();
     let board = format!("sec-{tag}-{}", &Uuid::new_v4().simple().to_string()[..8]);
-    let people: Vec<Uuid> = (0..profiles).map(|_| Uuid::new_v4()).collect();
-    (0..n)
-        .map(|i| {
-            let profile = people[i % people.len()];
-            Event {
-                event_id: format!("{tag}-{i}-{}", Uuid::new_v4().simple()),
-                profile,
-                wallet: wallet_of(profile),
-                leaderboard: board.clone(),
-                score: rng.random_range(0..1_000_000),
-                at_micros: recent_micros(&mut rng),
-            }
-        })
-        .collect()
+    support::events_on(&board, tag, n, Profiles::Cycle(profiles), Timing::Random)
 }
 
 /// The worker's own role: reads the keyspace, writes each table the protocol writes, and nothing
@@ -371,19 +353,8 @@ async fn a_grant_revoked_on_the_eligibility_cache_dead_letters_nothing() {
 async fn a_key_past_the_tombstone_threshold_is_dead_lettered_and_its_flush_mates_land() {
     let role = CqlRole::create().await;
     let admin = cql_session(CQL_SUPERUSER.0, CQL_SUPERUSER.1).await;
-    let threshold: i64 = admin
-        .query_unpaged(
-            "SELECT value FROM system_views.settings WHERE name = 'tombstone_failure_threshold'",
-            (),
-        )
+    let threshold = support::tombstone_failure_threshold(&admin)
         .await
-        .expect("system_views.settings")
-        .into_rows_result()
-        .unwrap()
-        .first_row::<(Option<String>,)>()
-        .unwrap()
-        .0
-        .and_then(|v| v.parse().ok())
         .unwrap_or(i64::MAX);
     assert!(
         threshold <= 10_000,
@@ -397,17 +368,8 @@ async fn a_key_past_the_tombstone_threshold_is_dead_lettered_and_its_flush_mates
     let mut bad = board_events("tombstones-bad", 1, 1).remove(0);
     // Outside the dead cells' range, so the key's own `ranked` entry is not among them.
     bad.score = 5_000_000;
-    let dead: Vec<(i32, i64)> = (0..threshold * 2).map(|i| (0, i)).collect();
-    admin
-        .query_unpaged(
-            format!(
-                "UPDATE {KEYSPACE}.scores_by_profile SET ranked = ranked - ? \
-                 WHERE profile_id = ? AND leaderboard_id = ?"
-            ),
-            (dead, bad.profile, bad.leaderboard.as_str()),
-        )
-        .await
-        .expect("write the dead cells");
+    let key = (bad.profile, bad.leaderboard.as_str());
+    support::write_dead_cells(&admin, KEYSPACE, key, 0, 0..threshold * 2).await;
     let read = admin
         .query_unpaged(
             format!(

@@ -60,8 +60,7 @@ async fn the_worker_runs_under_the_documented_dml_role_and_migrate_needs_the_ddl
     );
 
     let nats_password = secret("nats");
-    let server = password_server(&nats_password, None);
-    let nats = NatsSide::plain(server.port).user("svc", &nats_password);
+    let (_server, nats) = svc_with(&nats_password, &nats_password);
     let dir = tempfile::tempdir().unwrap();
 
     // The Job's role creates the keyspace.
@@ -108,10 +107,7 @@ async fn the_worker_runs_under_the_documented_dml_role_and_migrate_needs_the_ddl
         "a statement was refused:\n{stopped}"
     );
 
-    let mut drop_ks = scylla::statement::Statement::new(format!("DROP KEYSPACE IF EXISTS {ks}"));
-    drop_ks.set_request_timeout(Some(Duration::from_secs(120)));
-    admin
-        .query_unpaged(drop_ks, ())
+    support::drop_keyspace(&admin, &ks)
         .await
         .expect("drop keyspace");
     worker_role.drop_role().await;
