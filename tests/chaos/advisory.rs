@@ -11,6 +11,7 @@ use score_worker::deadletter;
 use uuid::Uuid;
 
 use crate::harness::*;
+use crate::steps::assert_exited_zero;
 use crate::verify::{header, read_all};
 use crate::START_TIMEOUT;
 
@@ -42,54 +43,11 @@ async fn a_message_that_kills_every_worker_is_dead_lettered_after_max_deliver() 
         .expect("a Cassandra pid");
 
     let started = Instant::now();
-    let mut kills = 0;
-    for round in 0..max_deliver {
-        let mut worker = s.spawn_worker();
-        worker.wait_up(START_TIMEOUT).await;
-        // The write of the delivery will hang: the database is frozen until the worker is dead.
-        assert!(signal(cassandra, "STOP"), "SIGSTOP Cassandra {cassandra}");
-        let thaw = Thaw(cassandra);
-        if round == 0 {
-            let mut headers = HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
-            s.js.publish_with_headers(subject.clone(), headers, payload.clone())
-                .await
-                .expect("publish")
-                .await
-                .expect("stored");
-        }
-        // Redelivered after ack_wait (3 s) from the previous worker's death.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while worker.metric("score_worker_messages_received_total").await < 1.0 {
-            assert!(
-                Instant::now() < deadline,
-                "delivery {} never reached worker {}\n{}",
-                round + 1,
-                worker.name,
-                worker.log_tail(20)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        worker.kill();
-        kills += 1;
-        drop(thaw);
-    }
+    let kills = kill_every_delivery(&mut s, cassandra, (subject.clone(), &msg_id, &payload)).await;
     // A live worker: the server gives up after the last delivery's ack_wait and advises it.
     let mut worker = s.spawn_worker();
     worker.wait_up(START_TIMEOUT).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let letters = loop {
-        let letters = read_all(&s.js, &s.config.nats.deadletter_stream).await;
-        if !letters.is_empty() {
-            break letters;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no dead letter within 60 s of the last kill\n{}",
-            worker.log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let letters = wait_for_a_dead_letter(&s, &worker).await;
     let took = started.elapsed();
     let info = s.consumer_info().await.expect("consumer info");
     let exit = worker.terminate(Duration::from_secs(30)).await;
@@ -114,9 +72,70 @@ async fn a_message_that_kills_every_worker_is_dead_lettered_after_max_deliver() 
         letter.subject.as_str(),
         format!("{}.max_deliveries", s.config.nats.deadletter_prefix)
     );
-    assert!(
-        exit.is_some_and(|(status, _)| status.success()),
-        "exit 0 on SIGTERM: {exit:?}"
-    );
+    assert_exited_zero(&exit, "the live worker");
     s.cleanup().await;
+}
+
+/// Publishes the poison (`subject`, `msg_id`, `payload`) once and, for each of its `max_deliver`
+/// deliveries, starts a worker, freezes the database so the delivery's write hangs, and SIGKILLs
+/// the worker once it has received it. Returns the kills.
+async fn kill_every_delivery(
+    s: &mut Scenario,
+    cassandra: u32,
+    (subject, msg_id, payload): (String, &str, &bytes::Bytes),
+) -> usize {
+    let max_deliver = s.config.nats.max_deliver;
+    let mut kills = 0;
+    for round in 0..max_deliver {
+        let mut worker = s.spawn_worker();
+        worker.wait_up(START_TIMEOUT).await;
+        // The write of the delivery will hang: the database is frozen until the worker is dead.
+        assert!(signal(cassandra, "STOP"), "SIGSTOP Cassandra {cassandra}");
+        let thaw = Thaw(cassandra);
+        if round == 0 {
+            let mut headers = HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+            s.js.publish_with_headers(subject.clone(), headers, payload.clone())
+                .await
+                .expect("publish")
+                .await
+                .expect("stored");
+        }
+        // Redelivered after ack_wait (3 s) from the previous worker's death.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while worker.metric("score_worker_messages_received_total").await < 1.0 {
+            assert!(
+                Instant::now() < deadline,
+                "delivery {} never reached worker {}\n{}",
+                round + 1,
+                worker.name,
+                worker.log_tail(20)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        worker.kill();
+        kills += 1;
+        drop(thaw);
+    }
+    kills
+}
+
+/// The dead-letter stream's messages once there is one (at most 60 s).
+async fn wait_for_a_dead_letter(
+    s: &Scenario,
+    worker: &WorkerProc,
+) -> Vec<async_nats::jetstream::Message> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let letters = read_all(&s.js, &s.config.nats.deadletter_stream).await;
+        if !letters.is_empty() {
+            return letters;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no dead letter within 60 s of the last kill\n{}",
+            worker.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -20,8 +20,8 @@ use score_worker::{nats, schema, store};
 use tokio::sync::OnceCell;
 
 use crate::harness::*;
-use crate::verify::verify;
-use crate::workload::{Spec, Workload};
+use crate::steps::{assert_exited_zero, paced_publisher};
+use crate::workload::Workload;
 use crate::{all, support, DRAIN_TIMEOUT, PUBLISH_TIMEOUT, START_TIMEOUT};
 
 /// Every node of the NATS cluster (`scripts/services.sh cluster-env`); the client fails over among them.
@@ -195,42 +195,11 @@ fn node_number(name: &str) -> u8 {
         .unwrap_or_else(|_| panic!("a node name n1..n3: {name}"))
 }
 
-/// Publishes `range` of `w` in 40 steps, 200 ms apart (about 8 s), retrying what a fault refuses.
-fn paced_publisher(
-    js: &jetstream::Context,
-    w: &Arc<Workload>,
-    range: std::ops::Range<usize>,
-) -> tokio::task::JoinHandle<PublishStats> {
-    let (js, w) = (js.clone(), w.clone());
-    tokio::spawn(async move {
-        let mut stats = PublishStats::default();
-        let step = range.len().div_ceil(40).max(1);
-        for start in range.clone().step_by(step) {
-            let part = start..(start + step).min(range.end);
-            stats.add(publish(&js, &w, part, PUBLISH_TIMEOUT).await);
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        stats
-    })
-}
-
 /// The scenario's workload, its first `1/parts` published and a worker in the middle of a flush of it.
 async fn under_load(s: &mut Scenario, parts: usize) -> (Arc<Workload>, WorkerProc) {
-    let w = Arc::new(Workload::generate(
-        s.name,
-        &s.config.nats.subjects[0],
-        Spec::standard(scaled(6000)),
-        s.seed,
-    ));
-    eprintln!("{}: seed {} — {}", s.name, s.seed, w.summary());
+    let w = Arc::new(s.standard_workload(s.name, 6000));
     publish(&s.js, &w, 0..w.items.len() / parts, PUBLISH_TIMEOUT).await;
-    let mut worker = s.spawn_worker();
-    worker.wait_up(START_TIMEOUT).await;
-    assert!(
-        worker.wait_mid_flush(300, Duration::from_secs(60)).await,
-        "the worker writes before the kill\n{}",
-        worker.log_tail(20)
-    );
+    let worker = s.busy_worker(300, "the kill").await;
     (w, worker)
 }
 
@@ -288,37 +257,30 @@ async fn nats_node_killed(name: &'static str, victim: Victim) {
     let disconnects = worker.log_count("NATS disconnected");
     let exit = worker.terminate(Duration::from_secs(30)).await;
 
-    let outcome = verify(&s.session, &s.js, &s.config, &[&w]).await;
-    outcome.report(
-        name,
-        &secs(recover),
-        &format!(
-            "killed={target}({}) stream_leader={}->{} elected_s={} consumer_leader={consumer_before}->{} \
-             publish_retries={} disconnects={disconnects} acked={processed} restart_s={} caught_up_s={} \
-             replicas=[{}] seed={}",
-            if victim == Victim::Leader { "stream leader" } else { "follower" },
-            before.leader,
-            after.leader,
-            secs(elected),
-            consumer_leader(&s).await,
-            stats.retried,
-            secs(back),
-            secs(caught_up),
-            std::iter::once(rejoined.leader.as_str())
-                .chain(rejoined.followers.iter().map(String::as_str))
-                .collect::<Vec<_>>()
-                .join(","),
-            s.seed
-        ),
+    let extras = format!(
+        "killed={target}({}) stream_leader={}->{} elected_s={} consumer_leader={consumer_before}->{} \
+         publish_retries={} disconnects={disconnects} acked={processed} restart_s={} caught_up_s={} \
+         replicas=[{}] seed={}",
+        if victim == Victim::Leader { "stream leader" } else { "follower" },
+        before.leader,
+        after.leader,
+        secs(elected),
+        consumer_leader(&s).await,
+        stats.retried,
+        secs(back),
+        secs(caught_up),
+        std::iter::once(rejoined.leader.as_str())
+            .chain(rejoined.followers.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(","),
+        s.seed
     );
+    s.verdict(&[&w], recover, &extras).await;
     match victim {
         Victim::Leader => assert_ne!(after.leader, target, "a new stream leader was elected"),
         Victim::Follower => assert_eq!(after.leader, before.leader, "the leader stayed"),
     }
-    assert!(
-        exit.is_some_and(|(status, _)| status.success()),
-        "exit 0 on SIGTERM: {exit:?}"
-    );
+    assert_exited_zero(&exit, "the worker");
     s.cleanup().await;
 }
 
@@ -371,27 +333,20 @@ async fn cluster_cassandra_node_killed_and_back() {
     let retries = get("score_worker_batch_retries_total");
     let exit = worker.terminate(Duration::from_secs(30)).await;
 
-    let outcome = verify(&s.session, &s.js, &s.config, &[&w]).await;
-    outcome.report(
-        name,
-        &secs(recover),
-        &format!(
-            "killed=n{victim} drained_while_down_s={} acked_while_down={acked_down} down_s={} restart_s={} \
-             retries={retries} consistency=LOCAL_QUORUM rf=3 seed={}",
-            secs(drained_down),
-            secs(down),
-            secs(back),
-            s.seed
-        ),
+    let extras = format!(
+        "killed=n{victim} drained_while_down_s={} acked_while_down={acked_down} down_s={} restart_s={} \
+         retries={retries} consistency=LOCAL_QUORUM rf=3 seed={}",
+        secs(drained_down),
+        secs(down),
+        secs(back),
+        s.seed
     );
+    s.verdict(&[&w], recover, &extras).await;
     assert!(
         acked_down > 0,
         "the worker acked writes while n{victim} was down"
     );
-    assert!(
-        exit.is_some_and(|(status, _)| status.success()),
-        "exit 0 on SIGTERM: {exit:?}"
-    );
+    assert_exited_zero(&exit, "the worker");
     s.cleanup().await;
 }
 
@@ -405,13 +360,7 @@ async fn cluster_two_workers_race_while_a_cassandra_node_is_down() {
         c.batch.max_scores = 20; // more, smaller flushes racing on the same keys
     })
     .await;
-    let w = Workload::generate(
-        name,
-        &s.config.nats.subjects[0],
-        Spec::standard(scaled(6000)),
-        s.seed,
-    );
-    eprintln!("{name}: seed {} — {}", s.seed, w.summary());
+    let w = s.standard_workload(name, 6000);
     let victim = cassandra_victim(s.seed);
     let mut node = NodeBack::kill("cassandra", victim).await;
     let killed = Instant::now();
@@ -434,22 +383,18 @@ async fn cluster_two_workers_race_while_a_cassandra_node_is_down() {
         exits.push(worker.terminate(Duration::from_secs(30)).await);
     }
 
-    let outcome = verify(&s.session, &s.js, &s.config, &[&w]).await;
-    outcome.report(
-        name,
-        &secs(drained),
-        &format!(
-            "killed=n{victim} workers=2 acked_by=[{}] down_s={} restart_s={} hot_keys=3x300 seed={}",
-            shares
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
-            secs(down),
-            secs(back),
-            s.seed
-        ),
+    let extras = format!(
+        "killed=n{victim} workers=2 acked_by=[{}] down_s={} restart_s={} hot_keys=3x300 seed={}",
+        shares
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        secs(down),
+        secs(back),
+        s.seed
     );
+    s.verdict(&[&w], drained, &extras).await;
     assert!(
         shares.iter().all(|&n| n > 0),
         "both workers took part: {shares:?}"

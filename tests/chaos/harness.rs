@@ -19,7 +19,6 @@ use async_nats::HeaderMap;
 use score_worker::config::Config;
 use score_worker::{nats, store};
 use scylla::client::session::Session;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Mutex, MutexGuard, OnceCell};
 
 use crate::support;
@@ -491,7 +490,7 @@ impl WorkerProc {
 
     /// Peak resident set size so far (`VmHWM`), in KiB.
     pub fn peak_rss_kib(&self) -> Option<u64> {
-        proc_status_kib(self.pid(), "VmHWM:")
+        support::proc_status_kib(self.pid(), "VmHWM:")
     }
 
     /// The last `n` lines of the worker's log.
@@ -523,17 +522,6 @@ impl Drop for WorkerProc {
     }
 }
 
-fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// A plain HTTP/1.1 GET on loopback, bounded by 2 s; the body, if the status is 200.
 async fn http_get(port: u16, path: &str) -> Option<String> {
     http_exchange(port, path)
@@ -543,28 +531,8 @@ async fn http_get(port: u16, path: &str) -> Option<String> {
 
 /// A plain HTTP/1.1 GET on loopback, bounded by 2 s: (status, body), None if nothing answered.
 async fn http_exchange(port: u16, path: &str) -> Option<(u16, String)> {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
-        stream
-            .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await
-            .ok()?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.ok()?;
-        let text = String::from_utf8_lossy(&response).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        let status = head.split_whitespace().nth(1)?.parse().ok()?;
-        Some((status, body.to_string()))
-    };
-    tokio::time::timeout(Duration::from_secs(2), exchange)
-        .await
-        .ok()
-        .flatten()
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    support::http_try(addr, path, Duration::from_secs(2)).await
 }
 
 /// Publishes `items` of `workload` (a range of its publish order), 1,000 unacknowledged at a

@@ -30,6 +30,7 @@ mod advisory;
 mod cluster;
 mod datacenters;
 mod harness;
+mod steps;
 mod stopped;
 mod verify;
 mod workload;
@@ -41,7 +42,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use harness::*;
-use verify::verify;
+use steps::{assert_exited_zero, freeze_cassandra, paced_publisher, Exit};
 use workload::{Spec, Workload};
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(240);
@@ -61,13 +62,7 @@ fn all(w: &Workload) -> std::ops::Range<usize> {
 async fn sigkill_mid_flush_repeatedly() {
     let mut s = Scenario::start("sigkill", |_| {}).await;
     let mut rng = StdRng::seed_from_u64(s.seed);
-    let w = Workload::generate(
-        "sigkill",
-        &s.config.nats.subjects[0],
-        Spec::standard(scaled(8000)),
-        s.seed,
-    );
-    eprintln!("sigkill: seed {} — {}", s.seed, w.summary());
+    let w = s.standard_workload("sigkill", 8000);
     publish(&s.js, &w, all(&w), PUBLISH_TIMEOUT).await;
 
     let kills = env_usize("SCORE_WORKER_CHAOS_KILLS", 10);
@@ -91,20 +86,16 @@ async fn sigkill_mid_flush_repeatedly() {
     let redelivered = s.consumer_info().await.map(|i| i.num_redelivered);
     let exit = worker.terminate(Duration::from_secs(30)).await;
 
-    let outcome = verify(&s.session, &s.js, &s.config, &[&w]).await;
-    outcome.report(
-        "sigkill",
-        &secs(recover),
-        &format!(
-            "kills={done} messages={} seed={}",
-            w.stored_messages(),
-            s.seed
-        ),
+    let extras = format!(
+        "kills={done} messages={} seed={}",
+        w.stored_messages(),
+        s.seed
     );
+    s.verdict(&[&w], recover, &extras).await;
     assert_eq!(done, kills, "every kill landed during a flush");
-    assert!(
-        exit.is_some_and(|(status, _)| status.success()),
-        "the last worker exits 0 on SIGTERM: {exit:?} (redelivered {redelivered:?})"
+    assert_exited_zero(
+        &exit,
+        &format!("the last worker (redelivered {redelivered:?})"),
     );
     s.cleanup().await;
 }
@@ -123,29 +114,12 @@ async fn database_frozen_past_the_retry_budget() {
         c.retry.progress_interval = Duration::from_secs(2);
     })
     .await;
-    let w = Workload::generate(
-        "dbfreeze",
-        &s.config.nats.subjects[0],
-        Spec::standard(scaled(4000)),
-        s.seed,
-    );
-    eprintln!("db-freeze: seed {} — {}", s.seed, w.summary());
+    let w = s.standard_workload("dbfreeze", 4000);
     let third = w.items.len() / 3;
     publish(&s.js, &w, 0..third, PUBLISH_TIMEOUT).await;
-    let mut worker = s.spawn_worker();
-    worker.wait_up(START_TIMEOUT).await;
-    assert!(
-        worker.wait_mid_flush(200, Duration::from_secs(60)).await,
-        "the worker writes before the freeze\n{}",
-        worker.log_tail(20)
-    );
+    let mut worker = s.busy_worker(200, "the freeze").await;
 
-    let pid: u32 = services("cassandra-pid")
-        .await
-        .parse()
-        .expect("a Cassandra pid");
-    assert!(signal(pid, "STOP"), "SIGSTOP Cassandra {pid}");
-    let thaw = Thaw(pid);
+    let thaw = freeze_cassandra().await;
     let frozen = Instant::now();
     let freeze_for = budget * 4;
     // Load keeps coming while the database is frozen.
@@ -165,25 +139,18 @@ async fn database_frozen_past_the_retry_budget() {
     let paused = get("score_worker_pulls_paused");
     let exit = worker.terminate(Duration::from_secs(30)).await;
 
-    let outcome = verify(&s.session, &s.js, &s.config, &[&w]).await;
-    outcome.report(
-        "db-freeze",
-        &secs(recover),
-        &format!(
-            "frozen_s={} retries={retries} nakd={naks} paused_during={paused} seed={}",
-            secs(frozen_s),
-            s.seed
-        ),
+    let extras = format!(
+        "frozen_s={} retries={retries} nakd={naks} paused_during={paused} seed={}",
+        secs(frozen_s),
+        s.seed
     );
+    s.verdict(&[&w], recover, &extras).await;
     assert!(retries > 0, "flush writes were retried during the freeze");
     // Past the retry budget, flushes are held (not nak'd) and pulling pauses until the database
     // answers: no delivery is burnt by the outage.
     assert_eq!(naks, 0, "no flush was given back during the freeze");
     assert_eq!(paused, 1, "pulling was paused during the freeze");
-    assert!(
-        exit.is_some_and(|(status, _)| status.success()),
-        "exit 0 on SIGTERM: {exit:?}"
-    );
+    assert_exited_zero(&exit, "the worker");
     s.cleanup().await;
 }
 
@@ -196,45 +163,14 @@ async fn nats_server_restarted_during_load() {
         c.nats.request_timeout = Duration::from_secs(3);
     })
     .await;
-    let w = Arc::new(Workload::generate(
-        "natsrestart",
-        &s.config.nats.subjects[0],
-        Spec::standard(scaled(6000)),
-        s.seed,
-    ));
-    eprintln!("nats-restart: seed {} — {}", s.seed, w.summary());
+    let w = Arc::new(s.standard_workload("natsrestart", 6000));
     let half = w.items.len() / 2;
     publish(&s.js, &w, 0..half, PUBLISH_TIMEOUT).await;
-    let mut worker = s.spawn_worker();
-    worker.wait_up(START_TIMEOUT).await;
-    assert!(
-        worker.wait_mid_flush(300, Duration::from_secs(60)).await,
-        "the worker writes before the restart\n{}",
-        worker.log_tail(20)
-    );
+    let mut worker = s.busy_worker(300, "the restart").await;
     // The second half is published over ~8 s while the server goes away and comes back.
-    let publisher = {
-        let (js, w) = (s.js.clone(), w.clone());
-        tokio::spawn(async move {
-            let mut stats = PublishStats::default();
-            let n = w.items.len();
-            let step = (n - half).div_ceil(40).max(1);
-            for start in (half..n).step_by(step) {
-                let range = start..(start + step).min(n);
-                stats.add(publish(&js, &w, range, PUBLISH_TIMEOUT).await);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            stats
-        })
-    };
+    let publisher = paced_publisher(&s.js, &w, half..w.items.len());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let stopped = Instant::now();
-    let mut restart = Restart(true);
-    services("stop-nats").await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    services("start-nats").await;
-    restart.0 = false;
-    let outage = stopped.elapsed();
+    let outage = restart_nats().await;
     let restarted = Instant::now();
     let stats = publisher.await.expect("publisher task");
 
@@ -249,23 +185,27 @@ async fn nats_server_restarted_during_load() {
     let disconnects = worker.log_count("NATS disconnected");
     let exit = worker.terminate(Duration::from_secs(30)).await;
 
-    let outcome = verify(&s.session, &s.js, &s.config, &[&w]).await;
-    outcome.report(
-        "nats-restart",
-        &secs(recover),
-        &format!(
-            "outage_s={} disconnects={disconnects} publish_retries={} seed={}",
-            secs(outage),
-            stats.retried,
-            s.seed
-        ),
+    let extras = format!(
+        "outage_s={} disconnects={disconnects} publish_retries={} seed={}",
+        secs(outage),
+        stats.retried,
+        s.seed
     );
+    s.verdict(&[&w], recover, &extras).await;
     assert!(disconnects >= 1, "the worker saw the server go away");
-    assert!(
-        exit.is_some_and(|(status, _)| status.success()),
-        "exit 0 on SIGTERM: {exit:?}"
-    );
+    assert_exited_zero(&exit, "the worker");
     s.cleanup().await;
+}
+
+/// Stops nats-server for 3 s and starts it again (its file store survives); returns the outage.
+async fn restart_nats() -> Duration {
+    let stopped = Instant::now();
+    let mut restart = Restart(true);
+    services("stop-nats").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    services("start-nats").await;
+    restart.0 = false;
+    stopped.elapsed()
 }
 
 /// Scenario 4: `n` workers on one durable consumer; one is SIGKILLed mid-flush and restarted
@@ -275,42 +215,15 @@ async fn replicas(name: &'static str, n: usize) {
         c.batch.max_scores = 20; // more, smaller flushes racing on the same keys
     })
     .await;
-    let w = Workload::generate(
-        name,
-        &s.config.nats.subjects[0],
-        Spec::standard(scaled(8000)),
-        s.seed,
-    );
-    eprintln!("{name}: seed {} — {}", s.seed, w.summary());
+    let w = s.standard_workload(name, 8000);
     publish(&s.js, &w, all(&w), PUBLISH_TIMEOUT).await;
     let mut workers: Vec<WorkerProc> = (0..n).map(|_| s.spawn_worker()).collect();
     for worker in &mut workers {
         worker.wait_up(START_TIMEOUT).await;
     }
     // Kill the first one in the middle of a flush, after every replica has written something.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut all_busy = true;
-        for worker in &workers {
-            all_busy &= worker.processed().await > 0;
-        }
-        if all_busy {
-            break;
-        }
-        assert!(Instant::now() < deadline, "every replica gets work");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        workers[0]
-            .wait_mid_flush(300, Duration::from_secs(60))
-            .await,
-        "the victim is mid-flush"
-    );
-    let victim_share = workers[0].processed().await;
-    workers[0].kill();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    workers[0] = s.spawn_worker();
-    workers[0].wait_up(START_TIMEOUT).await;
+    wait_every_replica_busy(&workers).await;
+    let victim_share = kill_and_replace_first(&mut s, &mut workers).await;
     let restarted = Instant::now();
 
     s.wait_drained(&mut workers, DRAIN_TIMEOUT).await;
@@ -324,26 +237,55 @@ async fn replicas(name: &'static str, n: usize) {
         exits.push(worker.terminate(Duration::from_secs(30)).await);
     }
 
-    let outcome = verify(&s.session, &s.js, &s.config, &[&w]).await;
-    outcome.report(
-        name,
-        &secs(recover),
-        &format!(
-            "workers={n} acked_by=[killed:{}, {}] seed={}",
-            shares[0],
-            shares[1..]
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
-            s.seed
-        ),
+    let extras = format!(
+        "workers={n} acked_by=[killed:{}, {}] seed={}",
+        shares[0],
+        shares[1..]
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        s.seed
     );
+    s.verdict(&[&w], recover, &extras).await;
     assert!(
         exits.iter().all(|e| e.is_some_and(|(st, _)| st.success())),
         "every replica exits 0 on SIGTERM: {exits:?}"
     );
     s.cleanup().await;
+}
+
+/// Waits (at most 60 s) until every replica has processed something.
+async fn wait_every_replica_busy(workers: &[WorkerProc]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut all_busy = true;
+        for worker in workers {
+            all_busy &= worker.processed().await > 0;
+        }
+        if all_busy {
+            return;
+        }
+        assert!(Instant::now() < deadline, "every replica gets work");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGKILLs the first replica mid-flush and starts another in its place; returns what the victim
+/// had processed.
+async fn kill_and_replace_first(s: &mut Scenario, workers: &mut [WorkerProc]) -> u64 {
+    assert!(
+        workers[0]
+            .wait_mid_flush(300, Duration::from_secs(60))
+            .await,
+        "the victim is mid-flush"
+    );
+    let victim_share = workers[0].processed().await;
+    workers[0].kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    workers[0] = s.spawn_worker();
+    workers[0].wait_up(START_TIMEOUT).await;
+    victim_share
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,10 +313,7 @@ async fn drain_backlog(s: &mut Scenario, messages: usize) -> (u64, Duration) {
     let took = started.elapsed();
     let peak = worker.peak_rss_kib().expect("VmHWM of the worker");
     let exit = worker.terminate(Duration::from_secs(30)).await;
-    assert!(
-        exit.is_some_and(|(status, _)| status.success()),
-        "exit 0 on SIGTERM: {exit:?}"
-    );
+    assert_exited_zero(&exit, "the draining worker");
     (peak, took)
 }
 
@@ -398,8 +337,71 @@ async fn large_backlog_drains_with_bounded_memory() {
         c.nats.request_timeout = Duration::from_secs(20);
     })
     .await;
-    // Nine events in ten go to 16 hot keys (so a flush coalesces up to 200 events and the backlog
-    // drains in CI time), one in ten to a wide spread of profiles and leaderboards.
+    let (a, b) = backlog_workloads(&s, small, big);
+
+    let t = Instant::now();
+    publish(&s.js, &a, all(&a), backlog_timeout(a.items.len())).await;
+    let (peak_a, took_a) = drain_backlog(&mut s, a.items.len()).await;
+    let t_pub = Instant::now();
+    publish(&s.js, &b, all(&b), backlog_timeout(b.items.len())).await;
+    let published_in = t_pub.elapsed();
+    let pending = s.consumer_info().await.map(|i| i.num_pending).unwrap_or(0);
+    let stored = s
+        .stream_messages(&s.config.nats.stream)
+        .await
+        .expect("stream info");
+    let (peak_b, took_b) = drain_backlog(&mut s, b.items.len()).await;
+    eprintln!(
+        "backlog: {stored} messages in the stream, phases took {:?}",
+        t.elapsed()
+    );
+
+    let extras = format!(
+        "backlog={pending} publish_s={} drain_msgs_per_s={:.0} peak_rss_mib={:.1} (backlog {}: {:.1} MiB, drained in {}s) seed={}",
+        secs(published_in),
+        b.stored_messages() as f64 / took_b.as_secs_f64(),
+        mib(peak_b),
+        a.stored_messages(),
+        mib(peak_a),
+        secs(took_a),
+        s.seed
+    );
+    s.verdict(&[&a, &b], took_b, &extras).await;
+    assert!(
+        pending as usize >= b.stored_messages() - 10,
+        "the backlog was pending when the worker started: {pending}"
+    );
+    assert_memory_bounded((peak_a, &a), (peak_b, &b));
+    s.cleanup().await;
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// The peak RSS (KiB) of the second, larger backlog's drain is within 16 MiB of the first's, and
+/// both are below 128 MiB.
+fn assert_memory_bounded((peak_a, a): (u64, &Workload), (peak_b, b): (u64, &Workload)) {
+    assert!(
+        peak_b <= peak_a + 16 * 1024,
+        "peak RSS grew with the backlog: {:.1} MiB at {} messages, {:.1} MiB at {}",
+        mib(peak_a),
+        a.stored_messages(),
+        mib(peak_b),
+        b.stored_messages()
+    );
+    assert!(
+        peak_a.max(peak_b) <= 128 * 1024,
+        "peak RSS {:.1} / {:.1} MiB",
+        mib(peak_a),
+        mib(peak_b)
+    );
+}
+
+/// The backlog scenario's two workloads, of `small` then `big` events: nine events in ten go to 16
+/// hot keys (so a flush coalesces up to 200 events and the backlog drains in CI time), one in ten
+/// to a wide spread of profiles and leaderboards. The first has no bad payloads.
+fn backlog_workloads(s: &Scenario, small: usize, big: usize) -> (Workload, Workload) {
     let spec = |events: usize| Spec {
         events: events / 10,
         profiles: (events / 50).clamp(100, 20_000),
@@ -424,59 +426,7 @@ async fn large_backlog_drains_with_bounded_memory() {
         a.summary(),
         b.summary()
     );
-
-    let t = Instant::now();
-    publish(&s.js, &a, all(&a), backlog_timeout(a.items.len())).await;
-    let (peak_a, took_a) = drain_backlog(&mut s, a.items.len()).await;
-    let t_pub = Instant::now();
-    publish(&s.js, &b, all(&b), backlog_timeout(b.items.len())).await;
-    let published_in = t_pub.elapsed();
-    let pending = s.consumer_info().await.map(|i| i.num_pending).unwrap_or(0);
-    let stored = s
-        .stream_messages(&s.config.nats.stream)
-        .await
-        .expect("stream info");
-    let (peak_b, took_b) = drain_backlog(&mut s, b.items.len()).await;
-    eprintln!(
-        "backlog: {stored} messages in the stream, phases took {:?}",
-        t.elapsed()
-    );
-
-    let outcome = verify(&s.session, &s.js, &s.config, &[&a, &b]).await;
-    let mib = |kib: u64| kib as f64 / 1024.0;
-    outcome.report(
-        "backlog",
-        &secs(took_b),
-        &format!(
-            "backlog={pending} publish_s={} drain_msgs_per_s={:.0} peak_rss_mib={:.1} (backlog {}: {:.1} MiB, drained in {}s) seed={}",
-            secs(published_in),
-            b.stored_messages() as f64 / took_b.as_secs_f64(),
-            mib(peak_b),
-            a.stored_messages(),
-            mib(peak_a),
-            secs(took_a),
-            s.seed
-        ),
-    );
-    assert!(
-        pending as usize >= b.stored_messages() - 10,
-        "the backlog was pending when the worker started: {pending}"
-    );
-    assert!(
-        peak_b <= peak_a + 16 * 1024,
-        "peak RSS grew with the backlog: {:.1} MiB at {} messages, {:.1} MiB at {}",
-        mib(peak_a),
-        a.stored_messages(),
-        mib(peak_b),
-        b.stored_messages()
-    );
-    assert!(
-        peak_a.max(peak_b) <= 128 * 1024,
-        "peak RSS {:.1} / {:.1} MiB",
-        mib(peak_a),
-        mib(peak_b)
-    );
-    s.cleanup().await;
+    (a, b)
 }
 
 /// Scenario 6: SIGTERM during load, three times: each worker exits 0 within `shutdown.timeout`
@@ -486,57 +436,13 @@ async fn sigterm_during_load_exits_zero_and_a_new_worker_finishes() {
     let mut s = Scenario::start("sigterm", |_| {}).await;
     let mut rng = StdRng::seed_from_u64(s.seed);
     let timeout = s.config.shutdown.timeout;
-    let w = Workload::generate(
-        "sigterm",
-        &s.config.nats.subjects[0],
-        Spec::standard(scaled(6000)),
-        s.seed,
-    );
-    eprintln!("sigterm: seed {} — {}", s.seed, w.summary());
+    let w = s.standard_workload("sigterm", 6000);
     publish(&s.js, &w, all(&w), PUBLISH_TIMEOUT).await;
     let mut exits = Vec::new();
     let mut left = Vec::new();
     for _ in 0..3 {
-        let mut worker = s.spawn_worker();
-        worker.wait_up(START_TIMEOUT).await;
-        let min = rng.random_range(50..500);
-        assert!(
-            worker.wait_mid_flush(min, Duration::from_secs(60)).await,
-            "SIGTERM lands during load\n{}",
-            worker.log_tail(20)
-        );
-        // Generous wait, so a slow exit is measured rather than cut off.
-        let exit = worker.terminate(timeout * 3).await;
-        let Some((status, took)) = exit else {
-            panic!(
-                "the worker did not exit within {:?} of SIGTERM\n{}",
-                timeout * 3,
-                worker.log_tail(30)
-            );
-        };
-        assert!(
-            status.success(),
-            "exit status {status:?}\n{}",
-            worker.log_tail(30)
-        );
-        assert!(
-            took <= timeout + EXIT_MARGIN,
-            "exited {took:?} after SIGTERM; shutdown.timeout is {timeout:?}\n{}",
-            worker.log_tail(30)
-        );
+        let (took, unacked) = sigterm_during_load(&mut s, rng.random_range(50..500)).await;
         exits.push(took);
-        // Deliveries the stopped worker left unacknowledged would wait ack_wait for the next worker:
-        // a drain within shutdown.timeout settles everything it took.
-        let unacked = s
-            .consumer_info()
-            .await
-            .map_or(-1, |i| i.num_ack_pending as i64);
-        assert_eq!(
-            unacked,
-            0,
-            "deliveries left unacknowledged after a drained exit\n{}",
-            worker.log_tail(30)
-        );
         left.push(unacked);
     }
     let last_fault = Instant::now();
@@ -547,26 +453,68 @@ async fn sigterm_during_load_exits_zero_and_a_new_worker_finishes() {
     let recover = last_fault.elapsed();
     let exit = worker.terminate(timeout * 3).await;
 
-    let outcome = verify(&s.session, &s.js, &s.config, &[&w]).await;
-    outcome.report(
-        "sigterm",
-        &secs(recover),
-        &format!(
-            "sigterms={} exit_s=[{}] unacked_after_exit={left:?} seed={}",
-            exits.len(),
-            exits
-                .iter()
-                .map(|d| secs(*d))
-                .collect::<Vec<_>>()
-                .join(", "),
-            s.seed
-        ),
+    let extras = format!(
+        "sigterms={} exit_s=[{}] unacked_after_exit={left:?} seed={}",
+        exits.len(),
+        exits
+            .iter()
+            .map(|d| secs(*d))
+            .collect::<Vec<_>>()
+            .join(", "),
+        s.seed
     );
+    s.verdict(&[&w], recover, &extras).await;
     assert!(
         exit.is_some_and(|(status, took)| status.success() && took <= timeout + EXIT_MARGIN),
         "the finishing worker exits 0 within {timeout:?}: {exit:?}"
     );
     s.cleanup().await;
+}
+
+/// A new worker, SIGTERMed once it is mid-flush with `min` messages processed: it exits 0 within
+/// `shutdown.timeout` + 1 s leaving nothing unacknowledged. Returns how long it took to exit and
+/// the deliveries left unacknowledged (0).
+async fn sigterm_during_load(s: &mut Scenario, min: u64) -> (Duration, i64) {
+    let timeout = s.config.shutdown.timeout;
+    let mut worker = s.spawn_worker();
+    worker.wait_up(START_TIMEOUT).await;
+    assert!(
+        worker.wait_mid_flush(min, Duration::from_secs(60)).await,
+        "SIGTERM lands during load\n{}",
+        worker.log_tail(20)
+    );
+    // Generous wait, so a slow exit is measured rather than cut off.
+    let exit = worker.terminate(timeout * 3).await;
+    let Some((status, took)) = exit else {
+        panic!(
+            "the worker did not exit within {:?} of SIGTERM\n{}",
+            timeout * 3,
+            worker.log_tail(30)
+        );
+    };
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        worker.log_tail(30)
+    );
+    assert!(
+        took <= timeout + EXIT_MARGIN,
+        "exited {took:?} after SIGTERM; shutdown.timeout is {timeout:?}\n{}",
+        worker.log_tail(30)
+    );
+    // Deliveries the stopped worker left unacknowledged would wait ack_wait for the next worker:
+    // a drain within shutdown.timeout settles everything it took.
+    let unacked = s
+        .consumer_info()
+        .await
+        .map_or(-1, |i| i.num_ack_pending as i64);
+    assert_eq!(
+        unacked,
+        0,
+        "deliveries left unacknowledged after a drained exit\n{}",
+        worker.log_tail(30)
+    );
+    (took, unacked)
 }
 
 /// Scenario 7 (a combination the list above does not name): SIGTERM while the database is frozen,
@@ -586,27 +534,10 @@ async fn sigterm_while_the_database_is_frozen() {
     })
     .await;
     let timeout = s.config.shutdown.timeout;
-    let w = Workload::generate(
-        "sigtermfrozen",
-        &s.config.nats.subjects[0],
-        Spec::standard(scaled(3000)),
-        s.seed,
-    );
-    eprintln!("sigterm-db-frozen: seed {} — {}", s.seed, w.summary());
+    let w = s.standard_workload("sigtermfrozen", 3000);
     publish(&s.js, &w, all(&w), PUBLISH_TIMEOUT).await;
-    let mut worker = s.spawn_worker();
-    worker.wait_up(START_TIMEOUT).await;
-    assert!(
-        worker.wait_mid_flush(200, Duration::from_secs(60)).await,
-        "the worker writes before the freeze\n{}",
-        worker.log_tail(20)
-    );
-    let pid: u32 = services("cassandra-pid")
-        .await
-        .parse()
-        .expect("a Cassandra pid");
-    assert!(signal(pid, "STOP"), "SIGSTOP Cassandra {pid}");
-    let thaw = Thaw(pid);
+    let mut worker = s.busy_worker(200, "the freeze").await;
+    let thaw = freeze_cassandra().await;
     // Let the flushes in flight hang on the frozen database, then ask the worker to stop.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let exit = worker.terminate(timeout * 4).await;
@@ -623,28 +554,16 @@ async fn sigterm_while_the_database_is_frozen() {
     let recover = resumed.elapsed();
     let last_exit = worker.terminate(timeout * 4).await;
 
-    let outcome = verify(&s.session, &s.js, &s.config, &[&w]).await;
-    outcome.report(
-        "sigterm-db-frozen",
-        &secs(recover),
-        &format!(
-            "exit={:?} exit_s={} shutdown_timeout_s={} unacked_after_exit={awaiting} deliverable_at_once={deliverable}/{} seed={}",
-            exit.map(|(status, _)| status.code()),
-            exit.map_or("none".into(), |(_, took)| secs(took)),
-            secs(timeout),
-            pending + awaiting,
-            s.seed
-        ),
+    let extras = format!(
+        "exit={:?} exit_s={} shutdown_timeout_s={} unacked_after_exit={awaiting} deliverable_at_once={deliverable}/{} seed={}",
+        exit.map(|(status, _)| status.code()),
+        exit.map_or("none".into(), |(_, took)| secs(took)),
+        secs(timeout),
+        pending + awaiting,
+        s.seed
     );
-    let Some((status, took)) = exit else {
-        panic!("no exit within {:?} of SIGTERM\n{log}", timeout * 4);
-    };
-    assert!(status.success(), "exit status {status:?}\n{log}");
-    // The drain may use all of shutdown.timeout; closing connections and exiting may add a little.
-    assert!(
-        took <= timeout + EXIT_MARGIN,
-        "exited {took:?} after SIGTERM with the database frozen; shutdown.timeout is {timeout:?}\n{log}"
-    );
+    s.verdict(&[&w], recover, &extras).await;
+    assert_exited_in_time(&exit, timeout, &log);
     assert_eq!(
         deliverable as u64,
         pending + awaiting,
@@ -656,20 +575,27 @@ async fn sigterm_while_the_database_is_frozen() {
         recover < ack_wait,
         "recovered in {recover:?}, not faster than ack_wait {ack_wait:?}: deliveries were left unsettled"
     );
-    assert!(
-        last_exit.is_some_and(|(status, _)| status.success()),
-        "exit 0 on SIGTERM: {last_exit:?}"
-    );
+    assert_exited_zero(&last_exit, "the finishing worker");
     s.cleanup().await;
+}
+
+/// The worker exited 0 within `shutdown.timeout` + 1 s of SIGTERM (`log`: its last lines).
+fn assert_exited_in_time(exit: &Exit, timeout: Duration, log: &str) {
+    let Some((status, took)) = exit else {
+        panic!("no exit within {:?} of SIGTERM\n{log}", timeout * 4);
+    };
+    assert!(status.success(), "exit status {status:?}\n{log}");
+    // The drain may use all of shutdown.timeout; closing connections and exiting may add a little.
+    assert!(
+        *took <= timeout + EXIT_MARGIN,
+        "exited {took:?} after SIGTERM with the database frozen; shutdown.timeout is {timeout:?}\n{log}"
+    );
 }
 
 /// The checker itself: a database holding a known set of defects must be counted exactly, so a
 /// clean summary line means something.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_checker_counts_lost_and_wrong_rows() {
-    use score_worker::store::bucket_of;
-    use support::KEYSPACE;
-
     let s = Scenario::start("checker", |_| {}).await;
     let spec = Spec {
         events: 60,
@@ -699,7 +625,58 @@ async fn the_checker_counts_lost_and_wrong_rows() {
                 .expect("an event of the key")
         })
         .collect();
-    let session = &s.session;
+    let defects = Defects {
+        missing,
+        stale,
+        bad_score,
+        history_gaps: &history_gaps,
+    };
+    write_with_defects(&s.session, &w, buckets, &defects).await;
+
+    let outcome = verify::verify(&s.session, &s.js, &s.config, &[&w]).await;
+    let spoiled = w
+        .events
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| {
+            let key = (e.board, e.profile);
+            key == missing || key == stale || key == bad_score || history_gaps.contains(i)
+        })
+        .count();
+    assert_eq!(outcome.lost, 2 + 2, "{:#?}", outcome.problems);
+    // Two wrong rows, and the six bad payloads that were never published, so never dead-lettered.
+    assert_eq!(outcome.wrong, 2 + w.bad.len(), "{:#?}", outcome.problems);
+    assert_eq!(outcome.verified, w.events.len() - spoiled);
+    assert_eq!(outcome.dead_lettered, 0);
+    s.cleanup().await;
+}
+
+/// What [`write_with_defects`] spoils: a key never written, a key with a second, stale leaderboard
+/// row, a key with a wrong by-profile score, and events whose history row is left out.
+struct Defects<'a> {
+    missing: (u16, u32),
+    stale: (u16, u32),
+    bad_score: (u16, u32),
+    history_gaps: &'a [usize],
+}
+
+/// Writes the final state of `w` as the worker would, but for `defects`.
+async fn write_with_defects(
+    session: &scylla::client::session::Session,
+    w: &Workload,
+    buckets: i32,
+    defects: &Defects<'_>,
+) {
+    use score_worker::store::bucket_of;
+    use support::KEYSPACE;
+
+    let Defects {
+        missing,
+        stale,
+        bad_score,
+        history_gaps,
+    } = *defects;
+    let want = w.expected();
     for (&(b, p), &score) in &want {
         if (b, p) == missing {
             continue;
@@ -747,21 +724,4 @@ async fn the_checker_counts_lost_and_wrong_rows() {
             .await
             .expect("insert");
     }
-
-    let outcome = verify(&s.session, &s.js, &s.config, &[&w]).await;
-    let spoiled = w
-        .events
-        .iter()
-        .enumerate()
-        .filter(|(i, e)| {
-            let key = (e.board, e.profile);
-            key == missing || key == stale || key == bad_score || history_gaps.contains(i)
-        })
-        .count();
-    assert_eq!(outcome.lost, 2 + 2, "{:#?}", outcome.problems);
-    // Two wrong rows, and the six bad payloads that were never published, so never dead-lettered.
-    assert_eq!(outcome.wrong, 2 + w.bad.len(), "{:#?}", outcome.problems);
-    assert_eq!(outcome.verified, w.events.len() - spoiled);
-    assert_eq!(outcome.dead_lettered, 0);
-    s.cleanup().await;
 }

@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
-use crate::verify::verify;
-use crate::workload::{Spec, Workload};
+use crate::steps::assert_exited_zero;
+use crate::workload::Workload;
 use crate::{DRAIN_TIMEOUT, EXIT_MARGIN, PUBLISH_TIMEOUT, START_TIMEOUT};
 
 /// Starts the chaos pair's Cassandra again when dropped, should the scenario panic while it is down.
@@ -59,22 +59,10 @@ async fn database_stopped_fails_readiness_and_counts_connection_failures() {
     })
     .await;
     let timeout = s.config.shutdown.timeout;
-    let w = Workload::generate(
-        "dbstopped",
-        &s.config.nats.subjects[0],
-        Spec::standard(scaled(3000)),
-        s.seed,
-    );
-    eprintln!("db-stopped: seed {} — {}", s.seed, w.summary());
+    let w = s.standard_workload("dbstopped", 3000);
     let half = w.items.len() / 2;
     publish(&s.js, &w, 0..half, PUBLISH_TIMEOUT).await;
-    let mut worker = s.spawn_worker();
-    worker.wait_up(START_TIMEOUT).await;
-    assert!(
-        worker.wait_mid_flush(200, Duration::from_secs(60)).await,
-        "the worker writes before the stop\n{}",
-        worker.log_tail(20)
-    );
+    let mut worker = s.busy_worker(200, "the stop").await;
     let ready_before = worker.readyz().await.map(|(status, _)| status);
 
     let failures_at_stop = worker.metric(FAILURES).await as u64;
@@ -88,49 +76,11 @@ async fn database_stopped_fails_readiness_and_counts_connection_failures() {
     let (not_ready, not_ready_after) =
         wait_readyz(&mut worker, 503, "database", Duration::from_secs(60)).await;
     // The counter rises once the writes meet the closed port.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = vec![failures_at_stop];
-    loop {
-        let now = worker.metric(FAILURES).await as u64;
-        if now > failures_at_stop {
-            seen.push(now);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{FAILURES} did not rise within 60 s of the stop (still {now})\n{}",
-            worker.log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let seen = wait_failures_rise(&worker, failures_at_stop).await;
 
     // Nothing is acked while the database is gone: the lag gauge must show the known backlog, what
     // was stored less what this worker acked (written or dead-lettered).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (pending, known) = loop {
-        let m = worker.metrics().await.unwrap_or_default();
-        let acked: f64 = m
-            .iter()
-            .filter(|(k, _)| {
-                k.starts_with("score_worker_dead_letters_total")
-                    || k.as_str() == "score_worker_messages_processed_total"
-            })
-            .map(|(_, v)| v)
-            .sum();
-        let known = w.stored_messages() as u64 - acked as u64;
-        let pending = m.get(PENDING).copied().unwrap_or(-1.0) as i64;
-        if pending == known as i64 {
-            break (pending, known);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{PENDING} is {pending}, the known backlog {known} (server: {:?})",
-            s.consumer_info()
-                .await
-                .map(|i| (i.num_pending, i.num_ack_pending))
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (pending, known) = wait_pending_is_the_backlog(&s, &worker, &w).await;
 
     // SIGTERM with the database still gone: `draining` while it hands back what it holds.
     let term = Instant::now();
@@ -158,22 +108,18 @@ async fn database_stopped_fails_readiness_and_counts_connection_failures() {
     let fresh = score_worker::store::connect(&s.config.scylla)
         .await
         .expect("a session to the restarted database");
-    let outcome = verify(&fresh, &s.js, &s.config, &[&w]).await;
-    outcome.report(
-        "db-stopped",
-        &secs(recover),
-        &format!(
-            "stop_s={} readyz=[{ready_before:?}, 503 after {}s: {not_ready:?}, 503 on SIGTERM: {draining:?}, then {ready_after:?}] \
-             connection_failures={} consumer_pending={pending} known_backlog={known} exit={:?} exit_s={} start_s={} seed={}",
-            secs(stopped_in),
-            secs(not_ready_after),
-            seen.iter().map(u64::to_string).collect::<Vec<_>>().join("->"),
-            exit.map(|(status, _)| status.code()),
-            secs(exit_s),
-            secs(back_in),
-            s.seed
-        ),
+    let extras = format!(
+        "stop_s={} readyz=[{ready_before:?}, 503 after {}s: {not_ready:?}, 503 on SIGTERM: {draining:?}, then {ready_after:?}] \
+         connection_failures={} consumer_pending={pending} known_backlog={known} exit={:?} exit_s={} start_s={} seed={}",
+        secs(stopped_in),
+        secs(not_ready_after),
+        seen.iter().map(u64::to_string).collect::<Vec<_>>().join("->"),
+        exit.map(|(status, _)| status.code()),
+        secs(exit_s),
+        secs(back_in),
+        s.seed
     );
+    s.verdict_with(&fresh, &[&w], recover, &extras).await;
     assert_eq!(ready_before, Some(200), "ready before the stop");
     let Some((status, _)) = exit else {
         panic!("no exit within {:?} of SIGTERM", timeout * 3);
@@ -183,9 +129,60 @@ async fn database_stopped_fails_readiness_and_counts_connection_failures() {
         exit_s <= timeout + EXIT_MARGIN,
         "exited {exit_s:?} after SIGTERM with the database stopped; shutdown.timeout is {timeout:?}"
     );
-    assert!(
-        last_exit.is_some_and(|(status, _)| status.success()),
-        "exit 0 on SIGTERM: {last_exit:?}"
-    );
+    assert_exited_zero(&last_exit, "the finishing worker");
     s.cleanup().await;
+}
+
+/// Waits (at most 60 s) until the connection-failure counter rises above `failures_at_stop`; returns the
+/// values seen.
+async fn wait_failures_rise(worker: &WorkerProc, failures_at_stop: u64) -> Vec<u64> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = vec![failures_at_stop];
+    loop {
+        let now = worker.metric(FAILURES).await as u64;
+        if now > failures_at_stop {
+            seen.push(now);
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{FAILURES} did not rise within 60 s of the stop (still {now})\n{}",
+            worker.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits (at most 30 s) until the worker's pending gauge equals the known backlog: what was stored
+/// less what the worker acked. Returns both.
+async fn wait_pending_is_the_backlog(
+    s: &Scenario,
+    worker: &WorkerProc,
+    w: &Workload,
+) -> (i64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = worker.metrics().await.unwrap_or_default();
+        let acked: f64 = m
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("score_worker_dead_letters_total")
+                    || k.as_str() == "score_worker_messages_processed_total"
+            })
+            .map(|(_, v)| v)
+            .sum();
+        let known = w.stored_messages() as u64 - acked as u64;
+        let pending = m.get(PENDING).copied().unwrap_or(-1.0) as i64;
+        if pending == known as i64 {
+            return (pending, known);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{PENDING} is {pending}, the known backlog {known} (server: {:?})",
+            s.consumer_info()
+                .await
+                .map(|i| (i.num_pending, i.num_ack_pending))
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

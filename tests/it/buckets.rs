@@ -5,9 +5,7 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_with_another_bucket_count_refuses_to_start() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let config = base_config("buckets");
+    let (_servers, config) = sharing("buckets").await;
     let stored = config.scylla.leaderboard_buckets;
     let mut other = config.clone();
     other.scylla.leaderboard_buckets = stored / 2;

@@ -144,9 +144,7 @@ async fn a_key_changed_5000_times_meets_a_bounded_number_of_dead_cells() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_racing_on_a_key_with_thousands_of_changes_keep_it_once_at_its_newest() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let mut config = base_config("churnrace");
+    let (_servers, mut config) = sharing("churnrace").await;
     config.batch.max_scores = 3; // many small flushes of the same keys in flight at once
     config.batch.linger = Duration::from_millis(2);
     let (_client, js) = jetstream(&config).await;
@@ -226,9 +224,7 @@ async fn writers_racing_on_a_key_with_thousands_of_changes_keep_it_once_at_its_n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_of_50_new_keys_is_a_handful_of_batched_requests() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let mut config = base_config("flushcost");
+    let (_servers, mut config) = sharing("flushcost").await;
     // The flush closes on its 50th key, not on the linger.
     config.batch.linger = Duration::from_secs(5);
     let (_client, js) = jetstream(&config).await;

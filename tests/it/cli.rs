@@ -30,9 +30,7 @@ fn git_revision() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_health_json_output_completions_and_comma_lists() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let config = base_config("cli");
+    let (_servers, config) = sharing("cli").await;
     let revision = git_revision();
 
     let version = stdout(&run(&config, &["--version"], &[]));
@@ -66,10 +64,41 @@ async fn version_health_json_output_completions_and_comma_lists() {
     // `check` and the worker itself with the database nodes as one comma-separated string.
     let node = config.scylla.nodes[0].clone();
     let nodes = format!("{node}, {node}");
+    assert_check_reads_two_nodes(&config, &node, &nodes);
+
+    let mut child = worker_command(&config, port)
+        .env("SCORE_WORKER__SCYLLA__NODES", &nodes)
+        .arg("run")
+        .spawn()
+        .expect("the worker starts");
+    wait_healthy(&config, &mut child, &env).await;
+    assert!(run(&config, &["health", "--live"], &env).status.success());
+    let (_, metrics) = http_get(listen.parse().unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains(&format!("revision=\"{revision}\"")),
+        "score_worker_build_info carries the revision"
+    );
+
+    // A dead letter, listed as one JSON object per line.
+    let (_client, js) = jetstream(&config).await;
+    publish_raw(&js, &config, "cli", b"{not json".to_vec(), "cli-bad-1").await;
+    let letters = listed_letters(&config).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["reason"], "malformed_json");
+    assert_eq!(letters[0]["payload"], "{not json");
+    assert_eq!(letters[0]["payload_bytes"], 9);
+
+    signal_term(&mut child);
+}
+
+/// `check --output json` with `nodes` (`node` twice, comma separated): a JSON report of at least
+/// five checks, failing (the stream does not exist before the first `run`) with exit code 1, and
+/// the nodes read as two.
+fn assert_check_reads_two_nodes(config: &score_worker::config::Config, node: &str, nodes: &str) {
     let check = run(
-        &config,
+        config,
         &["check", "--output", "json"],
-        &[("SCORE_WORKER__SCYLLA__NODES", &nodes)],
+        &[("SCORE_WORKER__SCYLLA__NODES", nodes)],
     );
     let report: serde_json::Value =
         serde_json::from_slice(&check.stdout).expect("check prints JSON");
@@ -92,55 +121,46 @@ async fn version_health_json_output_completions_and_comma_lists() {
         "the comma-separated nodes were read as two: {}",
         checks[0]["detail"]
     );
+}
 
-    let mut child = worker_command(&config, port)
-        .env("SCORE_WORKER__SCYLLA__NODES", &nodes)
-        .arg("run")
-        .spawn()
-        .expect("the worker starts");
+/// Waits (at most 60 s) until `health` passes against `child`; panics if it exits.
+async fn wait_healthy(
+    config: &score_worker::config::Config,
+    child: &mut std::process::Child,
+    env: &[(&str, &str)],
+) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             panic!("the worker exited: {status:?}");
         }
-        if run(&config, &["health"], &env).status.success() {
+        if run(config, &["health"], env).status.success() {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "never ready");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(run(&config, &["health", "--live"], &env).status.success());
-    let (_, metrics) = http_get(listen.parse().unwrap(), "/metrics").await;
-    assert!(
-        metrics.contains(&format!("revision=\"{revision}\"")),
-        "score_worker_build_info carries the revision"
-    );
+}
 
-    // A dead letter, listed as one JSON object per line.
-    let (_client, js) = jetstream(&config).await;
-    publish_raw(&js, &config, "cli", b"{not json".to_vec(), "cli-bad-1").await;
+/// The dead letters `dlq list --output json` lists (one JSON object per line), once there is one
+/// (at most 30 s).
+async fn listed_letters(config: &score_worker::config::Config) -> Vec<serde_json::Value> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let letters = loop {
-        let out = stdout(&run(&config, &["dlq", "list", "--output", "json"], &[]));
+    loop {
+        let out = stdout(&run(config, &["dlq", "list", "--output", "json"], &[]));
         let letters: Vec<serde_json::Value> = out
             .lines()
             .map(|l| serde_json::from_str(l).expect("each line is a JSON object"))
             .collect();
         if !letters.is_empty() {
-            break letters;
+            return letters;
         }
         assert!(
             std::time::Instant::now() < deadline,
             "no dead letter listed"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(letters.len(), 1, "{letters:?}");
-    assert_eq!(letters[0]["reason"], "malformed_json");
-    assert_eq!(letters[0]["payload"], "{not json");
-    assert_eq!(letters[0]["payload_bytes"], 9);
-
-    signal_term(&mut child);
+    }
 }
 
 fn signal_term(child: &mut std::process::Child) {
@@ -157,9 +177,7 @@ fn signal_term(child: &mut std::process::Child) {
 /// which had no limit at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repair_ahead_of_the_operators_clock_is_refused() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let config = base_config("repair_clock");
+    let (_servers, config) = sharing("repair_clock").await;
     let profile = uuid::Uuid::new_v4().to_string();
     let board = format!("repair-clock-{}", &profile[..8]);
     let ahead = |seconds: i64| {

@@ -23,9 +23,7 @@ fn event(board: &str, profile: Uuid, score: i64, at_micros: i64) -> Event {
 /// `max_clock_skew` after its arrival) is dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_four_minutes_fast_does_not_freeze_the_key() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let config = base_config("clocks");
+    let (_servers, config) = sharing("clocks").await;
     let allowance = config.validation.max_ahead_of_arrival;
     let (_client, js) = jetstream(&config).await;
     let session = session().await;

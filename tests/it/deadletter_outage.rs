@@ -16,21 +16,10 @@ use uuid::Uuid;
 use crate::support::*;
 
 fn good_events(tag: &str, n: usize) -> Vec<Event> {
-    let board = format!("{tag}-{}", Uuid::new_v4().simple());
-    let now = chrono::Utc::now().timestamp_micros();
-    (0..n)
-        .map(|i| {
-            let profile = Uuid::new_v4();
-            Event {
-                event_id: format!("{tag}-{i}-{}", Uuid::new_v4().simple()),
-                profile,
-                wallet: wallet_of(profile),
-                leaderboard: board.clone(),
-                score: i as i64,
-                at_micros: now - 10_000_000 + i as i64,
-            }
-        })
-        .collect()
+    let ten_s_ago = Timing::Ascending {
+        ago_micros: 10_000_000,
+    };
+    events_on(&new_board(tag), tag, n, Profiles::Each, ten_s_ago)
 }
 
 /// The `i`-th bad payload and the reason it must be dead-lettered with.
@@ -122,9 +111,7 @@ async fn stream_messages(js: &async_nats::jetstream::Context, name: &str) -> u64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_deadletter_stream_does_not_hold_up_good_messages() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let config = base_config("dlq_slow");
+    let (_servers, config) = sharing("dlq_slow").await;
     let (client, js) = jetstream(&config).await;
     let session = session().await;
     let worker = Worker::start(config.clone()).await;
@@ -199,9 +186,7 @@ async fn a_slow_deadletter_stream_does_not_hold_up_good_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadletter_stream_outage_loses_nothing_and_strands_nothing() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let mut config = base_config("dlq_down");
+    let (_servers, mut config) = sharing("dlq_down").await;
     // A small queue (pull_batch letters), so most bad messages find it full and are given back, and a
     // small max_deliver, so the server gives up on them during the outage.
     config.nats.pull_batch = 10;
@@ -275,16 +260,5 @@ async fn nats_topology(js: &async_nats::jetstream::Context, config: &Config) {
 
 /// Waits for `/readyz` 200; its body.
 async fn wait_ready(addr: std::net::SocketAddr) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) = http_get(addr, "/readyz").await;
-        if status == 200 {
-            return body.trim().to_string();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not ready again: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    readyz_until(addr, 200, "").await.trim().to_string()
 }

@@ -10,9 +10,7 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_payloads_are_dead_lettered_with_their_reason_and_good_ones_are_written() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let config = base_config("dlq");
+    let (_servers, config) = sharing("dlq").await;
     let (_client, js) = jetstream(&config).await;
     let session = session().await;
     let board = format!("dlq-{}", Uuid::new_v4().simple());
@@ -26,29 +24,7 @@ async fn bad_payloads_are_dead_lettered_with_their_reason_and_good_ones_are_writ
         score: i,
         at_micros: now.timestamp_micros() - 1_000_000 + i,
     };
-    let valid: serde_json::Value = serde_json::from_slice(&good(0).payload()).unwrap();
-    let with = |field: &str, value: serde_json::Value| {
-        let mut v = valid.clone();
-        v[field] = value;
-        serde_json::to_vec(&v).unwrap()
-    };
-    let bad: Vec<(&str, Vec<u8>)> = vec![
-        ("malformed_json", b"{not json".to_vec()),
-        ("malformed_json", vec![]),
-        ("malformed_json", b"{\"event_id\": \"\xff\"}".to_vec()),
-        ("invalid_value", b"[1,2]".to_vec()),
-        ("missing_field", br#"{"event_id":"x"}"#.to_vec()),
-        ("invalid_value", with("profile_id", "not-a-uuid".into())),
-        ("invalid_value", with("score", serde_json::json!(1.5))),
-        (
-            "too_large",
-            format!("{{\"pad\":\"{}\"}}", "x".repeat(70_000)).into_bytes(),
-        ),
-        (
-            "future_timestamp",
-            with("occurred_at", "2999-01-01T00:00:00Z".into()),
-        ),
-    ];
+    let bad = bad_payloads(&good(0));
     let worker = Worker::start(config.clone()).await;
     let mut goods = Vec::new();
     for (i, (_, payload)) in bad.iter().enumerate() {
@@ -86,8 +62,54 @@ async fn bad_payloads_are_dead_lettered_with_their_reason_and_good_ones_are_writ
         bad.len(),
         "one dead letter per bad payload, nothing else"
     );
+    let by_reason = reasons_of_the_letters(&letters, &bad, &config);
+    let mut want: HashMap<String, usize> = HashMap::new();
+    for (reason, _) in &bad {
+        *want.entry(reason.to_string()).or_default() += 1;
+    }
+    assert_eq!(by_reason, want);
+    assert_counted(&worker, &want);
+    worker.stop().await;
+    assert_final_state(&session, &goods, config.scylla.leaderboard_buckets).await;
+}
+
+/// One bad payload of each kind, with the reason it must be dead-lettered for; `valid` is a good
+/// event the field-level cases spoil.
+fn bad_payloads(valid: &Event) -> Vec<(&'static str, Vec<u8>)> {
+    let valid: serde_json::Value = serde_json::from_slice(&valid.payload()).unwrap();
+    let with = |field: &str, value: serde_json::Value| {
+        let mut v = valid.clone();
+        v[field] = value;
+        serde_json::to_vec(&v).unwrap()
+    };
+    vec![
+        ("malformed_json", b"{not json".to_vec()),
+        ("malformed_json", vec![]),
+        ("malformed_json", b"{\"event_id\": \"\xff\"}".to_vec()),
+        ("invalid_value", b"[1,2]".to_vec()),
+        ("missing_field", br#"{"event_id":"x"}"#.to_vec()),
+        ("invalid_value", with("profile_id", "not-a-uuid".into())),
+        ("invalid_value", with("score", serde_json::json!(1.5))),
+        (
+            "too_large",
+            format!("{{\"pad\":\"{}\"}}", "x".repeat(70_000)).into_bytes(),
+        ),
+        (
+            "future_timestamp",
+            with("occurred_at", "2999-01-01T00:00:00Z".into()),
+        ),
+    ]
+}
+
+/// Checks each dead letter (subject, headers, payload kept whole or its start) and counts them by
+/// reason.
+fn reasons_of_the_letters(
+    letters: &[async_nats::jetstream::Message],
+    bad: &[(&str, Vec<u8>)],
+    config: &score_worker::config::Config,
+) -> HashMap<String, usize> {
     let mut by_reason: HashMap<String, usize> = HashMap::new();
-    for letter in &letters {
+    for letter in letters {
         let headers = letter.headers.as_ref().expect("dead letters carry headers");
         let reason = headers
             .get(deadletter::REASON)
@@ -123,12 +145,12 @@ async fn bad_payloads_are_dead_lettered_with_their_reason_and_good_ones_are_writ
         }
         *by_reason.entry(reason).or_default() += 1;
     }
-    let mut want: HashMap<String, usize> = HashMap::new();
-    for (reason, _) in &bad {
-        *want.entry(reason.to_string()).or_default() += 1;
-    }
-    assert_eq!(by_reason, want);
-    for (reason, n) in &want {
+    by_reason
+}
+
+/// The worker counted `want` dead letters and failed messages per reason.
+fn assert_counted(worker: &Worker, want: &HashMap<String, usize>) {
+    for (reason, n) in want {
         assert_eq!(
             worker
                 .metrics
@@ -148,36 +170,22 @@ async fn bad_payloads_are_dead_lettered_with_their_reason_and_good_ones_are_writ
             "{reason}"
         );
     }
-    worker.stop().await;
-    assert_final_state(&session, &goods, config.scylla.leaderboard_buckets).await;
 }
 
 /// Dead letters parked while something was wrong are replayed once it is fixed, without duplicating
 /// effect even when the replay runs twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_replay_once_the_cause_is_fixed() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let mut config = base_config("replay");
+    let (_servers, mut config) = sharing("replay").await;
     // The "cause": a worker whose clock-skew allowance rejects events stamped slightly ahead.
     config.validation.max_clock_skew = Duration::ZERO;
     let (_client, js) = jetstream(&config).await;
     let session = session().await;
-    let board = format!("replay-{}", Uuid::new_v4().simple());
-    let ahead = chrono::Utc::now().timestamp_micros() + 60_000_000;
-    let events: Vec<Event> = (0..20)
-        .map(|i| {
-            let profile = Uuid::new_v4();
-            Event {
-                event_id: format!("replay-{i}-{}", Uuid::new_v4().simple()),
-                profile,
-                wallet: wallet_of(profile),
-                leaderboard: board.clone(),
-                score: i,
-                at_micros: ahead + i,
-            }
-        })
-        .collect();
+    let board = new_board("replay");
+    let a_minute_ahead = Timing::Ascending {
+        ago_micros: -60_000_000,
+    };
+    let events = events_on(&board, "replay", 20, Profiles::Each, a_minute_ahead);
     let strict = Worker::start(config.clone()).await;
     for e in &events {
         publish(&js, &config, e, &e.event_id).await;

@@ -10,9 +10,7 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_land_exactly_in_every_table_despite_duplicates_and_reordering() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let config = base_config("e2e");
+    let (_servers, config) = sharing("e2e").await;
     let (_client, js) = jetstream(&config).await;
     let session = session().await;
     let mut rng = rand::rng();
@@ -31,36 +29,13 @@ async fn events_land_exactly_in_every_table_despite_duplicates_and_reordering() 
         .await
         .unwrap();
 
-    let mut events: Vec<Event> = (0..400)
-        .map(|i| {
-            let profile = if i < 3 {
-                cached
-            } else {
-                profiles[rng.random_range(0..profiles.len())]
-            };
-            Event {
-                event_id: format!("evt-{i}-{}", Uuid::new_v4().simple()),
-                profile,
-                wallet: wallet_of(profile),
-                leaderboard: boards[if i < 3 {
-                    0
-                } else {
-                    rng.random_range(0..boards.len())
-                }]
-                .clone(),
-                score: rng.random_range(-1000..1_000_000),
-                at_micros: recent_micros(&mut rng),
-            }
-        })
-        .collect();
+    let mut events = events_on_boards(&boards, &profiles, cached);
     events.shuffle(&mut rng); // out of order
                               // 50 redeliveries-in-effect: the same event again under another NATS message id.
     let duplicates: Vec<Event> = events.iter().take(50).cloned().collect();
 
     let worker = Worker::start(config.clone()).await;
-    for e in &events {
-        publish(&js, &config, e, &e.event_id).await;
-    }
+    publish_all(&js, &config, &events).await;
     for e in &duplicates {
         publish(&js, &config, e, &format!("{}-again", e.event_id)).await;
     }
@@ -86,6 +61,38 @@ async fn events_land_exactly_in_every_table_despite_duplicates_and_reordering() 
         "one history row per event, duplicates collapsed"
     );
 
+    assert_cache_invalidated(&session, cached).await;
+}
+
+/// 400 events over `boards` and `profiles`, the first three of `cached` on the first board.
+fn events_on_boards(boards: &[String], profiles: &[Uuid], cached: Uuid) -> Vec<Event> {
+    let mut rng = rand::rng();
+    (0..400)
+        .map(|i| {
+            let profile = if i < 3 {
+                cached
+            } else {
+                profiles[rng.random_range(0..profiles.len())]
+            };
+            Event {
+                event_id: format!("evt-{i}-{}", Uuid::new_v4().simple()),
+                profile,
+                wallet: wallet_of(profile),
+                leaderboard: boards[if i < 3 {
+                    0
+                } else {
+                    rng.random_range(0..boards.len())
+                }]
+                .clone(),
+                score: rng.random_range(-1000..1_000_000),
+                at_micros: recent_micros(&mut rng),
+            }
+        })
+        .collect()
+}
+
+/// The eligibility cache holds nothing for the wallet of `cached` any more.
+async fn assert_cache_invalidated(session: &scylla::client::session::Session, cached: Uuid) {
     let cache = session
         .query_unpaged(
             format!(

@@ -5,7 +5,6 @@
 use std::process::Command;
 use std::time::Duration;
 
-use rand::Rng;
 use uuid::Uuid;
 
 use crate::support::*;
@@ -97,74 +96,104 @@ async fn terminate(
 /// `shutdown.timeout` plus this, whatever NATS and the database do.
 const EXIT_MARGIN: Duration = Duration::from_secs(1);
 
+/// The process exited 0 within `shutdown.timeout` (`timeout`) + [`EXIT_MARGIN`] of SIGTERM.
+fn assert_exited_in_time(
+    what: &str,
+    status: std::process::ExitStatus,
+    took: Duration,
+    timeout: Duration,
+) {
+    assert!(status.success(), "{what}exit status {status:?}");
+    assert!(
+        took <= timeout + EXIT_MARGIN,
+        "{what}exited {took:?} after SIGTERM; shutdown.timeout is {timeout:?}"
+    );
+}
+
+/// A worker on `config` that has written the first `first` of `events` (published here).
+async fn worker_past_the_first(
+    config: &score_worker::config::Config,
+    js: &async_nats::jetstream::Context,
+    events: &[Event],
+    first: usize,
+) -> Worker {
+    let worker = Worker::start(config.clone()).await;
+    publish_all(js, config, &events[..first]).await;
+    wait_until("first events written", Duration::from_secs(60), || {
+        worker.processed() >= first as u64
+    })
+    .await;
+    worker
+}
+
+/// Freezes the database, then publishes `events`: the worker receives what it cannot write.
+pub(crate) async fn freeze_then_publish(
+    config: &score_worker::config::Config,
+    js: &async_nats::jetstream::Context,
+    events: &[Event],
+) -> Thaw {
+    let thaw = freeze_database();
+    publish_all(js, config, events).await;
+    thaw
+}
+
+/// Resumes the database and waits (at most 90 s) until `worker` has processed `n` messages.
+pub(crate) async fn thaw_and_catch_up(thaw: Thaw, worker: &Worker, n: usize) {
+    drop(thaw);
+    wait_until(
+        "every event written after the database came back",
+        Duration::from_secs(90),
+        || worker.processed() >= n as u64,
+    )
+    .await;
+}
+
+/// A new worker takes the rest; afterwards the consumer has nothing pending and every event is in
+/// place.
+async fn finish_with_a_new_worker(
+    config: &score_worker::config::Config,
+    js: &async_nats::jetstream::Context,
+    events: &[Event],
+) -> scylla::client::session::Session {
+    let worker = Worker::start(config.clone()).await;
+    wait_drained(js, config, Duration::from_secs(90)).await;
+    worker.stop().await;
+    let session = session().await;
+    assert_final_state(&session, events, config.scylla.leaderboard_buckets).await;
+    session
+}
+
 fn events_for(tag: &str, n: usize, profiles: usize) -> Vec<Event> {
-    let mut rng = rand::rng();
-    let board = format!("{tag}-{}", Uuid::new_v4().simple());
-    let people: Vec<Uuid> = (0..profiles).map(|_| Uuid::new_v4()).collect();
-    (0..n)
-        .map(|i| {
-            let profile = people[rng.random_range(0..people.len())];
-            Event {
-                event_id: format!("{tag}-{i}-{}", Uuid::new_v4().simple()),
-                profile,
-                wallet: wallet_of(profile),
-                leaderboard: board.clone(),
-                score: rng.random_range(0..1_000_000),
-                at_micros: recent_micros(&mut rng),
-            }
-        })
-        .collect()
+    let board = new_board(tag);
+    events_on(&board, tag, n, Profiles::Random(profiles), Timing::Random)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_frozen_past_the_retry_budget_loses_nothing() {
-    ensure_schema().await;
     // Freezing the shared database would stall the other tests' queries: run alone.
-    let _alone = exclusive().await;
-    let mut config = base_config("outage");
+    let (_alone, mut config) = alone("outage").await;
     // Statements time out within the 3 s budget, so a frozen database shows both retries and naks.
     config.scylla.request_timeout = Duration::from_secs(1);
     let (_client, js) = jetstream(&config).await;
     let session = session().await;
     let events = events_for("outage", 300, 60);
-    let worker = Worker::start(config.clone()).await;
-    for e in &events[..100] {
-        publish(&js, &config, e, &e.event_id).await;
-    }
-    wait_until("first events written", Duration::from_secs(60), || {
-        worker.processed() >= 100
-    })
-    .await;
+    let worker = worker_past_the_first(&config, &js, &events, 100).await;
 
-    let thaw = freeze_database();
-    for e in &events[100..] {
-        publish(&js, &config, e, &e.event_id).await;
-    }
+    let thaw = freeze_then_publish(&config, &js, &events[100..]).await;
     // Three times retry.total_budget (3 s): flushes are retried, then held until the database answers.
     tokio::time::sleep(Duration::from_secs(9)).await;
     assert!(
         worker.processed() < events.len() as u64,
         "nothing can be acked while the database is frozen"
     );
-    drop(thaw);
-
-    wait_until(
-        "every event written after the database came back",
-        Duration::from_secs(90),
-        || worker.processed() >= events.len() as u64,
-    )
-    .await;
+    thaw_and_catch_up(thaw, &worker, events.len()).await;
     assert!(
         worker.metrics.batch_retries.get() > 0,
         "writes were retried"
     );
     // Past the budget the flushes were held, not given back: no delivery burnt by the outage.
     assert_eq!(
-        worker
-            .metrics
-            .messages_failed
-            .with_label_values(&["write"])
-            .get(),
+        failed_writes(&worker.metrics),
         0,
         "flushes past the retry budget are held while the database is down, not nak'd"
     );
@@ -174,15 +203,10 @@ async fn database_frozen_past_the_retry_budget_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_load_drains_and_exits_zero_then_another_worker_finishes() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let config = base_config("sigterm");
+    let (_servers, config) = sharing("sigterm").await;
     let (_client, js) = jetstream(&config).await;
-    let session = session().await;
     let events = events_for("sigterm", 1500, 300);
-    for e in &events {
-        publish(&js, &config, e, &e.event_id).await;
-    }
+    publish_all(&js, &config, &events).await;
 
     let mut config = config;
     config.batch.max_inflight = 2;
@@ -191,12 +215,7 @@ async fn sigterm_during_load_drains_and_exits_zero_then_another_worker_finishes(
     let (mut child, port) = spawn_processing(&config).await;
     let before = processed_at(port);
     let (status, took) = terminate(&mut child, config.shutdown.timeout * 3).await;
-    assert!(status.success(), "exit status {status:?}");
-    assert!(
-        took <= config.shutdown.timeout + EXIT_MARGIN,
-        "exited {took:?} after SIGTERM; shutdown.timeout is {:?}",
-        config.shutdown.timeout
-    );
+    assert_exited_in_time("", status, took, config.shutdown.timeout);
     assert!(
         before < events.len() as u64,
         "SIGTERM arrived during load ({before} already processed)"
@@ -210,10 +229,7 @@ async fn sigterm_during_load_drains_and_exits_zero_then_another_worker_finishes(
     );
 
     // A new worker takes the rest; afterwards the consumer has nothing pending.
-    let worker = Worker::start(config.clone()).await;
-    wait_drained(&js, &config, Duration::from_secs(90)).await;
-    worker.stop().await;
-    assert_final_state(&session, &events, config.scylla.leaderboard_buckets).await;
+    let session = finish_with_a_new_worker(&config, &js, &events).await;
     let mut history = history_event_ids(&session, &events).await;
     history.sort();
     history.dedup();
@@ -232,9 +248,7 @@ async fn sigterm_during_load_drains_and_exits_zero_then_another_worker_finishes(
 /// answers. (Before the pull breaker, this outage parked every message as `max_deliveries`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_of_any_length_dead_letters_nothing() {
-    ensure_schema().await;
-    let _alone = exclusive().await;
-    let mut config = base_config("breaker");
+    let (_alone, mut config) = alone("breaker").await;
     config.nats.max_deliver = 2;
     config.nats.ack_wait = Duration::from_secs(5);
     config.retry.progress_interval = Duration::from_secs(1);
@@ -248,20 +262,10 @@ async fn an_outage_of_any_length_dead_letters_nothing() {
     let (_client, js) = jetstream(&config).await;
     let session = session().await;
     let events = events_for("breaker", 200, 80);
-    let worker = Worker::start(config.clone()).await;
-    for e in &events[..50] {
-        publish(&js, &config, e, &e.event_id).await;
-    }
-    wait_until("first events written", Duration::from_secs(60), || {
-        worker.processed() >= 50
-    })
-    .await;
+    let worker = worker_past_the_first(&config, &js, &events, 50).await;
 
-    let thaw = freeze_database();
     let started = std::time::Instant::now();
-    for e in &events[50..] {
-        publish(&js, &config, e, &e.event_id).await;
-    }
+    let thaw = freeze_then_publish(&config, &js, &events[50..]).await;
     wait_until("pulling paused", Duration::from_secs(30), || {
         worker.metrics.pulls_paused.get() == 1
     })
@@ -293,11 +297,7 @@ async fn an_outage_of_any_length_dead_letters_nothing() {
         0,
         "nothing dead-lettered at all"
     );
-    let failed = worker
-        .metrics
-        .messages_failed
-        .with_label_values(&["write"])
-        .get();
+    let failed = failed_writes(&worker.metrics);
     eprintln!(
         "breaker: outage {outage:?} (max_deliver {}), {failed} messages given back once, 0 dead letters, {} events in place",
         config.nats.max_deliver,
@@ -313,9 +313,7 @@ async fn an_outage_of_any_length_dead_letters_nothing() {
 /// redelivered to another replica: the two replicas together receive each message exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_held_longer_than_ack_wait_are_not_redelivered_to_another_replica() {
-    ensure_schema().await;
-    let _alone = exclusive().await;
-    let mut config = base_config("heldlong");
+    let (_alone, mut config) = alone("heldlong").await;
     config.nats.ack_wait = Duration::from_secs(2);
     config.nats.max_deliver = 3;
     config.retry.progress_interval = Duration::from_millis(500);
@@ -327,23 +325,13 @@ async fn deliveries_held_longer_than_ack_wait_are_not_redelivered_to_another_rep
     let (_client, js) = jetstream(&config).await;
     let session = session().await;
     let events = events_for("heldlong", 600, 200);
-    let first = Worker::start(config.clone()).await;
-    for e in &events[..50] {
-        publish(&js, &config, e, &e.event_id).await;
-    }
-    wait_until("first events written", Duration::from_secs(60), || {
-        first.processed() >= 50
-    })
-    .await;
+    let first = worker_past_the_first(&config, &js, &events, 50).await;
     // A second replica on the same consumer takes whatever the server hands out again (or anew).
     let second = Worker::start(config.clone()).await;
 
     let received =
         || first.metrics.messages_received.get() + second.metrics.messages_received.get();
-    let thaw = freeze_database();
-    for e in &events[50..] {
-        publish(&js, &config, e, &e.event_id).await;
-    }
+    let thaw = freeze_then_publish(&config, &js, &events[50..]).await;
     wait_until(
         "both replicas paused pulling",
         Duration::from_secs(30),
@@ -386,28 +374,20 @@ async fn deliveries_held_longer_than_ack_wait_are_not_redelivered_to_another_rep
 /// had is deliverable again at once, not after `ack_wait` (60 s here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_the_database_frozen_hands_back_every_unsettled_delivery() {
-    ensure_schema().await;
-    let _alone = exclusive().await;
-    let mut config = base_config("handback");
+    let (_alone, mut config) = alone("handback").await;
     config.nats.ack_wait = Duration::from_secs(60);
     config.retry.total_budget = Duration::from_secs(30);
     config.retry.progress_interval = Duration::from_secs(5);
     config.scylla.request_timeout = Duration::from_secs(5);
     config.shutdown.timeout = Duration::from_secs(3);
     let (_client, js) = jetstream(&config).await;
-    let session = session().await;
     let events = events_for("handback", 1500, 300);
-    for e in &events[..100] {
-        publish(&js, &config, e, &e.event_id).await;
-    }
+    publish_all(&js, &config, &events[..100]).await;
     let (mut child, port) = spawn_processing(&config).await;
 
     // Freeze first, then publish the rest, so the worker holds deliveries it cannot write (a fast
     // write path would otherwise drain a whole backlog before the freeze takes hold).
-    let thaw = freeze_database();
-    for e in &events[100..] {
-        publish(&js, &config, e, &e.event_id).await;
-    }
+    let thaw = freeze_then_publish(&config, &js, &events[100..]).await;
     wait_until(
         "the worker holds deliveries it cannot write",
         Duration::from_secs(30),
@@ -422,12 +402,7 @@ async fn sigterm_with_the_database_frozen_hands_back_every_unsettled_delivery() 
         status.code(),
         config.shutdown.timeout
     );
-    assert!(status.success(), "exit status {status:?}");
-    assert!(
-        took <= config.shutdown.timeout + EXIT_MARGIN,
-        "exited {took:?} after SIGTERM; shutdown.timeout is {:?}",
-        config.shutdown.timeout
-    );
+    assert_exited_in_time("", status, took, config.shutdown.timeout);
     assert!(
         awaiting > 0,
         "the frozen database left deliveries unsettled"
@@ -437,11 +412,7 @@ async fn sigterm_with_the_database_frozen_hands_back_every_unsettled_delivery() 
         pending + awaiting,
         "every unsettled delivery was nak'd (else it waits ack_wait)"
     );
-
-    let worker = Worker::start(config.clone()).await;
-    wait_drained(&js, &config, Duration::from_secs(90)).await;
-    worker.stop().await;
-    assert_final_state(&session, &events, config.scylla.leaderboard_buckets).await;
+    finish_with_a_new_worker(&config, &js, &events).await;
 }
 
 /// SIGTERM with NATS gone (killed) and with NATS hung (SIGSTOP, connections open but silent): acks,
@@ -459,18 +430,16 @@ async fn sigterm_with_nats_down_exits_within_the_timeout() {
         config.shutdown.timeout = Duration::from_secs(3);
         let (_client, js) = jetstream(&config).await;
         let events = events_for("natsdown", 1500, 300);
-        for e in &events {
-            publish(&js, &config, e, &e.event_id).await;
-        }
+        publish_all(&js, &config, &events).await;
         let (mut child, _port) = spawn_processing(&config).await;
         nats.signal(fault);
         let (status, took) = terminate(&mut child, config.shutdown.timeout * 10).await;
         figures.push(format!("{fault}: exit {:?} after {took:?}", status.code()));
-        assert!(status.success(), "NATS {fault}: exit status {status:?}");
-        assert!(
-            took <= config.shutdown.timeout + EXIT_MARGIN,
-            "NATS {fault}: exited {took:?} after SIGTERM; shutdown.timeout is {:?}",
-            config.shutdown.timeout
+        assert_exited_in_time(
+            &format!("NATS {fault}: "),
+            status,
+            took,
+            config.shutdown.timeout,
         );
     }
     eprintln!("sigterm with NATS down (shutdown.timeout 3s): {figures:?}");
@@ -487,11 +456,7 @@ async fn sigterm_with_nats_down_exits_within_the_timeout() {
 async fn an_operator_owned_consumer_decides_the_last_delivery() {
     let _servers = shared().await;
     let mut config = base_config("owned");
-    config.scylla.keyspace = format!("it_owned_{}", &Uuid::new_v4().simple().to_string()[..8]);
-    let admin = session().await;
-    score_worker::schema::migrate(&admin, &config.scylla, false)
-        .await
-        .expect("migrate the test's keyspace");
+    let admin = keyspace_of_its_own(&mut config, "it_owned").await;
     config.nats.max_deliver = 2;
     config.nats.ack_wait = Duration::from_secs(5);
     let (_client, js) = jetstream(&config).await; // the operators' topology
@@ -503,50 +468,17 @@ async fn an_operator_owned_consumer_decides_the_last_delivery() {
     config.retry.max_attempts = 2;
     config.retry.total_budget = Duration::from_secs(4);
     config.retry.nak_delay = Duration::from_millis(200);
-
-    let check = worker_command(&config, 0).arg("check").output().unwrap();
-    let report = String::from_utf8_lossy(&check.stdout);
-    let drift = format!(
-        "[FAIL] consumer {}: max_deliver is 2 on the server, 20 in the configuration; the server's value applies",
-        config.nats.consumer
-    );
-    assert!(report.contains(&drift), "{report}");
-    assert!(
-        !check.status.success(),
-        "check fails on drift it cannot fix"
-    );
+    let drift = assert_check_reports_the_drift(&config);
 
     // Ten events of one key, whose row the database cannot read back.
     let events = events_for("owned", 10, 1);
-    let threshold: usize = admin
-        .query_unpaged(
-            "SELECT value FROM system_views.settings WHERE name = 'tombstone_failure_threshold'",
-            (),
-        )
+    let threshold = tombstone_failure_threshold(&admin)
         .await
-        .unwrap()
-        .into_rows_result()
-        .unwrap()
-        .first_row::<(Option<String>,)>()
-        .unwrap()
-        .0
-        .and_then(|v| v.parse().ok())
         .expect("tombstone_failure_threshold");
-    let dead: Vec<(i32, i64)> = (0..=threshold as i64).map(|i| (-1, i)).collect();
-    admin
-        .query_unpaged(
-            format!(
-                "UPDATE {}.scores_by_profile SET ranked = ranked - ? WHERE profile_id = ? AND leaderboard_id = ?",
-                config.scylla.keyspace
-            ),
-            (dead, events[0].profile, events[0].leaderboard.as_str()),
-        )
-        .await
-        .expect("write the dead cells");
+    let key = (events[0].profile, events[0].leaderboard.as_str());
+    write_dead_cells(&admin, &config.scylla.keyspace, key, -1, 0..threshold + 1).await;
     let worker = Worker::start(config.clone()).await;
-    for e in &events {
-        publish(&js, &config, e, &e.event_id).await;
-    }
+    publish_all(&js, &config, &events).await;
     wait_until(
         "every message dead-lettered",
         Duration::from_secs(60),
@@ -562,17 +494,9 @@ async fn an_operator_owned_consumer_decides_the_last_delivery() {
     .await;
     worker.stop().await;
     let letters = read_stream(&js, &config.nats.deadletter_stream, events.len()).await;
-    let _ = admin
-        .query_unpaged(format!("DROP KEYSPACE {}", config.scylla.keyspace), ())
-        .await;
+    let _ = drop_keyspace(&admin, &config.scylla.keyspace).await;
     assert_eq!(letters.len(), events.len());
-    for letter in &letters {
-        let error = letter
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(score_worker::deadletter::ERROR))
-            .map(|v| v.as_str().to_string())
-            .unwrap_or_default();
+    for error in dead_letter_errors(&letters) {
         assert!(
             error.starts_with("not written after 2 deliveries")
                 && error.contains("read_back failed"),
@@ -583,4 +507,35 @@ async fn an_operator_owned_consumer_decides_the_last_delivery() {
         "operator-owned consumer: check reported `{drift}`; {} letters `not written after 2 deliveries`",
         letters.len()
     );
+}
+
+/// A keyspace of the test's own, named `prefix` and a random suffix, migrated: `config` points at
+/// it. Returns the session that made it.
+pub(crate) async fn keyspace_of_its_own(
+    config: &mut score_worker::config::Config,
+    prefix: &str,
+) -> scylla::client::session::Session {
+    config.scylla.keyspace = format!("{prefix}_{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let admin = session().await;
+    score_worker::schema::migrate(&admin, &config.scylla, false)
+        .await
+        .expect("migrate the test's keyspace");
+    admin
+}
+
+/// `check` with a consumer whose `max_deliver` on the server (2) differs from `config`'s (20):
+/// it fails and names the drift. Returns the line.
+fn assert_check_reports_the_drift(config: &score_worker::config::Config) -> String {
+    let check = worker_command(config, 0).arg("check").output().unwrap();
+    let report = String::from_utf8_lossy(&check.stdout);
+    let drift = format!(
+        "[FAIL] consumer {}: max_deliver is 2 on the server, 20 in the configuration; the server's value applies",
+        config.nats.consumer
+    );
+    assert!(report.contains(&drift), "{report}");
+    assert!(
+        !check.status.success(),
+        "check fails on drift it cannot fix"
+    );
+    drift
 }

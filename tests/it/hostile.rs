@@ -498,9 +498,7 @@ fn metric_value(text: &str, name: &str, reason: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_corpus_through_one_live_worker() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let config = base_config("hostile");
+    let (_servers, config) = sharing("hostile").await;
     let limits = limits_of(&config);
     let (_client, js) = jetstream(&config).await;
     let session = session().await;
@@ -509,27 +507,10 @@ async fn hostile_corpus_through_one_live_worker() {
     let cases = corpus(now, limits, &board);
     assert!(count_bad(&cases) >= 50, "at least 50 bad payloads");
     let tag = Uuid::new_v4().simple().to_string();
-    let msg_id = |i: usize| format!("hostile-{i}-{tag}");
-    let profiles: Vec<Uuid> = (0..8).map(|_| Uuid::new_v4()).collect();
-    let mut rng = rand::rng();
 
     let worker = Worker::start(config.clone()).await;
     // Ordinary good events, one before each case, on 8 profiles (so they also coalesce).
-    let mut goods = Vec::new();
-    for (i, case) in cases.iter().enumerate() {
-        let profile = profiles[i % profiles.len()];
-        let good = Event {
-            event_id: format!("hostile-good-{i}-{tag}"),
-            profile,
-            wallet: wallet_of(profile),
-            leaderboard: board.clone(),
-            score: rng.random_range(-1_000_000..1_000_000),
-            at_micros: now.timestamp_micros() - 120_000_000 + i as i64 * 1000,
-        };
-        publish(&js, &config, &good, &good.event_id).await;
-        goods.push(good);
-        publish_raw(&js, &config, "hostile", case.payload.clone(), &msg_id(i)).await;
-    }
+    let mut goods = publish_between_goods(&js, &config, &cases, (&board, now, &tag)).await;
     let rejected: Vec<&Case> = cases.iter().filter(|c| c.current().is_some()).collect();
     let accepted: Vec<&Case> = cases.iter().filter(|c| c.current().is_none()).collect();
     let total = (goods.len() + cases.len()) as u64;
@@ -548,11 +529,90 @@ async fn hostile_corpus_through_one_live_worker() {
     // Every rejected payload: in the dead-letter stream exactly once, with its reason and its
     // original bytes (the start of a too large one).
     let letters = read_stream(&js, &config.nats.deadletter_stream, rejected.len()).await;
-    let index: HashMap<String, usize> = (0..cases.len()).map(|i| (msg_id(i), i)).collect();
+    let problems = letter_problems(&letters, &cases, &tag, &config);
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    assert_eq!(
+        letters.len(),
+        rejected.len(),
+        "one dead letter per rejected payload, nothing else"
+    );
+
+    // Counts per reason: the DLQ, the counters, and the exported metrics text agree.
+    let (status, health) = http_get(worker.addr, "/healthz").await;
+    assert_eq!(status, 200, "/healthz after the corpus: {health}");
+    let (status, text) = http_get(worker.addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_counts_per_reason(&worker, &rejected, &text);
+
+    // One worker did it all, without a restart or a redelivery.
+    assert_one_worker_did_it_all(&worker, total, should_process);
+    wait_ready_after_the_corpus(&worker).await;
+    worker.stop().await;
+
+    report(&cases, &rejected, &accepted, should_process);
+    assert_final_state(&session, &goods, config.scylla.leaderboard_buckets).await;
+    // Accepted known deviations write the template event: show that it landed (documents the bug).
+    if accepted.iter().any(|c| c.event.is_none()) {
+        let key = (
+            TEMPLATE_BOARD.to_string(),
+            TEMPLATE_PROFILE.parse::<Uuid>().unwrap(),
+        );
+        let row = profile_scores(&session, std::iter::once(key.clone())).await;
+        assert_eq!(row[&key], (Some(TEMPLATE_SCORE), Some(wallet_of(key.1))));
+    }
+}
+
+/// The id the corpus' case `i` is published under.
+fn msg_id(i: usize, tag: &str) -> String {
+    format!("hostile-{i}-{tag}")
+}
+
+/// Publishes each case of the corpus after an ordinary good event of `board` (on 8 profiles, so
+/// they also coalesce); returns the good events.
+async fn publish_between_goods(
+    js: &async_nats::jetstream::Context,
+    config: &Config,
+    cases: &[Case],
+    (board, now, tag): (&str, DateTime<Utc>, &str),
+) -> Vec<Event> {
+    let profiles: Vec<Uuid> = (0..8).map(|_| Uuid::new_v4()).collect();
+    let mut rng = rand::rng();
+    let mut goods = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let profile = profiles[i % profiles.len()];
+        let good = Event {
+            event_id: format!("hostile-good-{i}-{tag}"),
+            profile,
+            wallet: wallet_of(profile),
+            leaderboard: board.to_string(),
+            score: rng.random_range(-1_000_000..1_000_000),
+            at_micros: now.timestamp_micros() - 120_000_000 + i as i64 * 1000,
+        };
+        publish(js, config, &good, &good.event_id).await;
+        goods.push(good);
+        publish_raw(js, config, "hostile", case.payload.clone(), &msg_id(i, tag)).await;
+    }
+    goods
+}
+
+/// What is wrong with the dead letters of the corpus: each rejected case is there exactly once,
+/// with its reason, its original bytes (the start of a too large one) and every header.
+fn letter_problems(
+    letters: &[async_nats::jetstream::Message],
+    cases: &[Case],
+    tag: &str,
+    config: &Config,
+) -> Vec<String> {
+    let index: HashMap<String, usize> = (0..cases.len()).map(|i| (msg_id(i, tag), i)).collect();
     let original_subject = sample::subject_for(&config.nats.subjects[0], "hostile");
     let mut seen: HashMap<usize, usize> = HashMap::new();
     let mut problems = Vec::new();
-    for letter in &letters {
+    for letter in letters {
         let headers = letter.headers.as_ref().expect("dead letters carry headers");
         let header = |name: &str| headers.get(name).map(|v| v.as_str().to_string());
         let Some(&i) = header(deadletter::ORIGINAL_MSG_ID).and_then(|id| index.get(&id)) else {
@@ -623,23 +683,11 @@ async fn hostile_corpus_through_one_live_worker() {
             ));
         }
     }
-    assert!(
-        problems.is_empty(),
-        "{} problems:\n{}",
-        problems.len(),
-        problems.join("\n")
-    );
-    assert_eq!(
-        letters.len(),
-        rejected.len(),
-        "one dead letter per rejected payload, nothing else"
-    );
+    problems
+}
 
-    // Counts per reason: the DLQ, the counters, and the exported metrics text agree.
-    let (status, health) = http_get(worker.addr, "/healthz").await;
-    assert_eq!(status, 200, "/healthz after the corpus: {health}");
-    let (status, text) = http_get(worker.addr, "/metrics").await;
-    assert_eq!(status, 200);
+/// Counts per reason: the worker's counters and the exported metrics text agree with the corpus.
+fn assert_counts_per_reason(worker: &Worker, rejected: &[&Case], text: &str) {
     for reason in RejectReason::ALL {
         let want = rejected
             .iter()
@@ -665,19 +713,12 @@ async fn hostile_corpus_through_one_live_worker() {
             "failed {token}"
         );
         assert_eq!(
-            metric_value(&text, "score_worker_dead_letters_total", token),
+            metric_value(text, "score_worker_dead_letters_total", token),
             Some(want),
             "/metrics {token}"
         );
     }
-    assert_eq!(
-        worker
-            .metrics
-            .messages_failed
-            .with_label_values(&["write"])
-            .get(),
-        0
-    );
+    assert_eq!(failed_writes(&worker.metrics), 0);
     // The arrival rule: the one good event stamped ahead (`within-clock-skew`, 2.5 min) is written at
     // its arrival + the allowance; every `future_timestamp` is counted as refused.
     let clock = |action: &str| {
@@ -692,8 +733,10 @@ async fn hostile_corpus_through_one_live_worker() {
         .filter(|c| c.current() == Some(RejectReason::FutureTimestamp))
         .count() as u64;
     assert_eq!((clock("clamped"), clock("refused")), (1, refused));
+}
 
-    // One worker did it all, without a restart or a redelivery.
+/// The worker is still running, received each message once and processed what it should.
+fn assert_one_worker_did_it_all(worker: &Worker, total: u64, should_process: u64) {
     assert!(worker.is_running(), "the worker's run task ended");
     assert_eq!(
         worker.metrics.messages_received.get(),
@@ -705,6 +748,10 @@ async fn hostile_corpus_through_one_live_worker() {
         should_process,
         "processed = the good events (and accepted deviations)"
     );
+}
+
+/// `/readyz` answers 200 within 10 s.
+async fn wait_ready_after_the_corpus(worker: &Worker) {
     let mut ready = (0, String::new());
     for _ in 0..100 {
         ready = http_get(worker.addr, "/readyz").await;
@@ -714,8 +761,10 @@ async fn hostile_corpus_through_one_live_worker() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(ready.0, 200, "/readyz after the corpus: {}", ready.1);
-    worker.stop().await;
+}
 
+/// One line: the corpus, what was dead-lettered per reason, what was processed.
+fn report(cases: &[Case], rejected: &[&Case], accepted: &[&Case], should_process: u64) {
     let mut per_reason: Vec<String> = RejectReason::ALL
         .iter()
         .map(|r| {
@@ -728,7 +777,7 @@ async fn hostile_corpus_through_one_live_worker() {
         "hostile corpus: {} cases ({} bad by contract), {} dead-lettered ({}), {} processed \
          ({} ordinary good, {} edge good, {} known deviations accepted), one worker",
         cases.len(),
-        count_bad(&cases),
+        count_bad(cases),
         rejected.len(),
         per_reason.join(", "),
         should_process,
@@ -736,14 +785,4 @@ async fn hostile_corpus_through_one_live_worker() {
         accepted.iter().filter(|c| c.event.is_some()).count(),
         accepted.iter().filter(|c| c.event.is_none()).count(),
     );
-    assert_final_state(&session, &goods, config.scylla.leaderboard_buckets).await;
-    // Accepted known deviations write the template event: show that it landed (documents the bug).
-    if accepted.iter().any(|c| c.event.is_none()) {
-        let key = (
-            TEMPLATE_BOARD.to_string(),
-            TEMPLATE_PROFILE.parse::<Uuid>().unwrap(),
-        );
-        let row = profile_scores(&session, std::iter::once(key.clone())).await;
-        assert_eq!(row[&key], (Some(TEMPLATE_SCORE), Some(wallet_of(key.1))));
-    }
 }

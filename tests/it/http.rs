@@ -6,9 +6,7 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_metrics_endpoints() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let config = base_config("http");
+    let (_servers, config) = sharing("http").await;
     let worker = Worker::start(config).await;
     let addr = worker.addr;
     assert_eq!(http_get(addr, "/healthz").await.0, 200);
@@ -81,9 +79,7 @@ fn sample(text: &str, name: &str) -> f64 {
 /// to `processing_duration`, and each flush one per request it sent to `scylla_query_duration`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_histograms_record_every_acked_message_and_every_request() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let config = base_config("histograms");
+    let (_servers, config) = sharing("histograms").await;
     let (_client, js) = jetstream(&config).await;
     let worker = Worker::start(config.clone()).await;
     let (_, before) = http_get(worker.addr, "/metrics").await;
@@ -91,24 +87,9 @@ async fn latency_histograms_record_every_acked_message_and_every_request() {
     let query = |statement: &str, part: &str| {
         format!("score_worker_scylla_query_duration_seconds_{part}{{statement=\"{statement}\"}}")
     };
-    let board = format!("histograms-{}", uuid::Uuid::new_v4().simple());
-    let mut rng = rand::rng();
-    let events: Vec<Event> = (0..25)
-        .map(|i| {
-            let profile = uuid::Uuid::new_v4();
-            Event {
-                event_id: format!("hist-{i}-{}", uuid::Uuid::new_v4().simple()),
-                profile,
-                wallet: wallet_of(profile),
-                leaderboard: board.clone(),
-                score: i,
-                at_micros: recent_micros(&mut rng),
-            }
-        })
-        .collect();
-    for e in &events {
-        publish(&js, &config, e, &e.event_id).await;
-    }
+    let board = new_board("histograms");
+    let events = events_on(&board, "hist", 25, Profiles::Each, Timing::IndexedRecent);
+    publish_all(&js, &config, &events).await;
     let acked = events.len() as u64;
     wait_until("all messages acked", Duration::from_secs(60), || {
         worker.processed() >= acked

@@ -11,9 +11,7 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_keep_each_profile_once_at_its_newest_score() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let mut config = base_config("inv");
+    let (_servers, mut config) = sharing("inv").await;
     config.batch.max_scores = 5; // many small flushes in flight at once
     config.batch.linger = Duration::from_millis(5);
     let (_client, js) = jetstream(&config).await;

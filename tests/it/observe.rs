@@ -38,36 +38,24 @@ fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 fn events(tag: &str, n: usize) -> Vec<Event> {
-    let mut rng = rand::rng();
-    let board = format!("{tag}-{}", Uuid::new_v4().simple());
-    (0..n)
-        .map(|i| {
-            let profile = Uuid::new_v4();
-            Event {
-                event_id: format!("{tag}-{i}-{}", Uuid::new_v4().simple()),
-                profile,
-                wallet: wallet_of(profile),
-                leaderboard: board.clone(),
-                score: i as i64,
-                at_micros: recent_micros(&mut rng),
-            }
-        })
-        .collect()
+    events_on(
+        &new_board(tag),
+        tag,
+        n,
+        Profiles::Each,
+        Timing::IndexedRecent,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_flush_and_its_deliveries_show_how_long_they_wait() {
-    ensure_schema().await;
-    let _alone = exclusive().await;
-    let mut config = base_config("observe_held");
+    let (_alone, mut config) = alone("observe_held").await;
     config.scylla.request_timeout = Duration::from_secs(1);
     config.retry.total_budget = Duration::from_secs(2);
     let (_client, js) = jetstream(&config).await;
     let events = events("held", 100);
     let worker = Worker::start(config.clone()).await;
-    for e in &events[..50] {
-        publish(&js, &config, e, &e.event_id).await;
-    }
+    publish_all(&js, &config, &events[..50]).await;
     // One bad message: its settlement (a dead letter) is timed too, not only acks.
     publish_raw(&js, &config, "bad", b"{not json".to_vec(), "observe-bad").await;
     wait_until("first events written", Duration::from_secs(60), || {
@@ -83,27 +71,46 @@ async fn a_held_flush_and_its_deliveries_show_how_long_they_wait() {
     })
     .await;
 
-    let thaw = freeze_database();
-    for e in &events[50..] {
-        publish(&js, &config, e, &e.event_id).await;
-    }
+    let thaw = crate::faults::freeze_then_publish(&config, &js, &events[50..]).await;
     wait_until("a flush held", Duration::from_secs(30), || {
         value(&worker.metrics.encode(), "score_worker_flushes_held", &[]) >= 1.0
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_the_hold_shows(&worker.metrics.encode());
+    crate::faults::thaw_and_catch_up(thaw, &worker, events.len()).await;
     let text = worker.metrics.encode();
-    let held = value(&text, "score_worker_flushes_held", &[]);
-    let held_for = value(&text, "score_worker_flushes_held_oldest_age_seconds", &[]);
-    let unsettled = value(&text, "score_worker_unsettled_deliveries", &[]);
+    assert_eq!(value(&text, "score_worker_flushes_held", &[]), 0.0);
+    assert_eq!(
+        value(&text, "score_worker_flushes_held_oldest_age_seconds", &[]),
+        0.0
+    );
+    wait_until("nothing unsettled", Duration::from_secs(10), || {
+        value(
+            &worker.metrics.encode(),
+            "score_worker_unsettled_deliveries",
+            &[],
+        ) == 0.0
+    })
+    .await;
+    assert_the_hold_is_in_the_processing_time(&text);
+    worker.stop().await;
+}
+
+/// With the database frozen for 3 s: a flush held for at least that long, its deliveries unsettled
+/// at least as long, and the failed write and probes counted by statement (`text`: the metrics).
+fn assert_the_hold_shows(text: &str) {
+    let held = value(text, "score_worker_flushes_held", &[]);
+    let held_for = value(text, "score_worker_flushes_held_oldest_age_seconds", &[]);
+    let unsettled = value(text, "score_worker_unsettled_deliveries", &[]);
     let unsettled_for = value(
-        &text,
+        text,
         "score_worker_unsettled_deliveries_oldest_age_seconds",
         &[],
     );
     let errors = |statement| {
         value(
-            &text,
+            text,
             "score_worker_scylla_errors_total",
             &[("statement", statement)],
         )
@@ -121,37 +128,18 @@ async fn a_held_flush_and_its_deliveries_show_how_long_they_wait() {
     );
     assert!(write_errors >= 1.0, "the write that failed, by statement");
     assert!(probe_errors >= 1.0, "the probes that failed, as `probe`");
-    drop(thaw);
+}
 
-    wait_until(
-        "every event written after the database came back",
-        Duration::from_secs(90),
-        || worker.processed() >= events.len() as u64,
-    )
-    .await;
-    let text = worker.metrics.encode();
-    assert_eq!(value(&text, "score_worker_flushes_held", &[]), 0.0);
-    assert_eq!(
-        value(&text, "score_worker_flushes_held_oldest_age_seconds", &[]),
-        0.0
-    );
-    wait_until("nothing unsettled", Duration::from_secs(10), || {
-        value(
-            &worker.metrics.encode(),
-            "score_worker_unsettled_deliveries",
-            &[],
-        ) == 0.0
-    })
-    .await;
-    // The held messages were acked after their hold: their processing time says so.
+/// The held messages were acked after their hold: their processing time says so.
+fn assert_the_hold_is_in_the_processing_time(text: &str) {
     let bucket = "score_worker_processing_duration_seconds_bucket";
     let acked = [("outcome", "ack")];
-    let slow = value(&text, bucket, &[("outcome", "ack"), ("le", "+Inf")])
-        - value(&text, bucket, &[("outcome", "ack"), ("le", "2")]);
+    let slow = value(text, bucket, &[("outcome", "ack"), ("le", "+Inf")])
+        - value(text, bucket, &[("outcome", "ack"), ("le", "2")]);
     eprintln!(
         "after the thaw: {} acked, {slow} of them more than 2 s after their receipt",
         value(
-            &text,
+            text,
             "score_worker_processing_duration_seconds_count",
             &acked
         )
@@ -160,7 +148,6 @@ async fn a_held_flush_and_its_deliveries_show_how_long_they_wait() {
         slow >= 1.0,
         "the held messages' processing time counts their hold"
     );
-    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,39 +157,15 @@ async fn the_oldest_pending_message_is_aged_from_its_stored_time() {
     let (client, js) = jetstream(&config).await;
     let events = events("pending", 10);
     // Five, two seconds, five more; no worker pulls them.
-    for e in &events[..5] {
-        publish(&js, &config, e, &e.event_id).await;
-    }
+    publish_all(&js, &config, &events[..5]).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    for e in &events[5..] {
-        publish(&js, &config, e, &e.event_id).await;
-    }
+    publish_all(&js, &config, &events[5..]).await;
     client.flush().await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let metrics = Arc::new(Metrics::new());
-    let signals = Arc::new(Signals::default());
     let cancel = CancellationToken::new();
-    let limits = Limits {
-        max_deliver: config.nats.max_deliver,
-        nak_delay: config.retry.nak_delay,
-    };
-    let watcher = tokio::spawn(
-        Watch {
-            js: js.clone(),
-            config: config.nats.clone(),
-            health: Arc::new(Health::new(
-                metrics.clone(),
-                Arc::new(Breaker::new(metrics.clone())),
-            )),
-            settler: Settler::new(limits, metrics.clone()),
-            metrics: metrics.clone(),
-            signals: signals.clone(),
-            interval: Duration::from_millis(200),
-            reported: Vec::new(),
-        }
-        .run(cancel.clone()),
-    );
+    let watcher = spawn_watcher(&config, &js, &metrics, &cancel);
     let age = |m: &Metrics| {
         value(
             &m.encode(),
@@ -259,11 +222,39 @@ async fn the_oldest_pending_message_is_aged_from_its_stored_time() {
     watcher.await.unwrap();
 }
 
+/// The consumer watcher alone, every 200 ms, until `cancel`.
+fn spawn_watcher(
+    config: &score_worker::config::Config,
+    js: &async_nats::jetstream::Context,
+    metrics: &Arc<Metrics>,
+    cancel: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let signals = Arc::new(Signals::default());
+    let limits = Limits {
+        max_deliver: config.nats.max_deliver,
+        nak_delay: config.retry.nak_delay,
+    };
+    tokio::spawn(
+        Watch {
+            js: js.clone(),
+            config: config.nats.clone(),
+            health: Arc::new(Health::new(
+                metrics.clone(),
+                Arc::new(Breaker::new(metrics.clone())),
+            )),
+            settler: Settler::new(limits, metrics.clone()),
+            metrics: metrics.clone(),
+            signals: signals.clone(),
+            interval: Duration::from_millis(200),
+            reported: Vec::new(),
+        }
+        .run(cancel.clone()),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_api_calls_are_timed_and_failures_counted_by_operation_and_kind() {
-    ensure_schema().await;
-    let _alone = exclusive().await;
-    let mut config = base_config("observe_read");
+    let (_alone, mut config) = alone("observe_read").await;
     config.scylla.request_timeout = Duration::from_millis(500);
     let session = Arc::new(score_worker::store::connect(&config.scylla).await.unwrap());
     let metrics = Arc::new(Metrics::new());

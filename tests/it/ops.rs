@@ -74,12 +74,6 @@ async fn table_options(session: &Session, keyspace: &str) -> HashMap<String, Tab
         .collect()
 }
 
-async fn drop_keyspace(session: &Session, keyspace: &str) {
-    let _ = session
-        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ())
-        .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_dry_run_changes_nothing_and_migrate_applies_the_schema_options() {
     let _servers = shared().await;
@@ -126,6 +120,33 @@ async fn migrate_dry_run_changes_nothing_and_migrate_applies_the_schema_options(
     // Every table's compaction and tombstone settings as the server applied them (schema/*.cql;
     // docs/design.md, "Tombstones").
     let tables = table_options(&admin, &ks).await;
+    assert_table_options(&tables);
+    assert_wallet_index_and_best_first(&admin, &ks).await;
+    eprintln!(
+        "migrate --dry-run: {} plan lines, keyspace untouched; applied: {:?}",
+        plan.lines().count(),
+        tables
+            .iter()
+            .map(|(t, o)| format!(
+                "{t}: {} ttl {} gc_grace {}",
+                compaction_class(&tables[t]),
+                o.default_ttl,
+                o.gc_grace_seconds
+            ))
+            .collect::<Vec<_>>()
+    );
+    let _ = drop_keyspace(&admin, &ks).await;
+}
+
+/// The short name of a table's compaction class.
+fn compaction_class(table: &TableOptions) -> String {
+    let class = table.compaction.get("class").cloned().unwrap_or_default();
+    class.rsplit('.').next().unwrap_or_default().to_string()
+}
+
+/// Every table's compaction and tombstone settings as the server applied them (schema/*.cql;
+/// docs/design.md, "Tombstones").
+fn assert_table_options(tables: &HashMap<String, TableOptions>) {
     let mut names: Vec<&str> = tables.keys().map(String::as_str).collect();
     names.sort_unstable();
     assert_eq!(
@@ -139,14 +160,7 @@ async fn migrate_dry_run_changes_nothing_and_migrate_applies_the_schema_options(
             "settings"
         ]
     );
-    let class = |t: &str| {
-        let class = tables[t]
-            .compaction
-            .get("class")
-            .cloned()
-            .unwrap_or_default();
-        class.rsplit('.').next().unwrap_or_default().to_string()
-    };
+    let class = |t: &str| compaction_class(&tables[t]);
     for (table, compaction) in [
         ("scores", "LeveledCompactionStrategy"),
         ("scores_by_profile", "LeveledCompactionStrategy"),
@@ -174,10 +188,14 @@ async fn migrate_dry_run_changes_nothing_and_migrate_applies_the_schema_options(
     for table in schema::TABLES_WITH_DELETES.iter().chain(&["score_history"]) {
         assert_eq!(tables[*table].gc_grace_seconds, 864_000, "{table}");
     }
+}
+
+/// The wallet index targets `wallet_address`, and leaderboard rows cluster best first.
+async fn assert_wallet_index_and_best_first(admin: &Session, ks: &str) {
     let index = admin
         .query_unpaged(
             "SELECT table_name, options FROM system_schema.indexes WHERE keyspace_name = ? AND table_name = ? AND index_name = ?",
-            (&ks, "scores_by_profile", "scores_by_profile_wallet_idx"),
+            (ks, "scores_by_profile", "scores_by_profile_wallet_idx"),
         )
         .await
         .unwrap()
@@ -194,7 +212,7 @@ async fn migrate_dry_run_changes_nothing_and_migrate_applies_the_schema_options(
     let order = admin
         .query_unpaged(
             "SELECT column_name, clustering_order FROM system_schema.columns WHERE keyspace_name = ? AND table_name = ?",
-            (&ks, "scores"),
+            (ks, "scores"),
         )
         .await
         .unwrap()
@@ -209,20 +227,6 @@ async fn migrate_dry_run_changes_nothing_and_migrate_applies_the_schema_options(
         Some("desc"),
         "leaderboard rows are read best first"
     );
-    eprintln!(
-        "migrate --dry-run: {} plan lines, keyspace untouched; applied: {:?}",
-        plan.lines().count(),
-        tables
-            .iter()
-            .map(|(t, o)| format!(
-                "{t}: {} ttl {} gc_grace {}",
-                class(t),
-                o.default_ttl,
-                o.gc_grace_seconds
-            ))
-            .collect::<Vec<_>>()
-    );
-    drop_keyspace(&admin, &ks).await;
 }
 
 /// `check` of a configuration whose stream, consumer and keyspace do not exist yet: every part is
@@ -284,16 +288,14 @@ async fn check_names_a_missing_stream_consumer_and_schema() {
     let (code, report) = run_check(&config);
     assert_eq!(code, Some(0), "{report}");
     assert!(!report.contains("[FAIL]"), "{report}");
-    drop_keyspace(&admin, &ks).await;
+    let _ = drop_keyspace(&admin, &ks).await;
     let _ = js.delete_stream(&config.nats.stream).await;
     let _ = js.delete_stream(&config.nats.deadletter_stream).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_sample_publishes_events_a_worker_accepts() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let config = base_config("sample");
+    let (_servers, config) = sharing("sample").await;
     let (_client, js) = jetstream(&config).await;
     let out = cli(
         &config,
@@ -333,20 +335,7 @@ async fn readyz_fails_on_a_live_worker_while_the_schema_is_behind() {
     let (_client, _js) = jetstream(&config).await;
     let worker = Worker::start(config.clone()).await;
     let addr = worker.addr;
-    let ready = |want: u16, needle: &'static str| async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let (status, body) = http_get(addr, "/readyz").await;
-            if status == want && body.contains(needle) {
-                return body;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "/readyz: want {want} with `{needle}`, got {status}: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
+    let ready = |want: u16, needle: &'static str| readyz_until(addr, want, needle);
     ready(200, "").await;
     let expected = schema::expected_version();
     admin
@@ -367,5 +356,5 @@ async fn readyz_fails_on_a_live_worker_while_the_schema_is_behind() {
     ready(200, "").await;
     worker.stop().await;
     eprintln!("schema behind: /readyz said `{}`", body.trim());
-    drop_keyspace(&admin, &ks).await;
+    let _ = drop_keyspace(&admin, &ks).await;
 }

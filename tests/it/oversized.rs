@@ -23,21 +23,16 @@ const READ_BUFFER_GROWTH: f64 = 2.0;
 const SLACK_MIB: f64 = 16.0;
 
 fn good_events(n: usize) -> Vec<Event> {
-    let board = format!("oversized-{}", Uuid::new_v4().simple());
-    let now = chrono::Utc::now().timestamp_micros();
-    (0..n)
-        .map(|i| {
-            let profile = Uuid::new_v4();
-            Event {
-                event_id: format!("oversized-{i}-{}", Uuid::new_v4().simple()),
-                profile,
-                wallet: wallet_of(profile),
-                leaderboard: board.clone(),
-                score: i as i64,
-                at_micros: now - 10_000_000 + i as i64,
-            }
-        })
-        .collect()
+    let ten_s_ago = Timing::Ascending {
+        ago_micros: 10_000_000,
+    };
+    events_on(
+        &new_board("oversized"),
+        "oversized",
+        n,
+        Profiles::Each,
+        ten_s_ago,
+    )
 }
 
 /// A JSON-looking payload of exactly `len` bytes that names its event first.
@@ -65,9 +60,7 @@ fn mib(kib: u64) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_near_max_payload_is_dead_lettered_in_bounded_memory_and_good_events_are_written() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let config = base_config("oversized");
+    let (_servers, config) = sharing("oversized").await;
     let (client, js) = jetstream(&config).await;
     let session = session().await;
     let max_payload = client.server_info().max_payload;
@@ -97,54 +90,18 @@ async fn a_burst_near_max_payload_is_dead_lettered_in_bounded_memory_and_good_ev
 
     // The burst: two good events, then one near max_payload, the largest 100 bytes below it (the
     // publish's own Nats-Msg-Id header takes the rest).
-    let mut sizes = Vec::new();
-    for i in 0..BAD {
-        for e in &goods[50 + 2 * i..50 + 2 * i + 2] {
-            publish(&js, &config, e, &e.event_id).await;
-        }
-        let len = max_payload - 100 - (i % 10) * 90;
-        sizes.push(len);
-        publish_raw(
-            &js,
-            &config,
-            "bad",
-            near_limit_payload(i, len),
-            &format!("oversized-bad-{i}-{}", Uuid::new_v4().simple()),
-        )
-        .await;
-    }
+    let sizes = publish_the_burst(&js, &config, &goods[50..], max_payload).await;
     wait_until("every good event written", Duration::from_secs(180), || {
         processed() >= goods.len() as u64
     })
     .await;
 
-    let pull_bytes = pull_max_bytes(config.nats.pull_batch, config.validation.max_payload_bytes);
-    let letters_held = (config.nats.pull_batch + CONCURRENCY) * config.validation.max_payload_bytes;
-    // Two pulls in flight, each at most `pull_bytes`; the letters waiting to be stored, each at
-    // most max_payload_bytes; what the client's buffers and the allocator add.
-    let bound_mib = mib(baseline)
-        + 2.0 * READ_BUFFER_GROWTH * pull_bytes as f64 / (1024.0 * 1024.0)
-        + letters_held as f64 / (1024.0 * 1024.0)
-        + SLACK_MIB;
-    let peak = proc_status_kib(pid, "VmHWM:").unwrap();
-    eprintln!(
-        "oversized: {BAD} messages of {}-{} bytes (max_payload {max_payload}) among {} good: \
-         idle RSS {:.1} MiB, peak {:.1} MiB, bound {bound_mib:.1} MiB = idle + 2 pulls of {:.1} MiB \
-         × {READ_BUFFER_GROWTH} + {} letters of {} KiB + {SLACK_MIB} MiB",
-        sizes.iter().min().unwrap(),
-        sizes.iter().max().unwrap(),
-        goods.len(),
-        mib(baseline),
-        mib(peak),
-        pull_bytes as f64 / (1024.0 * 1024.0),
-        config.nats.pull_batch + CONCURRENCY,
-        config.validation.max_payload_bytes / 1024,
-    );
-    assert!(
-        mib(peak) <= bound_mib,
-        "peak RSS {:.1} MiB above the bound {bound_mib:.1} MiB; the worker's log: {}",
-        mib(peak),
-        log.display()
+    assert_peak_within_the_bound(
+        &config,
+        pid,
+        baseline,
+        (&sizes, max_payload, goods.len()),
+        &log,
     );
 
     let too_large = "score_worker_dead_letters_total{reason=\"too_large\"}";
@@ -156,20 +113,7 @@ async fn a_burst_near_max_payload_is_dead_lettered_in_bounded_memory_and_good_ev
     .await;
     let letters = read_stream(&js, &config.nats.deadletter_stream, BAD).await;
     assert_eq!(letters.len(), BAD, "one letter per oversized message");
-    for letter in &letters {
-        let headers = letter.headers.as_ref().unwrap();
-        let original: usize = headers
-            .get(deadletter::PAYLOAD_TRUNCATED)
-            .expect("the letter says it keeps part of the payload")
-            .as_str()
-            .parse()
-            .unwrap();
-        assert!(sizes.contains(&original), "{original}");
-        assert_eq!(letter.payload.len(), config.validation.max_payload_bytes);
-        assert!(letter
-            .payload
-            .starts_with(b"{\"event_id\":\"oversized-bad-"));
-    }
+    assert_letters_keep_the_start(&letters, &sizes, &config);
     assert_eq!(
         counter_at(port, "score_worker_deadletters_truncated_total"),
         BAD as u64
@@ -193,6 +137,95 @@ async fn a_burst_near_max_payload_is_dead_lettered_in_bounded_memory_and_good_ev
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     assert_final_state(&session, &goods, config.scylla.leaderboard_buckets).await;
+}
+
+/// The burst: two of `goods`, then one message near `max_payload`, the largest 100 bytes below it
+/// (the publish's own Nats-Msg-Id header takes the rest), [`BAD`] times. Returns the sizes.
+async fn publish_the_burst(
+    js: &async_nats::jetstream::Context,
+    config: &score_worker::config::Config,
+    goods: &[Event],
+    max_payload: usize,
+) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    for i in 0..BAD {
+        for e in &goods[2 * i..2 * i + 2] {
+            publish(js, config, e, &e.event_id).await;
+        }
+        let len = max_payload - 100 - (i % 10) * 90;
+        sizes.push(len);
+        publish_raw(
+            js,
+            config,
+            "bad",
+            near_limit_payload(i, len),
+            &format!("oversized-bad-{i}-{}", Uuid::new_v4().simple()),
+        )
+        .await;
+    }
+    sizes
+}
+
+/// The worker's peak RSS (`VmHWM`) is within the bound: its idle RSS `baseline` plus two pulls in
+/// flight, each at most `pull_bytes`, the letters waiting to be stored, each at most
+/// max_payload_bytes, and what the client's buffers and the allocator add.
+fn assert_peak_within_the_bound(
+    config: &score_worker::config::Config,
+    pid: u32,
+    baseline: u64,
+    (sizes, max_payload, goods): (&[usize], usize, usize),
+    log: &std::path::Path,
+) {
+    let pull_bytes = pull_max_bytes(config.nats.pull_batch, config.validation.max_payload_bytes);
+    let letters_held = (config.nats.pull_batch + CONCURRENCY) * config.validation.max_payload_bytes;
+    // Two pulls in flight, each at most `pull_bytes`; the letters waiting to be stored, each at
+    // most max_payload_bytes; what the client's buffers and the allocator add.
+    let bound_mib = mib(baseline)
+        + 2.0 * READ_BUFFER_GROWTH * pull_bytes as f64 / (1024.0 * 1024.0)
+        + letters_held as f64 / (1024.0 * 1024.0)
+        + SLACK_MIB;
+    let peak = proc_status_kib(pid, "VmHWM:").unwrap();
+    eprintln!(
+        "oversized: {BAD} messages of {}-{} bytes (max_payload {max_payload}) among {} good: \
+         idle RSS {:.1} MiB, peak {:.1} MiB, bound {bound_mib:.1} MiB = idle + 2 pulls of {:.1} MiB \
+         × {READ_BUFFER_GROWTH} + {} letters of {} KiB + {SLACK_MIB} MiB",
+        sizes.iter().min().unwrap(),
+        sizes.iter().max().unwrap(),
+        goods,
+        mib(baseline),
+        mib(peak),
+        pull_bytes as f64 / (1024.0 * 1024.0),
+        config.nats.pull_batch + CONCURRENCY,
+        config.validation.max_payload_bytes / 1024,
+    );
+    assert!(
+        mib(peak) <= bound_mib,
+        "peak RSS {:.1} MiB above the bound {bound_mib:.1} MiB; the worker's log: {}",
+        mib(peak),
+        log.display()
+    );
+}
+
+/// Each letter of an oversized message says how long it was and keeps the start of its payload.
+fn assert_letters_keep_the_start(
+    letters: &[async_nats::jetstream::Message],
+    sizes: &[usize],
+    config: &score_worker::config::Config,
+) {
+    for letter in letters {
+        let headers = letter.headers.as_ref().unwrap();
+        let original: usize = headers
+            .get(deadletter::PAYLOAD_TRUNCATED)
+            .expect("the letter says it keeps part of the payload")
+            .as_str()
+            .parse()
+            .unwrap();
+        assert!(sizes.contains(&original), "{original}");
+        assert_eq!(letter.payload.len(), config.validation.max_payload_bytes);
+        assert!(letter
+            .payload
+            .starts_with(b"{\"event_id\":\"oversized-bad-"));
+    }
 }
 
 /// A replicated (R3) consumer answers a pull that fills its count while bytes remain with `409 Batch

@@ -15,36 +15,16 @@ use uuid::Uuid;
 use crate::support::*;
 
 fn events(tag: &str, n: usize) -> Vec<Event> {
-    let board = format!("{tag}-{}", Uuid::new_v4().simple());
-    let now = chrono::Utc::now().timestamp_micros();
-    (0..n)
-        .map(|i| {
-            let profile = Uuid::new_v4();
-            Event {
-                event_id: format!("{tag}-{i}-{}", Uuid::new_v4().simple()),
-                profile,
-                wallet: wallet_of(profile),
-                leaderboard: board.clone(),
-                score: i as i64,
-                at_micros: now - 10_000_000 + i as i64,
-            }
-        })
-        .collect()
+    let ten_s_ago = Timing::Ascending {
+        ago_micros: 10_000_000,
+    };
+    events_on(&new_board(tag), tag, n, Profiles::Each, ten_s_ago)
 }
 
+/// Waits (at most 30 s) until `/readyz` answers 200 (`what`: when).
 async fn wait_ready(addr: std::net::SocketAddr, what: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) = http_get(addr, "/readyz").await;
-        if status == 200 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not ready: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eprintln!("waiting for /readyz {what}");
+    readyz_until(addr, 200, "").await;
 }
 
 async fn consumer_config(
@@ -66,9 +46,7 @@ async fn consumer_config(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_consumer_or_stream_is_recreated_by_the_worker_itself() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let config = base_config("restore");
+    let (_servers, config) = sharing("restore").await;
     let (_client, js) = jetstream(&config).await;
     let worker = Worker::start(config.clone()).await;
     wait_ready(worker.addr, "at start").await;
@@ -117,9 +95,7 @@ async fn a_deleted_consumer_or_stream_is_recreated_by_the_worker_itself() {
 /// consuming. Before, it brought the consumer back to its configuration within the watcher's interval.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_an_operator_changed_keeps_their_settings_and_the_drift_is_reported() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let config = base_config("changed");
+    let (_servers, config) = sharing("changed").await;
     let (_client, js) = jetstream(&config).await;
     let worker = Worker::start(config.clone()).await;
     wait_ready(worker.addr, "at start").await;
@@ -179,21 +155,8 @@ async fn the_advisory_watcher_runs_even_when_jetstream_does_not_answer_at_start(
     let (client, js) = jetstream(&config).await;
     let e = &events("advised", 1)[0];
     publish(&js, &config, e, &e.event_id).await;
-    let stream = js.get_stream(&config.nats.stream).await.unwrap();
-    let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> =
-        stream.get_consumer(&config.nats.consumer).await.unwrap();
-    let mut fetched = consumer
-        .fetch()
-        .max_messages(1)
-        .expires(Duration::from_secs(2))
-        .messages()
-        .await
-        .unwrap();
-    let held = futures::StreamExt::next(&mut fetched)
-        .await
-        .unwrap()
-        .unwrap();
-    let sequence = held.info().unwrap().stream_sequence;
+    // Held for the whole test, as a crashed replica would.
+    let (_held, sequence) = hold_one_delivery(&js, &config).await;
 
     let app = App::build(config.clone()).await.expect("worker starts");
     let addr = app.http_addr();
@@ -208,20 +171,7 @@ async fn the_advisory_watcher_runs_even_when_jetstream_does_not_answer_at_start(
     own.signal("CONT");
     wait_ready(addr, "after the freeze").await;
 
-    let advisory = serde_json::json!({
-        "type": "io.nats.jetstream.advisory.v1.max_deliver",
-        "stream": config.nats.stream,
-        "consumer": config.nats.consumer,
-        "stream_seq": sequence,
-        "deliveries": 20,
-    });
-    client
-        .publish(
-            score_worker::advisory::subject(&config.nats.stream, &config.nats.consumer),
-            serde_json::to_vec(&advisory).unwrap().into(),
-        )
-        .await
-        .unwrap();
+    advise_max_deliveries(&client, &config, sequence).await;
     wait_until(
         "the advised message dead-lettered",
         Duration::from_secs(30),
@@ -259,14 +209,54 @@ async fn the_advisory_watcher_runs_even_when_jetstream_does_not_answer_at_start(
     task.await.unwrap();
 }
 
+/// Fetches one delivery of the consumer and keeps it unacknowledged; returns it and its stream
+/// sequence.
+async fn hold_one_delivery(
+    js: &async_nats::jetstream::Context,
+    config: &Config,
+) -> (async_nats::jetstream::Message, u64) {
+    let stream = js.get_stream(&config.nats.stream).await.unwrap();
+    let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> =
+        stream.get_consumer(&config.nats.consumer).await.unwrap();
+    let mut fetched = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .unwrap();
+    let held = futures::StreamExt::next(&mut fetched)
+        .await
+        .unwrap()
+        .unwrap();
+    let sequence = held.info().unwrap().stream_sequence;
+    (held, sequence)
+}
+
+/// Publishes the server's max-deliveries advisory for the message at `sequence`.
+async fn advise_max_deliveries(client: &async_nats::Client, config: &Config, sequence: u64) {
+    let advisory = serde_json::json!({
+        "type": "io.nats.jetstream.advisory.v1.max_deliver",
+        "stream": config.nats.stream,
+        "consumer": config.nats.consumer,
+        "stream_seq": sequence,
+        "deliveries": 20,
+    });
+    client
+        .publish(
+            score_worker::advisory::subject(&config.nats.stream, &config.nats.consumer),
+            serde_json::to_vec(&advisory).unwrap().into(),
+        )
+        .await
+        .unwrap();
+}
+
 /// The breaker tripped (as a failing write trips it) with a backlog waiting: once the health probe
 /// reaches the database, one message is pulled and written alone before pulling goes on at full
 /// speed. With nothing to pull, the probe closes the breaker by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pull_breaker_probes_with_one_message_before_pulling_at_full_speed() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let config = base_config("breaker");
+    let (_servers, config) = sharing("breaker").await;
     let (_client, js) = jetstream(&config).await;
     let session = session().await;
     let worker = Worker::start(config.clone()).await;
@@ -344,11 +334,7 @@ async fn the_pull_breaker_probes_with_one_message_before_pulling_at_full_speed()
 async fn an_operator_owned_consumer_changed_while_running_decides_the_last_delivery() {
     let _servers = shared().await;
     let mut config = base_config("owned_live");
-    config.scylla.keyspace = format!("it_live_{}", &Uuid::new_v4().simple().to_string()[..8]);
-    let admin = session().await;
-    score_worker::schema::migrate(&admin, &config.scylla, false)
-        .await
-        .expect("migrate the test's keyspace");
+    let admin = crate::faults::keyspace_of_its_own(&mut config, "it_live").await;
     config.nats.max_deliver = 5;
     config.nats.ack_wait = Duration::from_secs(5);
     let (_client, js) = jetstream(&config).await; // the operators' topology
@@ -377,10 +363,12 @@ async fn an_operator_owned_consumer_changed_while_running_decides_the_last_deliv
             e
         })
         .collect();
-    write_dead_cells(&admin, &config, &evs[0]).await;
-    for e in &evs {
-        publish(&js, &config, e, &e.event_id).await;
-    }
+    let threshold = tombstone_failure_threshold(&admin)
+        .await
+        .expect("tombstone_failure_threshold");
+    let key = (evs[0].profile, evs[0].leaderboard.as_str());
+    write_dead_cells(&admin, &config.scylla.keyspace, key, -1, 0..threshold + 1).await;
+    publish_all(&js, &config, &evs).await;
     let m = &worker.metrics;
     wait_until(
         "the key dead-lettered by the worker on the server's last delivery",
@@ -399,13 +387,11 @@ async fn an_operator_owned_consumer_changed_while_running_decides_the_last_deliv
     );
     worker.stop().await;
     let letters = read_stream(&js, &config.nats.deadletter_stream, evs.len()).await;
-    let _ = admin
-        .query_unpaged(format!("DROP KEYSPACE {}", config.scylla.keyspace), ())
-        .await;
-    let errors: Vec<String> = letters
-        .iter()
-        .filter_map(|l| l.headers.as_ref()?.get(score_worker::deadletter::ERROR))
-        .map(|v| v.as_str().chars().take(40).collect())
+    let _ = drop_keyspace(&admin, &config.scylla.keyspace).await;
+    let errors: Vec<String> = dead_letter_errors(&letters)
+        .into_iter()
+        .filter(|e| !e.is_empty())
+        .map(|e| e.chars().take(40).collect())
         .collect();
     eprintln!(
         "operator-owned consumer, max_deliver 5 -> 2 while running: {write_failed} write_failed, \
@@ -419,39 +405,4 @@ async fn an_operator_owned_consumer_changed_while_running_decides_the_last_deliv
             .all(|e| e.starts_with("not written after 2 deliveries")),
         "{errors:?}"
     );
-}
-
-/// More dead cells in the key's `ranked` set than the server's `tombstone_failure_threshold`, so every
-/// read-back of it fails (written in parts: one statement of 100,000 cells times out on a busy node).
-async fn write_dead_cells(admin: &scylla::client::session::Session, config: &Config, e: &Event) {
-    let threshold: i64 = admin
-        .query_unpaged(
-            "SELECT value FROM system_views.settings WHERE name = 'tombstone_failure_threshold'",
-            (),
-        )
-        .await
-        .unwrap()
-        .into_rows_result()
-        .unwrap()
-        .first_row::<(Option<String>,)>()
-        .unwrap()
-        .0
-        .and_then(|v| v.parse().ok())
-        .expect("tombstone_failure_threshold");
-    let mut from = 0;
-    while from <= threshold {
-        let to = (from + 10_000).min(threshold + 1);
-        let dead: Vec<(i32, i64)> = (from..to).map(|i| (-1, i)).collect();
-        admin
-            .query_unpaged(
-                format!(
-                    "UPDATE {}.scores_by_profile SET ranked = ranked - ? WHERE profile_id = ? AND leaderboard_id = ?",
-                    config.scylla.keyspace
-                ),
-                (dead, e.profile, e.leaderboard.as_str()),
-            )
-            .await
-            .expect("write the dead cells");
-        from = to;
-    }
 }

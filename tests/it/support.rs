@@ -11,6 +11,7 @@ use tokio::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_nats::jetstream;
 use futures::StreamExt;
+use rand::Rng;
 use score_worker::app::App;
 use score_worker::cmd::sample;
 use score_worker::config::{Config, Retention};
@@ -705,6 +706,11 @@ pub fn dead_lettered(m: &Metrics) -> u64 {
         .sum()
 }
 
+/// Messages a worker gave back because their write failed (`messages_failed{reason="write"}`).
+pub fn failed_writes(m: &Metrics) -> u64 {
+    m.messages_failed.with_label_values(&["write"]).get()
+}
+
 /// A sample of the `/metrics` of a worker binary serving HTTP on `port`, by its name with labels as
 /// exported (`score_worker_dead_letters_total{reason="too_large"}`); 0 while it does not answer.
 pub fn counter_at(port: u16, name: &str) -> u64 {
@@ -714,14 +720,7 @@ pub fn counter_at(port: u16, name: &str) -> u64 {
     else {
         return 0;
     };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(name)
-                .and_then(|rest| rest.strip_prefix(' '))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    sample_value(&String::from_utf8_lossy(&out.stdout), name).map_or(0, |v| v as u64)
 }
 
 /// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), in KiB.
@@ -813,5 +812,214 @@ impl Drop for OwnNatsCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+// ------------------------------------------------------------------- shared by the it, security and chaos suites
+
+/// Publishes each of `events` with its event id as `Nats-Msg-Id`.
+pub async fn publish_all(js: &jetstream::Context, config: &Config, events: &[Event]) {
+    for e in events {
+        publish(js, config, e, &e.event_id).await;
+    }
+}
+
+/// `GET path` over HTTP/1.1, bounded by `timeout`: (status, body), `None` if nothing answered.
+#[allow(dead_code)] // the security and chaos suites poll workers that may not answer yet
+pub async fn http_try(addr: SocketAddr, path: &str, timeout: Duration) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, body.to_string()))
+    };
+    tokio::time::timeout(timeout, exchange).await.ok().flatten()
+}
+
+/// The value of the sample `name` (with its labels as exported, if any) in Prometheus text.
+pub fn sample_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The server's `tombstone_failure_threshold`, `None` if it has no such setting.
+pub async fn tombstone_failure_threshold(admin: &Session) -> Option<i64> {
+    admin
+        .query_unpaged(
+            "SELECT value FROM system_views.settings WHERE name = 'tombstone_failure_threshold'",
+            (),
+        )
+        .await
+        .expect("system_views.settings")
+        .into_rows_result()
+        .unwrap()
+        .first_row::<(Option<String>,)>()
+        .unwrap()
+        .0
+        .and_then(|v| v.parse().ok())
+}
+
+/// Dead cells `(score, i)`, one for each `i` in `cells`, in the `ranked` set of the
+/// `scores_by_profile` row of `(profile, leaderboard)` in `keyspace`, so that a read of the row
+/// meets that many tombstones. Written in parts of 10,000 (one statement of 100,000 cells times out
+/// on a busy node).
+pub async fn write_dead_cells(
+    admin: &Session,
+    keyspace: &str,
+    (profile, leaderboard): (Uuid, &str),
+    score: i32,
+    cells: std::ops::Range<i64>,
+) {
+    let mut from = cells.start;
+    while from < cells.end {
+        let to = (from + 10_000).min(cells.end);
+        let dead: Vec<(i32, i64)> = (from..to).map(|i| (score, i)).collect();
+        admin
+            .query_unpaged(
+                format!(
+                    "UPDATE {keyspace}.scores_by_profile SET ranked = ranked - ? \
+                     WHERE profile_id = ? AND leaderboard_id = ?"
+                ),
+                (dead, profile, leaderboard),
+            )
+            .await
+            .expect("write the dead cells");
+        from = to;
+    }
+}
+
+/// `DROP KEYSPACE IF EXISTS`, given two minutes (a drop flushes and snapshots every table).
+pub async fn drop_keyspace(session: &Session, keyspace: &str) -> Result<(), String> {
+    let mut drop = scylla::statement::Statement::new(format!("DROP KEYSPACE IF EXISTS {keyspace}"));
+    drop.set_request_timeout(Some(Duration::from_secs(120)));
+    session
+        .query_unpaged(drop, ())
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The `error` header of each dead letter (empty where it has none).
+pub fn dead_letter_errors(letters: &[jetstream::Message]) -> Vec<String> {
+    letters
+        .iter()
+        .map(|l| {
+            l.headers
+                .as_ref()
+                .and_then(|h| h.get(score_worker::deadletter::ERROR))
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Whose events [`events_on`] makes.
+#[derive(Clone, Copy)]
+#[allow(dead_code)] // each suite uses its own share of the choices
+pub enum Profiles {
+    /// A new profile for each event.
+    Each,
+    /// `n` new profiles in turn.
+    Cycle(usize),
+    /// One of `n` new profiles at random for each event.
+    Random(usize),
+}
+
+/// The scores and times [`events_on`] gives.
+#[derive(Clone, Copy)]
+#[allow(dead_code)] // each suite uses its own share of the choices
+pub enum Timing {
+    /// Event `i` scores `i`, at `ago_micros` before now plus `i` µs (negative: ahead of now).
+    Ascending { ago_micros: i64 },
+    /// Event `i` scores `i`, at a random time within the last hour.
+    IndexedRecent,
+    /// A random score (0..1,000,000) at a random time within the last hour.
+    Random,
+}
+
+/// `n` events on `board` with event ids `{tag}-{i}-{uuid}`; `profiles` and `timing` say whose they
+/// are and which scores and times they carry.
+pub fn events_on(
+    board: &str,
+    tag: &str,
+    n: usize,
+    profiles: Profiles,
+    timing: Timing,
+) -> Vec<Event> {
+    let mut rng = rand::rng();
+    let people: Vec<Uuid> = match profiles {
+        Profiles::Each => Vec::new(),
+        Profiles::Cycle(k) | Profiles::Random(k) => (0..k).map(|_| Uuid::new_v4()).collect(),
+    };
+    let now = chrono::Utc::now().timestamp_micros();
+    (0..n)
+        .map(|i| {
+            let profile = match profiles {
+                Profiles::Each => Uuid::new_v4(),
+                Profiles::Cycle(_) => people[i % people.len()],
+                Profiles::Random(_) => people[rng.random_range(0..people.len())],
+            };
+            let (score, at_micros) = match timing {
+                Timing::Ascending { ago_micros } => (i as i64, now - ago_micros + i as i64),
+                Timing::IndexedRecent => (i as i64, recent_micros(&mut rng)),
+                Timing::Random => (rng.random_range(0..1_000_000), recent_micros(&mut rng)),
+            };
+            Event {
+                event_id: format!("{tag}-{i}-{}", Uuid::new_v4().simple()),
+                profile,
+                wallet: wallet_of(profile),
+                leaderboard: board.to_string(),
+                score,
+                at_micros,
+            }
+        })
+        .collect()
+}
+
+/// A leaderboard id of its own: `tag` and a UUID.
+pub fn new_board(tag: &str) -> String {
+    format!("{tag}-{}", Uuid::new_v4().simple())
+}
+
+/// The opening of a test that must run alone (it freezes, stops or reconfigures a shared server):
+/// the schema, the exclusive hold on the servers, and the test's configuration.
+pub async fn alone(test: &str) -> (RwLockWriteGuard<'static, ()>, Config) {
+    ensure_schema().await;
+    let servers = exclusive().await;
+    (servers, base_config(test))
+}
+
+/// The opening of a test that shares the servers: the schema, a shared hold on them, and the
+/// test's configuration.
+pub async fn sharing(test: &str) -> (RwLockReadGuard<'static, ()>, Config) {
+    ensure_schema().await;
+    let servers = shared().await;
+    (servers, base_config(test))
+}
+
+/// Polls `/readyz` (at most 30 s) until it answers `want` with `needle` in its body; the body.
+pub async fn readyz_until(addr: SocketAddr, want: u16, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http_get(addr, "/readyz").await;
+        if status == want && body.contains(needle) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz: want {want} with `{needle}`, got {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -6,28 +6,16 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull;
-use score_worker::config::Retention;
+use score_worker::config::{Config, Retention};
 use score_worker::nats;
-use uuid::Uuid;
 
 use crate::support::*;
 
 fn events(tag: &str, n: usize) -> Vec<Event> {
-    let board = format!("{tag}-{}", Uuid::new_v4().simple());
-    let now = chrono::Utc::now().timestamp_micros();
-    (0..n)
-        .map(|i| {
-            let profile = Uuid::new_v4();
-            Event {
-                event_id: format!("{tag}-{i}-{}", Uuid::new_v4().simple()),
-                profile,
-                wallet: wallet_of(profile),
-                leaderboard: board.clone(),
-                score: i as i64,
-                at_micros: now - 1_000_000 + i as i64,
-            }
-        })
-        .collect()
+    let one_s_ago = Timing::Ascending {
+        ago_micros: 1_000_000,
+    };
+    events_on(&new_board(tag), tag, n, Profiles::Each, one_s_ago)
 }
 
 async fn stream_messages(js: &async_nats::jetstream::Context, name: &str) -> u64 {
@@ -50,9 +38,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_updates_leave_the_stream() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let config = base_config("retention");
+    let (_servers, config) = sharing("retention").await;
     let (_client, js) = jetstream(&config).await;
     let events = events("retention", 200);
     for e in &events {
@@ -85,9 +71,7 @@ async fn acknowledged_updates_leave_the_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_stream_refuses_publishes_and_keeps_what_it_holds() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let mut config = base_config("full");
+    let (_servers, mut config) = sharing("full").await;
     config.nats.max_bytes = 16 * 1024;
     let (_client, js) = jetstream(&config).await;
     let session = session().await;
@@ -171,9 +155,7 @@ async fn a_worker_started_with_a_smaller_max_age_leaves_every_message_and_report
     live.nats.duplicate_window = Duration::from_secs(1);
     let (_client, js) = jetstream(&live).await;
     let events = events("max_age", 20);
-    for e in &events {
-        publish(&js, &live, e, &e.event_id).await;
-    }
+    publish_all(&js, &live, &events).await;
     let mut smaller = live.clone();
     smaller.nats.max_age = Duration::from_secs(2);
     // Every stored message is now older than the smaller max_age.
@@ -208,15 +190,25 @@ async fn a_worker_started_with_a_smaller_max_age_leaves_every_message_and_report
     );
     assert_eq!(drift, 1, "score_worker_jetstream_drift counts the max_age");
 
+    check_then_apply_the_smaller_max_age(&smaller, &js).await;
+}
+
+/// `check` reports the smaller max_age (destructive to apply) and fails; `nats apply --dry-run`
+/// changes nothing; `nats apply` applies it, and the old messages expire.
+async fn check_then_apply_the_smaller_max_age(
+    smaller: &Config,
+    js: &async_nats::jetstream::Context,
+) {
+    let name = &smaller.nats.stream;
     let line = format!("stream {name}: max_age is 3600s on the server, 2s in the configuration");
-    let (code, report, _) = command(&smaller, &["check"]);
+    let (code, report, _) = command(smaller, &["check"]);
     assert_eq!(code, Some(1), "{report}");
     assert!(
         report.contains(&format!("[FAIL] {line}; the server's value applies; `score-worker nats apply` changes it (destructive: stored messages older than the new max_age are deleted)")),
         "{report}"
     );
 
-    let (code, dry, err) = command(&smaller, &["nats", "apply", "--dry-run"]);
+    let (code, dry, err) = command(smaller, &["nats", "apply", "--dry-run"]);
     eprintln!("nats apply --dry-run:\n{dry}");
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(
@@ -224,11 +216,11 @@ async fn a_worker_started_with_a_smaller_max_age_leaves_every_message_and_report
         format!("would change: {line} (destructive: stored messages older than the new max_age are deleted)\ndry run: nothing changed\n")
     );
     assert_eq!(
-        stream_state(&js, name).await,
+        stream_state(js, name).await,
         (21, Duration::from_secs(3600))
     );
 
-    let (code, applied, err) = command(&smaller, &["nats", "apply"]);
+    let (code, applied, err) = command(smaller, &["nats", "apply"]);
     eprintln!("nats apply:\n{applied}");
     assert_eq!(code, Some(0), "{err}");
     assert!(
@@ -238,10 +230,10 @@ async fn a_worker_started_with_a_smaller_max_age_leaves_every_message_and_report
     eventually(
         "the old messages expired",
         Duration::from_secs(10),
-        || async { stream_state(&js, name).await == (0, Duration::from_secs(2)) },
+        || async { stream_state(js, name).await == (0, Duration::from_secs(2)) },
     )
     .await;
-    let again = cli(&smaller, &["check"]);
+    let again = cli(smaller, &["check"]);
     assert!(
         again.contains("streams and consumer match the configuration"),
         "{again}"
@@ -287,17 +279,7 @@ async fn nats_apply_brings_the_stream_and_consumer_to_the_configuration_and_run_
         assert!(report.contains(line), "`check` reports `{line}`:\n{report}");
     }
 
-    let state = || async {
-        let mut stream = js.get_stream(&new.nats.stream).await.unwrap();
-        let s = stream.info().await.unwrap().config.clone();
-        let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> =
-            stream.get_consumer(&new.nats.consumer).await.unwrap();
-        let c = consumer.cached_info().config.clone();
-        (
-            (s.max_age, s.max_bytes, s.description),
-            (c.ack_wait, c.max_deliver, c.max_ack_pending, c.description),
-        )
-    };
+    let state = || topology_state(&js, &new);
     let before = state().await;
     let worker = Worker::start(new.clone()).await;
     assert_eq!(worker.metrics.jetstream_drift.get(), 5);
@@ -339,6 +321,33 @@ async fn nats_apply_brings_the_stream_and_consumer_to_the_configuration_and_run_
     );
 
     // Retention cannot change in place: `run` reports it, `nats apply` names it and changes nothing.
+    retention_cannot_change_in_place().await;
+}
+
+/// The settings of the stream and consumer of `config` that `nats apply` manages, and their
+/// descriptions (which it leaves alone).
+#[allow(clippy::type_complexity)]
+async fn topology_state(
+    js: &async_nats::jetstream::Context,
+    config: &Config,
+) -> (
+    (Duration, i64, Option<String>),
+    (Duration, i64, i64, Option<String>),
+) {
+    let mut stream = js.get_stream(&config.nats.stream).await.unwrap();
+    let s = stream.info().await.unwrap().config.clone();
+    let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> =
+        stream.get_consumer(&config.nats.consumer).await.unwrap();
+    let c = consumer.cached_info().config.clone();
+    (
+        (s.max_age, s.max_bytes, s.description),
+        (c.ack_wait, c.max_deliver, c.max_ack_pending, c.description),
+    )
+}
+
+/// Against a stream with `Limits` retention, a configuration asking for a work queue: the topology
+/// reports the drift, `nats apply` names what NATS cannot change, exits 1 and changes nothing.
+async fn retention_cannot_change_in_place() {
     let mut limits = base_config("limits");
     limits.nats.retention = Retention::Limits;
     let (_client, js) = jetstream(&limits).await;
@@ -376,9 +385,7 @@ async fn nats_apply_brings_the_stream_and_consumer_to_the_configuration_and_run_
 /// (`recovery::a_deleted_consumer_is_recreated_by_the_worker_itself`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_consumer_fails_readiness_and_pulls_back_off_until_it_is_back() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let mut config = base_config("gone");
+    let (_servers, mut config) = sharing("gone").await;
     let (client, js) = jetstream(&config).await;
     config.nats.manage_jetstream = false;
     // nats-server 2.9 answers the first pulls for a missing consumer with an error and later ones not at

@@ -37,12 +37,6 @@ async fn own_keyspace(tag: &str, buckets: i32) -> (Config, Session) {
     (config, session)
 }
 
-async fn drop_keyspace(session: &Session, keyspace: &str) {
-    let _ = session
-        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ())
-        .await;
-}
-
 /// `migrate` of a newer build: the product's versions and version 4 (test only) accepting writers
 /// from `oldest_writer`.
 async fn migrate_to_v4(session: &Session, config: &Config, oldest_writer: i32) -> Vec<String> {
@@ -85,22 +79,6 @@ fn events(n: usize, boards: &[String], profiles: &[Uuid]) -> Vec<Event> {
         .collect()
 }
 
-/// Polls `/readyz` until it answers `want` with `needle` in its body.
-async fn readyz(addr: std::net::SocketAddr, want: u16, needle: &str) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) = http_get(addr, "/readyz").await;
-        if status == want && body.contains(needle) {
-            return body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/readyz: want {want} with `{needle}`, got {status}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_stays_ready_and_writing_while_migrate_applies_an_additive_version() {
     let _servers = shared().await;
@@ -116,7 +94,7 @@ async fn a_worker_stays_ready_and_writing_while_migrate_applies_an_additive_vers
 
     let worker = Worker::start(config.clone()).await;
     let addr = worker.addr;
-    readyz(addr, 200, "ready").await;
+    readyz_until(addr, 200, "ready").await;
     // Every answer of /readyz from here on, until the end of the test.
     let watching = Arc::new(AtomicBool::new(true));
     let watcher = tokio::spawn({
@@ -144,7 +122,7 @@ async fn a_worker_stays_ready_and_writing_while_migrate_applies_an_additive_vers
         "{plan:?}"
     );
     let written_at_migrate = worker.processed();
-    let body = readyz(addr, 200, "ahead and compatible").await;
+    let body = readyz_until(addr, 200, "ahead and compatible").await;
     for e in &after {
         publish(&js, &config, e, &e.event_id).await;
     }
@@ -166,7 +144,7 @@ async fn a_worker_stays_ready_and_writing_while_migrate_applies_an_additive_vers
 
     // An older build (this one, expecting 3) started against the newer schema: ready, and says why.
     let older = Worker::start(config.clone()).await;
-    let older_body = readyz(older.addr, 200, "ahead and compatible").await;
+    let older_body = readyz_until(older.addr, 200, "ahead and compatible").await;
     older.stop().await;
     let out = worker_command(&config, 0).arg("check").output().unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
@@ -181,7 +159,7 @@ async fn a_worker_stays_ready_and_writing_while_migrate_applies_an_additive_vers
         body.trim(),
         older_body.trim()
     );
-    drop_keyspace(&admin, &ks).await;
+    let _ = drop_keyspace(&admin, &ks).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,10 +169,10 @@ async fn a_version_outside_the_window_stops_the_worker_and_says_why() {
     let ks = config.scylla.keyspace.clone();
     let (_client, _js) = jetstream(&config).await;
     let worker = Worker::start(config.clone()).await;
-    readyz(worker.addr, 200, "ready").await;
+    readyz_until(worker.addr, 200, "ready").await;
 
     migrate_to_v4(&admin, &config, 4).await;
-    let body = readyz(worker.addr, 503, "ahead and not compatible").await;
+    let body = readyz_until(worker.addr, 503, "ahead and not compatible").await;
     assert!(
         body.contains("version 4 accepts writers from version 4"),
         "{body}"
@@ -215,7 +193,7 @@ async fn a_version_outside_the_window_stops_the_worker_and_says_why() {
         "outside the window: /readyz `{}`; start refused: {refused}",
         body.trim()
     );
-    drop_keyspace(&admin, &ks).await;
+    let _ = drop_keyspace(&admin, &ks).await;
 }
 
 /// Every leaderboard row of `boards` with its bucket: (leaderboard, profile) → [(bucket, score)].
@@ -332,5 +310,5 @@ async fn rebuild_scores_against_live_traffic_leaves_every_key_once_in_its_new_bu
         second.len(),
         out.lines().last().unwrap_or("")
     );
-    drop_keyspace(&admin, &ks).await;
+    let _ = drop_keyspace(&admin, &ks).await;
 }

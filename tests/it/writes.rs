@@ -18,9 +18,7 @@ use crate::support::*;
 /// flush-mates land. An event newer than the delete brings the key back, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_deleted_with_plain_cql_after_its_event_is_superseded_not_held() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let config = base_config("oob_delete");
+    let (_servers, config) = sharing("oob_delete").await;
     let buckets = config.scylla.leaderboard_buckets;
     let (_client, js) = jetstream(&config).await;
     let session = session().await;
@@ -43,16 +41,13 @@ async fn a_key_deleted_with_plain_cql_after_its_event_is_superseded_not_held() {
         worker.processed() >= 1
     })
     .await;
-    for cql in [
-        format!("DELETE FROM {KEYSPACE}.scores_by_profile WHERE profile_id = {profile}"),
-        format!(
-            "DELETE FROM {KEYSPACE}.scores WHERE leaderboard_id = '{board}' AND bucket = {} \
-             AND score = 100 AND profile_id = {profile}",
-            store::bucket_of(profile, buckets)
-        ),
-    ] {
-        session.query_unpaged(cql, ()).await.unwrap();
-    }
+    delete_with_plain_cql(
+        &session,
+        &board,
+        profile,
+        store::bucket_of(profile, buckets),
+    )
+    .await;
 
     // Older than the delete (newer than the first event), in one flush with 20 other keys.
     let late = event("late", profile, 200, now - 30_000_000);
@@ -68,25 +63,10 @@ async fn a_key_deleted_with_plain_cql_after_its_event_is_superseded_not_held() {
             )
         })
         .collect();
-    for e in others.iter().take(10) {
-        publish(&js, &config, e, &e.event_id).await;
-    }
+    publish_all(&js, &config, &others[..10]).await;
     publish(&js, &config, &late, &late.event_id).await;
-    for e in others.iter().skip(10) {
-        publish(&js, &config, e, &e.event_id).await;
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while worker.processed() < 22 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the flush with the deleted key was not settled: processed {}, received {}, paused {}, dead {}",
-            worker.processed(),
-            worker.metrics.messages_received.get(),
-            worker.metrics.pulls_paused.get(),
-            dead_lettered(&worker.metrics)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    publish_all(&js, &config, &others[10..]).await;
+    wait_processed_or_report(&worker, 22).await;
     assert_eq!(dead_lettered(&worker.metrics), 0, "nothing dead-lettered");
     let key = (board.clone(), profile);
     let rows = leaderboard_rows(&session, std::slice::from_ref(&board), buckets).await;
@@ -113,4 +93,40 @@ async fn a_key_deleted_with_plain_cql_after_its_event_is_superseded_not_held() {
     eprintln!(
         "out-of-band delete: the late event acked as superseded (no row, no score), 20 flush-mates and the later event in place"
     );
+}
+
+/// Deletes the key's `scores_by_profile` row and its leaderboard row (score 100 in `bucket`) with
+/// plain CQL, as an operator would.
+async fn delete_with_plain_cql(
+    session: &scylla::client::session::Session,
+    board: &str,
+    profile: Uuid,
+    bucket: i32,
+) {
+    for cql in [
+        format!("DELETE FROM {KEYSPACE}.scores_by_profile WHERE profile_id = {profile}"),
+        format!(
+            "DELETE FROM {KEYSPACE}.scores WHERE leaderboard_id = '{board}' AND bucket = {} \
+             AND score = 100 AND profile_id = {profile}",
+            bucket
+        ),
+    ] {
+        session.query_unpaged(cql, ()).await.unwrap();
+    }
+}
+
+/// Waits (at most 60 s) until the worker processed `n` messages; the failure shows its counters.
+async fn wait_processed_or_report(worker: &Worker, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while worker.processed() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the flush with the deleted key was not settled: processed {}, received {}, paused {}, dead {}",
+            worker.processed(),
+            worker.metrics.messages_received.get(),
+            worker.metrics.pulls_paused.get(),
+            dead_lettered(&worker.metrics)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -712,34 +712,13 @@ impl Drop for Running {
     }
 }
 
-/// `GET path` over HTTP/1.1; `None` when the connection fails.
+/// `GET path` over HTTP/1.1; `None` when nothing answers within 5 s.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        stream
-            .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-            )
-            .await
-            .ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.ok()?;
-        let status = response.split_whitespace().nth(1)?.parse().ok()?;
-        let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-        Some((status, body))
-    };
-    tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .ok()
-        .flatten()
+    crate::support::http_try(addr, path, Duration::from_secs(5)).await
 }
 
 /// The value of an unlabelled metric in Prometheus text.
-pub fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
+pub use crate::support::sample_value as metric;
 
 /// The sum of every series of metric `name` that carries the label pair `label` (`kind="permanent"`).
 pub fn metric_sum(text: &str, name: &str, label: &str) -> f64 {

@@ -20,10 +20,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use harness::*;
-use rand::Rng;
 use score_worker::config::{Config, NatsAuth};
 use secrecy::SecretString;
-use support::{assert_final_state, publish, recent_micros, wallet_of, Event, KEYSPACE};
+use support::{assert_final_state, publish, wallet_of, Event, Profiles, Timing, KEYSPACE};
 use uuid::Uuid;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -162,21 +161,7 @@ fn assert_clear_failure(what: &str, out: &Output, needles: &[&str]) {
 }
 
 fn events_for(board: &str, n: usize) -> Vec<Event> {
-    let mut rng = rand::rng();
-    let profiles: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
-    (0..n)
-        .map(|i| {
-            let profile = profiles[i % profiles.len()];
-            Event {
-                event_id: format!("sec-{i}-{}", Uuid::new_v4().simple()),
-                profile,
-                wallet: wallet_of(profile),
-                leaderboard: board.into(),
-                score: rng.random_range(0..1_000_000),
-                at_micros: recent_micros(&mut rng),
-            }
-        })
-        .collect()
+    support::events_on(board, "sec", n, Profiles::Cycle(5), Timing::Random)
 }
 
 /// The library's NATS client, with the worker's rustls provider (aws-lc-rs) as the process default.
@@ -189,18 +174,144 @@ async fn publisher(config: &Config) -> (async_nats::Client, async_nats::jetstrea
     (client, js)
 }
 
+/// A nats-server of the test's own where user `svc` logs in with `password`.
+fn password_server(password: &str, tls: Option<&ServerTls>) -> NatsServer {
+    NatsServer::start(
+        &ServerAuth::UserPassword {
+            user: "svc".into(),
+            password: password.into(),
+        },
+        tls,
+    )
+}
+
+/// [`password_server`] without TLS, and the worker's side logging in as `svc` with `password`.
+fn svc_with(server_password: &str, password: &str) -> (NatsServer, NatsSide) {
+    let server = password_server(server_password, None);
+    let nats = NatsSide::plain(server.port).user("svc", password);
+    (server, nats)
+}
+
+/// `migrate` with `env`, one at a time (migrations race on the schema), asserted to exit 0.
+async fn migrate_ok(what: &str, env: &Env, dir: &Path) -> Output {
+    let migrate = {
+        let _one_at_a_time = MIGRATE.lock().await;
+        run_to_end(&["migrate"], env, dir, Duration::from_secs(180)).await
+    };
+    assert_eq!(migrate.code(), Some(0), "{what}: migrate\n{migrate}");
+    migrate
+}
+
+/// The worker's `/metrics` once `done` holds for it, within 60 s.
+async fn metrics_when(what: &str, worker: &Running, done: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = http_get(worker.http, "/metrics")
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        if done(&text) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 60 s; metrics:\n{text}\nstderr:\n{}",
+            worker.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The one message of the dead-letter stream: asserts its reason and original message id, returns
+/// its error header.
+async fn the_dead_letter(
+    js: &async_nats::jetstream::Context,
+    config: &Config,
+    reason: &str,
+    msg_id: &str,
+) -> String {
+    let letters = support::read_stream(js, &config.nats.deadletter_stream, 1).await;
+    assert_eq!(letters.len(), 1, "exactly one dead letter");
+    let headers = letters[0].headers.as_ref().expect("headers");
+    let header = |name: &str| headers.get(name).map(|v| v.as_str().to_string());
+    assert_eq!(
+        header(score_worker::deadletter::REASON).as_deref(),
+        Some(reason)
+    );
+    assert_eq!(
+        header(score_worker::deadletter::ORIGINAL_MSG_ID).as_deref(),
+        Some(msg_id)
+    );
+    header(score_worker::deadletter::ERROR).unwrap_or_default()
+}
+
+/// The refused-credential cases, each driven by [`assert_refused`]: `what` completes "run …" in the
+/// failure messages, `nats` and the Cassandra `(user, password)` make the worker's environment,
+/// `secrets` may show in no output, and each of `commands` must fail clearly with the words its
+/// output must contain (`run` is spawned and must exit by itself; any other command is run to its
+/// end). Every command exits 1 without a panic, names its cause and echoes no secret; the outputs
+/// come back in the order of `commands` for the case's own further checks.
+async fn assert_refused(
+    what: &str,
+    (nats, cql): (&NatsSide, (&str, &str)),
+    secrets: &[&str],
+    commands: &[(&str, &[&str])],
+) -> Vec<Output> {
+    let dir = tempfile::tempdir().unwrap();
+    let (env, _) = worker_setup(nats, cql.0, cql.1);
+    let mut outputs = Vec::new();
+    for (command, needles) in commands {
+        let out = if *command == "run" {
+            Running::spawn(&env, dir.path())
+                .wait_exit(RUN_TIMEOUT)
+                .await
+        } else {
+            run_to_end(&[command], &env, dir.path(), RUN_TIMEOUT).await
+        };
+        assert_clear_failure(&format!("{command} {what}"), &out, needles);
+        assert_no_secret(&format!("`{command}` output"), &out.all(), secrets);
+        outputs.push(out);
+    }
+    outputs
+}
+
+/// The words a NATS server's refusal of a login shows in `run` and in `check`.
+const NATS_REFUSED: &[(&str, &[&str])] = &[
+    (
+        "run",
+        &["cannot connect to NATS at", "authorization violation"],
+    ),
+    (
+        "check",
+        &[
+            "[FAIL] cannot connect to NATS at",
+            "authorization violation",
+        ],
+    ),
+];
+
+/// The processed-messages counter of `/metrics`.
+const PROCESSED: &str = "score_worker_messages_processed_total";
+
+/// Publishes `n` events on a new board named after `tag` with the library's client; returns them.
+async fn publish_board(tag: &str, config: &Config, n: usize) -> Vec<Event> {
+    let board = format!("sec-{tag}-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let events = events_for(&board, n);
+    let (client, js) = publisher(config).await;
+    for e in &events {
+        publish(&js, config, e, &e.event_id).await;
+    }
+    client.flush().await.unwrap();
+    events
+}
+
 /// `migrate`, `run`, publish, the rows land, `check` passes, SIGTERM exits 0; the secrets appear in
 /// none of the outputs nor in `/metrics`.
 async fn happy_path(name: &str, nats: &NatsSide, nats_secret: &str, role: &CqlRole) {
     let dir = tempfile::tempdir().unwrap();
     let (env, config) = worker_setup(nats, &role.user, &role.password);
     let secrets = [nats_secret, role.password.as_str()];
-
-    let migrate = {
-        let _one_at_a_time = MIGRATE.lock().await;
-        run_to_end(&["migrate"], &env, dir.path(), Duration::from_secs(180)).await
-    };
-    assert_eq!(migrate.code(), Some(0), "{name}: migrate\n{migrate}");
+    let migrate = migrate_ok(name, &env, dir.path()).await;
     assert_no_secret("`migrate` output", &migrate.all(), &secrets);
 
     // Debug logs included: operators turn them on, and secrets must not appear there either.
@@ -208,47 +319,54 @@ async fn happy_path(name: &str, nats: &NatsSide, nats_secret: &str, role: &CqlRo
     run_env.push(("RUST_LOG".into(), "debug".into()));
     let mut worker = Running::spawn(&run_env, dir.path());
     worker.wait_ready(READY_TIMEOUT).await;
+    let events = publish_board(name, &config, 30).await;
+    let metrics = metrics_when(
+        &format!("{name}: {} events processed", events.len()),
+        &worker,
+        |t| metric(t, PROCESSED) >= Some(events.len() as f64),
+    )
+    .await;
+    assert_serves_no_secret(&worker, &metrics, &secrets).await;
 
-    let board = format!("sec-{name}-{}", &Uuid::new_v4().simple().to_string()[..8]);
-    let events = events_for(&board, 30);
-    let (client, js) = publisher(&config).await;
-    for e in &events {
-        publish(&js, &config, e, &e.event_id).await;
-    }
-    client.flush().await.unwrap();
-    drop(client);
+    let session = cql_session(&role.user, &role.password).await;
+    assert_final_state(&session, &events, config.scylla.leaderboard_buckets).await;
+    assert_check_redacts(name, nats, &env, dir.path(), &secrets).await;
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let metrics = loop {
-        let text = http_get(worker.http, "/metrics")
-            .await
-            .map(|(_, body)| body)
-            .unwrap_or_default();
-        if metric(&text, "score_worker_messages_processed_total") >= Some(events.len() as f64) {
-            break text;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{name}: {} events not processed within 60 s; metrics:\n{text}\nstderr:\n{}",
-            events.len(),
-            worker.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let stopped = worker.terminate(Duration::from_secs(30)).await;
+    assert_eq!(
+        stopped.code(),
+        Some(0),
+        "{name}: run after SIGTERM\n{stopped}"
+    );
+    assert!(
+        stopped.stderr.contains("NATS connected"),
+        "{name}: expected JSON logs on stderr\n{stopped}"
+    );
+    assert_no_secret("`run` logs", &stopped.all(), &secrets);
+}
+
+/// `/metrics` (connected to NATS), `/readyz` and `/healthz` show none of `secrets`.
+async fn assert_serves_no_secret(worker: &Running, metrics: &str, secrets: &[&str]) {
     assert!(
         metrics.contains("score_worker_nats_connected 1"),
         "{metrics}"
     );
-    assert_no_secret("/metrics", &metrics, &secrets);
+    assert_no_secret("/metrics", metrics, secrets);
     for path in ["/readyz", "/healthz"] {
         let (_, body) = http_get(worker.http, path).await.unwrap_or_default();
-        assert_no_secret(path, &body, &secrets);
+        assert_no_secret(path, &body, secrets);
     }
+}
 
-    let session = cql_session(&role.user, &role.password).await;
-    assert_final_state(&session, &events, config.scylla.leaderboard_buckets).await;
-
-    let check = run_to_end(&["check"], &env, dir.path(), RUN_TIMEOUT).await;
+/// `check` passes and shows each password and token it was given as `***`.
+async fn assert_check_redacts(
+    name: &str,
+    nats: &NatsSide,
+    env: &Env,
+    dir: &Path,
+    secrets: &[&str],
+) {
+    let check = run_to_end(&["check"], env, dir, RUN_TIMEOUT).await;
     assert_eq!(check.code(), Some(0), "{name}: check\n{check}");
     assert!(
         check.stdout.contains("scylla.password=***"),
@@ -266,19 +384,16 @@ async fn happy_path(name: &str, nats: &NatsSide, nats_secret: &str, role: &CqlRo
             "{name}: check should show the NATS token redacted\n{check}"
         );
     }
-    assert_no_secret("`check` output", &check.all(), &secrets);
+    assert_no_secret("`check` output", &check.all(), secrets);
+}
 
-    let stopped = worker.terminate(Duration::from_secs(30)).await;
-    assert_eq!(
-        stopped.code(),
-        Some(0),
-        "{name}: run after SIGTERM\n{stopped}"
-    );
+/// The output names a certificate problem.
+fn assert_names_the_certificate(what: &str, out: &Output) {
+    let text = out.all().to_lowercase();
     assert!(
-        stopped.stderr.contains("NATS connected"),
-        "{name}: expected JSON logs on stderr\n{stopped}"
+        text.contains("certificate") || text.contains("unknownissuer"),
+        "{what}: the error should name the certificate problem\n{out}"
     );
-    assert_no_secret("`run` logs", &stopped.all(), &secrets);
 }
 
 // ------------------------------------------------------------------------------------------ the tests
@@ -291,11 +406,8 @@ async fn tls_and_passwords_on_both_sides_work_and_leak_no_secret() {
     let ca = Ca::new(pki.path(), "ca");
     let (server_cert, client_cert) = (ca.server(), ca.client());
     let nats_password = secret("nats");
-    let server = NatsServer::start(
-        &ServerAuth::UserPassword {
-            user: "svc".into(),
-            password: nats_password.clone(),
-        },
+    let server = password_server(
+        &nats_password,
         Some(&ServerTls {
             ca: &ca,
             cert: &server_cert,
@@ -315,14 +427,7 @@ async fn tls_and_passwords_on_both_sides_work_and_leak_no_secret() {
 async fn passwords_on_both_sides_without_tls_work_and_leak_no_secret() {
     let role = CqlRole::create().await;
     let nats_password = secret("nats");
-    let server = NatsServer::start(
-        &ServerAuth::UserPassword {
-            user: "svc".into(),
-            password: nats_password.clone(),
-        },
-        None,
-    );
-    let nats = NatsSide::plain(server.port).user("svc", &nats_password);
+    let (_server, nats) = svc_with(&nats_password, &nats_password);
     happy_path("plain", &nats, &nats_password, &role).await;
     role.drop_role().await;
 }
@@ -332,44 +437,20 @@ async fn passwords_on_both_sides_without_tls_work_and_leak_no_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_nats_password_fails_clearly_without_echoing_it() {
     let role = CqlRole::create().await;
-    let dir = tempfile::tempdir().unwrap();
-    let right = secret("nats-right");
-    let wrong = secret("nats-wrong");
-    let server = NatsServer::start(
-        &ServerAuth::UserPassword {
-            user: "svc".into(),
-            password: right.clone(),
-        },
-        None,
-    );
-    let nats = NatsSide::plain(server.port).user("svc", &wrong);
-    let (env, _) = worker_setup(&nats, &role.user, &role.password);
-    let secrets = [right.as_str(), wrong.as_str(), role.password.as_str()];
-
-    let run = Running::spawn(&env, dir.path())
-        .wait_exit(RUN_TIMEOUT)
-        .await;
-    assert_clear_failure(
-        "run with a wrong NATS password",
-        &run,
-        &["cannot connect to NATS at", "authorization violation"],
-    );
-    assert_no_secret("`run` output", &run.all(), &secrets);
-
-    let check = run_to_end(&["check"], &env, dir.path(), RUN_TIMEOUT).await;
-    assert_clear_failure(
-        "check with a wrong NATS password",
-        &check,
-        &[
-            "[FAIL] cannot connect to NATS at",
-            "authorization violation",
-        ],
-    );
+    let (right, wrong) = (secret("nats-right"), secret("nats-wrong"));
+    let (_server, nats) = svc_with(&right, &wrong);
+    let outputs = assert_refused(
+        "with a wrong NATS password",
+        (&nats, (&role.user, &role.password)),
+        &[&right, &wrong, &role.password],
+        NATS_REFUSED,
+    )
+    .await;
+    let check = &outputs[1];
     assert!(
         check.stdout.contains("[ok]   database reachable"),
         "the database check should still pass\n{check}"
     );
-    assert_no_secret("`check` output", &check.all(), &secrets);
     role.drop_role().await;
 }
 
@@ -378,45 +459,21 @@ async fn wrong_nats_password_fails_clearly_without_echoing_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_cassandra_password_fails_clearly_without_echoing_it() {
     let role = CqlRole::create().await;
-    let dir = tempfile::tempdir().unwrap();
-    let nats_password = secret("nats");
-    let wrong = secret("cql-wrong");
-    let server = NatsServer::start(
-        &ServerAuth::UserPassword {
-            user: "svc".into(),
-            password: nats_password.clone(),
-        },
-        None,
-    );
-    let nats = NatsSide::plain(server.port).user("svc", &nats_password);
-    let (env, _) = worker_setup(&nats, &role.user, &wrong);
-    let secrets = [
-        nats_password.as_str(),
-        wrong.as_str(),
-        role.password.as_str(),
-    ];
-    let needles = [
+    let (nats_password, wrong) = (secret("nats"), secret("cql-wrong"));
+    let (_server, nats) = svc_with(&nats_password, &nats_password);
+    let needles: &[&str] = &[
         "cannot connect to the database",
         "Authentication failed",
         "bad credentials",
     ];
-
-    let run = Running::spawn(&env, dir.path())
-        .wait_exit(RUN_TIMEOUT)
-        .await;
-    assert_clear_failure("run with a wrong Cassandra password", &run, &needles);
-    assert_no_secret("`run` output", &run.all(), &secrets);
-
-    let migrate = run_to_end(&["migrate"], &env, dir.path(), RUN_TIMEOUT).await;
-    assert_clear_failure(
-        "migrate with a wrong Cassandra password",
-        &migrate,
-        &needles,
-    );
-    assert_no_secret("`migrate` output", &migrate.all(), &secrets);
-
-    let check = run_to_end(&["check"], &env, dir.path(), RUN_TIMEOUT).await;
-    assert_clear_failure("check with a wrong Cassandra password", &check, &needles);
+    let outputs = assert_refused(
+        "with a wrong Cassandra password",
+        (&nats, (&role.user, &wrong)),
+        &[&nats_password, &wrong, &role.password],
+        &[("run", needles), ("migrate", needles), ("check", needles)],
+    )
+    .await;
+    let check = &outputs[2];
     assert!(
         check
             .stdout
@@ -427,7 +484,6 @@ async fn wrong_cassandra_password_fails_clearly_without_echoing_it() {
         check.stdout.contains("[ok]   NATS reachable"),
         "the NATS check should still pass\n{check}"
     );
-    assert_no_secret("`check` output", &check.all(), &secrets);
     role.drop_role().await;
 }
 
@@ -435,52 +491,55 @@ async fn wrong_cassandra_password_fails_clearly_without_echoing_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_an_untrusted_server_certificate_fails_clearly() {
     let role = CqlRole::create().await;
-    let dir = tempfile::tempdir().unwrap();
     let pki = tempfile::tempdir().unwrap();
     let ca = Ca::new(pki.path(), "ca");
     let other = Ca::new(pki.path(), "other");
     let server_cert = ca.server();
     let nats_password = secret("nats");
-    let _server = NatsServer::start(
-        &ServerAuth::UserPassword {
-            user: "svc".into(),
-            password: nats_password.clone(),
-        },
+    let server = password_server(
+        &nats_password,
         Some(&ServerTls {
             ca: &ca,
             cert: &server_cert,
             verify: false,
         }),
     );
-    let nats = NatsSide::plain(_server.port)
+    let nats = NatsSide::plain(server.port)
         .user("svc", &nats_password)
         .tls(&other.cert, None);
-    let (env, _) = worker_setup(&nats, &role.user, &role.password);
-    let secrets = [nats_password.as_str(), role.password.as_str()];
-
-    let run = Running::spawn(&env, dir.path())
-        .wait_exit(RUN_TIMEOUT)
-        .await;
-    assert_clear_failure(
-        "run trusting the wrong CA",
-        &run,
-        &["cannot connect to NATS at"],
-    );
-    let text = run.all().to_lowercase();
-    assert!(
-        text.contains("certificate") || text.contains("unknownissuer"),
-        "run trusting the wrong CA: the error should name the certificate problem\n{run}"
-    );
-    assert_no_secret("`run` output", &run.all(), &secrets);
-
-    let check = run_to_end(&["check"], &env, dir.path(), RUN_TIMEOUT).await;
-    assert_clear_failure(
-        "check trusting the wrong CA",
-        &check,
-        &["[FAIL] cannot connect to NATS at"],
-    );
-    assert_no_secret("`check` output", &check.all(), &secrets);
+    let outputs = assert_refused(
+        "trusting the wrong CA",
+        (&nats, (&role.user, &role.password)),
+        &[&nats_password, &role.password],
+        &[
+            ("run", &["cannot connect to NATS at"]),
+            ("check", &["[FAIL] cannot connect to NATS at"]),
+        ],
+    )
+    .await;
+    assert_names_the_certificate("run trusting the wrong CA", &outputs[0]);
     role.drop_role().await;
+}
+
+/// The worker's role's connections as Cassandra lists them (`system_views.clients`): encrypted or
+/// not, and the TLS protocol.
+async fn connections_of(role: &CqlRole) -> Vec<(bool, Option<String>)> {
+    let admin = cql_session(CQL_SUPERUSER.0, CQL_SUPERUSER.1).await;
+    let rows = admin
+        .query_unpaged(
+            "SELECT username, ssl_enabled, ssl_protocol FROM system_views.clients",
+            (),
+        )
+        .await
+        .expect("system_views.clients")
+        .into_rows_result()
+        .unwrap();
+    rows.rows::<(Option<String>, Option<bool>, Option<String>)>()
+        .unwrap()
+        .map(Result::unwrap)
+        .filter(|(user, _, _)| user.as_deref() == Some(role.user.as_str()))
+        .map(|(_, ssl, protocol)| (ssl.unwrap_or(false), protocol))
+        .collect()
 }
 
 /// 5. Token auth over TLS (CA only, no client certificate): works end to end and leaks nothing; a
@@ -499,30 +558,10 @@ async fn database_tls_is_used_and_an_untrusted_ca_fails_clearly() {
     set(&mut env, "SCYLLA__TLS__ENABLED", "true");
     set(&mut env, "SCYLLA__TLS__CA_FILE", cql_ca());
     let secrets = [token.as_str(), role.password.as_str()];
-    let migrate = {
-        let _one_at_a_time = MIGRATE.lock().await;
-        run_to_end(&["migrate"], &env, dir.path(), Duration::from_secs(180)).await
-    };
-    assert_eq!(migrate.code(), Some(0), "migrate over TLS\n{migrate}");
+    migrate_ok("migrate over TLS", &env, dir.path()).await;
     let mut worker = Running::spawn(&env, dir.path());
     worker.wait_ready(READY_TIMEOUT).await;
-    let admin = cql_session(CQL_SUPERUSER.0, CQL_SUPERUSER.1).await;
-    let rows = admin
-        .query_unpaged(
-            "SELECT username, ssl_enabled, ssl_protocol FROM system_views.clients",
-            (),
-        )
-        .await
-        .expect("system_views.clients")
-        .into_rows_result()
-        .unwrap();
-    let mine: Vec<(bool, Option<String>)> = rows
-        .rows::<(Option<String>, Option<bool>, Option<String>)>()
-        .unwrap()
-        .map(Result::unwrap)
-        .filter(|(user, _, _)| user.as_deref() == Some(role.user.as_str()))
-        .map(|(_, ssl, protocol)| (ssl.unwrap_or(false), protocol))
-        .collect();
+    let mine = connections_of(&role).await;
     let out = worker.terminate(RUN_TIMEOUT).await;
     assert_eq!(out.code(), Some(0), "{out}");
     assert_no_secret("`run` output", &out.all(), &secrets);
@@ -544,11 +583,7 @@ async fn database_tls_is_used_and_an_untrusted_ca_fails_clearly() {
         &check,
         &["cannot connect to the database at"],
     );
-    let text = check.all().to_lowercase();
-    assert!(
-        text.contains("certificate") || text.contains("unknownissuer"),
-        "the error should name the certificate problem\n{check}"
-    );
+    assert_names_the_certificate("check trusting another CA for the database", &check);
     eprintln!(
         "database TLS: {} connections of the worker's role, all encrypted ({:?})",
         mine.len(),
@@ -577,18 +612,13 @@ async fn credentials_file_auth_works_and_an_untrusted_user_fails_clearly() {
     let bad = files.path().join("intruder.creds");
     std::fs::write(&bad, creds).unwrap();
     let nats = NatsSide::plain(server.port).creds(&bad);
-    let dir = tempfile::tempdir().unwrap();
-    let (env, _) = worker_setup(&nats, &role.user, &role.password);
-    let secrets = [seed.as_str(), other_seed.as_str(), role.password.as_str()];
-    let run = Running::spawn(&env, dir.path())
-        .wait_exit(RUN_TIMEOUT)
-        .await;
-    assert_clear_failure(
-        "run with a user the operator does not trust",
-        &run,
-        &["cannot connect to NATS at", "authorization violation"],
-    );
-    assert_no_secret("`run` output", &run.all(), &secrets);
+    assert_refused(
+        "with a user the operator does not trust",
+        (&nats, (&role.user, &role.password)),
+        &[&seed, &other_seed, &role.password],
+        &NATS_REFUSED[..1],
+    )
+    .await;
     role.drop_role().await;
 }
 
@@ -604,24 +634,19 @@ async fn nkey_auth_works_and_a_wrong_seed_fails_clearly() {
     let nats = NatsSide::plain(server.port).nkey(&seed);
     happy_path("nkey", &nats, &seed, &role).await;
 
-    let dir = tempfile::tempdir().unwrap();
     let other = nkeys::KeyPair::new_user().seed().expect("a user seed");
     let nats = NatsSide::plain(server.port).nkey(&other);
-    let (env, _) = worker_setup(&nats, &role.user, &role.password);
-    let secrets = [seed.as_str(), other.as_str(), role.password.as_str()];
-    let run = Running::spawn(&env, dir.path())
-        .wait_exit(RUN_TIMEOUT)
-        .await;
-    assert_clear_failure(
-        "run with another user's NKey seed",
-        &run,
-        &["cannot connect to NATS at", "authorization violation"],
-    );
-    assert_no_secret("`run` output", &run.all(), &secrets);
+    let outputs = assert_refused(
+        "with another user's NKey seed",
+        (&nats, (&role.user, &role.password)),
+        &[&seed, &other, &role.password],
+        &NATS_REFUSED[..1],
+    )
+    .await;
     eprintln!(
         "nkey: the server trusts {}; another seed: exit {:?}",
         user.public_key(),
-        run.code()
+        outputs[0].code()
     );
     role.drop_role().await;
 }
@@ -646,32 +671,17 @@ async fn token_auth_over_tls_works_and_a_wrong_token_fails_clearly() {
         .tls(&ca.cert, None);
     happy_path("token", &nats, &token, &role).await;
 
-    let dir = tempfile::tempdir().unwrap();
     let wrong = secret("token-wrong");
     let nats = NatsSide::plain(server.port)
         .token(&wrong)
         .tls(&ca.cert, None);
-    let (env, _) = worker_setup(&nats, &role.user, &role.password);
-    let secrets = [token.as_str(), wrong.as_str(), role.password.as_str()];
-    let run = Running::spawn(&env, dir.path())
-        .wait_exit(RUN_TIMEOUT)
-        .await;
-    assert_clear_failure(
-        "run with a wrong token",
-        &run,
-        &["cannot connect to NATS at", "authorization violation"],
-    );
-    assert_no_secret("`run` output", &run.all(), &secrets);
-    let check = run_to_end(&["check"], &env, dir.path(), RUN_TIMEOUT).await;
-    assert_clear_failure(
-        "check with a wrong token",
-        &check,
-        &[
-            "[FAIL] cannot connect to NATS at",
-            "authorization violation",
-        ],
-    );
-    assert_no_secret("`check` output", &check.all(), &secrets);
+    assert_refused(
+        "with a wrong token",
+        (&nats, (&role.user, &role.password)),
+        &[&token, &wrong, &role.password],
+        NATS_REFUSED,
+    )
+    .await;
     role.drop_role().await;
 }
 
@@ -684,13 +694,7 @@ async fn credentials_in_the_nats_url_are_not_echoed() {
     let dir = tempfile::tempdir().unwrap();
     let right = secret("url-right");
     let wrong = secret("url-wrong");
-    let server = NatsServer::start(
-        &ServerAuth::UserPassword {
-            user: "svc".into(),
-            password: right.clone(),
-        },
-        None,
-    );
+    let server = password_server(&right, None);
     let secrets = [right.as_str(), wrong.as_str(), role.password.as_str()];
     for password in [&right, &wrong] {
         let mut nats = NatsSide::plain(server.port);
@@ -757,14 +761,7 @@ async fn invalid_configuration_never_echoes_a_secret() {
 async fn a_row_the_database_refuses_is_dead_lettered_alone_and_its_flush_mates_land() {
     let role = CqlRole::create().await;
     let nats_password = secret("nats");
-    let server = NatsServer::start(
-        &ServerAuth::UserPassword {
-            user: "svc".into(),
-            password: nats_password.clone(),
-        },
-        None,
-    );
-    let nats = NatsSide::plain(server.port).user("svc", &nats_password);
+    let (_server, nats) = svc_with(&nats_password, &nats_password);
     let dir = tempfile::tempdir().unwrap();
     let (mut env, mut config) = worker_setup(&nats, &role.user, &role.password);
     set(&mut env, "VALIDATION__MAX_CLOCK_SKEW", "3650d");
@@ -773,75 +770,19 @@ async fn a_row_the_database_refuses_is_dead_lettered_alone_and_its_flush_mates_l
     set(&mut env, "SCYLLA__BATCH_MAX_BYTES", "0");
     config.validation.max_clock_skew = Duration::from_secs(3650 * 86_400);
     config.validation.max_ahead_of_arrival = config.validation.max_clock_skew;
-    let migrate = {
-        let _one_at_a_time = MIGRATE.lock().await;
-        run_to_end(&["migrate"], &env, dir.path(), Duration::from_secs(180)).await
-    };
-    assert_eq!(migrate.code(), Some(0), "migrate\n{migrate}");
+    migrate_ok("poison", &env, dir.path()).await;
     let mut worker = Running::spawn(&env, dir.path());
     worker.wait_ready(READY_TIMEOUT).await;
 
-    let board = format!("sec-poison-{}", &Uuid::new_v4().simple().to_string()[..8]);
-    let mut events = events_for(&board, 29);
-    let mut poison = events_for(&board, 1).remove(0);
-    poison.profile = Uuid::new_v4();
-    poison.wallet = wallet_of(poison.profile);
-    poison.at_micros = chrono::Utc::now().timestamp_micros() + 30 * 86_400 * 1_000_000;
-    let (client, js) = publisher(&config).await;
-    for e in events.iter().take(10) {
-        publish(&js, &config, e, &e.event_id).await;
-    }
-    publish(&js, &config, &poison, &poison.event_id).await;
-    for e in events.iter().skip(10) {
-        publish(&js, &config, e, &e.event_id).await;
-    }
-    client.flush().await.unwrap();
-
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let text = loop {
-        let text = http_get(worker.http, "/metrics")
-            .await
-            .map(|(_, body)| body)
-            .unwrap_or_default();
-        let dead = metric(
-            &text,
-            "score_worker_dead_letters_total{reason=\"write_rejected\"}",
-        );
-        if metric(&text, "score_worker_messages_processed_total") >= Some(29.0) && dead >= Some(1.0)
-        {
-            break text;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not settled in 60 s; metrics:\n{text}\nstderr:\n{}",
-            worker.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(
-        metric(&text, "score_worker_messages_processed_total"),
-        Some(29.0)
-    );
-    assert_eq!(
-        metric(
-            &text,
-            "score_worker_dead_letters_total{reason=\"write_rejected\"}"
-        ),
-        Some(1.0)
-    );
-    let letters = support::read_stream(&js, &config.nats.deadletter_stream, 1).await;
-    assert_eq!(letters.len(), 1, "exactly one dead letter");
-    let headers = letters[0].headers.as_ref().expect("headers");
-    let header = |name: &str| headers.get(name).map(|v| v.as_str().to_string());
-    assert_eq!(
-        header(score_worker::deadletter::REASON).as_deref(),
-        Some("write_rejected")
-    );
-    assert_eq!(
-        header(score_worker::deadletter::ORIGINAL_MSG_ID).as_deref(),
-        Some(poison.event_id.as_str())
-    );
-    let error = header(score_worker::deadletter::ERROR).unwrap_or_default();
+    let (mut events, poison, (client, js)) = publish_around_a_poison(&config).await;
+    let rejected = "score_worker_dead_letters_total{reason=\"write_rejected\"}";
+    let text = metrics_when("settled", &worker, |t| {
+        metric(t, PROCESSED) >= Some(29.0) && metric(t, rejected) >= Some(1.0)
+    })
+    .await;
+    assert_eq!(metric(&text, PROCESSED), Some(29.0));
+    assert_eq!(metric(&text, rejected), Some(1.0));
+    let error = the_dead_letter(&js, &config, "write_rejected", &poison.event_id).await;
     assert!(
         error.contains("maximum_timestamp"),
         "the database's message is in the error header: {error}"
@@ -854,4 +795,31 @@ async fn a_row_the_database_refuses_is_dead_lettered_alone_and_its_flush_mates_l
     assert_eq!(stopped.code(), Some(0), "{stopped}");
     drop(client);
     role.drop_role().await;
+}
+
+/// Publishes 29 good events on a new board with, after the tenth, one of a new profile 30 days
+/// ahead (the poison); returns the good events, the poison and the publisher.
+async fn publish_around_a_poison(
+    config: &Config,
+) -> (
+    Vec<Event>,
+    Event,
+    (async_nats::Client, async_nats::jetstream::Context),
+) {
+    let board = format!("sec-poison-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let events = events_for(&board, 29);
+    let mut poison = events_for(&board, 1).remove(0);
+    poison.profile = Uuid::new_v4();
+    poison.wallet = wallet_of(poison.profile);
+    poison.at_micros = chrono::Utc::now().timestamp_micros() + 30 * 86_400 * 1_000_000;
+    let (client, js) = publisher(config).await;
+    for e in events.iter().take(10) {
+        publish(&js, config, e, &e.event_id).await;
+    }
+    publish(&js, config, &poison, &poison.event_id).await;
+    for e in events.iter().skip(10) {
+        publish(&js, config, e, &e.event_id).await;
+    }
+    client.flush().await.unwrap();
+    (events, poison, (client, js))
 }

@@ -14,12 +14,9 @@
 
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use uuid::Uuid;
 
-use super::support::{
-    assert_final_state, publish, read_stream, recent_micros, wallet_of, Event, KEYSPACE,
-};
+use super::support::{assert_final_state, publish, read_stream, Event, KEYSPACE};
 use super::*;
 
 /// Deliveries of a message, so a refusal lasting "several `max_deliver` × `nak_delay`" is seconds long.
@@ -41,27 +38,10 @@ struct Scenario {
 impl Scenario {
     async fn start(role: &CqlRole) -> Scenario {
         let nats_password = secret("nats");
-        let server = NatsServer::start(
-            &ServerAuth::UserPassword {
-                user: "svc".into(),
-                password: nats_password.clone(),
-            },
-            None,
-        );
-        let nats = NatsSide::plain(server.port).user("svc", &nats_password);
+        let (server, nats) = svc_with(&nats_password, &nats_password);
         let dir = tempfile::tempdir().unwrap();
         let (admin_env, _) = worker_setup(&nats, CQL_SUPERUSER.0, CQL_SUPERUSER.1);
-        let migrate = {
-            let _one_at_a_time = MIGRATE.lock().await;
-            run_to_end(
-                &["migrate"],
-                &admin_env,
-                dir.path(),
-                Duration::from_secs(180),
-            )
-            .await
-        };
-        assert_eq!(migrate.code(), Some(0), "migrate\n{migrate}");
+        migrate_ok("refusals", &admin_env, dir.path()).await;
 
         let (mut env, mut config) = worker_setup(&nats, &role.user, &role.password);
         set(&mut env, "NATS__MAX_DELIVER", MAX_DELIVER.to_string());
@@ -174,22 +154,8 @@ fn tail(text: &str, lines: usize) -> String {
 
 /// `n` events on one new board over `profiles` profiles, at recent times.
 fn board_events(tag: &str, n: usize, profiles: usize) -> Vec<Event> {
-    let mut rng = rand::rng();
     let board = format!("sec-{tag}-{}", &Uuid::new_v4().simple().to_string()[..8]);
-    let people: Vec<Uuid> = (0..profiles).map(|_| Uuid::new_v4()).collect();
-    (0..n)
-        .map(|i| {
-            let profile = people[i % people.len()];
-            Event {
-                event_id: format!("{tag}-{i}-{}", Uuid::new_v4().simple()),
-                profile,
-                wallet: wallet_of(profile),
-                leaderboard: board.clone(),
-                score: rng.random_range(0..1_000_000),
-                at_micros: recent_micros(&mut rng),
-            }
-        })
-        .collect()
+    support::events_on(&board, tag, n, Profiles::Cycle(profiles), Timing::Random)
 }
 
 /// The worker's own role: reads the keyspace, writes each table the protocol writes, and nothing
@@ -251,8 +217,55 @@ async fn a_refused_table_is_an_outage(table: &str) {
         })
     };
     // Permissions are cached for up to 2 s (permissions_validity).
+    let readyz = wait_for_the_named_refusal(&s, table, revoked).await;
+    let window = (NAK_DELAY * MAX_DELIVER as u32 * 10).max(Duration::from_secs(15));
+    let (paused_polls, errors) = watch_the_refusal(&s, table, revoked, window).await;
+    load.await.unwrap();
+    role.grant(&grant).await;
+    s.publish(&events[500..]).await;
+    let text = s
+        .wait_for(
+            "every event after the grant is back",
+            Duration::from_secs(90),
+            |t| processed(t) >= events.len() as f64,
+        )
+        .await;
+    assert_eq!(dead_letters(&text), 0.0, "{}", progress(&text));
+    assert!(
+        read_stream(&s.js, &s.config.nats.deadletter_stream, 0)
+            .await
+            .is_empty(),
+        "the dead-letter stream is empty"
+    );
+    // The refusal cleared: ready again, pulling again.
+    wait_ready_again(&s).await;
+    let session = cql_session(CQL_SUPERUSER.0, CQL_SUPERUSER.1).await;
+    assert_final_state(&session, &events, s.config.scylla.leaderboard_buckets).await;
+    eprintln!(
+        "revoked MODIFY on {table} for {:?} (max_deliver {MAX_DELIVER}, nak_delay {NAK_DELAY:?}) under load: \
+         0 dead letters, {} events in place; pulls paused in {}/{} polls; {errors} permanent errors \
+         while refused; /readyz said: {}",
+        window,
+        events.len(),
+        paused_polls.1,
+        paused_polls.0,
+        readyz.trim()
+    );
+    // A refusal is held, not bisected: a few failing requests per held flush and probe, not two per key.
+    assert!(
+        paused_polls.1 * 10 >= paused_polls.0 * 9,
+        "pulls stay paused while the writes are refused (no flapping): {paused_polls:?}"
+    );
+    let stopped = s.worker.terminate(Duration::from_secs(30)).await;
+    assert_eq!(stopped.code(), Some(0), "{stopped}");
+    role.drop_role().await;
+}
+
+/// Polls `/readyz` until it answers 503 naming the refused `table`; nothing may be dead-lettered
+/// meanwhile. Returns its body.
+async fn wait_for_the_named_refusal(s: &Scenario, table: &str, revoked: Instant) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let readyz = loop {
+    loop {
         let (status, body) = http_get(s.worker.http, "/readyz").await.unwrap_or_default();
         let text = s.metrics().await;
         assert_eq!(
@@ -263,7 +276,7 @@ async fn a_refused_table_is_an_outage(table: &str) {
             progress(&text)
         );
         if status == 503 && body.contains(table) {
-            break body;
+            return body;
         }
         assert!(
             Instant::now() < deadline,
@@ -272,8 +285,17 @@ async fn a_refused_table_is_an_outage(table: &str) {
             tail(&s.worker.stderr(), 60)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let window = (NAK_DELAY * MAX_DELIVER as u32 * 10).max(Duration::from_secs(15));
+    }
+}
+
+/// Watches the worker until `window` after the revoke: nothing may be dead-lettered. Returns the
+/// polls made and those that saw pulls paused, and the permanent errors counted meanwhile.
+async fn watch_the_refusal(
+    s: &Scenario,
+    table: &str,
+    revoked: Instant,
+    window: Duration,
+) -> ((u32, u32), f64) {
     let errors_before = metric_sum(
         &s.metrics().await,
         "score_worker_scylla_errors_total",
@@ -302,49 +324,16 @@ async fn a_refused_table_is_an_outage(table: &str) {
         "score_worker_scylla_errors_total",
         "kind=\"permanent\"",
     ) - errors_before;
-    load.await.unwrap();
-    role.grant(&grant).await;
-    s.publish(&events[500..]).await;
-    let text = s
-        .wait_for(
-            "every event after the grant is back",
-            Duration::from_secs(90),
-            |t| processed(t) >= events.len() as f64,
-        )
-        .await;
-    assert_eq!(dead_letters(&text), 0.0, "{}", progress(&text));
-    assert!(
-        read_stream(&s.js, &s.config.nats.deadletter_stream, 0)
-            .await
-            .is_empty(),
-        "the dead-letter stream is empty"
-    );
-    // The refusal cleared: ready again, pulling again.
+    (paused_polls, errors)
+}
+
+/// Waits until `/readyz` answers 200 again.
+async fn wait_ready_again(s: &Scenario) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while http_get(s.worker.http, "/readyz").await.map(|(s, _)| s) != Some(200) {
         assert!(Instant::now() < deadline, "not ready again after the grant");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let session = cql_session(CQL_SUPERUSER.0, CQL_SUPERUSER.1).await;
-    assert_final_state(&session, &events, s.config.scylla.leaderboard_buckets).await;
-    eprintln!(
-        "revoked MODIFY on {table} for {:?} (max_deliver {MAX_DELIVER}, nak_delay {NAK_DELAY:?}) under load: \
-         0 dead letters, {} events in place; pulls paused in {}/{} polls; {errors} permanent errors \
-         while refused; /readyz said: {}",
-        window,
-        events.len(),
-        paused_polls.1,
-        paused_polls.0,
-        readyz.trim()
-    );
-    // A refusal is held, not bisected: a few failing requests per held flush and probe, not two per key.
-    assert!(
-        paused_polls.1 * 10 >= paused_polls.0 * 9,
-        "pulls stay paused while the writes are refused (no flapping): {paused_polls:?}"
-    );
-    let stopped = s.worker.terminate(Duration::from_secs(30)).await;
-    assert_eq!(stopped.code(), Some(0), "{stopped}");
-    role.drop_role().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,19 +353,8 @@ async fn a_grant_revoked_on_the_eligibility_cache_dead_letters_nothing() {
 async fn a_key_past_the_tombstone_threshold_is_dead_lettered_and_its_flush_mates_land() {
     let role = CqlRole::create().await;
     let admin = cql_session(CQL_SUPERUSER.0, CQL_SUPERUSER.1).await;
-    let threshold: i64 = admin
-        .query_unpaged(
-            "SELECT value FROM system_views.settings WHERE name = 'tombstone_failure_threshold'",
-            (),
-        )
+    let threshold = support::tombstone_failure_threshold(&admin)
         .await
-        .expect("system_views.settings")
-        .into_rows_result()
-        .unwrap()
-        .first_row::<(Option<String>,)>()
-        .unwrap()
-        .0
-        .and_then(|v| v.parse().ok())
         .unwrap_or(i64::MAX);
     assert!(
         threshold <= 10_000,
@@ -390,17 +368,8 @@ async fn a_key_past_the_tombstone_threshold_is_dead_lettered_and_its_flush_mates
     let mut bad = board_events("tombstones-bad", 1, 1).remove(0);
     // Outside the dead cells' range, so the key's own `ranked` entry is not among them.
     bad.score = 5_000_000;
-    let dead: Vec<(i32, i64)> = (0..threshold * 2).map(|i| (0, i)).collect();
-    admin
-        .query_unpaged(
-            format!(
-                "UPDATE {KEYSPACE}.scores_by_profile SET ranked = ranked - ? \
-                 WHERE profile_id = ? AND leaderboard_id = ?"
-            ),
-            (dead, bad.profile, bad.leaderboard.as_str()),
-        )
-        .await
-        .expect("write the dead cells");
+    let key = (bad.profile, bad.leaderboard.as_str());
+    support::write_dead_cells(&admin, KEYSPACE, key, 0, 0..threshold * 2).await;
     let read = admin
         .query_unpaged(
             format!(
@@ -434,19 +403,7 @@ async fn a_key_past_the_tombstone_threshold_is_dead_lettered_and_its_flush_mates
         .await;
     assert_eq!(dead_letters(&text), 1.0, "{}", progress(&text));
 
-    let letters = read_stream(&s.js, &s.config.nats.deadletter_stream, 1).await;
-    assert_eq!(letters.len(), 1, "exactly one dead letter");
-    let headers = letters[0].headers.as_ref().expect("headers");
-    let header = |name: &str| headers.get(name).map(|v| v.as_str().to_string());
-    assert_eq!(
-        header(score_worker::deadletter::REASON).as_deref(),
-        Some("write_failed")
-    );
-    assert_eq!(
-        header(score_worker::deadletter::ORIGINAL_MSG_ID).as_deref(),
-        Some(bad.event_id.as_str())
-    );
-    let error = header(score_worker::deadletter::ERROR).unwrap_or_default();
+    let error = the_dead_letter(&s.js, &s.config, "write_failed", &bad.event_id).await;
     for needle in [
         bad.profile.to_string(),
         bad.leaderboard.clone(),

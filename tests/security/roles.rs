@@ -4,11 +4,11 @@
 //! lists (read from its `cql` block), becomes ready, writes every event and passes `check`; `migrate`
 //! under the worker's role fails and says which permission it lacks.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::support::{expected, publish};
+use super::support::expected;
 use super::*;
 
 /// The README's grants to `role` (`GRANT <what> TO <role>;` in its `cql` block), for keyspace `ks`.
@@ -60,89 +60,38 @@ async fn the_worker_runs_under_the_documented_dml_role_and_migrate_needs_the_ddl
     );
 
     let nats_password = secret("nats");
-    let server = NatsServer::start(
-        &ServerAuth::UserPassword {
-            user: "svc".into(),
-            password: nats_password.clone(),
-        },
-        None,
-    );
-    let nats = NatsSide::plain(server.port).user("svc", &nats_password);
+    let (_server, nats) = svc_with(&nats_password, &nats_password);
     let dir = tempfile::tempdir().unwrap();
 
     // The Job's role creates the keyspace.
     let migrator = role_with(&ddl).await;
     let (ddl_env, _) = as_role(&nats, &migrator, &ks);
-    let migrate = {
-        let _one_at_a_time = MIGRATE.lock().await;
-        run_to_end(&["migrate"], &ddl_env, dir.path(), Duration::from_secs(180)).await
-    };
-    assert_eq!(
-        migrate.code(),
-        Some(0),
-        "migrate as the Job's role\n{migrate}"
-    );
+    migrate_ok("as the Job's role", &ddl_env, dir.path()).await;
 
     // The worker's role cannot change the schema: neither create a keyspace nor record one's settings.
     let worker_role = role_with(&dml).await;
     let (env, config) = as_role(&nats, &worker_role, &ks);
-    let (mut elsewhere, _) = as_role(&nats, &worker_role, &format!("{ks}_new"));
-    set(&mut elsewhere, "SCYLLA__KEYSPACE", format!("{ks}_new"));
-    let refused = run_to_end(&["migrate"], &elsewhere, dir.path(), RUN_TIMEOUT).await;
-    assert_clear_failure(
-        "migrate of a new keyspace under the worker's role",
-        &refused,
-        &[&format!(
-            "User {} has no CREATE permission",
-            worker_role.user
-        )],
-    );
-    let refused = run_to_end(&["migrate"], &env, dir.path(), RUN_TIMEOUT).await;
-    assert_clear_failure(
-        "migrate of the keyspace under the worker's role",
-        &refused,
-        &[
-            &format!("User {} has no MODIFY permission", worker_role.user),
-            "settings",
-        ],
-    );
+    assert_cannot_change_the_schema(&nats, &worker_role, &ks, &env, dir.path()).await;
 
     // ... and is all the worker needs.
     let mut worker = Running::spawn(&env, dir.path());
     worker.wait_ready(READY_TIMEOUT).await;
-    let board = format!("sec-roles-{}", &Uuid::new_v4().simple().to_string()[..8]);
-    let events = events_for(&board, 30);
-    let (client, js) = publisher(&config).await;
-    for e in &events {
-        publish(&js, &config, e, &e.event_id).await;
-    }
-    client.flush().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = http_get(worker.http, "/metrics")
-            .await
-            .map(|(_, body)| body)
-            .unwrap_or_default();
-        if metric(&text, "score_worker_messages_processed_total") >= Some(events.len() as f64) {
-            assert_eq!(
-                metric_sum(
-                    &text,
-                    "score_worker_scylla_errors_total",
-                    "kind=\"permanent\""
-                ),
-                0.0,
-                "no refused statement:\n{text}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} events not processed under the worker's role in 60 s\n{text}\n{}",
-            events.len(),
-            worker.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let events = publish_board("roles", &config, 30).await;
+    let text = metrics_when(
+        &format!("{} events processed under the worker's role", events.len()),
+        &worker,
+        |t| metric(t, PROCESSED) >= Some(events.len() as f64),
+    )
+    .await;
+    assert_eq!(
+        metric_sum(
+            &text,
+            "score_worker_scylla_errors_total",
+            "kind=\"permanent\""
+        ),
+        0.0,
+        "no refused statement:\n{text}"
+    );
     let admin = cql_session(CQL_SUPERUSER.0, CQL_SUPERUSER.1).await;
     assert_landed(&admin, &ks, &events, config.scylla.leaderboard_buckets).await;
     let check = run_to_end(&["check"], &env, dir.path(), RUN_TIMEOUT).await;
@@ -158,15 +107,41 @@ async fn the_worker_runs_under_the_documented_dml_role_and_migrate_needs_the_ddl
         "a statement was refused:\n{stopped}"
     );
 
-    drop(client);
-    let mut drop_ks = scylla::statement::Statement::new(format!("DROP KEYSPACE IF EXISTS {ks}"));
-    drop_ks.set_request_timeout(Some(Duration::from_secs(120)));
-    admin
-        .query_unpaged(drop_ks, ())
+    support::drop_keyspace(&admin, &ks)
         .await
         .expect("drop keyspace");
     worker_role.drop_role().await;
     migrator.drop_role().await;
+}
+
+/// The worker's role can neither create a keyspace nor record the settings of `ks` (its `env`).
+async fn assert_cannot_change_the_schema(
+    nats: &NatsSide,
+    worker_role: &CqlRole,
+    ks: &str,
+    env: &Env,
+    dir: &Path,
+) {
+    let (mut elsewhere, _) = as_role(nats, worker_role, &format!("{ks}_new"));
+    set(&mut elsewhere, "SCYLLA__KEYSPACE", format!("{ks}_new"));
+    let refused = run_to_end(&["migrate"], &elsewhere, dir, RUN_TIMEOUT).await;
+    assert_clear_failure(
+        "migrate of a new keyspace under the worker's role",
+        &refused,
+        &[&format!(
+            "User {} has no CREATE permission",
+            worker_role.user
+        )],
+    );
+    let refused = run_to_end(&["migrate"], env, dir, RUN_TIMEOUT).await;
+    assert_clear_failure(
+        "migrate of the keyspace under the worker's role",
+        &refused,
+        &[
+            &format!("User {} has no MODIFY permission", worker_role.user),
+            "settings",
+        ],
+    );
 }
 
 /// Every key's newest score is in `scores_by_profile`, and on the leaderboard exactly once.

@@ -135,23 +135,40 @@ async fn tls_to_postgresql_is_verified_and_a_server_without_tls_is_refused_when_
         .unwrap_or("5433")
         .to_string();
     let at = |host: &str| format!("{host} port={port} user=postgres");
-    let verified = "source:        TLS, certificate and host name verified (sslmode=verify-full)";
     set_server_ssl(None).await;
 
     // Verified against the test CA: by flags, and by default once a CA is given.
+    assert_verified(&config, &at, &table, &ca);
+
+    // Refused: a name the certificate does not carry, a CA that did not sign it, verify without a CA.
+    assert_refused_unverifiable(&config, &at, &table, &ca);
+
+    // The server stops offering TLS: `require` and `verify-full` refuse it; loopback's prefer falls
+    // back to plain text, says so, and warns.
+    assert_no_server_tls(&config, &at, &table, &ca).await;
+    client
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+/// `migrate-postgres --dry-run` verifies the server against the test CA: by flags, and by default
+/// once a CA is given; loopback without a CA is libpq's prefer, encrypted but not verified.
+fn assert_verified(config: &Config, at: &dyn Fn(&str) -> String, table: &str, ca: &str) {
+    let verified = "source:        TLS, certificate and host name verified (sslmode=verify-full)";
     let (code, out, err) = dry_run(
-        &config,
+        config,
         &at("host=127.0.0.1"),
-        &table,
-        &["--sslmode", "verify-full", "--sslrootcert", &ca],
+        table,
+        &["--sslmode", "verify-full", "--sslrootcert", ca],
     );
     assert_eq!(code, Some(0), "{err}");
     assert!(out.lines().any(|l| l == verified), "{out}");
     assert!(out.contains("valid:         3"), "{out}");
     let (code, out, err) = dry_run(
-        &config,
+        config,
         &format!("{} sslrootcert='{ca}'", at("host=localhost")),
-        &table,
+        table,
         &[],
     );
     assert_eq!(code, Some(0), "{err}");
@@ -160,26 +177,34 @@ async fn tls_to_postgresql_is_verified_and_a_server_without_tls_is_refused_when_
         "a CA makes verify-full the default: {out}"
     );
     // Loopback without a CA: libpq's prefer, encrypted but not verified.
-    let (code, out, _) = dry_run(&config, &at("host=127.0.0.1"), &table, &[]);
+    let (code, out, _) = dry_run(config, &at("host=127.0.0.1"), table, &[]);
     assert_eq!(code, Some(0));
     assert!(
         out.lines()
             .any(|l| l == "source:        TLS, server not verified (sslmode=prefer)"),
         "{out}"
     );
+}
 
-    // Refused: a name the certificate does not carry, a CA that did not sign it, verify without a CA.
+/// Refused: a name the certificate does not carry (but `verify-ca` takes it), a CA that did not
+/// sign it, `verify-full` without a CA.
+fn assert_refused_unverifiable(
+    config: &Config,
+    at: &dyn Fn(&str) -> String,
+    table: &str,
+    ca: &str,
+) {
     let wrong_name = format!(
         "{} hostaddr=127.0.0.1 sslrootcert='{ca}'",
         at("host=db.example")
     );
-    let (code, _, err) = dry_run(&config, &wrong_name, &table, &[]);
+    let (code, _, err) = dry_run(config, &wrong_name, table, &[]);
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("sslmode=verify-full") && err.contains("not valid for name \"db.example\""),
         "{err}"
     );
-    let (code, out, err) = dry_run(&config, &wrong_name, &table, &["--sslmode", "verify-ca"]);
+    let (code, out, err) = dry_run(config, &wrong_name, table, &["--sslmode", "verify-ca"]);
     assert_eq!(
         code,
         Some(0),
@@ -190,17 +215,17 @@ async fn tls_to_postgresql_is_verified_and_a_server_without_tls_is_refused_when_
         "{out}"
     );
     let (code, _, err) = dry_run(
-        &config,
+        config,
         &format!("{} sslrootcert=system", at("host=127.0.0.1")),
-        &table,
+        table,
         &[],
     );
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("invalid peer certificate"), "{err}");
     let (code, _, err) = dry_run(
-        &config,
+        config,
         &at("host=127.0.0.1"),
-        &table,
+        table,
         &["--sslmode", "verify-full"],
     );
     assert_eq!(code, Some(1), "{err}");
@@ -208,23 +233,20 @@ async fn tls_to_postgresql_is_verified_and_a_server_without_tls_is_refused_when_
         err.contains("sslmode=verify-full needs sslrootcert"),
         "{err}"
     );
+}
 
-    // The server stops offering TLS: `require` and `verify-full` refuse it; loopback's prefer falls
-    // back to plain text, says so, and warns.
+/// With the server's TLS off for a moment: `require` and `verify-full` refuse it; loopback's prefer
+/// falls back to plain text, says so, and warns.
+async fn assert_no_server_tls(config: &Config, at: &dyn Fn(&str) -> String, table: &str, ca: &str) {
     set_server_ssl(Some(false)).await;
     let required = dry_run(
-        &config,
+        config,
         &format!("{} sslmode=require", at("host=127.0.0.1")),
-        &table,
+        table,
         &[],
     );
-    let full = dry_run(
-        &config,
-        &at("host=127.0.0.1"),
-        &table,
-        &["--sslrootcert", &ca],
-    );
-    let preferred = dry_run(&config, &at("host=127.0.0.1"), &table, &[]);
+    let full = dry_run(config, &at("host=127.0.0.1"), table, &["--sslrootcert", ca]);
+    let preferred = dry_run(config, &at("host=127.0.0.1"), table, &[]);
     set_server_ssl(None).await;
     for (what, (code, out, err)) in [("require", &required), ("verify-full", &full)] {
         assert_eq!(*code, Some(1), "{what}: {out}{err}");
@@ -242,10 +264,6 @@ async fn tls_to_postgresql_is_verified_and_a_server_without_tls_is_refused_when_
         err.contains("plain text: the server offers no TLS"),
         "{err}"
     );
-    client
-        .batch_execute(&format!("DROP TABLE {table}"))
-        .await
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,9 +41,7 @@ fn events_over_days(profile: Uuid, now: DateTime<Utc>) -> Vec<score_worker::scor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_pages_by_cursor_return_every_event_once_newest_first_across_days() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let config = base_config("read_history");
+    let (_servers, config) = sharing("read_history").await;
     let (store, reader, _) = open(&config).await;
     let profile = Uuid::new_v4();
     let now = Utc::now();

@@ -12,9 +12,7 @@ use crate::support::*;
 /// it "beyond N" — the last profile of a board is not a scan of the whole board.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rank_counts_within_its_budget_and_answers_beyond_past_it() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let config = base_config("read_rank_budget");
+    let (_servers, config) = sharing("read_rank_budget").await;
     let (store, reader, _) = open(&config).await;
     const BUDGET: u64 = 100;
     let reader = reader.with_rank_budget(BUDGET);
@@ -70,9 +68,7 @@ async fn rank_counts_within_its_budget_and_answers_beyond_past_it() {
 /// answers `TooMany`, the binary exits 1 with the message (it used to abort allocating the page).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sizes_past_what_one_read_returns_are_refused_with_a_typed_error() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let config = base_config("read_sizes");
+    let (_servers, config) = sharing("read_sizes").await;
     let (_, reader, _) = open(&config).await;
     let board = format!("read-sizes-{}", Uuid::new_v4().simple());
     let after = Cursor {

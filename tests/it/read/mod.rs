@@ -58,9 +58,7 @@ fn sorted(scores: &HashMap<Uuid, i64>) -> Vec<(i64, Uuid)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn top_n_pages_and_ranks_equal_an_independent_sort_across_buckets() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let config = base_config("read_top");
+    let (_servers, config) = sharing("read_top").await;
     let (store, reader, _) = open(&config).await;
     let board = format!("read-top-{}", Uuid::new_v4().simple());
     let mut rng = rand::rng();
@@ -101,54 +99,9 @@ async fn top_n_pages_and_ranks_equal_an_independent_sort_across_buckets() {
         wallet_of(top.entries[0].profile_id)
     );
 
-    // Pages of 37 from the top, each after the previous page's last row, add up to the board.
-    let mut walked = Vec::new();
-    let mut page = reader.top(&board, 37).await.unwrap();
-    loop {
-        walked.extend(page.entries.iter().map(|e| (e.score, e.profile_id)));
-        match page.next {
-            Some(after) => page = reader.page_after(&board, after, 37).await.unwrap(),
-            None => break,
-        }
-    }
-    assert_eq!(walked, want, "pages after pages");
-    // A cursor that is not a row of the board: everything below it.
-    let after = Cursor {
-        score: 0,
-        profile_id: Uuid::nil(),
-    };
-    let below = reader.page_after(&board, after, 1000).await.unwrap();
-    let expect_below: Vec<(i64, Uuid)> = want
-        .iter()
-        .copied()
-        .filter(|(s, p)| *s < 0 || (*s == 0 && p.as_bytes() > Uuid::nil().as_bytes()))
-        .collect();
-    let got: Vec<(i64, Uuid)> = below
-        .entries
-        .iter()
-        .map(|e| (e.score, e.profile_id))
-        .collect();
-    assert_eq!(got, expect_below);
+    assert_pages_add_up(&reader, &board, &want).await;
 
-    // Ranks: the position in the independent sort; the band is the run of equal scores.
-    for i in [0, 1, 350, 699] {
-        let (score, profile) = want[i];
-        let Some(Rank::Exact(rank)) = reader.rank(&board, profile).await.unwrap() else {
-            panic!("#{i} not ranked exactly within the default budget");
-        };
-        let best = want.iter().position(|(s, _)| *s == score).unwrap() as u64 + 1;
-        let tied = want.iter().filter(|(s, _)| *s == score).count() as u64;
-        assert_eq!(
-            (rank.rank, rank.score),
-            (i as u64 + 1, score),
-            "rank of #{i}"
-        );
-        assert_eq!(
-            (rank.best, rank.worst, rank.tied),
-            (best, best + tied - 1, tied)
-        );
-    }
-    assert_eq!(reader.rank(&board, Uuid::new_v4()).await.unwrap(), None);
+    assert_ranks(&reader, &board, &want).await;
 
     // A profile's scores and the wallet look-up.
     let other = format!("{board}-b");
@@ -165,11 +118,65 @@ async fn top_n_pages_and_ranks_equal_an_independent_sort_across_buckets() {
     assert!(by_wallet.iter().all(|s| s.profile_id == p));
 }
 
+/// Pages of 37 from the top, each after the previous page's last row, add up to the board (`want`,
+/// best first); a cursor that is not a row of the board gives everything below it.
+async fn assert_pages_add_up(reader: &Reader, board: &str, want: &[(i64, Uuid)]) {
+    // Pages of 37 from the top, each after the previous page's last row, add up to the board.
+    let mut walked = Vec::new();
+    let mut page = reader.top(board, 37).await.unwrap();
+    loop {
+        walked.extend(page.entries.iter().map(|e| (e.score, e.profile_id)));
+        match page.next {
+            Some(after) => page = reader.page_after(board, after, 37).await.unwrap(),
+            None => break,
+        }
+    }
+    assert_eq!(walked, want, "pages after pages");
+    // A cursor that is not a row of the board: everything below it.
+    let after = Cursor {
+        score: 0,
+        profile_id: Uuid::nil(),
+    };
+    let below = reader.page_after(board, after, 1000).await.unwrap();
+    let expect_below: Vec<(i64, Uuid)> = want
+        .iter()
+        .copied()
+        .filter(|(s, p)| *s < 0 || (*s == 0 && p.as_bytes() > Uuid::nil().as_bytes()))
+        .collect();
+    let got: Vec<(i64, Uuid)> = below
+        .entries
+        .iter()
+        .map(|e| (e.score, e.profile_id))
+        .collect();
+    assert_eq!(got, expect_below);
+}
+
+/// Ranks: the position in the independent sort `want`; the band is the run of equal scores; a
+/// profile not on the board has none.
+async fn assert_ranks(reader: &Reader, board: &str, want: &[(i64, Uuid)]) {
+    for i in [0, 1, 350, 699] {
+        let (score, profile) = want[i];
+        let Some(Rank::Exact(rank)) = reader.rank(board, profile).await.unwrap() else {
+            panic!("#{i} not ranked exactly within the default budget");
+        };
+        let best = want.iter().position(|(s, _)| *s == score).unwrap() as u64 + 1;
+        let tied = want.iter().filter(|(s, _)| *s == score).count() as u64;
+        assert_eq!(
+            (rank.rank, rank.score),
+            (i as u64 + 1, score),
+            "rank of #{i}"
+        );
+        assert_eq!(
+            (rank.best, rank.worst, rank.tied),
+            (best, best + tied - 1, tied)
+        );
+    }
+    assert_eq!(reader.rank(board, Uuid::new_v4()).await.unwrap(), None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paging_skips_and_repeats_nothing_while_updates_race_it() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let config = base_config("read_race");
+    let (_servers, config) = sharing("read_race").await;
     let (store, reader, _) = open(&config).await;
     let board = format!("read-race-{}", Uuid::new_v4().simple());
     let mut rng = rand::rng();
@@ -266,9 +273,7 @@ async fn wait_for_score(reader: &Reader, profile: Uuid, board: &str, score: i64)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eligibility_cache_misses_hits_is_invalidated_by_the_worker_and_expires() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let config = base_config("read_cache");
+    let (_servers, config) = sharing("read_cache").await;
     let (_client, js) = jetstream(&config).await;
     let worker = Worker::start(config.clone()).await;
     let ttl = Duration::from_secs(3);
@@ -356,9 +361,7 @@ async fn eligibility_cache_misses_hits_is_invalidated_by_the_worker_and_expires(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repairs_keep_the_invariant_under_a_concurrent_worker() {
-    ensure_schema().await;
-    let _servers = shared().await;
-    let mut config = base_config("read_crud");
+    let (_servers, mut config) = sharing("read_crud").await;
     config.batch.max_scores = 5;
     config.batch.linger = Duration::from_millis(5);
     let (_client, js) = jetstream(&config).await;
@@ -366,6 +369,55 @@ async fn repairs_keep_the_invariant_under_a_concurrent_worker() {
     let board = format!("read-crud-{}", Uuid::new_v4().simple());
     let profiles: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
     let base = chrono::Utc::now().timestamp_micros() - 60_000_000;
+    let (events, upserts, deletes) = events_and_repairs(&board, &profiles, base);
+
+    run_with_repairs(&config, &js, &store, &board, (&events, &upserts, &deletes)).await;
+
+    let session = session().await;
+    let rows = leaderboard_rows(
+        &session,
+        std::slice::from_ref(&board),
+        config.scylla.leaderboard_buckets,
+    )
+    .await;
+    let problems = invariant_problems(
+        &store,
+        &board,
+        &profiles,
+        &rows,
+        (&events, &upserts, &deletes),
+    )
+    .await;
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert_eq!(
+        store.get(profiles[0], &board).await.unwrap(),
+        None,
+        "deleted last"
+    );
+    assert_eq!(
+        store
+            .get(profiles[2], &board)
+            .await
+            .unwrap()
+            .map(|s| s.key.score),
+        Some(77)
+    );
+    // The read API agrees with the tables.
+    let top = reader.top(&board, 100).await.unwrap();
+    assert_eq!(top.entries.len(), rows.len());
+
+    // The CLI does the same: a set, a JSON top, a delete.
+    cli_sets_shows_and_deletes_a_score(&config, &format!("{board}-cli"));
+}
+
+/// The repairs test's traffic on `board`: 600 events and 60 upserts at even microseconds after
+/// `base` (ties among them), 40 deletes at odd ones, on `profiles`; the last word for two keys is a
+/// delete (after every event), for one an upsert (score 77).
+fn events_and_repairs(
+    board: &str,
+    profiles: &[Uuid],
+    base: i64,
+) -> (Vec<Event>, Vec<Event>, Vec<(Uuid, i64)>) {
     let mut rng = rand::rng();
     // Events at even microseconds (ties among them), deletes at odd ones: the newest of all wins.
     let mut random_events = |prefix: &str, n: usize| -> Vec<Event> {
@@ -376,7 +428,7 @@ async fn repairs_keep_the_invariant_under_a_concurrent_worker() {
                     event_id: format!("{prefix}-{i}"),
                     profile,
                     wallet: wallet_of(profile),
-                    leaderboard: board.clone(),
+                    leaderboard: board.to_string(),
                     score: rng.random_range(-40..40),
                     at_micros: base + 2 * rng.random_range(0..300),
                 }
@@ -402,18 +454,29 @@ async fn repairs_keep_the_invariant_under_a_concurrent_worker() {
             event_id: "repair-last".into(),
             profile: profiles[2],
             wallet: wallet_of(profiles[2]),
-            leaderboard: board.clone(),
+            leaderboard: board.to_string(),
             score: 77,
             at_micros: base + 1_002,
         }])
         .collect();
+    (events, upserts, deletes)
+}
 
+/// Two workers take `events` from the live stream while the upserts and deletes run as repairs,
+/// several at once; returns once every event is processed and the workers are stopped.
+async fn run_with_repairs(
+    config: &score_worker::config::Config,
+    js: &async_nats::jetstream::Context,
+    store: &Arc<ScyllaStore>,
+    board: &str,
+    (events, upserts, deletes): (&[Event], &[Event], &[(Uuid, i64)]),
+) {
     let workers = vec![
         Worker::start(config.clone()).await,
         Worker::start(config.clone()).await,
     ];
     let publisher = {
-        let (js, config, events) = (js.clone(), config.clone(), events.clone());
+        let (js, config, events) = (js.clone(), config.clone(), events.to_vec());
         tokio::spawn(async move {
             for e in &events {
                 publish(&js, &config, e, &e.event_id).await;
@@ -422,15 +485,15 @@ async fn repairs_keep_the_invariant_under_a_concurrent_worker() {
     };
     // Repairs interleaved with the live stream, several at once.
     let mut repairs = Vec::new();
-    for u in &upserts {
-        let update = update(&board, u.profile, u.score, u.at_micros);
+    for u in upserts {
+        let update = update(board, u.profile, u.score, u.at_micros);
         let store = store.clone();
         repairs.push(tokio::spawn(async move {
             store.upsert(&update).await.expect("upsert")
         }));
     }
-    for &(profile, at) in &deletes {
-        let (store, board) = (store.clone(), board.clone());
+    for &(profile, at) in deletes {
+        let (store, board) = (store.clone(), board.to_string());
         repairs.push(tokio::spawn(async move {
             store.delete(profile, &board, at).await.expect("delete");
         }));
@@ -447,24 +510,27 @@ async fn repairs_keep_the_invariant_under_a_concurrent_worker() {
     for w in workers {
         w.stop().await;
     }
+}
 
+/// Keys whose leaderboard rows or by-profile score differ from the newest of their events, upserts
+/// and deletes (a delete wins a tie, but there is none).
+async fn invariant_problems(
+    store: &ScyllaStore,
+    board: &str,
+    profiles: &[Uuid],
+    rows: &HashMap<(String, Uuid), Vec<i64>>,
+    (events, upserts, deletes): (&[Event], &[Event], &[(Uuid, i64)]),
+) -> Vec<String> {
     // The newest of events, upserts and deletes per key (a delete wins a tie, but there is none).
-    let all: Vec<Event> = events.iter().chain(&upserts).cloned().collect();
+    let all: Vec<Event> = events.iter().chain(upserts).cloned().collect();
     let newest_event = expected(&all);
     let mut newest_at: HashMap<Uuid, i64> = HashMap::new();
     for e in &all {
         let t = newest_at.entry(e.profile).or_insert(e.at_micros);
         *t = (*t).max(e.at_micros);
     }
-    let session = session().await;
-    let rows = leaderboard_rows(
-        &session,
-        std::slice::from_ref(&board),
-        config.scylla.leaderboard_buckets,
-    )
-    .await;
     let mut problems = Vec::new();
-    for p in &profiles {
+    for p in profiles {
         let deleted_at = deletes
             .iter()
             .filter(|(q, _)| q == p)
@@ -473,47 +539,35 @@ async fn repairs_keep_the_invariant_under_a_concurrent_worker() {
         let event_at = newest_at.get(p).copied();
         let want = match (event_at, deleted_at) {
             (Some(e), Some(d)) if d > e => None,
-            (Some(_), _) => newest_event.get(&(board.clone(), *p)).copied(),
+            (Some(_), _) => newest_event.get(&(board.to_string(), *p)).copied(),
             (None, _) => None,
         };
-        let got = rows.get(&(board.clone(), *p)).cloned().unwrap_or_default();
-        let current = store.get(*p, &board).await.unwrap().map(|s| s.key.score);
+        let got = rows
+            .get(&(board.to_string(), *p))
+            .cloned()
+            .unwrap_or_default();
+        let current = store.get(*p, board).await.unwrap().map(|s| s.key.score);
         if got != want.into_iter().collect::<Vec<_>>() || current != want {
             problems.push(format!(
                 "{p}: want {want:?}, leaderboard rows {got:?}, by profile {current:?}"
             ));
         }
     }
-    assert!(problems.is_empty(), "{problems:#?}");
-    assert_eq!(
-        store.get(profiles[0], &board).await.unwrap(),
-        None,
-        "deleted last"
-    );
-    assert_eq!(
-        store
-            .get(profiles[2], &board)
-            .await
-            .unwrap()
-            .map(|s| s.key.score),
-        Some(77)
-    );
-    // The read API agrees with the tables.
-    let top = reader.top(&board, 100).await.unwrap();
-    assert_eq!(top.entries.len(), rows.len());
+    problems
+}
 
-    // The CLI does the same: a set, a JSON top, a delete.
+/// `score set`, `query top --json` and `score delete` on `board`.
+fn cli_sets_shows_and_deletes_a_score(config: &score_worker::config::Config, board: &str) {
     let p = Uuid::new_v4();
-    let cli_board = format!("{board}-cli");
     let out = cli(
-        &config,
+        config,
         &[
             "score",
             "set",
             "--profile",
             &p.to_string(),
             "--leaderboard",
-            &cli_board,
+            board,
             "--wallet",
             &wallet_of(p),
             "--score",
@@ -521,27 +575,21 @@ async fn repairs_keep_the_invariant_under_a_concurrent_worker() {
         ],
     );
     assert!(out.starts_with("written"), "{out}");
-    let json = cli(
-        &config,
-        &["query", "top", "--leaderboard", &cli_board, "--json"],
-    );
+    let json = cli(config, &["query", "top", "--leaderboard", board, "--json"]);
     let page: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(page["entries"][0]["score"], -12, "{json}");
     assert_eq!(page["entries"][0]["profile_id"], p.to_string());
     cli(
-        &config,
+        config,
         &[
             "score",
             "delete",
             "--profile",
             &p.to_string(),
             "--leaderboard",
-            &cli_board,
+            board,
         ],
     );
-    let json = cli(
-        &config,
-        &["query", "top", "--leaderboard", &cli_board, "--json"],
-    );
+    let json = cli(config, &["query", "top", "--leaderboard", board, "--json"]);
     assert!(json.contains("\"entries\": []"), "{json}");
 }
