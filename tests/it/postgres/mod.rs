@@ -1,5 +1,5 @@
-//! `score-worker migrate-postgres` against a real PostgreSQL (`scripts/services.sh up`,
-//! 127.0.0.1:5433 or `SCORE_WORKER_PG_URL`) and the real database, with the real binary: a dry run
+//! `score-worker migrate-postgres` against a real PostgreSQL (the dev set's, `cargo xtask up dev`,
+//! or `SCORE_WORKER_PG_URL`) and the real database, with the real binary: a dry run
 //! changes nothing, a run moves 100,000 rows exactly and reports the invalid ones, a run killed
 //! mid-way and resumed ends the same, and a newer score from NATS survives the migration. How the
 //! source is reached and read (TLS, a read-only transaction): [`source`].
@@ -21,15 +21,16 @@ const ROWS: u64 = 100_000;
 
 fn pg_url() -> String {
     std::env::var("SCORE_WORKER_PG_URL").unwrap_or_else(|_| {
-        let port = std::env::var("SCORE_WORKER_PG_PORT").unwrap_or_else(|_| "5433".into());
-        format!("host=127.0.0.1 port={port} user=postgres")
+        let dev = xtask::environments::Environment::load("dev").expect("environments.toml");
+        let port = dev.postgres_port().expect("the dev set has a PostgreSQL");
+        format!("host={} port={port} user=postgres", dev.set.host)
     })
 }
 
 async fn pg() -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls)
         .await
-        .expect("PostgreSQL must be running on 127.0.0.1:5433 (scripts/services.sh up)");
+        .expect("PostgreSQL must be running (cargo xtask up dev)");
     tokio::spawn(connection);
     client
 }
