@@ -17,6 +17,8 @@
 #   nats-pid | cassandra-pid                                      print its pid (for SIGSTOP/SIGCONT tests)
 #   nats-bin           print the path of the nats-server binary SCORE_WORKER_NATS_SERVER selects
 #                      (building or installing it first), e.g. for tests that start a nats-server of their own
+#   bootstrap          install and fetch what the set needs without starting anything: JDK 17, the Cassandra
+#                      jars (Maven), the nats-server (Go build or apt), into SCORE_WORKER_CACHE
 #
 # Clusters (state in SCORE_WORKER_CLUSTER_DIR; nodes, addresses and ports from environments.toml [cluster]):
 #   cluster-up [nats|cassandra]       start the 3-node NATS JetStream cluster and/or the 3-node Cassandra
@@ -1324,7 +1326,7 @@ print_pid() { # print_pid NAME PORT
 cmd=${1:-}
 case $cmd in
 cluster-*) need_cluster ;;
-nats-bin | -h | --help | help) ;;
+nats-bin | bootstrap | -h | --help | help) ;;
 *) need_set ;;
 esac
 case $cmd in
@@ -1360,6 +1362,14 @@ cassandra-pid) print_pid cassandra "$CQL_PORT" ;;
 nats-bin)
     ensure_nats_server
     echo "$NATS_BIN"
+    ;;
+bootstrap)
+    t0=$(now_us)
+    ensure_java17
+    ensure_cassandra_jars
+    ensure_nats_server
+    printf 'bootstrap: JDK 17 %s, Cassandra %s jars in %s, nats-server v%s at %s (%s)\n' "$JAVA_HOME17" "$CASS_VER" \
+        "$CASS_LIB" "$NATS_VER" "$NATS_BIN" "$(since "$t0")"
     ;;
 cluster-up)
     take_cluster_lock

@@ -17,6 +17,7 @@ usage: cargo xtask COMMAND
   cluster kill|stop|start|pid nats|cassandra N   control node N (1-3) of a cluster
   nodetool N ARGS...            Cassandra's nodetool against cluster node N
   nats-bin [SET]                the path of the nats-server binary the set uses (built or installed first)
+  bootstrap [SET]               install/fetch/build what the set needs (JDK 17, Cassandra jars, nats-server), start nothing
   services SET COMMAND...       any other scripts/services.sh command with the set's environment
   cql [-c CONSISTENCY] HOST:PORT QUERY   one CQL query against one node, rows tab-separated
 SET: dev, chaos, secure, oldest, cluster, cluster:one-dc, cluster:two-dc (environments.toml)";
@@ -130,8 +131,12 @@ fn run(args: &[String]) -> Result<u8> {
             let c = envs.cluster(None)?;
             services(c.services(&with(&["cluster-nodetool", n], rest)))
         }
-        ["nats-bin"] => services(envs.environment("dev")?.services(&["nats-bin"])?),
-        ["nats-bin", name] => services(envs.environment(name)?.services(&["nats-bin"])?),
+        [verb @ ("nats-bin" | "bootstrap")] => {
+            services(envs.environment("dev")?.services(&[verb])?)
+        }
+        [verb @ ("nats-bin" | "bootstrap"), name] => {
+            services(envs.environment(name)?.services(&[verb])?)
+        }
         ["services", name, rest @ ..] if !rest.is_empty() => {
             services(envs.environment(name)?.services(rest)?)
         }
