@@ -30,6 +30,8 @@ TMP=$(mktemp -d)
 PROM_PID=
 READER_PID=
 LOAD_PID=
+# Run by the EXIT trap below, which shellcheck 0.9 does not count as a call (SC2317: "unreachable").
+# shellcheck disable=SC2317
 cleanup() {
     for pid in $LOAD_PID $READER_PID $PROM_PID; do
         kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
@@ -104,7 +106,7 @@ fi
 # Two more scrapes after the last event, so each rate window holds the load.
 sleep 3
 
-out=$("$PY" "$ROOT/deploy/tools/check_deploy.py" live-dashboards "http://127.0.0.1:$prom_port")
+out=$("$PY" "$ROOT/deploy/tools/check_deploy" live-dashboards "http://127.0.0.1:$prom_port")
 rc=$?
 printf '%s\n' "$out" | sed '$d'
 if [ "$rc" -ne 0 ]; then

@@ -21,7 +21,7 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
+cd "$ROOT" || exit 1
 TOOLS=deploy/tools
 VENV=$ROOT/.local/venv
 NPM_DIR=$ROOT/.local/npm
@@ -98,18 +98,18 @@ check() {
 }
 
 promtool_config_derived() {
-    "$PY" "$TOOLS/check_deploy.py" derive-config deploy/prometheus/prometheus.yml "$TMP/prometheus.derived.yml" &&
+    "$PY" "$TOOLS/check_deploy" derive-config deploy/prometheus/prometheus.yml "$TMP/prometheus.derived.yml" &&
         promtool check config "$TMP/prometheus.derived.yml"
 }
 
 dashboard_promql() {
-    "$PY" "$TOOLS/check_deploy.py" dashboard-rules "$TMP/dashboard-queries.yml" &&
+    "$PY" "$TOOLS/check_deploy" dashboard-rules "$TMP/dashboard-queries.yml" &&
         promtool check rules "$TMP/dashboard-queries.yml"
 }
 
 kubernetes_validate() {
     local version=$1 files out rc
-    mapfile -t files < <("$PY" "$TOOLS/check_deploy.py" builtin-manifests)
+    mapfile -t files < <("$PY" "$TOOLS/check_deploy" builtin-manifests)
     out=$("$VENV/bin/kubernetes-validate" --strict -k "$version" "${files[@]}" 2>&1)
     rc=$?
     printf '%s\n' "$out"
@@ -119,14 +119,24 @@ kubernetes_validate() {
 }
 
 custom_resources() {
-    "$PY" "$TOOLS/check_deploy.py" crs-json >"$TMP/crs.json" &&
+    "$PY" "$TOOLS/check_deploy" crs-json >"$TMP/crs.json" &&
         node "$TOOLS/validate_crs.mjs" "$NPM_DIR/node_modules" <"$TMP/crs.json"
+}
+
+# The checkers' own tests (deploy/tools/tests): every check passes on the repository and fails on a broken copy.
+tools_tests() {
+    local out rc
+    out=$("$PY" -m unittest discover -s "$TOOLS/tests" -t "$TOOLS" 2>&1)
+    rc=$?
+    printf '%s\n' "$out"
+    [ $rc -eq 0 ] && grep -E '^Ran [0-9]+ tests' <<<"$out"
 }
 
 dockerfile_lint() {
     "$NPM_DIR/node_modules/.bin/dockerfile-utils" lint deploy/Dockerfile && echo "no problems"
 }
 
+check "deploy tools: unit tests (each check fails on a broken copy of the files it checks)" tools_tests
 check "promtool check rules: alerts.yml, recording.yml (lint: duplicate rules)" \
     promtool check rules --lint=all --lint-fatal deploy/prometheus/alerts.yml deploy/prometheus/recording.yml
 check "promtool test rules: every alert fires and stays quiet as tested" \
@@ -134,31 +144,31 @@ check "promtool test rules: every alert fires and stays quiet as tested" \
 check "promtool check config: prometheus.yml (derived copy, Kubernetes SD -> static targets)" promtool_config_derived
 check "promtool check config: prometheus-compose.yml" promtool check config deploy/prometheus/prometheus-compose.yml
 check "alert conventions: 7 groups, severity, for, annotations, firing + not-firing test each, namespace kept" \
-    "$PY" "$TOOLS/check_deploy.py" rules
+    "$PY" "$TOOLS/check_deploy" rules
 check "runbooks: every runbook_url absolute under one base, same in the PrometheusRule, resolves to a heading" \
-    "$PY" "$TOOLS/check_deploy.py" runbooks
+    "$PY" "$TOOLS/check_deploy" runbooks
 check "metrics contract: names documented in docs/metrics.md, thresholds on bucket boundaries" \
-    "$PY" "$TOOLS/check_deploy.py" contract
+    "$PY" "$TOOLS/check_deploy" contract
 check "dashboards: refresh, variables, title + unit per panel, thresholds = alert rules" \
-    "$PY" "$TOOLS/check_deploy.py" dashboards
+    "$PY" "$TOOLS/check_deploy" dashboards
 check "dashboards: every panel query is valid PromQL (promtool check rules)" dashboard_promql
 for v in "${K8S_VERSIONS[@]}"; do
     check "kubernetes-validate --strict -k $v: built-in manifests" kubernetes_validate "$v"
 done
 check "custom resources: ScaledObject, PodMonitor, PrometheusRule against their CRD schemas" custom_resources
 check "kubernetes: probes, security, grace period, ConfigMap keys, KEDA sizing + fallback, PDB eviction policy, NetworkPolicies, TLS, database roles, labels" \
-    "$PY" "$TOOLS/check_deploy.py" kubernetes
+    "$PY" "$TOOLS/check_deploy" kubernetes
 check "kubernetes credentials: each broken fixture (TLS off, CA not from a mounted Secret, Job as the worker's role, Job outside a NetworkPolicy) fails" \
-    "$PY" "$TOOLS/check_deploy.py" kubernetes-fixtures
+    "$PY" "$TOOLS/check_deploy" kubernetes-fixtures
 check "generated files: prometheusrule.yaml = rule files, runbook links, version labels, config checksum" \
     "$PY" "$TOOLS/sync_generated.py" --check
 check "docker-compose.yml: compose-spec schema" \
     "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec deploy/docker-compose.yml
 check "docker-compose.yml: referenced files, mounts, Grafana provisioning, Prometheus targets" \
-    "$PY" "$TOOLS/check_deploy.py" compose
+    "$PY" "$TOOLS/check_deploy" compose
 check "Dockerfile: lint (dockerfile-utils)" dockerfile_lint
 check "Dockerfile: multi-stage, COPY sources, non-root user, default command run" \
-    "$PY" "$TOOLS/check_deploy.py" dockerfile
+    "$PY" "$TOOLS/check_deploy" dockerfile
 check "metrics contract on the sample scrape deploy/prometheus/tests/worker-metrics.prom" \
     scripts/check-metrics-contract.sh deploy/prometheus/tests/worker-metrics.prom
 

@@ -66,7 +66,7 @@ else
     echo "FAIL  promtool check metrics: $src"
     printf '%s\n' "$out" | sed 's/^/      /'
 fi
-if out=$("$PY" "$ROOT/deploy/tools/check_deploy.py" metrics-contract "$scrape" 2>&1); then
+if out=$("$PY" "$ROOT/deploy/tools/check_deploy" metrics-contract "$scrape" 2>&1); then
     passed=$((passed + 1))
     echo "PASS  contract: $(printf '%s\n' "$out" | tail -n 1)"
 else

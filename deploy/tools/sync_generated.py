@@ -127,7 +127,8 @@ def main(argv):
         url = argv[argv.index("--runbook-base-url") + 1].rstrip("/")
         if not re.match(r"https?://[^/\s]+", url):
             raise SystemExit(f"--runbook-base-url {url!r}: an absolute http(s) URL is needed")
-        lines = [l for l in RUNBOOK_BASE.read_text().splitlines() if l.lstrip().startswith("#") or not l.strip()]
+        lines = [line for line in RUNBOOK_BASE.read_text().splitlines()
+                 if line.lstrip().startswith("#") or not line.strip()]
         RUNBOOK_BASE.write_text("\n".join(lines).rstrip("\n") + "\n" + url + "\n")
     stale = []
 
@@ -156,7 +157,7 @@ def main(argv):
             PROMETHEUS_RULE.write_text(want_rule)
 
     text = DEPLOYMENT.read_text()
-    pattern = re.compile(r'(%s:\s*")([0-9a-f]{64})(")' % re.escape(ANNOTATION))
+    pattern = re.compile("(" + re.escape(ANNOTATION) + r':\s*")([0-9a-f]{64})(")')
     match = pattern.search(text)
     if not match:
         stale.append(f"{DEPLOYMENT.relative_to(ROOT)}: no {ANNOTATION} annotation")

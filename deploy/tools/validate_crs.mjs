@@ -1,5 +1,5 @@
 // Validates custom resources against the CRD schemas shipped in @kubernetes-models packages
-// (required fields, types, enums; not unknown fields, not trigger metadata keys: check_deploy.py does those).
+// (required fields, types, enums; not unknown fields, not trigger metadata keys: check_deploy does those).
 // Usage: node validate_crs.mjs <node_modules dir>  < [{"file": ..., "doc": {...}}, ...]  (JSON on stdin)
 import { readFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";

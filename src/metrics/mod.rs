@@ -6,17 +6,20 @@
 //! unsettled delivery, pending message) are computed when scraped ([`ages`]).
 
 mod ages;
+mod catalog;
 mod labels;
 
 use std::sync::{Arc, Mutex};
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Registry, TextEncoder,
 };
 
 pub use ages::{AgeGuard, Ages, Since};
 pub use labels::*;
+
+use catalog::*;
 
 use crate::score::RejectReason;
 
@@ -78,202 +81,48 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
-        let histogram = |name: &str, help: &str, buckets: &[f64]| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
-                .expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
-            h
-        };
-
-        let histogram_vec = |name: &str, help: &str, buckets: &[f64], labels: &[&str]| {
-            let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
-            let h = HistogramVec::new(opts, labels).expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
-            h
-        };
-
+        let d = Definer(&registry);
         let m = Metrics {
-            messages_received: counter("score_worker_messages_received_total", "Messages taken from NATS."),
-            messages_processed: counter(
-                "score_worker_messages_processed_total",
-                "Messages whose writes succeeded and that were acknowledged.",
-            ),
-            messages_failed: counter_vec(
-                "score_worker_messages_failed_total",
-                "Messages that failed, by reason (validation reasons, or `write` when the write did not succeed in time).",
-                &["reason"],
-            ),
-            dead_letters: counter_vec(
-                "score_worker_dead_letters_total",
-                "Messages published to the dead-letter subject, by reason.",
-                &["reason"],
-            ),
-            events_clock: counter_vec(
-                "score_worker_events_clock_total",
-                "Events whose occurred_at was later than their arrival at JetStream allows: clamped (a delivery written at arrival + validation.max_ahead_of_arrival) or refused (dead-lettered as future_timestamp).",
-                &["action"],
-            ),
-            processing_duration: histogram_vec(
-                "score_worker_processing_duration_seconds",
-                "Time from receiving a message to settling it, by outcome (ack, retry: nak'd for redelivery, dead_letter).",
-                PROCESSING_BUCKETS,
-                &["outcome"],
-            ),
-            batch_size: histogram("score_worker_batch_size", "Scores per flush after coalescing.", BATCH_BUCKETS),
-            batch_retries: counter("score_worker_batch_retries_total", "Flush write attempts that were retried."),
-            inflight_batches: gauge("score_worker_inflight_batches", "Flushes being written now."),
-            consumer_pending: gauge(
-                "score_worker_consumer_pending",
-                "Messages pending on the durable consumer plus those awaiting acknowledgement.",
-            ),
-            pull_errors: counter(
-                "score_worker_pull_errors_total",
-                "Pull requests to the durable consumer that failed (each is followed by a growing wait).",
-            ),
-            nats_connected: gauge("score_worker_nats_connected", "1 while connected to NATS."),
-            scylla_query_duration: histogram_vec(
-                "score_worker_scylla_query_duration_seconds",
-                "Duration of each database statement, by statement.",
-                QUERY_BUCKETS,
-                &["statement"],
-            ),
-            scylla_statements: histogram(
-                "score_worker_scylla_statements_per_request",
-                "Statements carried by each database request (1, or the size of an unlogged batch).",
-                STATEMENT_BUCKETS,
-            ),
-            superseded_skips: counter(
-                "score_worker_superseded_skips_total",
-                "Keys whose leaderboard writes were skipped because this process had already written a newer event for them (history is still written).",
-            ),
-            scylla_errors: counter_vec(
-                "score_worker_scylla_errors_total",
-                "Failed database requests of the write path, by statement and kind.",
-                &["statement", "kind"],
-            ),
-            scylla_connection_failures: counter(
-                "score_worker_scylla_connection_failures_total",
-                "Failed attempts to open or keep a database session.",
-            ),
-            scylla_warnings: {
-                let c = IntCounterVec::new(
-                    Opts::new(
-                        "score_worker_scylla_warnings_total",
-                        "Warnings the database attached to responses (tombstones met by a read, an oversized batch, other), by request.",
-                    ),
-                    &["statement", "warning"],
-                )
-                .expect("valid metric");
-                registry.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
-            ready: gauge("score_worker_ready", "1 while /readyz reports ready."),
-            pulls_paused: gauge(
-                "score_worker_pulls_paused",
-                "1 while the pull breaker is open or half-open: flushes could not be written (the database unreachable, overloaded or refusing the worker).",
-            ),
-            pull_breaker_state: {
-                let g = IntGaugeVec::new(
-                    Opts::new(
-                        "score_worker_pull_breaker_state",
-                        "1 for the pull breaker's current state (closed, open, half_open), 0 for the others.",
-                    ),
-                    &["state"],
-                )
-                .expect("valid metric");
-                registry.register(Box::new(g.clone())).expect("unique metric");
-                g
-            },
-            deadletters_pending: gauge(
-                "score_worker_deadletters_pending",
-                "Dead letters waiting to be stored: queued, being published, or advised by the server; their originals are held until then.",
-            ),
-            deadletter_failures: counter(
-                "score_worker_deadletter_failures_total",
-                "Attempts to store a dead letter that failed (each is retried until the dead-letter stream takes it).",
-            ),
-            deadletters_deferred: counter(
-                "score_worker_deadletters_deferred_total",
-                "Rejected messages given back (nak) because the dead-letter queue was full; they come back after retry.nak_delay.",
-            ),
-            deadletters_truncated: counter(
-                "score_worker_deadletters_truncated_total",
-                "Dead letters whose body keeps only the first bytes of the original payload.",
-            ),
-            consumer_restores: counter(
-                "score_worker_consumer_restores_total",
-                "Times the worker recreated a deleted stream or durable consumer while running.",
-            ),
-            jetstream_drift: gauge(
-                "score_worker_jetstream_drift",
-                "Settings of the streams and the durable consumer on the server that differ from the configuration; the server's apply until `score-worker nats apply` changes them.",
-            ),
-            eligibility_cache_requests: counter_vec(
-                "score_worker_eligibility_cache_requests_total",
-                "Eligibility look-ups of the read API, by whether the cache answered (hit) or the score tables did (miss).",
-                &["result"],
-            ),
-            read_duration: histogram_vec(
-                "score_worker_read_duration_seconds",
-                "Duration of each read API call (score_worker::read), failed ones included, by operation.",
-                READ_BUCKETS,
-                &["operation"],
-            ),
-            read_errors: counter_vec(
-                "score_worker_read_errors_total",
-                "Read API calls that failed, by operation and kind (database error kinds, or argument).",
-                &["operation", "kind"],
-            ),
+            messages_received: d.counter(&MESSAGES_RECEIVED),
+            messages_processed: d.counter(&MESSAGES_PROCESSED),
+            messages_failed: d.counter_vec(&MESSAGES_FAILED),
+            dead_letters: d.counter_vec(&DEAD_LETTERS),
+            events_clock: d.counter_vec(&EVENTS_CLOCK),
+            processing_duration: d.histogram_vec(&PROCESSING_DURATION, PROCESSING_BUCKETS),
+            batch_size: d.histogram(&BATCH_SIZE, BATCH_BUCKETS),
+            batch_retries: d.counter(&BATCH_RETRIES),
+            inflight_batches: d.gauge(&INFLIGHT_BATCHES),
+            consumer_pending: d.gauge(&CONSUMER_PENDING),
+            pull_errors: d.counter(&PULL_ERRORS),
+            nats_connected: d.gauge(&NATS_CONNECTED),
+            scylla_query_duration: d.histogram_vec(&SCYLLA_QUERY_DURATION, QUERY_BUCKETS),
+            scylla_statements: d.histogram(&SCYLLA_STATEMENTS, STATEMENT_BUCKETS),
+            superseded_skips: d.counter(&SUPERSEDED_SKIPS),
+            scylla_errors: d.counter_vec(&SCYLLA_ERRORS),
+            scylla_connection_failures: d.counter(&SCYLLA_CONNECTION_FAILURES),
+            scylla_warnings: d.counter_vec(&SCYLLA_WARNINGS),
+            ready: d.gauge(&READY),
+            pulls_paused: d.gauge(&PULLS_PAUSED),
+            pull_breaker_state: d.gauge_vec(&PULL_BREAKER_STATE),
+            deadletters_pending: d.gauge(&DEADLETTERS_PENDING),
+            deadletter_failures: d.counter(&DEADLETTER_FAILURES),
+            deadletters_deferred: d.counter(&DEADLETTERS_DEFERRED),
+            deadletters_truncated: d.counter(&DEADLETTERS_TRUNCATED),
+            consumer_restores: d.counter(&CONSUMER_RESTORES),
+            jetstream_drift: d.gauge(&JETSTREAM_DRIFT),
+            eligibility_cache_requests: d.counter_vec(&ELIGIBILITY_CACHE_REQUESTS),
+            read_duration: d.histogram_vec(&READ_DURATION, READ_BUCKETS),
+            read_errors: d.counter_vec(&READ_ERRORS),
             held_flushes: Ages::default(),
             unsettled: Ages::default(),
             oldest_pending: Arc::default(),
-            stream_max_age: Gauge::new(
-                "score_worker_stream_max_age_seconds",
-                "The score stream's max_age: messages older than this are deleted unprocessed (0: no limit).",
-            )
-            .expect("valid metric"),
+            stream_max_age: d.float_gauge(&STREAM_MAX_AGE),
             on_scrape: Mutex::new(Vec::new()),
             registry,
         };
-        m.registry
-            .register(Box::new(m.stream_max_age.clone()))
-            .expect("unique metric");
         m.register_ages();
-
-        let build_info = IntGaugeVec::new(
-            Opts::new("score_worker_build_info", "Build information; always 1."),
-            &["version", "revision"],
-        )
-        .expect("valid metric");
-        m.registry
-            .register(Box::new(build_info.clone()))
-            .expect("unique metric");
-        build_info
+        Definer(&m.registry)
+            .gauge_vec(&BUILD_INFO)
             .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("SCORE_WORKER_REVISION")])
             .set(1);
 
