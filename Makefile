@@ -91,12 +91,10 @@ lint: lint-scripts supply-chain msrv
 # The code around the Rust: shell scripts with shellcheck (Debian's package, installed if missing; .shellcheckrc
 # lets it follow what a script sources) and the Python tools with ruff (ruff.toml), pinned and installed once
 # into a venv cached across clones, as supply-chain does: maintained, fast, one binary wheel, no plugins to pin.
-# scripts/services.sh and scripts/cql.py are left out only while they are being replaced (issue 19): their
-# replacements are linted here.
 LINT_TOOLS := ruff==0.17.5
 LINT_VENV ?= $(HOME)/.cache/score-worker/lint-venv
-SHELL_SCRIPTS := $(filter-out scripts/services.sh,$(wildcard scripts/*.sh scripts/lib/*.sh benches/*.sh)) .ci/run
-PYTHON_SOURCES := deploy/tools $(filter-out scripts/cql.py,$(wildcard scripts/*.py))
+SHELL_SCRIPTS := $(wildcard scripts/*.sh scripts/lib/*.sh benches/*.sh) .ci/run
+PYTHON_SOURCES := deploy/tools $(wildcard scripts/*.py)
 
 lint-scripts:
 	@command -v shellcheck >/dev/null || { echo "lint-scripts: installing shellcheck (Debian package)"; \

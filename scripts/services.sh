@@ -1183,7 +1183,7 @@ PG_DATA=$PG_HOME/data
 PG_LOG=$PG_HOME/server.log
 PG_TIMEOUT=${SCORE_WORKER_PG_TIMEOUT:-60}
 
-pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+pg_bin() { printf '%s\n' /usr/lib/postgresql/*/bin | grep -v '[*]' | sort -V | tail -n 1; }
 pg_ping() {
     local bin
     bin=$(pg_bin)
@@ -1220,7 +1220,7 @@ start_postgres() {
     if [ -z "$bin" ] || [ ! -x "$bin/pg_ctl" ]; then
         apt_install postgresql
         bin=$(pg_bin)
-        [ -n "$bin" ] && [ -x "$bin/pg_ctl" ] || die "no PostgreSQL server binaries after installing postgresql"
+        if [ -z "$bin" ] || [ ! -x "$bin/pg_ctl" ]; then die "no PostgreSQL server binaries after installing postgresql"; fi
     fi
     if [ "$(id -u)" = 0 ]; then id postgres >/dev/null 2>&1 || die "the postgresql package created no postgres user"; fi
     mkdir -p "$PG_HOME"
