@@ -4,19 +4,9 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 # Local development talks text; production config keeps JSON.
 RUN_ENV := SCORE_WORKER__LOG__FORMAT=text SCORE_WORKER__HTTP__LISTEN=127.0.0.1:9102
-# A server pair of its own for fault injection (it kills, freezes and restarts them).
-CHAOS_ENV := SCORE_WORKER_LOCAL=$(CURDIR)/.local/chaos SCORE_WORKER_NATS_PORT=4322 SCORE_WORKER_NATS_MON_PORT=8322 \
-	SCORE_WORKER_CQL_PORT=9142 SCORE_WORKER_STORAGE_PORT=7100
-# A second server pair for the security tests: Cassandra with password authentication, permissions (GRANT/REVOKE),
-# optional TLS, and a tombstone_failure_threshold of 1000, so one key's read-back can fail (tests/security/refusals.rs).
-SECURE_ENV := SCORE_WORKER_LOCAL=$(CURDIR)/.local/secure SCORE_WORKER_NATS_PORT=4422 SCORE_WORKER_NATS_MON_PORT=8422 \
-	SCORE_WORKER_CQL_PORT=9242 SCORE_WORKER_STORAGE_PORT=7200 SCORE_WORKER_CASSANDRA_AUTH=1 SCORE_WORKER_CASSANDRA_TLS=1 \
-	SCORE_WORKER_CASSANDRA_TOMBSTONE_FAILURE=1000
-# The oldest nats-server the README supports (Debian's package) under the integration suite, with a pair of
-# its own (the suite freezes and stops its servers); every other suite runs on the pinned current release.
-OLDEST_NATS := 2.9.10
-OLDEST_ENV := SCORE_WORKER_LOCAL=$(CURDIR)/.local/oldest SCORE_WORKER_NATS_SERVER=debian SCORE_WORKER_NATS_PORT=4722 \
-	SCORE_WORKER_NATS_MON_PORT=8722 SCORE_WORKER_CQL_PORT=9442 SCORE_WORKER_STORAGE_PORT=7400 SCORE_WORKER_CASSANDRA_HEAP=512m
+# The server sets (dev, chaos, secure, oldest, cluster, cluster:two-dc) are declared in environments.toml and
+# nowhere else: `cargo xtask up|down|status SET` runs them, `cargo xtask env SET` prints their variables.
+XTASK := $(CARGO) xtask
 
 .PHONY: help announce-setup services services-down run test unit it it-oldest-nats security chaos datacenters soak lint lint-scripts supply-chain msrv deploy-check metrics-contract sample check bench bench-baseline ci clean
 
@@ -32,7 +22,7 @@ help:
 	@echo "make deploy-check  promtool / kubernetes-validate / dashboard checks of deploy/, then every panel against a live worker"
 	@echo "make chaos         fault-injection suite, single servers and clusters (also part of make test); make soak: the long version"
 	@echo "make datacenters   the Cassandra cluster in two datacenters: LOCAL_QUORUM refused, QUORUM writes (also part of make test)"
-	@echo "make it-oldest-nats  the integration suite against nats-server $(OLDEST_NATS), the oldest supported (part of make test)"
+	@echo "make it-oldest-nats  the integration suite against the oldest supported nats-server (environments.toml: oldest; part of make test)"
 	@echo "make bench         throughput, DB requests, CPU per event, latency, stale rows vs the ceilings (release)"
 	@echo "make bench-baseline  the same with the build of BASELINE (default $(BASELINE_DEFAULT)) as a variant"
 	@echo "make bench-read    top-100 latency and rank cost on a 1M-profile board, fresh and after 1M changes"
@@ -40,7 +30,7 @@ help:
 	@echo "make cluster-up    3-node NATS JetStream + 3-node Cassandra clusters on loopback (cluster-down stops them)"
 
 services:
-	scripts/services.sh up
+	$(XTASK) up dev
 
 # What a first run on a fresh machine does before anything answers; each step then prints what it took.
 announce-setup:
@@ -48,19 +38,15 @@ announce-setup:
 		|| echo "make run: first run on this machine: installs JDK 17 and Go with apt if missing, fetches the Cassandra 5.0 jars from Maven Central, builds nats-server from the Go module proxy (all cached in ~/.cache/score-worker), then compiles the worker; each step prints how long it took"
 
 services-down:
-	scripts/services.sh down
-	$(SECURE_ENV) scripts/services.sh down
-	$(CHAOS_ENV) scripts/services.sh down
-	$(OLDEST_ENV) scripts/services.sh down
-	scripts/services.sh cluster-down
+	$(XTASK) down --all
 
 # 3-node NATS JetStream and Cassandra 5.0 clusters on loopback: ports and costs in docs/reliability.md.
 .PHONY: cluster-up cluster-down
 cluster-up:
-	scripts/services.sh cluster-up
+	$(XTASK) up cluster
 
 cluster-down:
-	scripts/services.sh cluster-down
+	$(XTASK) down cluster
 
 run: announce-setup services
 	$(CARGO) build --locked
@@ -100,17 +86,15 @@ bench-read: services
 
 lint: lint-scripts supply-chain msrv
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 # The code around the Rust: shell scripts with shellcheck (Debian's package, installed if missing; .shellcheckrc
 # lets it follow what a script sources) and the Python tools with ruff (ruff.toml), pinned and installed once
 # into a venv cached across clones, as supply-chain does: maintained, fast, one binary wheel, no plugins to pin.
-# scripts/services.sh and scripts/cql.py are left out only while they are being replaced (issue 19): their
-# replacements are linted here.
 LINT_TOOLS := ruff==0.17.5
 LINT_VENV ?= $(HOME)/.cache/score-worker/lint-venv
-SHELL_SCRIPTS := $(filter-out scripts/services.sh,$(wildcard scripts/*.sh scripts/lib/*.sh benches/*.sh)) .ci/run
-PYTHON_SOURCES := deploy/tools $(filter-out scripts/cql.py,$(wildcard scripts/*.py))
+SHELL_SCRIPTS := $(wildcard scripts/*.sh scripts/lib/*.sh benches/*.sh) .ci/run
+PYTHON_SOURCES := deploy/tools $(wildcard scripts/*.py)
 
 lint-scripts:
 	@command -v shellcheck >/dev/null || { echo "lint-scripts: installing shellcheck (Debian package)"; \
@@ -132,7 +116,7 @@ MSRV := $(shell sed -n 's/^rust-version *= *"\(.*\)"/\1/p' Cargo.toml)
 
 msrv:
 	@rustup toolchain list | grep -q '^$(MSRV)-' || rustup toolchain install $(MSRV) --profile minimal
-	$(CARGO) +$(MSRV) check --locked --all-targets
+	$(CARGO) +$(MSRV) check --locked --workspace --all-targets
 
 # Supply chain: licences, banned crates and sources with cargo-deny (deny.toml); RustSec advisories with
 # cargo-audit, failing on unsound ones too (anyhow's and rand's are "unsound", which cargo audit only warns
@@ -164,41 +148,42 @@ supply-chain:
 
 unit:
 	$(CARGO) test --locked --lib -- --nocapture
+	$(CARGO) test --locked -p xtask
 
 it: services
 	$(CARGO) test --locked --test it
 
-# The status line must name the oldest version, so a fallback to another binary cannot pass unnoticed.
+# `cargo xtask status oldest` fails unless the nats-server's status line names the version environments.toml
+# pins for the set, so a fallback to another binary cannot pass unnoticed.
 it-oldest-nats:
-	$(OLDEST_ENV) scripts/services.sh up
-	@$(OLDEST_ENV) scripts/services.sh status | grep -F 'v$(OLDEST_NATS),' || \
-		{ echo "it-oldest-nats: the nats-server on 4722 is not v$(OLDEST_NATS)"; exit 1; }
-	$(OLDEST_ENV) $(CARGO) test --locked --test it
+	$(XTASK) up oldest
+	$(XTASK) status oldest
+	eval "$$($(XTASK) env oldest)" && $(CARGO) test --locked --test it
 
 # NATS with TLS + user/password or token (a nats-server the tests start), Cassandra with password auth; writes
 # the database refuses (revoked grants, a key past the tombstone threshold).
 security:
-	$(SECURE_ENV) scripts/services.sh up
-	$(SECURE_ENV) $(CARGO) test --locked --test security
+	$(XTASK) up secure
+	$(CARGO) test --locked --test security
 
 # Fault injection with the real binary: SIGKILLs, frozen database, NATS restart, replicas, a 100k backlog
 # with bounded memory, SIGTERM; on the 3-node clusters, a NATS or Cassandra node killed mid-load
 # (tests/chaos/cluster.rs). One summary line per scenario.
 chaos:
-	$(CHAOS_ENV) scripts/services.sh up
-	scripts/services.sh cluster-up
+	$(XTASK) up chaos
+	$(XTASK) up cluster
 	$(CARGO) test --locked --test chaos -- --test-threads=1 --nocapture
 
 # Several datacenters: the 3-node Cassandra cluster with n1, n2 in dc1 and n3 in dc2, a keyspace replicated
 # to both; LOCAL_QUORUM refused without scylla.single_writing_datacenter (tests/chaos/datacenters.rs). A node
 # cannot change datacenter, so this layout starts the cluster afresh (~1 min); `make chaos` goes back to one.
 datacenters:
-	SCORE_WORKER_CLUSTER_DCS=2 scripts/services.sh cluster-up
+	$(XTASK) up cluster:two-dc
 	$(CARGO) test --locked --test chaos -- --ignored --test-threads=1 --nocapture datacenters
 
 # Long mode: a 1,000,000-message backlog, 5x the events elsewhere, 30 SIGKILLs.
 soak:
-	$(CHAOS_ENV) scripts/services.sh up
+	$(XTASK) up chaos
 	SCORE_WORKER_CHAOS_BACKLOG=1000000 SCORE_WORKER_CHAOS_SCALE=5 SCORE_WORKER_CHAOS_KILLS=30 \
 		$(CARGO) test --locked --test chaos -- --test-threads=1 --nocapture
 

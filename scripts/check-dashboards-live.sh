@@ -7,8 +7,8 @@
 #
 # Usage: scripts/check-dashboards-live.sh WORKER_BINARY READ_SERVICE_BINARY
 #        (what `make deploy-check` runs, after `cargo build --bin score-worker --example read_service`)
-# The worker runs against the servers SCORE_WORKER_NATS_PORT / SCORE_WORKER_CQL_PORT point at (default 4222 /
-# 9042: `make services`), on a stream, consumer and keyspace of its own. Everything it starts is stopped on
+# The worker runs against the dev set of environments.toml (SCORE_WORKER_NATS_PORT / SCORE_WORKER_CQL_PORT move it
+# them: `make services`), on a stream, consumer and keyspace of its own. Everything it starts is stopped on
 # exit. Takes about 40 s. Installs Prometheus (Debian's package, with promtool) if missing.
 set -uo pipefail
 

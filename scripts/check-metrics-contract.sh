@@ -11,7 +11,7 @@
 #        scripts/check-metrics-contract.sh FILE
 #        scripts/check-metrics-contract.sh --live BINARY   (what `make metrics-contract` runs)
 # --live starts BINARY (`score-worker run`) against the servers SCORE_WORKER_NATS_PORT / SCORE_WORKER_CQL_PORT
-# point at (default 4222 / 9042), on a stream, consumer and keyspace of its own (migrated first), scrapes
+# point at (default: the dev set of environments.toml), on a stream, consumer and keyspace of its own (migrated first), scrapes
 # its /metrics once it is ready, and stops it: no other test has to run first.
 # Prints one line per check and exits non-zero if one fails. Installs its tools through scripts/check-deploy.sh.
 set -uo pipefail

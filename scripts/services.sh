@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
-# Installs, starts and stops the real servers that score-worker's local runs and tests need:
-#
-#   nats-server with JetStream       nats://127.0.0.1:4222   monitoring http://127.0.0.1:8222
-#   Apache Cassandra 5.0 (CQL)       127.0.0.1:9042          storage port 7000 (a ScyllaDB stand-in)
-#   PostgreSQL (Debian's package)    127.0.0.1:5433          user postgres, trust, TLS on (migrate-postgres source)
-#
-# and, on demand, a 3-node cluster of each on loopback (see "Clusters" below).
+# Installs, starts and stops the real servers of the server sets that score-worker's local runs and tests
+# need: each set is a nats-server with JetStream, an Apache Cassandra 5.0 (CQL; the ScyllaDB stand-in) and,
+# for some, a PostgreSQL (Debian's package; user postgres, trust, TLS on: the migrate-postgres source); and
+# the 3-node clusters of each on loopback. What each set is (versions, addresses, ports, state directory,
+# heap, authentication, TLS) is declared in environments.toml, nowhere else: run this script through
+# `cargo xtask up|down|status SET`, which hands it every value (SCORE_WORKER_SERVICES_ENV=given). Run
+# directly, it asks `cargo xtask env` for the dev set and the clusters itself (SCORE_WORKER_LOCAL and the
+# SCORE_WORKER_*_PORT variables still move the pair).
 #
 # Usage: scripts/services.sh COMMAND
-#   up                 install what is missing, start both servers (or reuse ones already answering),
+#   up                 install what is missing, start the set's servers (or reuse ones already answering),
 #                      wait until healthy, print one summary line per server
 #   down               stop the servers this script started (SIGTERM, up to 20 s, then SIGKILL)
-#   status             print whether each server answers; exit 0 if both do, 3 otherwise
-#   start-nats | stop-nats | start-cassandra | stop-cassandra     control one server
-#   start-postgres | stop-postgres                                (SCORE_WORKER_PG_PORT, default 5433)
+#   status             print whether each server answers; exit 0 if all do, 3 otherwise
+#   start-nats | stop-nats | start-cassandra | stop-cassandra | start-postgres | stop-postgres
 #   nats-pid | cassandra-pid                                      print its pid (for SIGSTOP/SIGCONT tests)
 #   nats-bin           print the path of the nats-server binary SCORE_WORKER_NATS_SERVER selects
 #                      (building or installing it first), e.g. for tests that start a nats-server of their own
+#   bootstrap          install and fetch what the set needs without starting anything: JDK 17, the Cassandra
+#                      jars (Maven), the nats-server (Go build or apt), into SCORE_WORKER_CACHE
 #
-# Clusters (state in <repo>/.local/cluster/, independent of SCORE_WORKER_LOCAL; loopback addresses only):
+# Clusters (state in SCORE_WORKER_CLUSTER_DIR; nodes, addresses and ports from environments.toml [cluster]):
 #   cluster-up [nats|cassandra]       start the 3-node NATS JetStream cluster and/or the 3-node Cassandra
 #                                     cluster (both without an argument), reusing nodes already running
 #   cluster-down [nats|cassandra]     stop them (every node at once: SIGTERM, then SIGKILL after 20 s)
@@ -26,68 +28,65 @@
 #   cluster-kill KIND N               SIGKILL node N (1-3) of KIND (nats|cassandra) and wait until it is gone
 #   cluster-stop KIND N               stop node N cleanly (SIGTERM)
 #   cluster-start KIND N              start node N again and wait until it is healthy (NATS: /healthz of that
-#                                     node; Cassandra: CQL answers and every running node gossips it NORMAL)
+#                                     node; Cassandra: CQL answers and every running node gossips it NORMAL,
+#                                     read with `cargo xtask cql`)
 #   cluster-pid KIND N                print node N's pid
-#   cluster-env                       print the worker's settings for the clusters: eval "$(scripts/services.sh cluster-env)"
-#   cluster-nodetool N ARGS...        run Cassandra's nodetool against node N (JMX on 127.0.0.1:760N)
+#   cluster-env                       print the worker's settings for the clusters (= cargo xtask env --worker cluster)
+#   cluster-nodetool N ARGS...        run Cassandra's nodetool against node N (JMX on loopback)
 #
-#   NATS      n1..n3: client nats://127.0.0.1:4501..4503, routes 127.0.0.1:6501..6503, monitor
-#             http://127.0.0.1:8501..8503; cluster "score-worker-nats"; JetStream store per node and version.
-#   Cassandra n1..n3 on 127.0.0.1, 127.0.0.2, 127.0.0.3 (all of 127/8 is routed to lo on Linux): CQL 9500 and
-#             storage 7500 on each address (drivers reach every peer on the contact point's native port),
-#             JMX 127.0.0.1:7601..7603; cluster "score-worker-cluster", SimpleSnitch (datacenter1/rack1),
-#             one token per node, evenly spaced; hinted handoff on. With SCORE_WORKER_CLUSTER_DCS=2:
-#             GossipingPropertyFileSnitch, n1 and n2 in datacenter dc1, n3 in dc2 (tests/chaos/datacenters.rs).
+#   NATS: cluster "score-worker-nats"; JetStream store per node and version. Cassandra: SimpleSnitch
+#   (datacenter1/rack1), one token per node, evenly spaced; hinted handoff on. The `two-dc` variant
+#   (SCORE_WORKER_CLUSTER_DCS=2, node datacenters in SCORE_WORKER_CLUSTER_NODE_DCS): GossipingPropertyFileSnitch.
 #
-# State lives in <repo>/.local/ (gitignored): nats-<version>/ (JetStream store, one per server version, so a
-# store is never opened by an older server), cassandra/ (data, commitlog, ...), *.log, *.pid. The Cassandra
-# jars are fetched once from Maven Central (deploy/cassandra/pom.xml) and nats-server is built once from the
-# Go module proxy (deploy/nats-server/go.mod), into a cache outside the repo, so fresh clones on the same
-# machine reuse them.
+# State lives in the set's directory under <repo>/.local/ (gitignored): nats-<version>/ (JetStream store, one
+# per server version, so a store is never opened by an older server), cassandra/ (data, commitlog, ...),
+# *.log, *.pid. The Cassandra jars are fetched once from Maven Central (deploy/cassandra/pom.xml) and
+# nats-server is built once from the Go module proxy (deploy/nats-server/go.mod), into a cache outside the
+# repo, so fresh clones on the same machine reuse them.
 #
-# Environment:
-#   SCORE_WORKER_NATS_SERVER=current  which nats-server: "current" (default) = the release pinned in
-#                                     deploy/nats-server/go.mod (2.15.x), built with Go; also accepted: its
-#                                     version ("2.15", "2.15.3"); "debian" = Debian's package (2.9.10 on
-#                                     bookworm, the oldest version the README supports); or a path to a binary.
+# Environment (besides the set's values from cargo xtask):
+#   SCORE_WORKER_NATS_SERVER          which nats-server (environments.toml nats.server): "current" = the
+#                                     release pinned in deploy/nats-server/go.mod, built with Go; its version
+#                                     ("2.15", "2.15.3"); "debian" = Debian's package; or a path to a binary.
 #                                     A server this script started with another version is restarted.
 #   SCORE_WORKER_CACHE=DIR            jar and nats-server cache (default ~/.cache/score-worker)
-#   SCORE_WORKER_FRESH_DB=1           wipe .local/cassandra before starting Cassandra (restarts it if ours)
-#   SCORE_WORKER_FRESH_NATS=1         wipe .local/nats-<version> (the JetStream store) before starting NATS
-#   SCORE_WORKER_FRESH_CLUSTER=1      cluster-up: stop and wipe the cluster(s) first
-#   SCORE_WORKER_CLUSTER_DCS=1        cluster-up cassandra: 1 (default) = one datacenter; 2 = n1+n2 in dc1, n3 in
-#                                     dc2. A node cannot change datacenter: a cluster of the other layout is
-#                                     stopped and wiped first. cluster-start keeps the running layout.
-#   SCORE_WORKER_CASSANDRA_AUTH=1     run Cassandra with PasswordAuthenticator (user cassandra/cassandra) and
-#                                     CassandraAuthorizer (roles need GRANTs; the superuser has every permission)
-#   SCORE_WORKER_CASSANDRA_TLS=1      and with optional TLS on the CQL port (CA in <state dir>/tls/ca.pem)
-#   SCORE_WORKER_CASSANDRA_TOMBSTONE_FAILURE=N   abort a read that meets N tombstones (tombstone_failure_threshold,
-#                                     warning at N/2) instead of Cassandra's 100000: a key past it fails its
-#                                     read-back (the security pair: tests/security/refusals.rs)
-#   SCORE_WORKER_CASSANDRA_HEAP=1g    Cassandra heap (-Xms = -Xmx)
-#   SCORE_WORKER_CLUSTER_CASSANDRA_HEAP=512m   heap of each cluster node
+#   SCORE_WORKER_FRESH_DB=1           wipe the set's cassandra/ before starting Cassandra (restarts it if ours)
+#   SCORE_WORKER_FRESH_NATS=1         wipe the set's nats-<version>/ (the JetStream store) before starting NATS
+#   SCORE_WORKER_FRESH_CLUSTER=1      cluster-up: stop and wipe the cluster(s) first. A node cannot change
+#                                     datacenter: a cluster of the other layout is stopped and wiped first;
+#                                     cluster-start keeps the running layout.
 #   SCORE_WORKER_CASSANDRA_TIMEOUT=180, SCORE_WORKER_NATS_TIMEOUT=30   startup timeouts in seconds (per node)
 #   SCORE_WORKER_JAVA_HOME=DIR        JDK 17 to use (otherwise /usr/lib/jvm/*17*, installed if absent)
-#   SCORE_WORKER_LOCAL=DIR            state directory (default <repo>/.local); a second instance of both servers
-#                                     runs beside the first with its own DIR and ports:
-#   SCORE_WORKER_NATS_PORT=4222 SCORE_WORKER_NATS_MON_PORT=8222 SCORE_WORKER_CQL_PORT=9042 SCORE_WORKER_STORAGE_PORT=7000
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
-LOCAL=${SCORE_WORKER_LOCAL:-$ROOT/.local}
+
+# cargo xtask: the binary that called us, else `cargo run` (a no-op build once it is built).
+xtask() {
+    if [ -n "${SCORE_WORKER_XTASK:-}" ]; then "$SCORE_WORKER_XTASK" "$@"; else
+        cargo run --locked --quiet --manifest-path "$ROOT/Cargo.toml" -p xtask -- "$@"
+    fi
+}
+if [ "${SCORE_WORKER_SERVICES_ENV:-}" != given ]; then
+    ENV_TEXT=$(xtask env "${SCORE_WORKER_ENVIRONMENT:-dev}" cluster) ||
+        { echo "services: ERROR: cargo xtask env failed" >&2; exit 1; }
+    eval "$ENV_TEXT"
+fi
+LOCAL=${SCORE_WORKER_LOCAL:-${SCORE_WORKER_CLUSTER_DIR:?no server set given: run through cargo xtask}}
 DEPLOY=$ROOT/deploy/cassandra
 HOME=${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}
 CACHE=${SCORE_WORKER_CACHE:-$HOME/.cache/score-worker}
 
-HOST=127.0.0.1
-NATS_PORT=${SCORE_WORKER_NATS_PORT:-4222}
-NATS_MON_PORT=${SCORE_WORKER_NATS_MON_PORT:-8222}
-CQL_PORT=${SCORE_WORKER_CQL_PORT:-9042}
-STORAGE_PORT=${SCORE_WORKER_STORAGE_PORT:-7000}
+# The set's values (empty when only the clusters' were given: the set commands check need_set).
+HOST=${SCORE_WORKER_HOST:-}
+NATS_PORT=${SCORE_WORKER_NATS_PORT:-}
+NATS_MON_PORT=${SCORE_WORKER_NATS_MON_PORT:-}
+CQL_PORT=${SCORE_WORKER_CQL_PORT:-}
+STORAGE_PORT=${SCORE_WORKER_STORAGE_PORT:-}
 
 NATS_TIMEOUT=${SCORE_WORKER_NATS_TIMEOUT:-30}
 CASS_TIMEOUT=${SCORE_WORKER_CASSANDRA_TIMEOUT:-180}
-CASS_HEAP=${SCORE_WORKER_CASSANDRA_HEAP:-1g}
+CASS_HEAP=${SCORE_WORKER_CASSANDRA_HEAP:-}
 STOP_TIMEOUT=20
 
 NATS_DIR= # $LOCAL/nats-<version>, set once the version is known
@@ -106,6 +105,13 @@ log() { printf 'services: %s\n' "$*" >&2; }
 die() {
     printf 'services: ERROR: %s\n' "$*" >&2
     exit 1
+}
+
+need_set() {
+    local v
+    for v in "$HOST" "$NATS_PORT" "$NATS_MON_PORT" "$CQL_PORT" "$STORAGE_PORT" "$CASS_HEAP"; do
+        [ -n "$v" ] || die "no server set given (run it through cargo xtask, or scripts/services.sh alone)"
+    done
 }
 
 now_us() { echo "${EPOCHREALTIME//[!0-9]/}"; }
@@ -599,7 +605,8 @@ cassandra_jvm_args() { # fills CASS_ARGS for the single server
     mode=$(cass_mode)
     # The instance's own copy of the yaml: its ports, and the authenticator of its mode.
     yaml=$LOCAL/cassandra.yaml
-    sed -e "s/127.0.0.1:7000/127.0.0.1:$STORAGE_PORT/" -e "s/^storage_port:.*/storage_port: $STORAGE_PORT/" \
+    sed -e "s/127\.0\.0\.1:[0-9]*\"/$HOST:$STORAGE_PORT\"/" -e "s/^storage_port:.*/storage_port: $STORAGE_PORT/" \
+        -e "s/^listen_address:.*/listen_address: $HOST/" -e "s/^rpc_address:.*/rpc_address: $HOST/" \
         -e "s/^native_transport_port:.*/native_transport_port: $CQL_PORT/" "$DEPLOY/cassandra.yaml" >"$yaml"
     if [[ $mode == *+tls* ]]; then
         # TLS on the CQL port, optional: plaintext clients (the other tests of the pair) still connect.
@@ -688,24 +695,47 @@ start_cassandra() {
 # Three nats-servers and three Cassandra nodes on loopback, for the chaos scenarios that kill one node.
 # Each node has its own pid file, log and state under $CL_DIR/{nats,cassandra}/.
 
-CL_DIR=${SCORE_WORKER_CLUSTER_DIR:-$ROOT/.local/cluster}
-CL_NODES=(1 2 3)
-CL_NATS_NAME=score-worker-nats
-CL_CASS_NAME=score-worker-cluster
-CL_CQL_PORT=9500
-CL_STORAGE_PORT=7500
-CL_CASS_HEAP=${SCORE_WORKER_CLUSTER_CASSANDRA_HEAP:-512m}
+CL_DIR=${SCORE_WORKER_CLUSTER_DIR:-}
+CL_HOST=${SCORE_WORKER_CLUSTER_HOST:-}
+CL_NATS_NAME=${SCORE_WORKER_CLUSTER_NATS_NAME:-}
+CL_CASS_NAME=${SCORE_WORKER_CLUSTER_CASSANDRA_NAME:-}
+CL_CQL_PORT=${SCORE_WORKER_CLUSTER_CQL_PORT:-}
+CL_STORAGE_PORT=${SCORE_WORKER_CLUSTER_STORAGE_PORT:-}
+CL_CASS_HEAP=${SCORE_WORKER_CLUSTER_CASSANDRA_HEAP:-}
+read -ra CL_NATS_PORTS <<<"${SCORE_WORKER_CLUSTER_NATS_PORTS:-}"
+read -ra CL_ROUTE_PORTS <<<"${SCORE_WORKER_CLUSTER_ROUTE_PORTS:-}"
+read -ra CL_MON_PORTS <<<"${SCORE_WORKER_CLUSTER_MON_PORTS:-}"
+read -ra CL_ADDRESSES <<<"${SCORE_WORKER_CLUSTER_ADDRESSES:-}"
+read -ra CL_JMX_PORTS <<<"${SCORE_WORKER_CLUSTER_JMX_PORTS:-}"
+CL_NODES=(1 2 3) # CL_TOKENS below is for three
 CL_NATS_TIMEOUT=$((NATS_TIMEOUT * 2))
 # Murmur3 tokens -2^63 + k * 2^64/3: one token per node, each node primary for a third of the ring.
 CL_TOKENS=(-9223372036854775808 -3074457345618258603 3074457345618258602)
 CL_WHY= # why the last cl_cass_converged said no
 CL_LAYOUT_FILE=$CL_DIR/cassandra/layout # the datacenter layout the nodes' data was created with: 1 or 2
+CL_DCS_FILE=$CL_DIR/cassandra/datacenters # with layout 2: each node's datacenter, space-separated
 
-cl_nats_port() { echo $((4500 + $1)); }
-cl_nats_route() { echo $((6500 + $1)); }
-cl_nats_mon() { echo $((8500 + $1)); }
-cl_cass_addr() { echo "127.0.0.$1"; }
-cl_jmx_port() { echo $((7600 + $1)); }
+need_cluster() {
+    local v
+    for v in "$CL_DIR" "$CL_HOST" "$CL_CQL_PORT" "$CL_STORAGE_PORT" "$CL_CASS_HEAP"; do
+        [ -n "$v" ] || die "no 3-node cluster given (run it through cargo xtask)"
+    done
+    for v in "${#CL_NATS_PORTS[@]}" "${#CL_ROUTE_PORTS[@]}" "${#CL_MON_PORTS[@]}" "${#CL_ADDRESSES[@]}" "${#CL_JMX_PORTS[@]}"; do
+        [ "$v" = 3 ] || die "the cluster in environments.toml must have 3 nodes"
+    done
+    HOST=$CL_HOST
+    NATS_CHOICE=${SCORE_WORKER_CLUSTER_NATS_SERVER:-$NATS_CHOICE}
+}
+cl_nats_port() { echo "${CL_NATS_PORTS[$1 - 1]}"; }
+cl_nats_route() { echo "${CL_ROUTE_PORTS[$1 - 1]}"; }
+cl_nats_mon() { echo "${CL_MON_PORTS[$1 - 1]}"; }
+cl_cass_addr() { echo "${CL_ADDRESSES[$1 - 1]}"; }
+cl_jmx_port() { echo "${CL_JMX_PORTS[$1 - 1]}"; }
+cl_addr_node() { # cl_addr_node ADDRESS: n1..n3, or the address when it is no node's
+    local i
+    for i in "${CL_NODES[@]}"; do [ "$(cl_cass_addr "$i")" = "$1" ] && echo "n$i" && return 0; done
+    echo "$1"
+}
 cl_pidfile() { echo "$CL_DIR/$1/n$2.pid"; }
 cl_log() { echo "$CL_DIR/$1/n$2.log"; }
 cl_nats_conf() { echo "$CL_DIR/nats/n$1.conf"; }
@@ -919,8 +949,11 @@ cl_cass_layout() { # the layout the cluster's data has (1 when none is recorded:
     cat "$CL_LAYOUT_FILE" 2>/dev/null || echo 1
 }
 
-cl_cass_dc() { # cl_cass_dc N: node N's datacenter in the two-datacenter layout
-    if [ "$1" = 3 ]; then echo dc2; else echo dc1; fi
+cl_cass_dc() { # cl_cass_dc N: node N's datacenter in the two-datacenter layout (recorded by cl_cass_up)
+    local -a dcs
+    read -ra dcs <"$CL_DCS_FILE" || die "no $CL_DCS_FILE: start the cluster with cargo xtask up cluster:two-dc"
+    [ -n "${dcs[$1 - 1]:-}" ] || die "$CL_DCS_FILE names no datacenter for node $1"
+    echo "${dcs[$1 - 1]}"
 }
 
 cl_cass_launch() { # cl_cass_launch N: start node N (not running), no wait
@@ -934,7 +967,6 @@ cl_cass_launch() { # cl_cass_launch N: start node N (not running), no wait
     tcp_open "$p" && die "port $HOST:$p (JMX of cassandra n$n) is taken (pid $(listener_pid "$p" || echo '?'))"
     ensure_java17
     ensure_cassandra_jars
-    command -v python3 >/dev/null || apt_install python3
     data=$CL_DIR/cassandra/n$n
     tmp=$CL_DIR/cassandra/n$n-tmp
     rm -rf "$tmp"
@@ -977,7 +1009,7 @@ cl_cass_converged() {
         return 1
     }
     for j in "${up[@]}"; do
-        rows=$("$ROOT/scripts/cql.py" "$(cl_cass_addr "$j")" "$CL_CQL_PORT" \
+        rows=$(xtask cql "$(cl_cass_addr "$j"):$CL_CQL_PORT" \
             'SELECT address, generation, status_with_port, "schema" FROM system_views.gossip_info' 2>&1) || {
             CL_WHY="n$j: gossip_info query failed: $rows"
             return 1
@@ -1009,7 +1041,7 @@ cl_cass_converged() {
 
 # cl_cass_wait N T0: until node N answers CQL and the running nodes have converged.
 cl_cass_wait() {
-    local n=$1 t0=$2 pid= deadline cql_at= i
+    local n=$1 t0=$2 pid='' deadline cql_at='' i
     # Right after a launch the pid file names the launching subshell until it execs the JVM (seconds on a loaded
     # machine: a cluster-start once died here with the node starting fine).
     for ((i = 0; i < 100; i++)); do
@@ -1064,12 +1096,14 @@ cl_cass_up() {
         mkdir -p "$CL_DIR/cassandra"
     fi
     echo "$want" >"$CL_LAYOUT_FILE"
+    if [ "$want" != 1 ]; then echo "${SCORE_WORKER_CLUSTER_NODE_DCS:?no datacenters for the layout}" >"$CL_DCS_FILE"; fi
     if [ "${SCORE_WORKER_FRESH_CLUSTER:-0}" = 1 ]; then
         cl_stop cassandra TERM "${CL_NODES[@]}" >&2
         log "SCORE_WORKER_FRESH_CLUSTER=1: wiping $CL_DIR/cassandra"
         rm -rf "$CL_DIR/cassandra"
         mkdir -p "$CL_DIR/cassandra"
         echo "$want" >"$CL_LAYOUT_FILE"
+        if [ "$want" != 1 ]; then echo "$SCORE_WORKER_CLUSTER_NODE_DCS" >"$CL_DCS_FILE"; fi
     fi
     ensure_java17
     ensure_cassandra_jars
@@ -1083,6 +1117,14 @@ cl_cass_up() {
 
 # ---- status, env
 
+cl_gossip() { # cl_gossip N: "n1=NORMAL n2=NORMAL ..." as node N's gossip has them
+    local a st
+    xtask cql "$(cl_cass_addr "$1"):$CL_CQL_PORT" 'SELECT address, status_with_port FROM system_views.gossip_info' 2>/dev/null |
+        while IFS=$'\t' read -r a st; do
+            echo "$(cl_addr_node "$a")=${st%%[!A-Za-z]*}"
+        done | sort | tr '\n' ' ' | sed 's/ $//'
+}
+
 cl_status_line() { # cl_status_line KIND N
     local kind=$1 n=$2 pid how where
     case $kind in
@@ -1095,9 +1137,7 @@ cl_status_line() { # cl_status_line KIND N
         if [ "$kind" = nats ]; then
             how="v$(nats_running_version "$(cl_nats_port "$n")" || echo '?'), $how, $(nats_healthz "$(cl_nats_mon "$n")" && echo healthy || echo 'not healthy'), meta leader $(cl_nats_leader "$n" || echo none)"
         else
-            how="$how, gossip: $("$ROOT/scripts/cql.py" "$(cl_cass_addr "$n")" "$CL_CQL_PORT" \
-                'SELECT address, status_with_port FROM system_views.gossip_info' 2>/dev/null |
-                sed 's/^127\.0\.0\.\([0-9]*\)\t\([A-Za-z]*\).*/n\1=\2/' | sort | tr '\n' ' ' | sed 's/ $//')"
+            how="$how, gossip: $(cl_gossip "$n")"
         fi
         printf '%-9s n%s  up      %s  (%s)\n' "$kind" "$n" "$where" "$how"
         return 0
@@ -1137,13 +1177,13 @@ cl_kinds() { # cl_kinds [KIND]: the kinds a cluster command applies to
 # $PG_DATA/score-worker.conf, included by postgresql.conf, so `ALTER SYSTEM SET ssl = off` + reload (a test
 # of a server without TLS) overrides them until `ALTER SYSTEM RESET ssl`.
 # One already answering on the port is reused and left alone by `down`.
-PG_PORT=${SCORE_WORKER_PG_PORT:-5433}
+PG_PORT=${SCORE_WORKER_PG_PORT:-} # empty: the set has no PostgreSQL
 PG_HOME=$LOCAL/postgres
 PG_DATA=$PG_HOME/data
 PG_LOG=$PG_HOME/server.log
 PG_TIMEOUT=${SCORE_WORKER_PG_TIMEOUT:-60}
 
-pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+pg_bin() { printf '%s\n' /usr/lib/postgresql/*/bin | grep -v '[*]' | sort -V | tail -n 1; }
 pg_ping() {
     local bin
     bin=$(pg_bin)
@@ -1180,7 +1220,7 @@ start_postgres() {
     if [ -z "$bin" ] || [ ! -x "$bin/pg_ctl" ]; then
         apt_install postgresql
         bin=$(pg_bin)
-        [ -n "$bin" ] && [ -x "$bin/pg_ctl" ] || die "no PostgreSQL server binaries after installing postgresql"
+        if [ -z "$bin" ] || [ ! -x "$bin/pg_ctl" ]; then die "no PostgreSQL server binaries after installing postgresql"; fi
     fi
     if [ "$(id -u)" = 0 ]; then id postgres >/dev/null 2>&1 || die "the postgresql package created no postgres user"; fi
     mkdir -p "$PG_HOME"
@@ -1285,28 +1325,33 @@ print_pid() { # print_pid NAME PORT
 
 cmd=${1:-}
 case $cmd in
+cluster-*) need_cluster ;;
+nats-bin | bootstrap | -h | --help | help) ;;
+*) need_set ;;
+esac
+case $cmd in
 up)
     take_lock
     start_nats
     start_cassandra
-    start_postgres
+    if [ -n "$PG_PORT" ]; then start_postgres; fi
     ;;
 down)
     take_lock
     rc=0
     stop_server cassandra "$CASS_PIDFILE" || rc=1
     stop_server nats "$NATS_PIDFILE" || rc=1
-    stop_postgres || rc=1
+    if [ -n "$PG_PORT" ]; then stop_postgres || rc=1; fi
     exit "$rc"
     ;;
 status)
     rc=0
     status_line nats || rc=3
     status_line cassandra || rc=3
-    postgres_status || rc=3
+    if [ -n "$PG_PORT" ]; then postgres_status || rc=3; fi
     exit "$rc"
     ;;
-start-postgres) take_lock && start_postgres ;;
+start-postgres) [ -n "$PG_PORT" ] || die "set ${SCORE_WORKER_ENVIRONMENT:-?} has no PostgreSQL"; take_lock && start_postgres ;;
 stop-postgres) take_lock && stop_postgres ;;
 start-nats) take_lock && start_nats ;;
 stop-nats) take_lock && stop_server nats "$NATS_PIDFILE" ;;
@@ -1317,6 +1362,14 @@ cassandra-pid) print_pid cassandra "$CQL_PORT" ;;
 nats-bin)
     ensure_nats_server
     echo "$NATS_BIN"
+    ;;
+bootstrap)
+    t0=$(now_us)
+    ensure_java17
+    ensure_cassandra_jars
+    ensure_nats_server
+    printf 'bootstrap: JDK 17 %s, Cassandra %s jars in %s, nats-server v%s at %s (%s)\n' "$JAVA_HOME17" "$CASS_VER" \
+        "$CASS_LIB" "$NATS_VER" "$NATS_BIN" "$(since "$t0")"
     ;;
 cluster-up)
     take_cluster_lock

@@ -57,15 +57,15 @@ async fn main() {
     let hot: f64 = knob("HOT", 0.7);
     let concurrency: usize = knob("CONCURRENCY", 32);
     let mut config = Config::defaults();
-    let port = std::env::var("SCORE_WORKER_CQL_PORT").unwrap_or_else(|_| "9042".into());
-    config.scylla.nodes = vec![format!("127.0.0.1:{port}")];
+    let dev = xtask::environments::Environment::load("dev").expect("environments.toml");
+    config.scylla.nodes = vec![dev.cql_node()];
     config.scylla.keyspace = KEYSPACE.into();
     config.scylla.leaderboard_buckets = knob("BUCKETS", 16);
     config.scylla.request_timeout = Duration::from_secs(60);
     let session = Arc::new(
         store::connect(&config.scylla)
             .await
-            .expect("Cassandra (scripts/services.sh up)"),
+            .expect("Cassandra (cargo xtask up dev)"),
     );
     drop_keyspace(&session).await;
     schema::migrate(&session, &config.scylla, false)

@@ -35,7 +35,7 @@ pub async fn connect(config: &ScyllaConfig) -> Arc<Session> {
     Arc::new(
         score_worker::store::connect(config)
             .await
-            .expect("Cassandra must be running on 127.0.0.1:9042 (scripts/services.sh up)"),
+            .expect("Cassandra must be running (cargo xtask up dev)"),
     )
 }
 

@@ -1,6 +1,5 @@
 //! CPU time and peak memory of processes, from `/proc`, and the pids of the servers.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Clock ticks per second of `/proc/<pid>/stat` (USER_HZ, 100 on every Linux we run on).
@@ -48,12 +47,14 @@ pub struct Servers {
 }
 
 impl Servers {
-    /// Asks `scripts/services.sh cassandra-pid|nats-pid` (it honours SCORE_WORKER_LOCAL and the port
-    /// variables, and finds servers it did not start by their listening port).
+    /// Asks `scripts/services.sh cassandra-pid|nats-pid` for the dev set (SCORE_WORKER_LOCAL and the
+    /// port variables move it; it finds servers it did not start by their listening port).
     pub fn find() -> Servers {
         let pid = |kind: &str| {
-            let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
-                .arg(format!("{kind}-pid"))
+            let out = xtask::environments::Environment::load("dev")
+                .ok()?
+                .services(&[&format!("{kind}-pid")])
+                .ok()?
                 .output()
                 .ok()?;
             String::from_utf8_lossy(&out.stdout).trim().parse().ok()

@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Sourced by scripts/check-metrics-contract.sh and scripts/check-dashboards-live.sh: starts a real worker
-# (`score-worker run`) against the servers SCORE_WORKER_NATS_PORT / SCORE_WORKER_CQL_PORT point at (default
-# 4222 / 9042), on a stream, consumer and keyspace of its own (migrated first), and stops it on exit.
+# (`score-worker run`) against the dev set of environments.toml (`cargo xtask env --worker dev`: its
+# SCORE_WORKER_*_PORT variables move it), on a stream, consumer and keyspace of its own (migrated first), and
+# stops it on exit.
 #
 #   live_worker BINARY NAME    NAME (lower case) names the stream NAME upper-cased, the consumer, the subjects
 #                              NAME.scores.update.> and the dead-letter stream; sets WORKER_PID, WORKER_PORT,
@@ -32,8 +33,10 @@ live_worker() {
     WORKER_LOG=$TMP/worker-$name.log
     local upper
     upper=$(printf '%s' "$name" | tr '[:lower:]' '[:upper:]')
-    export SCORE_WORKER__NATS__URL=nats://127.0.0.1:${SCORE_WORKER_NATS_PORT:-4222}
-    export SCORE_WORKER__SCYLLA__NODES="[\"127.0.0.1:${SCORE_WORKER_CQL_PORT:-9042}\"]"
+    local servers
+    servers=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && cargo xtask env --worker dev | grep -E '^export SCORE_WORKER__') ||
+        { echo "FAIL  cargo xtask env --worker dev"; exit 1; }
+    eval "$servers" # SCORE_WORKER__NATS__URL, SCORE_WORKER__SCYLLA__NODES
     export SCORE_WORKER__SCYLLA__KEYSPACE=score_worker_contract
     export SCORE_WORKER__NATS__SUBJECTS="[\"$name.scores.update.>\"]" SCORE_WORKER__NATS__STREAM=$upper
     export SCORE_WORKER__NATS__CONSUMER=$name SCORE_WORKER__NATS__DEADLETTER_STREAM=${upper}_DLQ

@@ -1,7 +1,7 @@
 //! Cluster scenarios (issue 11): the worker binary against the 3-node NATS JetStream cluster (the
 //! scenario's stream and dead-letter stream at 3 replicas) and the 3-node Cassandra cluster (keyspace
 //! at replication factor 3, every write and read-back at `LOCAL_QUORUM`) that
-//! `scripts/services.sh cluster-up` runs on loopback — where quorum overlap, which the leaderboard
+//! `cargo xtask up cluster` runs on loopback — where quorum overlap, which the leaderboard
 //! invariant rests on, no longer holds trivially as on one node.
 //!
 //! Faults: the stream leader SIGKILLed mid-load, then (another scenario) a follower; a Cassandra
@@ -24,15 +24,19 @@ use crate::steps::{assert_exited_zero, paced_publisher};
 use crate::workload::Workload;
 use crate::{all, support, DRAIN_TIMEOUT, PUBLISH_TIMEOUT, START_TIMEOUT};
 
-/// Every node of the NATS cluster (`scripts/services.sh cluster-env`); the client fails over among them.
-const NATS_URLS: &str = "nats://127.0.0.1:4501,nats://127.0.0.1:4502,nats://127.0.0.1:4503";
+/// The clusters of environments.toml (`cargo xtask env --worker cluster`).
+fn clusters() -> xtask::environments::ClusterEnvironment {
+    xtask::environments::Environments::load()
+        .and_then(|e| e.cluster(None))
+        .expect("environments.toml")
+}
 const REPLICAS: usize = 3;
 const RF3: &str = "{'class': 'SimpleStrategy', 'replication_factor': 3}";
 
 static MIGRATED: OnceCell<()> = OnceCell::const_new();
 
 fn cql_nodes() -> Vec<String> {
-    (1..=3).map(|n| format!("127.0.0.{n}:9500")).collect()
+    clusters().cql_nodes()
 }
 
 /// Starts a killed node again when dropped, should the scenario panic while it is down.
@@ -80,7 +84,7 @@ async fn start(name: &'static str, tweak: impl FnOnce(&mut Config)) -> Scenario 
     let locks = Locks::take().await;
     let up = services("cluster-up").await;
     eprintln!("{name}: clusters\n{up}");
-    let mut config = support::base_config_at(name, NATS_URLS, "127.0.0.1:9500");
+    let mut config = support::base_config_at(name, &clusters().nats_urls(), &cql_nodes()[0]);
     config.scylla.nodes = cql_nodes();
     config.scylla.replication = RF3.into();
     suite_defaults(&mut config);
@@ -92,7 +96,7 @@ async fn start(name: &'static str, tweak: impl FnOnce(&mut Config)) -> Scenario 
         .get_or_init(|| async {
             let session = store::connect(&config.scylla)
                 .await
-                .expect("the Cassandra cluster answers on 127.0.0.1-3:9500");
+                .expect("the Cassandra cluster answers (cargo xtask up cluster)");
             schema::migrate(&session, &config.scylla, false)
                 .await
                 .expect("migrate on the cluster");
@@ -107,7 +111,7 @@ async fn start(name: &'static str, tweak: impl FnOnce(&mut Config)) -> Scenario 
         .await;
     let client = nats::connect(&config.nats, None)
         .await
-        .expect("the NATS cluster answers on 127.0.0.1:4501-4503");
+        .expect("the NATS cluster answers (cargo xtask up cluster)");
     let js = nats::jetstream(client, &config.nats);
     for mut stream in [
         nats::scores_stream_config(&config.nats),

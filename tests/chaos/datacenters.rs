@@ -1,5 +1,5 @@
 //! Several datacenters (issue 18, item 3): the 3-node Cassandra cluster in two datacenters (n1, n2 in
-//! dc1, n3 in dc2: `SCORE_WORKER_CLUSTER_DCS=2 scripts/services.sh cluster-up`, which `make datacenters`
+//! dc1, n3 in dc2: `cargo xtask up cluster:two-dc`, which `make datacenters`
 //! runs) and a keyspace replicated to both. Writers at `LOCAL_QUORUM` in two datacenters would not
 //! overlap, so `migrate` and the worker refuse it without `scylla.single_writing_datacenter`; with
 //! `QUORUM`, or with that setting, the worker starts and writes every key exactly.
@@ -17,12 +17,14 @@ use uuid::Uuid;
 use crate::harness::Locks;
 use crate::support::{self, Event};
 
-const NATS_URLS: &str = "nats://127.0.0.1:4501,nats://127.0.0.1:4502,nats://127.0.0.1:4503";
 const TWO_DCS: &str = "{'class': 'NetworkTopologyStrategy', 'dc1': 2, 'dc2': 1}";
 
 fn config(tag: &str, keyspace: &str, consistency: Consistency) -> Config {
-    let mut c = support::base_config_at(tag, NATS_URLS, "127.0.0.1:9500");
-    c.scylla.nodes = (1..=3).map(|n| format!("127.0.0.{n}:9500")).collect();
+    let cluster = xtask::environments::Environments::load()
+        .and_then(|e| e.cluster(Some("two-dc")))
+        .expect("environments.toml");
+    let mut c = support::base_config_at(tag, &cluster.nats_urls(), &cluster.cql_nodes()[0]);
+    c.scylla.nodes = cluster.cql_nodes();
     c.scylla.keyspace = keyspace.into();
     c.scylla.replication = TWO_DCS.into();
     c.scylla.local_datacenter = Some("dc1".into());
@@ -78,11 +80,11 @@ async fn datacenters_local_quorum_is_refused_on_a_keyspace_in_two_datacenters() 
     let local = config("dc_local", &keyspace, Consistency::LocalQuorum);
     let session = store::connect(&local.scylla)
         .await
-        .expect("the Cassandra cluster answers on 127.0.0.1-3:9500");
+        .expect("the Cassandra cluster answers (cargo xtask up cluster:two-dc)");
     assert_eq!(
         store::datacenters(&session),
         ["dc1", "dc2"],
-        "the cluster runs in two datacenters (SCORE_WORKER_CLUSTER_DCS=2 scripts/services.sh cluster-up)"
+        "the cluster runs in two datacenters (cargo xtask up cluster:two-dc)"
     );
 
     // migrate creates the keyspace from scylla.replication, reads it back and refuses LOCAL_QUORUM.

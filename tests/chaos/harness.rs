@@ -1,15 +1,15 @@
 //! The chaos suite's own server pair, the worker binary as a child process, publishing, and bounded
 //! waiting.
 //!
-//! Servers: a nats-server and a Cassandra of their own (`.local/chaos`, ports below), started through
-//! `scripts/services.sh` with the environment of [`services`]; the default pair (4222/9042) that
-//! other tests use is never touched. `SCORE_WORKER_LOCAL` and the `SCORE_WORKER_*_PORT` variables
-//! (as `make chaos` sets them) move the pair, e.g. to run the suite from a second work tree. Every wait has a deadline, every loop a bound, every address is
+//! Servers: the `chaos` set of environments.toml (a nats-server and a Cassandra of their own), started
+//! through `scripts/services.sh` with the environment the xtask library gives it ([`services`]); the
+//! dev set that other tests use is never touched. `SCORE_WORKER_LOCAL` and the `SCORE_WORKER_*_PORT`
+//! variables move the pair, e.g. to run the suite from a second work tree. Every wait has a deadline, every loop a bound, every address is
 //! loopback. Worker logs go to `target/tmp/chaos/<scenario>/`.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,57 +24,31 @@ use tokio::sync::{Mutex, MutexGuard, OnceCell};
 use crate::support;
 use crate::workload::Workload;
 
-/// A port of the pair: `var` from the environment, else the suite's default.
-fn port(var: &str, default: u16) -> u16 {
-    std::env::var(var)
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(default)
-}
-
-fn nats_port() -> u16 {
-    port("SCORE_WORKER_NATS_PORT", 4322)
-}
-
-fn cql_port() -> u16 {
-    port("SCORE_WORKER_CQL_PORT", 9142)
+/// The chaos set of environments.toml, moved by `SCORE_WORKER_LOCAL` / `SCORE_WORKER_*_PORT` when set.
+fn chaos() -> xtask::environments::Environment {
+    xtask::environments::Environment::load("chaos").expect("environments.toml")
 }
 
 /// The pair's state directory (`.local/chaos`).
 fn local() -> PathBuf {
-    std::env::var_os("SCORE_WORKER_LOCAL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".local/chaos"))
+    chaos().state_dir
 }
 
 pub fn nats_url() -> String {
-    format!("nats://127.0.0.1:{}", nats_port())
+    chaos().nats_url()
 }
 
 pub fn cql_node() -> String {
-    format!("127.0.0.1:{}", cql_port())
+    chaos().cql_node()
 }
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs `scripts/services.sh <cmd>` (words separated by spaces) for the chaos pair (blocking: call
-/// from `spawn_blocking`). The cluster commands ignore the pair's settings.
+/// Runs `scripts/services.sh <cmd>` (words separated by spaces) for the chaos pair and the clusters
+/// (blocking: call from `spawn_blocking`), with the environment the xtask library gives it.
 pub fn services_blocking(cmd: &str) -> Result<String, String> {
-    let out = Command::new(repo().join("scripts/services.sh"))
-        .args(cmd.split_whitespace())
-        .env("SCORE_WORKER_LOCAL", local())
-        .env("SCORE_WORKER_NATS_PORT", nats_port().to_string())
-        .env(
-            "SCORE_WORKER_NATS_MON_PORT",
-            port("SCORE_WORKER_NATS_MON_PORT", 8322).to_string(),
-        )
-        .env("SCORE_WORKER_CQL_PORT", cql_port().to_string())
-        .env(
-            "SCORE_WORKER_STORAGE_PORT",
-            port("SCORE_WORKER_STORAGE_PORT", 7100).to_string(),
-        )
+    let args: Vec<&str> = cmd.split_whitespace().collect();
+    let out = chaos()
+        .services(&args)
+        .map_err(|e| format!("environments.toml: {e}"))?
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("scripts/services.sh {cmd}: {e}"))?;

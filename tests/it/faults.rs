@@ -10,8 +10,10 @@ use uuid::Uuid;
 use crate::support::*;
 
 fn services(arg: &str) -> String {
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
-        .arg(arg)
+    let out = xtask::environments::Environment::load("dev")
+        .expect("environments.toml")
+        .services(&[arg])
+        .expect("environments.toml")
         .output()
         .expect("scripts/services.sh runs");
     assert!(

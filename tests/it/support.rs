@@ -50,7 +50,7 @@ pub async fn ensure_schema_for(config: &Config) {
     if !*done {
         let session = store::connect(&config.scylla)
             .await
-            .expect("Cassandra must be running on 127.0.0.1:9042 (scripts/services.sh up)");
+            .expect("Cassandra must be running (cargo xtask up dev)");
         schema::migrate(&session, &config.scylla, false)
             .await
             .expect("migrate");
@@ -58,22 +58,16 @@ pub async fn ensure_schema_for(config: &Config) {
     }
 }
 
-/// Defaults pointed at the default local servers, with names unique to `test`. The ports follow
-/// `SCORE_WORKER_NATS_PORT` / `SCORE_WORKER_CQL_PORT` when set, as `scripts/services.sh` does, so the
-/// suite (including the tests that freeze the database) can run against a pair of its own.
+/// Defaults pointed at the dev set's servers (environments.toml), with names unique to `test`. The
+/// ports follow `SCORE_WORKER_NATS_PORT` / `SCORE_WORKER_CQL_PORT` when set (`cargo xtask env SET`
+/// exports them), so the suite (including the tests that freeze the database) can run against a pair
+/// of its own.
 pub fn base_config(test: &str) -> Config {
-    let port = |var: &str, default: &str| std::env::var(var).unwrap_or_else(|_| default.into());
-    base_config_at(
-        test,
-        &format!(
-            "nats://127.0.0.1:{}",
-            port("SCORE_WORKER_NATS_PORT", "4222")
-        ),
-        &format!("127.0.0.1:{}", port("SCORE_WORKER_CQL_PORT", "9042")),
-    )
+    let dev = xtask::environments::Environment::load("dev").expect("environments.toml");
+    base_config_at(test, &dev.nats_url(), &dev.cql_node())
 }
 
-/// Like [`base_config`] for a server pair on other ports (see `scripts/services.sh`, SCORE_WORKER_*_PORT).
+/// Like [`base_config`] for another server set (environments.toml).
 pub fn base_config_at(test: &str, nats_url: &str, cql_node: &str) -> Config {
     let mut c = Config::defaults();
     c.nats.url = nats_url.into();
@@ -153,7 +147,7 @@ impl Worker {
 pub async fn jetstream(config: &Config) -> (async_nats::Client, jetstream::Context) {
     let client = nats::connect(&config.nats, None)
         .await
-        .expect("nats-server must be running on 127.0.0.1:4222 (scripts/services.sh up)");
+        .expect("nats-server must be running (cargo xtask up dev)");
     let js = nats::jetstream(client.clone(), &config.nats);
     nats::ensure_topology(&js, &config.nats)
         .await
@@ -566,7 +560,7 @@ pub fn cli(config: &Config, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
-/// A nats-server of the test's own (the version `scripts/services.sh nats-bin` selects) on a free
+/// A nats-server of the test's own (the version `cargo xtask nats-bin` selects) on a free
 /// loopback port with a fresh store, for faults that must not touch the shared server. Killed on drop.
 pub struct OwnNats {
     pub url: String,
@@ -576,11 +570,12 @@ pub struct OwnNats {
 
 impl OwnNats {
     pub fn start() -> OwnNats {
-        let bin =
-            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
-                .arg("nats-bin")
-                .output()
-                .expect("scripts/services.sh nats-bin");
+        let bin = xtask::environments::Environment::load("dev")
+            .expect("environments.toml")
+            .services(&["nats-bin"])
+            .expect("environments.toml")
+            .output()
+            .expect("scripts/services.sh nats-bin");
         assert!(
             bin.status.success(),
             "{}",
@@ -732,7 +727,7 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// A 3-node JetStream cluster of the test's own (the version `scripts/services.sh nats-bin` selects)
+/// A 3-node JetStream cluster of the test's own (the version `cargo xtask nats-bin` selects)
 /// on free loopback ports, fresh stores; every node killed on drop. For what only a replicated stream
 /// or consumer shows.
 pub struct OwnNatsCluster {
@@ -744,11 +739,12 @@ pub struct OwnNatsCluster {
 
 impl OwnNatsCluster {
     pub fn start() -> OwnNatsCluster {
-        let bin =
-            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
-                .arg("nats-bin")
-                .output()
-                .expect("scripts/services.sh nats-bin");
+        let bin = xtask::environments::Environment::load("dev")
+            .expect("environments.toml")
+            .services(&["nats-bin"])
+            .expect("environments.toml")
+            .output()
+            .expect("scripts/services.sh nats-bin");
         assert!(bin.status.success());
         let bin = String::from_utf8(bin.stdout).unwrap().trim().to_string();
         let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,6 @@
 //! What the security tests need beyond the shared harness: throw-away certificates (openssl CLI), a
-//! private nats-server with auth and TLS, the password-authenticated Cassandra pair (9242, or the ports
-//! `SCORE_WORKER_*_PORT` name), roles with the grants a test needs, and the real `score-worker` binary as
+//! private nats-server with auth and TLS, the password-authenticated Cassandra pair (the `secure` set, or the
+//! ports `SCORE_WORKER_*_PORT` name), roles with the grants a test needs, and the real `score-worker` binary as
 //! a child process whose output is captured and searched for secrets.
 
 use std::fs::File;
@@ -17,29 +17,27 @@ use tempfile::TempDir;
 use tokio::sync::{Mutex, OnceCell};
 use uuid::Uuid;
 
-/// The repository root (for `scripts/services.sh`).
-const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// The worker binary under test: cargo's, or `SCORE_WORKER_SECURITY_BIN` (e.g. a release build).
 pub fn bin() -> String {
     std::env::var("SCORE_WORKER_SECURITY_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_score-worker").to_string())
 }
 
-/// The security pair's settings: `SCORE_WORKER_LOCAL`, `SCORE_WORKER_*_PORT` and
-/// `SCORE_WORKER_CASSANDRA_TOMBSTONE_FAILURE` when set (a pair of one's own, as `scripts/services.sh`
-/// reads them), else the pair `make security` starts (`SECURE_ENV` in the Makefile).
-fn pair_var(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
+/// The security pair: the `secure` set of environments.toml (the one `make security` starts), moved by
+/// `SCORE_WORKER_LOCAL`, `SCORE_WORKER_*_PORT` and `SCORE_WORKER_CASSANDRA_TOMBSTONE_FAILURE` when set
+/// (a pair of one's own).
+fn pair() -> xtask::environments::Environment {
+    xtask::environments::Environment::load("secure").expect("environments.toml")
 }
 
 /// The password-authenticated Cassandra of the security pair (see [`ensure_secure_cassandra`]).
 pub fn cql_node() -> String {
-    format!("127.0.0.1:{}", pair_var("SCORE_WORKER_CQL_PORT", "9242"))
+    pair().cql_node()
 }
 
 /// The pair's state directory.
 fn pair_local() -> String {
-    pair_var("SCORE_WORKER_LOCAL", &format!("{REPO}/.local/secure"))
+    pair().state_dir.display().to_string()
 }
 
 /// The CA that signed that Cassandra's certificate (its CQL port takes TLS too).
@@ -48,44 +46,6 @@ pub fn cql_ca() -> String {
 }
 
 pub const CQL_SUPERUSER: (&str, &str) = ("cassandra", "cassandra");
-
-/// The pair's `tombstone_failure_threshold`: a read that meets this many tombstones fails.
-pub fn tombstone_failure_threshold() -> String {
-    pair_var("SCORE_WORKER_CASSANDRA_TOMBSTONE_FAILURE", "1000")
-}
-
-/// Environment of `scripts/services.sh` for the security pair (its own state dir and ports; password
-/// authentication, permissions, TLS and the lowered tombstone threshold always on).
-fn pair_env() -> Vec<(String, String)> {
-    [
-        ("SCORE_WORKER_LOCAL", pair_local()),
-        (
-            "SCORE_WORKER_NATS_PORT",
-            pair_var("SCORE_WORKER_NATS_PORT", "4422"),
-        ),
-        (
-            "SCORE_WORKER_NATS_MON_PORT",
-            pair_var("SCORE_WORKER_NATS_MON_PORT", "8422"),
-        ),
-        (
-            "SCORE_WORKER_CQL_PORT",
-            pair_var("SCORE_WORKER_CQL_PORT", "9242"),
-        ),
-        (
-            "SCORE_WORKER_STORAGE_PORT",
-            pair_var("SCORE_WORKER_STORAGE_PORT", "7200"),
-        ),
-        ("SCORE_WORKER_CASSANDRA_AUTH", "1".into()),
-        ("SCORE_WORKER_CASSANDRA_TLS", "1".into()),
-        (
-            "SCORE_WORKER_CASSANDRA_TOMBSTONE_FAILURE",
-            tombstone_failure_threshold(),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
 
 /// A distinctive secret that cannot appear in any output by accident.
 pub fn secret(what: &str) -> String {
@@ -423,9 +383,9 @@ pub async fn ensure_secure_cassandra() {
     PAIR_UP
         .get_or_init(|| async {
             tokio::task::spawn_blocking(|| {
-                let mut child = Command::new(format!("{REPO}/scripts/services.sh"))
-                    .arg("up")
-                    .envs(pair_env())
+                let mut child = pair()
+                    .services(&["up"])
+                    .expect("environments.toml")
                     .stdin(Stdio::null())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())

@@ -1,7 +1,7 @@
 //! Security integration tests (issue #4, "Security"): the real `score-worker` binary against a
 //! nats-server with user/password or token auth and TLS (certificates generated here with openssl),
-//! and against Cassandra with password authentication and permissions (the pair on 9242 from
-//! `scripts/services.sh`, or the one `SCORE_WORKER_*_PORT` name, started by the tests if it is not up).
+//! and against Cassandra with password authentication and permissions (the `secure` set of
+//! environments.toml, or the one `SCORE_WORKER_*_PORT` name, started by the tests if it is not up).
 //! Wrong credentials must give a clear error and a non-zero exit; no secret may appear in logs, `check`
 //! output or `/metrics`. [`refusals`]: what the worker does when that database refuses its writes;
 //! [`roles`]: the worker under the DML-only role and `migrate` under the DDL role of deploy/README.md.

@@ -1,9 +1,9 @@
-//! `score-worker migrate-postgres` against a real PostgreSQL (`scripts/services.sh up`,
-//! 127.0.0.1:5433 or `SCORE_WORKER_PG_URL`) and the real database, with the real binary: a dry run
-//! changes nothing, a run moves 20,000 rows exactly (many of the copy's chunks; the 100,000-row
-//! figures are in `docs/performance.md`) and reports the invalid ones, a run killed mid-way and
-//! resumed ends the same, and a newer score from NATS survives the migration. How the source is
-//! reached and read (TLS, a read-only transaction): [`source`].
+//! `score-worker migrate-postgres` against a real PostgreSQL (the dev set's, `cargo xtask up dev`,
+//! or `SCORE_WORKER_PG_URL`) and the real database, with the real binary: a dry run changes nothing,
+//! a run moves 20,000 rows exactly (many of the copy's chunks; the 100,000-row figures are in
+//! `docs/performance.md`) and reports the invalid ones, a run killed mid-way and resumed ends the
+//! same, and a newer score from NATS survives the migration. How the source is reached and read
+//! (TLS, a read-only transaction): [`source`].
 
 mod source;
 
@@ -23,15 +23,16 @@ const ROWS: u64 = 20_000;
 
 fn pg_url() -> String {
     std::env::var("SCORE_WORKER_PG_URL").unwrap_or_else(|_| {
-        let port = std::env::var("SCORE_WORKER_PG_PORT").unwrap_or_else(|_| "5433".into());
-        format!("host=127.0.0.1 port={port} user=postgres")
+        let dev = xtask::environments::Environment::load("dev").expect("environments.toml");
+        let port = dev.postgres_port().expect("the dev set has a PostgreSQL");
+        format!("host={} port={port} user=postgres", dev.set.host)
     })
 }
 
 async fn pg() -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls)
         .await
-        .expect("PostgreSQL must be running on 127.0.0.1:5433 (scripts/services.sh up)");
+        .expect("PostgreSQL must be running (cargo xtask up dev)");
     tokio::spawn(connection);
     client
 }

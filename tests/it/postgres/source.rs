@@ -132,7 +132,7 @@ async fn tls_to_postgresql_is_verified_and_a_server_without_tls_is_refused_when_
     let port = pg_url()
         .split_whitespace()
         .find_map(|kv| kv.strip_prefix("port="))
-        .unwrap_or("5433")
+        .expect("pg_url names a port")
         .to_string();
     let at = |host: &str| format!("{host} port={port} user=postgres");
     set_server_ssl(None).await;

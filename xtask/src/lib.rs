@@ -1,0 +1,10 @@
+//! The project's development tasks (`cargo xtask`, see `main.rs`) and the model of the server sets
+//! they run, which tests and benches read too.
+//!
+//! Layout:
+//! - [`environments`]: `environments.toml` parsed; a set's addresses, the worker's settings, and the
+//!   environment of `scripts/services.sh`.
+//! - [`cql`]: one CQL query against one node (the cluster convergence checks).
+
+pub mod cql;
+pub mod environments;
