@@ -154,11 +154,15 @@ it: services
 	$(CARGO) test --locked --test it
 
 # `cargo xtask status oldest` fails unless the nats-server's status line names the version environments.toml
-# pins for the set, so a fallback to another binary cannot pass unnoticed.
+# pins for the set, so a fallback to another binary cannot pass unnoticed. The modules whose subject is the
+# database alone (the write path's churn, the read API, migrate-postgres, schema upgrades, bucket counts) say
+# nothing about a NATS version and are skipped: they ran against the current one in `make it`.
+OLDEST_NATS_SKIP := --skip churn:: --skip read:: --skip postgres:: --skip upgrades:: --skip buckets::
+
 it-oldest-nats:
 	$(XTASK) up oldest
 	$(XTASK) status oldest
-	eval "$$($(XTASK) env oldest)" && $(CARGO) test --locked --test it
+	eval "$$($(XTASK) env oldest)" && $(CARGO) test --locked --test it -- $(OLDEST_NATS_SKIP)
 
 # NATS with TLS + user/password or token (a nats-server the tests start), Cassandra with password auth; writes
 # the database refuses (revoked grants, a key past the tombstone threshold).
@@ -192,14 +196,18 @@ soak:
 # query must return a series with a value (scripts/check-dashboards-live.sh, ~40 s; needs the servers).
 DEBUG_DIR := $(or $(CARGO_TARGET_DIR),target)/debug
 
+# The binary the integration tests run (built with the test build's features, so `make test` builds it once)
+# and the example service.
+BUILD_CHECKED := $(CARGO) test --locked --no-run --test it && $(CARGO) build --locked --example read_service
+
 deploy-check: services
-	$(CARGO) build --locked --bin score-worker --example read_service
+	$(BUILD_CHECKED)
 	scripts/check-deploy.sh --live $(DEBUG_DIR)/score-worker $(DEBUG_DIR)/examples/read_service
 
 # Lints the /metrics text of a live worker it starts itself (on a stream and keyspace of its own) and
 # checks every metric the alert rules and dashboards use is exported.
 metrics-contract: services
-	$(CARGO) build --locked
+	$(BUILD_CHECKED)
 	scripts/check-metrics-contract.sh --live $(DEBUG_DIR)/score-worker
 
 test: services lint unit it it-oldest-nats security chaos datacenters metrics-contract deploy-check
