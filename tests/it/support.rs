@@ -568,20 +568,26 @@ pub struct OwnNats {
     _dir: tempfile::TempDir,
 }
 
+/// The nats-server binary the dev set runs (`nats-bin`: built or installed first if missing), for
+/// tests that start servers of their own.
+fn nats_server_bin() -> String {
+    let out = xtask::environments::Environment::load("dev")
+        .expect("environments.toml")
+        .services(&["nats-bin"])
+        .expect("environments.toml")
+        .output()
+        .expect("scripts/services.sh nats-bin");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 impl OwnNats {
     pub fn start() -> OwnNats {
-        let bin = xtask::environments::Environment::load("dev")
-            .expect("environments.toml")
-            .services(&["nats-bin"])
-            .expect("environments.toml")
-            .output()
-            .expect("scripts/services.sh nats-bin");
-        assert!(
-            bin.status.success(),
-            "{}",
-            String::from_utf8_lossy(&bin.stderr)
-        );
-        let bin = String::from_utf8(bin.stdout).unwrap().trim().to_string();
+        let bin = nats_server_bin();
         let dir = tempfile::tempdir().unwrap();
         for _ in 0..5 {
             let port = free_port();
@@ -739,14 +745,7 @@ pub struct OwnNatsCluster {
 
 impl OwnNatsCluster {
     pub fn start() -> OwnNatsCluster {
-        let bin = xtask::environments::Environment::load("dev")
-            .expect("environments.toml")
-            .services(&["nats-bin"])
-            .expect("environments.toml")
-            .output()
-            .expect("scripts/services.sh nats-bin");
-        assert!(bin.status.success());
-        let bin = String::from_utf8(bin.stdout).unwrap().trim().to_string();
+        let bin = nats_server_bin();
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
         let routes: Vec<String> = ports
