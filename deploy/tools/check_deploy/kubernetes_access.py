@@ -67,18 +67,27 @@ def _check_egress(p, w, egress, wanted, allowed_extra):
     p.check(all(dns_ok.values()), w, "egress to DNS needs port 53 over UDP and TCP")
 
 
+def _the_one_policy(p, by_kind, labels, where, whose, prefix):
+    """The one NetworkPolicy selecting pods with `labels`, as (its path, its spec), checked to govern both
+    directions; None (a problem reported at `where`) unless exactly one selects them."""
+    policies = [(path, np) for path, np in by_kind.get("NetworkPolicy", [])
+                if matches(np["spec"].get("podSelector"), labels)]
+    if not p.check(len(policies) == 1, where,
+                   f"expected one NetworkPolicy selecting {whose}, found {len(policies)}"):
+        return None
+    path, np = policies[0]
+    w, s = rel(path), np["spec"]
+    p.check(sorted(s.get("policyTypes", [])) == ["Egress", "Ingress"], w,
+            f"{prefix}policyTypes must be Ingress and Egress (otherwise one direction stays open)")
+    return w, s
+
+
 def check_network_policy(p, by_kind, pod_labels, containers, effective, k8s):
     """Ingress only to the metrics port; egress only to NATS, the database and DNS (from configmap.yaml)."""
-    policies = [(path, np) for path, np in by_kind.get("NetworkPolicy", [])
-                if matches(np["spec"].get("podSelector"), pod_labels)]
-    if not p.check(len(policies) == 1, rel(k8s),
-                   f"expected one NetworkPolicy selecting the worker pods, found {len(policies)}"):
+    found = _the_one_policy(p, by_kind, pod_labels, rel(k8s), "the worker pods", "")
+    if found is None:
         return
-    path, np = policies[0]
-    w = rel(path)
-    s = np["spec"]
-    p.check(sorted(s.get("policyTypes", [])) == ["Egress", "Ingress"], w,
-            "policyTypes must be Ingress and Egress (otherwise one direction stays open)")
+    w, s = found
     metrics = {pt.get("containerPort") for c in containers for pt in c.get("ports", []) if pt.get("name") == "metrics"}
     ingress = s.get("ingress", [])
     p.check(ingress, w, "no ingress rule: Prometheus could not scrape /metrics")
@@ -149,16 +158,10 @@ def check_credentials(p, by_kind, dep, effective, k8s):
         p.check(not shared, jw, f"the migration Job and the worker share the database Secret {shared}: the worker's "
                                 "role must not be able to change the schema (two roles: deploy/README.md)")
         labels = job["spec"]["template"]["metadata"].get("labels", {})
-        policies = [(pp, np) for pp, np in by_kind.get("NetworkPolicy", [])
-                    if matches(np["spec"].get("podSelector"), labels)]
-        if not p.check(len(policies) == 1, jw,
-                       f"expected one NetworkPolicy selecting the migration Job's pods, found {len(policies)}"):
+        found = _the_one_policy(p, by_kind, labels, jw, "the migration Job's pods", "the Job's ")
+        if found is None:
             continue
-        pp, np = policies[0]
-        w = rel(pp)
-        s = np["spec"]
-        p.check(sorted(s.get("policyTypes", [])) == ["Egress", "Ingress"], w,
-                "the Job's policyTypes must be Ingress and Egress (otherwise one direction stays open)")
+        w, s = found
         p.check(not s.get("ingress"), w, "the migration Job serves nothing: no ingress rule")
         wanted = _wanted_endpoints(effective, ["database"])
         _check_egress(p, w, s.get("egress", []), wanted,
