@@ -47,17 +47,13 @@ pub struct Servers {
 }
 
 impl Servers {
-    /// Asks `scripts/services.sh cassandra-pid|nats-pid` for the dev set (SCORE_WORKER_LOCAL and the
+    /// Asks the xtask library (`cassandra-pid`, `nats-pid`) for the dev set (SCORE_WORKER_LOCAL and the
     /// port variables move it; it finds servers it did not start by their listening port).
     pub fn find() -> Servers {
         let pid = |kind: &str| {
-            let out = xtask::environments::Environment::load("dev")
-                .ok()?
-                .services(&[&format!("{kind}-pid")])
-                .ok()?
-                .output()
-                .ok()?;
-            String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+            let dev = xtask::environments::Environment::load("dev").ok()?;
+            let out = dev.services(&[&format!("{kind}-pid")]).ok()?;
+            out.trim().parse().ok()
         };
         let servers = Servers {
             cassandra: pid("cassandra"),

@@ -2,7 +2,7 @@
 //! waiting.
 //!
 //! Servers: the `chaos` set of environments.toml (a nats-server and a Cassandra of their own), started
-//! through `scripts/services.sh` with the environment the xtask library gives it ([`services`]); the
+//! and stopped in-process by the xtask library ([`services`]); the
 //! dev set that other tests use is never touched. `SCORE_WORKER_LOCAL` and the `SCORE_WORKER_*_PORT`
 //! variables move the pair, e.g. to run the suite from a second work tree. Every wait has a deadline, every loop a bound, every address is
 //! loopback. Worker logs go to `target/tmp/chaos/<scenario>/`.
@@ -42,33 +42,23 @@ pub fn cql_node() -> String {
     chaos().cql_node()
 }
 
-/// Runs `scripts/services.sh <cmd>` (words separated by spaces) for the chaos pair and the clusters
-/// (blocking: call from `spawn_blocking`), with the environment the xtask library gives it.
+/// Runs a server command of the xtask library (words separated by spaces: `up`, `stop-nats`,
+/// `cassandra-pid`, `cluster-kill nats 2`, ...) for the chaos pair and the clusters; what it printed
+/// (blocking: call from `spawn_blocking`).
 pub fn services_blocking(cmd: &str) -> Result<String, String> {
     let args: Vec<&str> = cmd.split_whitespace().collect();
-    let out = chaos()
+    chaos()
         .services(&args)
-        .map_err(|e| format!("environments.toml: {e}"))?
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("scripts/services.sh {cmd}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "scripts/services.sh {cmd} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .map(|out| out.trim().to_owned())
+        .map_err(|e| format!("cargo xtask services chaos {cmd}: {e}"))
 }
 
-/// `scripts/services.sh <cmd>` for the chaos pair; panics on failure.
+/// [`services_blocking`] off the runtime's threads; panics on failure.
 pub async fn services(cmd: impl Into<String>) -> String {
     let cmd = cmd.into();
     tokio::task::spawn_blocking(move || services_blocking(&cmd))
         .await
-        .expect("services.sh task")
+        .expect("services task")
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -177,7 +167,7 @@ impl Scenario {
                 for which in ["cassandra-pid", "nats-pid"] {
                     let pid = tokio::task::spawn_blocking(move || services_blocking(which))
                         .await
-                        .expect("services.sh task");
+                        .expect("services task");
                     if let Some(pid) = pid.ok().and_then(|p| p.parse::<u32>().ok()) {
                         signal(pid, "CONT");
                     }

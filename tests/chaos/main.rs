@@ -1,6 +1,6 @@
 //! Fault injection (issue #4): the real worker binary as child processes against a real
 //! nats-server and Cassandra on loopback — a pair of the suite's own (the `chaos` set of
-//! environments.toml), started through `scripts/services.sh` if `make chaos` has not already — so freezing or
+//! environments.toml), started by the xtask library if `make chaos` has not already — so freezing or
 //! restarting them never disturbs the default pair other tests use.
 //!
 //! Each scenario publishes a known stream (many profiles and leaderboards, hot keys updated hundreds

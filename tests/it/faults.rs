@@ -9,19 +9,13 @@ use uuid::Uuid;
 
 use crate::support::*;
 
+/// A server command of the xtask library for the dev set (`cassandra-pid`, ...); what it printed.
 fn services(arg: &str) -> String {
-    let out = xtask::environments::Environment::load("dev")
-        .expect("environments.toml")
-        .services(&[arg])
-        .expect("environments.toml")
-        .output()
-        .expect("scripts/services.sh runs");
-    assert!(
-        out.status.success(),
-        "services.sh {arg}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    let dev = xtask::environments::Environment::load("dev").expect("environments.toml");
+    let out = dev.services(&[arg]);
+    out.unwrap_or_else(|e| panic!("cargo xtask services dev {arg}: {e}"))
+        .trim()
+        .to_owned()
 }
 
 fn signal(pid: &str, sig: &str) {

@@ -1,5 +1,5 @@
 //! Integration tests against a real nats-server and a real Cassandra on loopback
-//! (`make test` starts both through `scripts/services.sh up`).
+//! (`make test` starts both through `cargo xtask up dev`).
 
 mod buckets;
 mod churn;

@@ -1,4 +1,4 @@
-//! Test harness: real nats-server and Cassandra on loopback (started by `scripts/services.sh up`),
+//! Test harness: real nats-server and Cassandra on loopback (started by `cargo xtask up dev`),
 //! a shared migrated keyspace, and per-test isolation through unique streams, subjects, consumers
 //! and leaderboard ids. A missing server is a test failure, never a skip.
 
@@ -571,18 +571,11 @@ pub struct OwnNats {
 /// The nats-server binary the dev set runs (`nats-bin`: built or installed first if missing), for
 /// tests that start servers of their own.
 fn nats_server_bin() -> String {
-    let out = xtask::environments::Environment::load("dev")
-        .expect("environments.toml")
-        .services(&["nats-bin"])
-        .expect("environments.toml")
-        .output()
-        .expect("scripts/services.sh nats-bin");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    let dev = xtask::environments::Environment::load("dev").expect("environments.toml");
+    let out = dev.services(&["nats-bin"]);
+    out.unwrap_or_else(|e| panic!("cargo xtask nats-bin: {e}"))
+        .trim()
+        .to_owned()
 }
 
 impl OwnNats {

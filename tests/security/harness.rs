@@ -74,23 +74,7 @@ pub fn assert_no_secret(what: &str, text: &str, secrets: &[&str]) {
 
 // ------------------------------------------------------------------------------------------ processes
 
-/// Waits for `child` at most `timeout`; kills it and panics (naming `what`) when it takes longer.
-fn wait_bounded(child: &mut Child, timeout: Duration, what: &str) -> ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish within {timeout:?} (killed)");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Async version of [`wait_bounded`] that does not block the test runtime.
+/// Waits for `child` at most `timeout` without blocking the test runtime; None when it takes longer.
 async fn wait_bounded_async(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -377,37 +361,16 @@ static PAIR_UP: OnceCell<()> = OnceCell::const_new();
 /// `migrate` of the shared keyspace runs one at a time.
 pub static MIGRATE: Mutex<()> = Mutex::const_new(());
 
-/// Starts (or reuses) the password-authenticated Cassandra of the pair through `scripts/services.sh up`
-/// with the security pair's environment. A server that cannot be started fails the test.
+/// Starts (or reuses) the security pair (password-authenticated Cassandra with TLS) through the xtask
+/// library. A server that cannot be started fails the test.
 pub async fn ensure_secure_cassandra() {
     PAIR_UP
         .get_or_init(|| async {
-            tokio::task::spawn_blocking(|| {
-                let mut child = pair()
-                    .services(&["up"])
-                    .expect("environments.toml")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("run scripts/services.sh");
-                let status = wait_bounded(
-                    &mut child,
-                    Duration::from_secs(900),
-                    "scripts/services.sh up (security pair)",
-                );
-                let mut out = String::new();
-                use std::io::Read;
-                child.stdout.take().unwrap().read_to_string(&mut out).ok();
-                child.stderr.take().unwrap().read_to_string(&mut out).ok();
-                assert!(
-                    status.success(),
-                    "could not start the password-authenticated Cassandra on {}:\n{out}",
-                    cql_node()
-                );
-            })
-            .await
-            .unwrap();
+            let up = tokio::task::spawn_blocking(|| pair().services(&["up"])).await;
+            let up = up.expect("services task");
+            if let Err(e) = up {
+                panic!("could not start the security pair ({}): {e}", cql_node());
+            }
         })
         .await;
 }

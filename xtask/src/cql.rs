@@ -1,6 +1,6 @@
 //! `cargo xtask cql [-c CONSISTENCY] HOST:PORT QUERY`: one query against one node, rows printed one a
 //! line, columns separated by tabs (collections comma-separated, nulls as `null`), for the health checks
-//! of `scripts/services.sh` (system tables, `system_views.gossip_info`, which is node-local: the session
+//! of the cluster's nodes ([`crate::servers`]: system tables, `system_views.gossip_info`, which is node-local: the session
 //! talks to that node only). No authentication, no paging.
 
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use scylla::statement::unprepared::Statement;
 use scylla::statement::Consistency;
 use scylla::value::{CqlValue, Row};
 
-/// What went wrong, and the exit code it maps to (as scripts/cql.py had: 1 server, 2 connection).
+/// What went wrong, and the exit code it maps to (1 server, 2 connection).
 #[derive(Debug, thiserror::Error)]
 pub enum CqlError {
     #[error("usage: cargo xtask cql [-c CONSISTENCY] HOST:PORT QUERY")]
@@ -61,6 +61,27 @@ pub fn run(args: &[String]) -> Result<(), CqlError> {
         println!("{}", cols.join("\t"));
     }
     Ok(())
+}
+
+/// One query (consistency ONE) against `node` alone, each row's columns as `run` prints them. Runs on a
+/// thread of its own with its own runtime, so a caller already inside a tokio runtime (a test) can use it.
+pub fn rows(node: &str, query: &str) -> Result<Vec<Vec<String>>, CqlError> {
+    let (node, query) = (node.to_owned(), query.to_owned());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            let rows = runtime.block_on(query_rows(&node, &query, Consistency::One))?;
+            Ok(rows
+                .iter()
+                .map(|r| r.columns.iter().map(|c| show(c.as_ref())).collect())
+                .collect())
+        })
+        .join()
+        .expect("the CQL query thread")
+    })
 }
 
 fn parse_consistency(s: &str) -> Result<Consistency, CqlError> {
@@ -115,7 +136,7 @@ async fn query_rows(
         .map_err(|e| failed(e.into()))
 }
 
-/// A value as scripts/cql.py printed it.
+/// A value as text: collections comma-separated, blobs in hex, null as `null`.
 fn show(value: Option<&CqlValue>) -> String {
     let Some(value) = value else {
         return "null".into();

@@ -2,9 +2,10 @@
 //! they run, which tests and benches read too.
 //!
 //! Layout:
-//! - [`environments`]: `environments.toml` parsed; a set's addresses, the worker's settings, and the
-//!   environment of `scripts/services.sh`.
+//! - [`environments`]: `environments.toml` parsed; a set's addresses and the worker's settings.
+//! - [`servers`]: the sets' servers started, health-checked, stopped (`Environment::services` for tests).
 //! - [`cql`]: one CQL query against one node (the cluster convergence checks).
 
 pub mod cql;
 pub mod environments;
+pub mod servers;

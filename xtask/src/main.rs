@@ -1,11 +1,12 @@
 //! `cargo xtask`: the server sets of `environments.toml`, brought up, down, checked and described.
-//! The process work (installs, configs, detached servers with pid files, health waits) is done by
-//! `scripts/services.sh`, which gets every value from here.
+//! The process work (configs, detached servers with pid files, health waits) is [`xtask::servers`];
+//! installs are `scripts/bootstrap.sh`.
 
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 
 use xtask::cql;
 use xtask::environments::{ClusterEnvironment, Environment, Environments};
+use xtask::servers;
 
 const USAGE: &str = "\
 usage: cargo xtask COMMAND
@@ -18,7 +19,7 @@ usage: cargo xtask COMMAND
   nodetool N ARGS...            Cassandra's nodetool against cluster node N
   nats-bin [SET]                the path of the nats-server binary the set uses (built or installed first)
   bootstrap [SET]               install/fetch/build what the set needs (JDK 17, Cassandra jars, nats-server), start nothing
-  services SET COMMAND...       any other scripts/services.sh command with the set's environment
+  services SET COMMAND...       one server of a set: start-nats, stop-cassandra, nats-pid, cassandra-pid, ...
   cql [-c CONSISTENCY] HOST:PORT QUERY   one CQL query against one node, rows tab-separated
 SET: dev, chaos, secure, oldest, cluster, cluster:one-dc, cluster:two-dc (environments.toml)";
 
@@ -73,25 +74,26 @@ fn run(args: &[String]) -> Result<u8> {
         });
     }
     let envs = Environments::load()?;
-    match words.as_slice() {
+    let cluster = envs.cluster(None)?;
+    let out = &mut std::io::stdout();
+    let code = match words.as_slice() {
         ["up", name, kind @ ..] => match target(&envs, name)? {
-            Target::Set(env) => services(env.services(&["up"])?),
-            Target::Cluster(c) => services(c.services(&with(&["cluster-up"], kind))),
+            Target::Set(env) => servers::run(&env, &cluster, &["up"], out)?,
+            Target::Cluster(c) => servers::cluster::run(&c, "up", kind, out)?,
         },
         ["down", "--all"] => {
-            let mut rc = 0;
             for name in envs.sets.keys() {
-                rc = rc.max(services(envs.environment(name)?.services(&["down"])?)?);
+                servers::set::run(&envs.environment(name)?, &["down"], out)?;
             }
-            Ok(rc.max(services(envs.cluster(None)?.services(&["cluster-down"]))?))
+            servers::cluster::run(&cluster, "down", &[], out)?
         }
         ["down", name, kind @ ..] => match target(&envs, name)? {
-            Target::Set(env) => services(env.services(&["down"])?),
-            Target::Cluster(c) => services(c.services(&with(&["cluster-down"], kind))),
+            Target::Set(env) => servers::set::run(&env, &["down"], out)?,
+            Target::Cluster(c) => servers::cluster::run(&c, "down", kind, out)?,
         },
         ["status", name, kind @ ..] => match target(&envs, name)? {
-            Target::Set(env) => status(&env),
-            Target::Cluster(c) => services(c.services(&with(&["cluster-status"], kind))),
+            Target::Set(env) => status(&env, &cluster)?,
+            Target::Cluster(c) => servers::cluster::run(&c, "status", kind, out)?,
         },
         ["env", rest @ ..] => {
             let (worker, names) = match rest {
@@ -112,7 +114,7 @@ fn run(args: &[String]) -> Result<u8> {
                     println!("export {k}='{}'", v.replace('\'', r"'\''"));
                 }
             }
-            Ok(0)
+            0
         }
         ["sets"] => {
             for (name, set) in &envs.sets {
@@ -121,55 +123,38 @@ fn run(args: &[String]) -> Result<u8> {
             for variant in envs.cluster.variants.keys() {
                 println!("cluster:{variant:<8} {}", envs.cluster.description);
             }
-            Ok(0)
+            0
         }
         ["cluster", verb @ ("kill" | "stop" | "start" | "pid"), kind, n] => {
-            let c = envs.cluster(None)?;
-            services(c.services(&[&format!("cluster-{verb}"), kind, n]))
+            servers::cluster::run(&cluster, verb, &[kind, n], out)?
         }
-        ["nodetool", n, rest @ ..] => {
-            let c = envs.cluster(None)?;
-            services(c.services(&with(&["cluster-nodetool", n], rest)))
-        }
+        ["nodetool", rest @ ..] => servers::cluster::run(&cluster, "nodetool", rest, out)?,
         [verb @ ("nats-bin" | "bootstrap")] => {
-            services(envs.environment("dev")?.services(&[verb])?)
+            servers::set::run(&envs.environment("dev")?, &[verb], out)?
         }
         [verb @ ("nats-bin" | "bootstrap"), name] => {
-            services(envs.environment(name)?.services(&[verb])?)
+            servers::set::run(&envs.environment(name)?, &[verb], out)?
         }
         ["services", name, rest @ ..] if !rest.is_empty() => {
-            services(envs.environment(name)?.services(rest)?)
+            servers::run(&envs.environment(name)?, &cluster, rest, out)?
         }
         _ => {
             eprintln!("{USAGE}");
-            Ok(2)
+            2
         }
-    }
+    };
+    Ok(code)
 }
 
-fn with<'a>(head: &[&'a str], tail: &[&'a str]) -> Vec<&'a str> {
-    head.iter().chain(tail).copied().collect()
-}
-
-/// Runs scripts/services.sh (inheriting stdout/stderr); its exit code.
-fn services(mut cmd: Command) -> Result<u8> {
-    // The script's CQL checks call back into this binary rather than `cargo run`.
-    cmd.env("SCORE_WORKER_XTASK", std::env::current_exe()?);
-    let status = cmd.stdin(Stdio::null()).status()?;
-    Ok(status.code().unwrap_or(1).clamp(0, 255) as u8)
-}
-
-/// `services.sh status`, and the version the set pins, if it pins one, checked against the status line.
-fn status(env: &Environment) -> Result<u8> {
-    let mut cmd = env.services(&["status"])?;
-    cmd.env("SCORE_WORKER_XTASK", std::env::current_exe()?);
-    let out = cmd.stdin(Stdio::null()).stderr(Stdio::inherit()).output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+/// The set's status lines, and the version the set pins, if it pins one, checked against the nats line.
+fn status(env: &Environment, cluster: &ClusterEnvironment) -> Result<u8> {
+    let mut text = Vec::new();
+    let code = servers::run(env, cluster, &["status"], &mut text)?;
+    let text = String::from_utf8_lossy(&text);
     print!("{text}");
-    let rc = out.status.code().unwrap_or(1).clamp(0, 255) as u8;
     if let Some(version) = &env.set.nats.version {
         let nats = text.lines().find(|l| l.starts_with("nats")).unwrap_or("");
-        if !nats.contains(&format!("v{version},")) {
+        if !nats.contains(&format!("(v{version},")) {
             eprintln!(
                 "xtask: the nats-server of set {} ({}) is not v{version}: {nats}",
                 env.name,
@@ -178,5 +163,5 @@ fn status(env: &Environment) -> Result<u8> {
             return Ok(1);
         }
     }
-    Ok(rc)
+    Ok(code)
 }

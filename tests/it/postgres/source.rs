@@ -1,5 +1,5 @@
 //! How `migrate-postgres` reaches and reads its source: over TLS, verified against the test CA of
-//! `scripts/services.sh` (beside the server's `ssl_cert_file`), a wrong name or CA refused, and with
+//! `cargo xtask up` (beside the server's `ssl_cert_file`), a wrong name or CA refused, and with
 //! TLS switched off on the server (`ALTER SYSTEM SET ssl = off`) `require` refuses it; and only read
 //! (a query that writes fails).
 
@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{pg, pg_url};
 use crate::support::*;
 
-/// The CA that signed the local PostgreSQL's certificate: `scripts/services.sh` puts it beside the
+/// The CA that signed the local PostgreSQL's certificate: `cargo xtask up` puts it beside the
 /// server's certificate (whichever pair's script started the server).
 async fn pg_ca(client: &tokio_postgres::Client) -> String {
     let cert: String = client
@@ -22,7 +22,7 @@ async fn pg_ca(client: &tokio_postgres::Client) -> String {
     let ca = std::path::Path::new(&cert).with_file_name("ca.pem");
     assert!(
         ca.is_file(),
-        "no {} beside the server certificate {cert}: start PostgreSQL with scripts/services.sh",
+        "no {} beside the server certificate {cert}: start PostgreSQL with cargo xtask up dev",
         ca.display()
     );
     ca.to_string_lossy().into_owned()
@@ -96,7 +96,7 @@ async fn set_server_ssl(ssl: Option<bool>) {
             .expect("change ssl (the tests connect as the superuser postgres)");
     }
     let want = if ssl == Some(false) { "off" } else { "on" };
-    let what = format!("PostgreSQL ssl = {want} (scripts/services.sh starts it with TLS on)");
+    let what = format!("PostgreSQL ssl = {want} (cargo xtask up starts it with TLS on)");
     wait_until_async(&what, || async {
         let fresh = pg().await;
         let row = fresh.query_one("SHOW ssl", &[]).await.unwrap();

@@ -1,13 +1,10 @@
 //! The 3-node clusters of `environments.toml` (`[cluster]`): their nodes, layouts (variants), the worker's
-//! settings for them and the environment of `scripts/services.sh`'s cluster commands.
+//! settings for them and the variables that describe them.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 
 use serde::Deserialize;
-
-use super::services_script;
 
 /// The 3-node NATS JetStream and Cassandra clusters.
 #[derive(Debug, Clone, Deserialize)]
@@ -115,7 +112,8 @@ impl ClusterEnvironment {
         env
     }
 
-    /// The environment of `scripts/services.sh`'s cluster commands.
+    /// The variables that describe the clusters (`cargo xtask env cluster`); `SCORE_WORKER_CLUSTER_DIR`,
+    /// `SCORE_WORKER_CLUSTER_DCS` and `SCORE_WORKER_CLUSTER_CASSANDRA_HEAP` move them.
     pub fn services_env(&self) -> Vec<(&'static str, String)> {
         let c = &self.cluster;
         let list = |f: &dyn Fn(&Node) -> String| -> String {
@@ -174,12 +172,5 @@ impl ClusterEnvironment {
             ("SCORE_WORKER_CLUSTER_DCS", dcs.to_string()),
             ("SCORE_WORKER_CLUSTER_NODE_DCS", self.datacenters.join(" ")),
         ]
-    }
-
-    /// `scripts/services.sh ARGS...` for the clusters (a cluster-* command).
-    pub fn services(&self, args: &[&str]) -> Command {
-        let mut cmd = services_script();
-        cmd.args(args).envs(self.services_env());
-        cmd
     }
 }

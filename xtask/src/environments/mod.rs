@@ -1,6 +1,5 @@
 //! The environments model: `environments.toml` at the repository root, parsed, and what a server set
-//! means as addresses and settings (for the worker and tests) and as the environment of
-//! `scripts/services.sh` (which does the process work).
+//! means as addresses and settings, for the worker, the tests and [`crate::servers`] (which runs them).
 //!
 //! `SCORE_WORKER_LOCAL` and the `SCORE_WORKER_*_PORT` variables still move a set when they are set (a pair
 //! of one's own beside the standard ones, or `make it-oldest-nats` pointing the integration suite at the
@@ -8,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde::Deserialize;
 
@@ -266,7 +264,8 @@ impl Environment {
         env
     }
 
-    /// The environment of `scripts/services.sh` for this set.
+    /// The variables that describe this set (`cargo xtask env SET`): the ones [`Environment::load`]
+    /// reads move it, so `eval "$(cargo xtask env oldest)"` points a suite at the oldest set.
     pub fn services_env(&self) -> Vec<(&'static str, String)> {
         let s = &self.set;
         let flag = |b: bool| if b { "1" } else { "0" }.to_owned();
@@ -303,23 +302,6 @@ impl Environment {
             ),
         ]
     }
-
-    /// `scripts/services.sh ARGS...` for this set (and the clusters in their default layout).
-    pub fn services(&self, args: &[&str]) -> Result<Command, Error> {
-        let cluster = Environments::load()?.cluster(None)?;
-        let mut cmd = services_script();
-        cmd.args(args)
-            .envs(cluster.services_env())
-            .envs(self.services_env());
-        Ok(cmd)
-    }
-}
-
-pub(crate) fn services_script() -> Command {
-    let mut cmd = Command::new(root().join("scripts/services.sh"));
-    // The script evaluates `cargo xtask env` itself when this is unset; here every value is given.
-    cmd.env("SCORE_WORKER_SERVICES_ENV", "given");
-    cmd
 }
 
 #[cfg(test)]
