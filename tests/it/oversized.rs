@@ -65,7 +65,8 @@ async fn a_burst_near_max_payload_is_dead_lettered_in_bounded_memory_and_good_ev
     let session = session().await;
     let max_payload = client.server_info().max_payload;
     let port = free_port();
-    let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("oversized-worker.log");
+    let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("oversized-worker-{}.log", std::process::id()));
     let mut child = Killed(
         worker_command(&config, port)
             .arg("run")
