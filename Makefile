@@ -207,25 +207,12 @@ metrics-contract: services
 	$(BUILD_CHECKED)
 	scripts/check-metrics-contract.sh --live $(DEBUG_DIR)/score-worker
 
-# The suites run side by side, each on a server set of its own (environments.toml): they spend most of their
-# time waiting on those servers (the machine was 90-99% idle during `make it-oldest-nats`), so one after
-# another they cost minutes of wall-clock for nothing. The test binaries are built first, in one cargo run,
-# so the suites do not queue on cargo's build lock; chaos and datacenters share the cluster, so they run in
-# that order in one job. --output-sync keeps each suite's output in one piece.
-SUITES := it it-oldest-nats security chaos-then-datacenters
-
-.PHONY: build-tests suites chaos-then-datacenters
+# The three test binaries in one cargo run (cargo builds them side by side), before the first suite needs one.
+.PHONY: build-tests
 build-tests:
 	$(CARGO) test --locked --no-run --test it --test security --test chaos
 
-suites: build-tests
-	@$(MAKE) --no-print-directory -j$(words $(SUITES)) --output-sync=target $(SUITES)
-
-chaos-then-datacenters:
-	@$(MAKE) --no-print-directory chaos
-	@$(MAKE) --no-print-directory datacenters
-
-test: services lint unit suites metrics-contract deploy-check
+test: services lint unit build-tests it it-oldest-nats security chaos datacenters metrics-contract deploy-check
 	@echo "make test: all checks passed"
 
 ci: test

@@ -185,6 +185,8 @@ impl<S: Store> Pipeline<S> {
         earlier: &[ScoreUpdate],
         attempts: &AtomicU32,
     ) -> Result<(), Failure> {
+        // The error of the last attempt that failed: a budget that runs out says what it was spent on.
+        let mut last_error = None;
         let attempts = retry::run_with_retries(
             &self.config.retry,
             || self.store.write(latest, events, earlier),
@@ -193,18 +195,21 @@ impl<S: Store> Pipeline<S> {
                 // The span shows the attempt the next lines belong to.
                 next_attempt(attempts);
                 self.metrics.batch_retries.inc();
-                self.breaker.open(&crate::error_chain(e).to_string());
-                tracing::warn!(error = %crate::error_chain(e), retry_in = ?delay, scores = latest.len(), "flush write failed; retrying");
+                let chain = crate::error_chain(e).to_string();
+                self.breaker.open(&chain);
+                tracing::warn!(error = %chain, retry_in = ?delay, scores = latest.len(), "flush write failed; retrying");
+                last_error = Some(chain);
             },
         );
-        match tokio::time::timeout(self.config.retry.total_budget, attempts).await {
+        let budget = self.config.retry.total_budget;
+        match tokio::time::timeout(budget, attempts).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(Failure::of(&error)),
             Err(_elapsed) => Err(Failure {
-                detail: format!(
-                    "retry budget of {:?} exhausted",
-                    self.config.retry.total_budget
-                ),
+                detail: match last_error {
+                    Some(e) => format!("retry budget of {budget:?} exhausted; last error: {e}"),
+                    None => format!("retry budget of {budget:?} exhausted in the first attempt"),
+                },
                 refuses_values: false,
             }),
         }
