@@ -325,18 +325,11 @@ pub async fn history_event_ids(session: &Session, events: &[Event]) -> Vec<Strin
     partitions.sort();
     partitions.dedup();
     let mut ids = Vec::new();
+    let cql =
+        format!("SELECT event_id FROM {KEYSPACE}.score_history WHERE profile_id = ? AND day = ?");
     for (profile, day) in partitions {
-        let result = session
-            .query_unpaged(
-                format!("SELECT event_id FROM {KEYSPACE}.score_history WHERE profile_id = ? AND day = ?"),
-                (profile, day),
-            )
-            .await
-            .unwrap()
-            .into_rows_result()
-            .unwrap();
-        for row in result.rows::<(String,)>().unwrap() {
-            ids.push(row.unwrap().0);
+        for (id,) in paged_rows::<(String,)>(session, &cql, (profile, day)).await {
+            ids.push(id);
         }
     }
     ids

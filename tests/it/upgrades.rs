@@ -204,19 +204,12 @@ async fn rows_with_buckets(
     buckets: i32,
 ) -> std::collections::HashMap<(String, Uuid), Vec<(i32, i64)>> {
     let mut rows: std::collections::HashMap<(String, Uuid), Vec<(i32, i64)>> = Default::default();
+    let cql = format!(
+        "SELECT score, profile_id FROM {keyspace}.scores WHERE leaderboard_id = ? AND bucket = ?"
+    );
     for lb in boards {
         for bucket in 0..buckets {
-            let result = session
-                .query_unpaged(
-                    format!("SELECT score, profile_id FROM {keyspace}.scores WHERE leaderboard_id = ? AND bucket = ?"),
-                    (lb, bucket),
-                )
-                .await
-                .unwrap()
-                .into_rows_result()
-                .unwrap();
-            for row in result.rows::<(i64, Uuid)>().unwrap() {
-                let (score, profile) = row.unwrap();
+            for (score, profile) in paged_rows::<(i64, Uuid)>(session, &cql, (lb, bucket)).await {
                 rows.entry((lb.clone(), profile))
                     .or_default()
                     .push((bucket, score));

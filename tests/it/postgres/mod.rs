@@ -261,18 +261,12 @@ async fn dry_run_writes_nothing_and_a_run_moves_every_valid_row_under_newer_nats
     assert_report(&out);
     want.insert(newer_key.clone(), 424_242);
     assert_moved(&board(&session, &ks).await, &want);
-    let by_profile: (Option<i64>,) = session
-        .query_unpaged(
-            format!("SELECT score FROM {ks}.scores_by_profile WHERE profile_id = ? AND leaderboard_id = ?"),
-            (newer_key.1, &newer_key.0),
-        )
-        .await
-        .unwrap()
-        .into_rows_result()
-        .unwrap()
-        .first_row()
-        .unwrap();
-    assert_eq!(by_profile.0, Some(424_242), "the newer NATS score survives");
+    let by_profile = profile_scores_in(&session, &ks, [newer_key.clone()].into_iter()).await;
+    assert_eq!(
+        by_profile[&newer_key].0,
+        Some(424_242),
+        "the newer NATS score survives"
+    );
     drop_keyspace(&session, &config).await;
     client
         .batch_execute(&format!("DROP TABLE {table}"))
