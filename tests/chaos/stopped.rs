@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 use crate::steps::assert_exited_zero;
+use crate::support::poll;
 use crate::workload::Workload;
 use crate::{DRAIN_TIMEOUT, EXIT_MARGIN, PUBLISH_TIMEOUT, START_TIMEOUT};
 
@@ -136,21 +137,18 @@ async fn database_stopped_fails_readiness_and_counts_connection_failures() {
 /// Waits (at most 60 s) until the connection-failure counter rises above `failures_at_stop`; returns the
 /// values seen.
 async fn wait_failures_rise(worker: &WorkerProc, failures_at_stop: u64) -> Vec<u64> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = vec![failures_at_stop];
-    loop {
+    let (timeout, every) = (Duration::from_secs(60), Duration::from_millis(200));
+    let what = format!("{FAILURES} to rise after the stop");
+    let risen = poll(&what, timeout, every, || async {
         let now = worker.metric(FAILURES).await as u64;
         if now > failures_at_stop {
-            seen.push(now);
-            return seen;
+            Ok(now)
+        } else {
+            Err(format!("still {now}\n{}", worker.log_tail(20)))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{FAILURES} did not rise within 60 s of the stop (still {now})\n{}",
-            worker.log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
+    vec![failures_at_stop, risen]
 }
 
 /// Waits (at most 30 s) until the worker's pending gauge equals the known backlog: what was stored

@@ -275,18 +275,9 @@ async fn an_outage_of_any_length_dead_letters_nothing() {
     assert_eq!(worker.metrics.pulls_paused.get(), 1, "still paused");
     drop(thaw);
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while worker.processed() < events.len() as u64 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not every event written after the database came back: processed {}, received {}, paused {}, dead {}",
-            worker.processed(),
-            worker.metrics.messages_received.get(),
-            worker.metrics.pulls_paused.get(),
-            dead_lettered(&worker.metrics)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let written = "every event written after the database came back";
+    let n = events.len() as u64;
+    wait_processed_or_report(&worker, n, Duration::from_secs(90), written).await;
     assert_eq!(worker.metrics.pulls_paused.get(), 0, "pulling resumed");
     assert_eq!(
         dead_lettered(&worker.metrics),

@@ -382,14 +382,58 @@ pub async fn assert_final_state_in(
 
 /// Polls `check` every 100 ms until it is true or `timeout` passes.
 pub async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let every = Duration::from_millis(100);
+    poll(what, timeout, every, || {
+        let done = check();
+        async move {
+            if done {
+                Ok(())
+            } else {
+                Err(String::new())
+            }
+        }
+    })
+    .await
+}
+
+/// Polls `probe` every `every` until it gives `Ok`, whose value it returns. Past `timeout` it panics,
+/// naming `what` and the last `Err`: the state that was not yet the one waited for.
+pub async fn poll<T, F, Fut>(what: &str, timeout: Duration, every: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
     let deadline = tokio::time::Instant::now() + timeout;
-    while !check() {
+    loop {
+        let state = match probe().await {
+            Ok(done) => return done,
+            Err(state) => state,
+        };
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
+            "timed out after {timeout:?} waiting for {what}: {state}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(every).await;
     }
+}
+
+/// Waits until `worker` processed `n` messages; past `timeout` the failure names `what` and shows
+/// the worker's counters.
+pub async fn wait_processed_or_report(worker: &Worker, n: u64, timeout: Duration, what: &str) {
+    poll(what, timeout, Duration::from_millis(100), || {
+        let m = &worker.metrics;
+        let state = (worker.processed() >= n).then_some(()).ok_or_else(|| {
+            format!(
+                "processed {}, received {}, paused {}, dead {}",
+                worker.processed(),
+                m.messages_received.get(),
+                m.pulls_paused.get(),
+                dead_lettered(m)
+            )
+        });
+        async move { state }
+    })
+    .await
 }
 
 /// Reads every message of a stream (e.g. the dead-letter stream) with an ephemeral consumer.

@@ -66,7 +66,8 @@ async fn a_key_deleted_with_plain_cql_after_its_event_is_superseded_not_held() {
     publish_all(&js, &config, &others[..10]).await;
     publish(&js, &config, &late, &late.event_id).await;
     publish_all(&js, &config, &others[10..]).await;
-    wait_processed_or_report(&worker, 22).await;
+    let settled = "the flush with the deleted key settled";
+    wait_processed_or_report(&worker, 22, Duration::from_secs(60), settled).await;
     assert_eq!(dead_lettered(&worker.metrics), 0, "nothing dead-lettered");
     let key = (board.clone(), profile);
     let rows = leaderboard_rows(&session, std::slice::from_ref(&board), buckets).await;
@@ -112,21 +113,5 @@ async fn delete_with_plain_cql(
         ),
     ] {
         session.query_unpaged(cql, ()).await.unwrap();
-    }
-}
-
-/// Waits (at most 60 s) until the worker processed `n` messages; the failure shows its counters.
-async fn wait_processed_or_report(worker: &Worker, n: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while worker.processed() < n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the flush with the deleted key was not settled: processed {}, received {}, paused {}, dead {}",
-            worker.processed(),
-            worker.metrics.messages_received.get(),
-            worker.metrics.pulls_paused.get(),
-            dead_lettered(&worker.metrics)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

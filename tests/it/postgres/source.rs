@@ -97,27 +97,18 @@ async fn set_server_ssl(ssl: Option<bool>) {
     }
     let want = if ssl == Some(false) { "off" } else { "on" };
     let what = format!("PostgreSQL ssl = {want} (cargo xtask up starts it with TLS on)");
-    wait_until_async(&what, || async {
+    let every = Duration::from_millis(100);
+    poll(&what, Duration::from_secs(30), every, || async {
         let fresh = pg().await;
         let row = fresh.query_one("SHOW ssl", &[]).await.unwrap();
-        row.get::<_, String>(0) == want
+        let ssl = row.get::<_, String>(0);
+        if ssl == want {
+            Ok(())
+        } else {
+            Err(format!("ssl is {ssl}"))
+        }
     })
     .await;
-}
-
-async fn wait_until_async<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: not within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

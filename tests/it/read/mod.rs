@@ -254,21 +254,20 @@ async fn paging_skips_and_repeats_nothing_while_updates_race_it() {
 
 /// Polls the by-profile score until it is `score`.
 async fn wait_for_score(reader: &Reader, profile: Uuid, board: &str, score: i64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let now = reader.scores(profile).await.unwrap();
-        if now
-            .iter()
-            .any(|s| s.leaderboard_id == board && s.score == score)
-        {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "score {score} never arrived: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("score {score}");
+    poll(
+        &what,
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            let now = reader.scores(profile).await.unwrap();
+            let arrived = now
+                .iter()
+                .any(|s| s.leaderboard_id == board && s.score == score);
+            arrived.then_some(()).ok_or_else(|| format!("{now:?}"))
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
