@@ -102,8 +102,7 @@ async fn a_key_changed_5000_times_meets_a_bounded_number_of_dead_cells() {
     ensure_schema().await;
     let _servers = shared().await;
     let config = one_key_per_flush("churn");
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (_client, js, session) = nats_and_db(&config).await;
     let profile = Uuid::new_v4();
     let board = format!("churn-{}", Uuid::new_v4().simple());
     let base = chrono::Utc::now().timestamp_micros() - 3_600_000_000;
@@ -147,8 +146,7 @@ async fn writers_racing_on_a_key_with_thousands_of_changes_keep_it_once_at_its_n
     let (_servers, mut config) = sharing("churnrace").await;
     config.batch.max_scores = 3; // many small flushes of the same keys in flight at once
     config.batch.linger = Duration::from_millis(2);
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (_client, js, session) = nats_and_db(&config).await;
     let board = format!("churnrace-{}", Uuid::new_v4().simple());
     let hot = Uuid::new_v4();
     let base = chrono::Utc::now().timestamp_micros() - 3_600_000_000;
@@ -227,8 +225,7 @@ async fn a_flush_of_50_new_keys_is_a_handful_of_batched_requests() {
     let (_servers, mut config) = sharing("flushcost").await;
     // The flush closes on its 50th key, not on the linger.
     config.batch.linger = Duration::from_secs(5);
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (_client, js, session) = nats_and_db(&config).await;
     let board = format!("flushcost-{}", Uuid::new_v4().simple());
     let base = chrono::Utc::now().timestamp_micros() - 60_000_000;
     let events: Vec<Event> = (0..50)

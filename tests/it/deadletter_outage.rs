@@ -112,8 +112,7 @@ async fn stream_messages(js: &async_nats::jetstream::Context, name: &str) -> u64
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_deadletter_stream_does_not_hold_up_good_messages() {
     let (_servers, config) = sharing("dlq_slow").await;
-    let (client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (client, js, session) = nats_and_db(&config).await;
     let worker = Worker::start(config.clone()).await;
     // Slow: the dead-letter stream is gone and something takes its subjects without answering, so
     // every publish waits for its ack until nats.request_timeout (10 s).
@@ -191,8 +190,7 @@ async fn a_deadletter_stream_outage_loses_nothing_and_strands_nothing() {
     // small max_deliver, so the server gives up on them during the outage.
     config.nats.pull_batch = 10;
     config.nats.max_deliver = 3;
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (_client, js, session) = nats_and_db(&config).await;
     let worker = Worker::start(config.clone()).await;
     js.delete_stream(&config.nats.deadletter_stream)
         .await

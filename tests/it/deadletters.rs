@@ -11,8 +11,7 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_payloads_are_dead_lettered_with_their_reason_and_good_ones_are_written() {
     let (_servers, config) = sharing("dlq").await;
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (_client, js, session) = nats_and_db(&config).await;
     let board = format!("dlq-{}", Uuid::new_v4().simple());
     let profile = Uuid::new_v4();
     let now = chrono::Utc::now();
@@ -179,8 +178,7 @@ async fn dead_letters_replay_once_the_cause_is_fixed() {
     let (_servers, mut config) = sharing("replay").await;
     // The "cause": a worker whose clock-skew allowance rejects events stamped slightly ahead.
     config.validation.max_clock_skew = Duration::ZERO;
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (_client, js, session) = nats_and_db(&config).await;
     let board = new_board("replay");
     let a_minute_ahead = Timing::Ascending {
         ago_micros: -60_000_000,

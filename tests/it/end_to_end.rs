@@ -11,8 +11,7 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_land_exactly_in_every_table_despite_duplicates_and_reordering() {
     let (_servers, config) = sharing("e2e").await;
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (_client, js, session) = nats_and_db(&config).await;
     let mut rng = rand::rng();
     let boards: Vec<String> = (0..3)
         .map(|i| format!("e2e-{}-{i}", Uuid::new_v4().simple()))

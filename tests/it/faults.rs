@@ -170,8 +170,7 @@ async fn database_frozen_past_the_retry_budget_loses_nothing() {
     let (_alone, mut config) = alone("outage").await;
     // Statements time out within the 3 s budget, so a frozen database shows both retries and naks.
     config.scylla.request_timeout = Duration::from_secs(1);
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (_client, js, session) = nats_and_db(&config).await;
     let events = events_for("outage", 300, 60);
     let worker = worker_past_the_first(&config, &js, &events, 100).await;
 
@@ -255,8 +254,7 @@ async fn an_outage_of_any_length_dead_letters_nothing() {
         10 * config.nats.max_deliver as u64
             * (config.retry.total_budget + config.retry.nak_delay).as_millis() as u64,
     );
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (_client, js, session) = nats_and_db(&config).await;
     let events = events_for("breaker", 200, 80);
     let worker = worker_past_the_first(&config, &js, &events, 50).await;
 
@@ -309,8 +307,7 @@ async fn deliveries_held_longer_than_ack_wait_are_not_redelivered_to_another_rep
     config.scylla.request_timeout = Duration::from_millis(500);
     // One write slot: one flush is written, the next ones wait closed, and more wait behind them.
     config.batch.max_inflight = 1;
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (_client, js, session) = nats_and_db(&config).await;
     let events = events_for("heldlong", 600, 200);
     let first = worker_past_the_first(&config, &js, &events, 50).await;
     // A second replica on the same consumer takes whatever the server hands out again (or anew).

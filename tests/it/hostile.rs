@@ -500,8 +500,7 @@ fn metric_value(text: &str, name: &str, reason: &str) -> Option<u64> {
 async fn hostile_corpus_through_one_live_worker() {
     let (_servers, config) = sharing("hostile").await;
     let limits = limits_of(&config);
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (_client, js, session) = nats_and_db(&config).await;
     let board = format!("hostile-{}", Uuid::new_v4().simple());
     let now = Utc::now();
     let cases = corpus(now, limits, &board);

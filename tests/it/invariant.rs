@@ -14,8 +14,7 @@ async fn three_workers_keep_each_profile_once_at_its_newest_score() {
     let (_servers, mut config) = sharing("inv").await;
     config.batch.max_scores = 5; // many small flushes in flight at once
     config.batch.linger = Duration::from_millis(5);
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (_client, js, session) = nats_and_db(&config).await;
     let mut rng = rand::rng();
     let boards: Vec<String> = (0..2)
         .map(|i| format!("inv-{}-{i}", Uuid::new_v4().simple()))

@@ -257,8 +257,7 @@ async fn advise_max_deliveries(client: &async_nats::Client, config: &Config, seq
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pull_breaker_probes_with_one_message_before_pulling_at_full_speed() {
     let (_servers, config) = sharing("breaker").await;
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (_client, js, session) = nats_and_db(&config).await;
     let worker = Worker::start(config.clone()).await;
     wait_ready(worker.addr, "at start").await;
     let m = &worker.metrics;

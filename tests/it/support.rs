@@ -225,6 +225,13 @@ pub async fn session() -> Session {
         .expect("session")
 }
 
+/// The opening most tests share after their configuration: a NATS client and JetStream context on
+/// `config`'s topology ([`jetstream`]) and a database [`session`].
+pub async fn nats_and_db(config: &Config) -> (async_nats::Client, jetstream::Context, Session) {
+    let (client, js) = jetstream(config).await;
+    (client, js, session().await)
+}
+
 /// Rows of one leaderboard page size: a bucket partition holds a row tombstone per score change, and
 /// Cassandra refuses a read that meets 100,000 of them (`tombstone_failure_threshold`); pages of this
 /// many live rows keep each read to the tombstones between them.

@@ -20,8 +20,7 @@ use crate::support::*;
 async fn a_key_deleted_with_plain_cql_after_its_event_is_superseded_not_held() {
     let (_servers, config) = sharing("oob_delete").await;
     let buckets = config.scylla.leaderboard_buckets;
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (_client, js, session) = nats_and_db(&config).await;
     let worker = Worker::start(config.clone()).await;
     let board = format!("oob-{}", Uuid::new_v4().simple());
     let profile = Uuid::new_v4();
