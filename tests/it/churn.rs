@@ -192,11 +192,7 @@ async fn writers_racing_on_a_key_with_thousands_of_changes_keep_it_once_at_its_n
         })
         .collect();
     racing.shuffle(&mut rng);
-    let workers = vec![
-        Worker::start(config.clone()).await,
-        Worker::start(config.clone()).await,
-        Worker::start(config.clone()).await,
-    ];
+    let workers = replicas(&config, 3).await;
     publish_all(&js, &config, &racing).await;
     let total = racing.len() as u64;
     wait_until("the race processed", Duration::from_secs(180), || {

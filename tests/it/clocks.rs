@@ -90,13 +90,6 @@ async fn a_producer_four_minutes_fast_does_not_freeze_the_key() {
     );
     assert_eq!(clamped, 1, "the fast event is counted");
     assert_eq!(refused, 1, "the one past max_clock_skew is counted");
-    assert_eq!(
-        worker
-            .metrics
-            .dead_letters
-            .with_label_values(&["future_timestamp"])
-            .get(),
-        1
-    );
+    assert_eq!(dead_letters_for(&worker.metrics, "future_timestamp"), 1);
     worker.stop().await;
 }

@@ -46,12 +46,7 @@ async fn bad_payloads_are_dead_lettered_with_their_reason_and_good_ones_are_writ
     .await;
     // Dead-lettering happens before the ack; give the last one a moment to be counted.
     wait_until("dead letters counted", Duration::from_secs(10), || {
-        worker
-            .metrics
-            .dead_letters
-            .with_label_values(&["malformed_json"])
-            .get()
-            == 3
+        dead_letters_for(&worker.metrics, "malformed_json") == 3
     })
     .await;
 
@@ -189,12 +184,7 @@ async fn dead_letters_replay_once_the_cause_is_fixed() {
         publish(&js, &config, e, &e.event_id).await;
     }
     wait_until("all dead-lettered", Duration::from_secs(60), || {
-        strict
-            .metrics
-            .dead_letters
-            .with_label_values(&["future_timestamp"])
-            .get()
-            == events.len() as u64
+        dead_letters_for(&strict.metrics, "future_timestamp") == events.len() as u64
     })
     .await;
     strict.stop().await;

@@ -466,14 +466,7 @@ async fn an_operator_owned_consumer_decides_the_last_delivery() {
     wait_until(
         "every message dead-lettered",
         Duration::from_secs(60),
-        || {
-            worker
-                .metrics
-                .dead_letters
-                .with_label_values(&["write_failed"])
-                .get()
-                >= events.len() as u64
-        },
+        || dead_letters_for(&worker.metrics, "write_failed") >= events.len() as u64,
     )
     .await;
     worker.stop().await;

@@ -37,11 +37,7 @@ async fn three_workers_keep_each_profile_once_at_its_newest_score() {
         .collect();
     events.shuffle(&mut rng);
 
-    let workers = vec![
-        Worker::start(config.clone()).await,
-        Worker::start(config.clone()).await,
-        Worker::start(config.clone()).await,
-    ];
+    let workers = replicas(&config, 3).await;
     for e in &events {
         publish(&js, &config, e, &e.event_id).await;
     }

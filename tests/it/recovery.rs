@@ -175,13 +175,7 @@ async fn the_advisory_watcher_runs_even_when_jetstream_does_not_answer_at_start(
     wait_until(
         "the advised message dead-lettered",
         Duration::from_secs(30),
-        || {
-            metrics
-                .dead_letters
-                .with_label_values(&["max_deliveries"])
-                .get()
-                >= 1
-        },
+        || dead_letters_for(&metrics, "max_deliveries") >= 1,
     )
     .await;
     let letters = read_stream(&js, &config.nats.deadletter_stream, 1).await;
@@ -372,17 +366,13 @@ async fn an_operator_owned_consumer_changed_while_running_decides_the_last_deliv
     wait_until(
         "the key dead-lettered by the worker on the server's last delivery",
         Duration::from_secs(60),
-        || {
-            m.dead_letters.with_label_values(&["write_failed"]).get()
-                + m.dead_letters.with_label_values(&["max_deliveries"]).get()
-                >= 1
-        },
+        || dead_letters_for(m, "write_failed") + dead_letters_for(m, "max_deliveries") >= 1,
     )
     .await;
     wait_drained(&js, &config, Duration::from_secs(30)).await;
     let (write_failed, max_deliveries) = (
-        m.dead_letters.with_label_values(&["write_failed"]).get(),
-        m.dead_letters.with_label_values(&["max_deliveries"]).get(),
+        dead_letters_for(m, "write_failed"),
+        dead_letters_for(m, "max_deliveries"),
     );
     worker.stop().await;
     let letters = read_stream(&js, &config.nats.deadletter_stream, evs.len()).await;

@@ -143,6 +143,16 @@ impl Worker {
     }
 }
 
+/// `n` in-process workers on one configuration, started one after the other: replicas sharing the
+/// durable consumer.
+pub async fn replicas(config: &Config, n: usize) -> Vec<Worker> {
+    let mut workers = Vec::with_capacity(n);
+    for _ in 0..n {
+        workers.push(Worker::start(config.clone()).await);
+    }
+    workers
+}
+
 /// A NATS client and JetStream context for publishing and inspecting.
 pub async fn jetstream(config: &Config) -> (async_nats::Client, jetstream::Context) {
     let client = nats::connect(&config.nats, None)
@@ -740,8 +750,13 @@ pub async fn wait_drained(js: &jetstream::Context, config: &Config, timeout: Dur
 pub fn dead_lettered(m: &Metrics) -> u64 {
     score_worker::score::RejectReason::ALL
         .iter()
-        .map(|r| m.dead_letters.with_label_values(&[r.as_str()]).get())
+        .map(|r| dead_letters_for(m, r.as_str()))
         .sum()
+}
+
+/// Messages a worker dead-lettered for `reason` (`dead_letters{reason}`).
+pub fn dead_letters_for(m: &Metrics, reason: &str) -> u64 {
+    m.dead_letters.with_label_values(&[reason]).get()
 }
 
 /// Messages a worker gave back because their write failed (`messages_failed{reason="write"}`).

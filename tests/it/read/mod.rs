@@ -470,10 +470,7 @@ async fn run_with_repairs(
     board: &str,
     (events, upserts, deletes): (&[Event], &[Event], &[(Uuid, i64)]),
 ) {
-    let workers = vec![
-        Worker::start(config.clone()).await,
-        Worker::start(config.clone()).await,
-    ];
+    let workers = replicas(config, 2).await;
     let publisher = {
         let (js, config, events) = (js.clone(), config.clone(), events.to_vec());
         tokio::spawn(async move {
