@@ -48,14 +48,21 @@ pub async fn ensure_schema() {
 pub async fn ensure_schema_for(config: &Config) {
     let mut done = SCHEMA.lock().await;
     if !*done {
-        let session = store::connect(&config.scylla)
-            .await
-            .expect("Cassandra must be running (cargo xtask up dev)");
-        schema::migrate(&session, &config.scylla, false)
-            .await
-            .expect("migrate");
+        migrated_session(config, "Cassandra must be running (cargo xtask up dev)").await;
         *done = true;
     }
+}
+
+/// A session on `config`'s database, its schema migrated; `must` says what must answer (the
+/// failure's words).
+pub async fn migrated_session(config: &Config, must: &str) -> Session {
+    let session = store::connect(&config.scylla)
+        .await
+        .unwrap_or_else(|e| panic!("{must}: {e}"));
+    schema::migrate(&session, &config.scylla, false)
+        .await
+        .unwrap_or_else(|e| panic!("migrate ({must}): {e:#}"));
+    session
 }
 
 /// Defaults pointed at the dev set's servers (environments.toml), with names unique to `test`. The
@@ -602,16 +609,22 @@ pub fn free_port() -> u16 {
 
 /// Runs the worker binary with `args` against `config`; returns its stdout, panics on failure.
 pub fn cli(config: &Config, args: &[&str]) -> String {
-    let out = worker_command(config, 0)
-        .args(args)
+    let out = output_ok(worker_command(config, 0).args(args), &format!("{args:?}"));
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Runs `cmd` to its end and asserts it succeeded (the failure names `what` and shows its stderr);
+/// its output.
+pub fn output_ok(cmd: &mut std::process::Command, what: &str) -> std::process::Output {
+    let out = cmd
         .output()
-        .expect("the worker binary runs");
+        .unwrap_or_else(|e| panic!("{what} does not run: {e}"));
     assert!(
         out.status.success(),
-        "{args:?}: {}",
+        "{what} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).expect("utf-8 output")
+    out
 }
 
 /// A nats-server of the test's own (the version `cargo xtask nats-bin` selects) on a free
