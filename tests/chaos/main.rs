@@ -445,12 +445,7 @@ async fn sigterm_during_load_exits_zero_and_a_new_worker_finishes() {
         exits.push(took);
         left.push(unacked);
     }
-    let last_fault = Instant::now();
-    let mut worker = s.spawn_worker();
-    worker.wait_up(START_TIMEOUT).await;
-    s.wait_drained(std::slice::from_mut(&mut worker), DRAIN_TIMEOUT)
-        .await;
-    let recover = last_fault.elapsed();
+    let (mut worker, recover) = s.finishing_worker(Instant::now()).await;
     let exit = worker.terminate(timeout * 3).await;
 
     let extras = format!(
@@ -547,11 +542,7 @@ async fn sigterm_while_the_database_is_frozen() {
     let resumed = Instant::now();
     let log = worker.log_tail(40);
 
-    let mut worker = s.spawn_worker();
-    worker.wait_up(START_TIMEOUT).await;
-    s.wait_drained(std::slice::from_mut(&mut worker), DRAIN_TIMEOUT)
-        .await;
-    let recover = resumed.elapsed();
+    let (mut worker, recover) = s.finishing_worker(resumed).await;
     let last_exit = worker.terminate(timeout * 4).await;
 
     let extras = format!(

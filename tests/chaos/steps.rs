@@ -3,7 +3,7 @@
 //! verdict (verify and the summary line) and the worker's clean exit.
 
 use std::process::ExitStatus;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
@@ -12,7 +12,7 @@ use async_nats::jetstream;
 use crate::harness::{publish, scaled, services, signal, PublishStats, Scenario, Thaw, WorkerProc};
 use crate::verify::{verify, Outcome};
 use crate::workload::{Spec, Workload};
-use crate::{PUBLISH_TIMEOUT, START_TIMEOUT};
+use crate::{DRAIN_TIMEOUT, PUBLISH_TIMEOUT, START_TIMEOUT};
 
 /// How a worker ended: its status and how long after the signal, or `None` if it did not exit.
 pub type Exit = Option<(ExitStatus, Duration)>;
@@ -44,6 +44,16 @@ impl Scenario {
             worker.log_tail(20)
         );
         worker
+    }
+
+    /// A new worker that finishes the work after the fault, begun at `since`: up, and the durable
+    /// consumer drained (within `DRAIN_TIMEOUT`). The worker and the time since `since`.
+    pub async fn finishing_worker(&mut self, since: Instant) -> (WorkerProc, Duration) {
+        let mut worker = self.spawn_worker();
+        worker.wait_up(START_TIMEOUT).await;
+        self.wait_drained(std::slice::from_mut(&mut worker), DRAIN_TIMEOUT)
+            .await;
+        (worker, since.elapsed())
     }
 
     /// The verdict: the database and the dead-letter stream against `workloads`, printed as the

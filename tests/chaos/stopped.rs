@@ -9,7 +9,7 @@ use crate::harness::*;
 use crate::steps::assert_exited_zero;
 use crate::support::poll;
 use crate::workload::Workload;
-use crate::{DRAIN_TIMEOUT, EXIT_MARGIN, PUBLISH_TIMEOUT, START_TIMEOUT};
+use crate::{EXIT_MARGIN, PUBLISH_TIMEOUT};
 
 /// Starts the chaos pair's Cassandra again when dropped, should the scenario panic while it is down.
 struct StartAgain(bool);
@@ -95,12 +95,7 @@ async fn database_stopped_fails_readiness_and_counts_connection_failures() {
     again.0 = false;
     eprintln!("{out}");
     let back_in = starting.elapsed();
-    let resumed = Instant::now();
-    let mut worker = s.spawn_worker();
-    worker.wait_up(START_TIMEOUT).await;
-    s.wait_drained(std::slice::from_mut(&mut worker), DRAIN_TIMEOUT)
-        .await;
-    let recover = resumed.elapsed();
+    let (mut worker, recover) = s.finishing_worker(Instant::now()).await;
     let (ready_after, _) = wait_readyz(&mut worker, 200, "", Duration::from_secs(30)).await;
     let last_exit = worker.terminate(timeout * 3).await;
 
