@@ -32,11 +32,9 @@ async fn a_producer_four_minutes_fast_does_not_freeze_the_key() {
 
     let now = || chrono::Utc::now().timestamp_micros();
     let fast = event(&board, profile, 999, now() + 240_000_000);
-    publish(&js, &config, &fast, &fast.event_id).await;
-    wait_until("the fast event written", Duration::from_secs(30), || {
-        worker.processed() >= 1
-    })
-    .await;
+    worker
+        .publish_and_wait((&js, &config), &fast, 1, "the fast event written")
+        .await;
     // The correct producer's next events happen after the fast one's arrival + the allowance.
     tokio::time::sleep(allowance + Duration::from_millis(500)).await;
     let mut correct = Vec::new();

@@ -148,6 +148,20 @@ impl Worker {
     pub fn processed(&self) -> u64 {
         self.metrics.messages_processed.get()
     }
+
+    /// Publishes `e` ([`publish`], its event id as `Nats-Msg-Id`) and waits (at most 60 s, the
+    /// failure naming `what`) until this worker has processed `total` messages in all.
+    pub async fn publish_and_wait(
+        &self,
+        (js, config): (&jetstream::Context, &Config),
+        e: &Event,
+        total: u64,
+        what: &str,
+    ) {
+        publish(js, config, e, &e.event_id).await;
+        let timeout = Duration::from_secs(60);
+        wait_until(what, timeout, || self.processed() >= total).await;
+    }
 }
 
 /// `n` in-process workers on one configuration, started one after the other: replicas sharing the

@@ -447,10 +447,8 @@ async fn a_deleted_consumer_fails_readiness_and_pulls_back_off_until_it_is_back(
     })
     .await;
     let e = &events("gone", 1)[0];
-    publish(&js, &config, e, &e.event_id).await;
-    wait_until("consuming again", Duration::from_secs(40), || {
-        worker.processed() >= 1
-    })
-    .await;
+    worker
+        .publish_and_wait((&js, &config), e, 1, "consuming again")
+        .await;
     worker.stop().await;
 }

@@ -35,11 +35,9 @@ async fn a_key_deleted_with_plain_cql_after_its_event_is_superseded_not_held() {
     };
 
     let first = event("first", profile, 100, now - 60_000_000);
-    publish(&js, &config, &first, &first.event_id).await;
-    wait_until("the first event written", Duration::from_secs(60), || {
-        worker.processed() >= 1
-    })
-    .await;
+    worker
+        .publish_and_wait((&js, &config), &first, 1, "the first event written")
+        .await;
     delete_with_plain_cql(
         &session,
         &board,
@@ -81,11 +79,9 @@ async fn a_key_deleted_with_plain_cql_after_its_event_is_superseded_not_held() {
 
     // An event after the delete brings the key back, exactly once.
     let back = event("back", profile, 300, chrono::Utc::now().timestamp_micros());
-    publish(&js, &config, &back, &back.event_id).await;
-    wait_until("the key brought back", Duration::from_secs(60), || {
-        worker.processed() >= 23
-    })
-    .await;
+    worker
+        .publish_and_wait((&js, &config), &back, 23, "the key brought back")
+        .await;
     worker.stop().await;
     let mut all = others.clone();
     all.push(back);

@@ -272,11 +272,9 @@ async fn dry_run_writes_nothing_and_a_run_moves_every_valid_row_under_newer_nats
     let newer = nats_event(&newer_key, 424_242, "2026-11-20T00:00:00Z");
     let older = nats_event(&older_key, -424_242, "2026-10-01T00:00:00Z");
     publish(&js, &config, &newer, &newer.event_id).await;
-    publish(&js, &config, &older, &older.event_id).await;
-    wait_until("NATS events written", Duration::from_secs(30), || {
-        worker.processed() >= 2
-    })
-    .await;
+    worker
+        .publish_and_wait((&js, &config), &older, 2, "NATS events written")
+        .await;
     worker.stop().await;
 
     let before = dump(&session, &ks).await;

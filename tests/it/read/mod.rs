@@ -291,11 +291,9 @@ async fn eligibility_cache_misses_hits_is_invalidated_by_the_worker_and_expires(
         at_micros,
     };
     let first = event(10, at);
-    publish(&js, &config, &first, &first.event_id).await;
-    wait_until("first event processed", Duration::from_secs(30), || {
-        worker.processed() >= 1
-    })
-    .await;
+    worker
+        .publish_and_wait((&js, &config), &first, 1, "first event processed")
+        .await;
     wait_for_score(&reader, profile, &board, 10).await;
     let count = |result: &str| {
         metrics
@@ -321,11 +319,9 @@ async fn eligibility_cache_misses_hits_is_invalidated_by_the_worker_and_expires(
 
     // A newer score through NATS and the real worker: its clean-up drops the wallet's entries.
     let newer = event(3, at + 1_000_000);
-    publish(&js, &config, &newer, &newer.event_id).await;
-    wait_until("newer event processed", Duration::from_secs(30), || {
-        worker.processed() >= 2
-    })
-    .await;
+    worker
+        .publish_and_wait((&js, &config), &newer, 2, "newer event processed")
+        .await;
     let d = reader.eligibility(&wallet, &board, 5).await.unwrap();
     assert_eq!(
         (d.cache, d.eligible, d.score),
