@@ -39,14 +39,13 @@ fn events(n: usize, board: &str, profiles: &[Uuid]) -> Vec<Event> {
     (0..n)
         .map(|i| {
             let profile = profiles[rng.random_range(0..profiles.len())];
-            Event {
-                event_id: format!("dc-{i}-{}", Uuid::new_v4().simple()),
+            Event::new(
+                format!("dc-{i}-{}", Uuid::new_v4().simple()),
                 profile,
-                wallet: support::wallet_of(profile),
-                leaderboard: board.into(),
-                score: rng.random_range(-1000..1_000_000),
-                at_micros: support::recent_micros(&mut rng),
-            }
+                board,
+                rng.random_range(-1000..1_000_000),
+                support::recent_micros(&mut rng),
+            )
         })
         .collect()
 }

@@ -25,14 +25,13 @@ use crate::support::*;
 const DEAD_CELLS_BOUND: u64 = 3;
 
 fn event(i: usize, profile: Uuid, leaderboard: &str, score: i64, at_micros: i64) -> Event {
-    Event {
-        event_id: format!("churn-{i}-{}", Uuid::new_v4().simple()),
+    Event::new(
+        format!("churn-{i}-{}", Uuid::new_v4().simple()),
         profile,
-        wallet: wallet_of(profile),
-        leaderboard: leaderboard.to_string(),
+        leaderboard,
         score,
         at_micros,
-    }
+    )
 }
 
 fn update(e: &Event) -> ScoreUpdate {

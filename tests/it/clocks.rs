@@ -8,14 +8,13 @@ use uuid::Uuid;
 use crate::support::*;
 
 fn event(board: &str, profile: Uuid, score: i64, at_micros: i64) -> Event {
-    Event {
-        event_id: format!("clock-{score}-{}", Uuid::new_v4().simple()),
+    Event::new(
+        format!("clock-{score}-{}", Uuid::new_v4().simple()),
         profile,
-        wallet: wallet_of(profile),
-        leaderboard: board.to_string(),
+        board,
         score,
         at_micros,
-    }
+    )
 }
 
 /// A producer four minutes fast, then correct events for the same key: the correct later ones win,

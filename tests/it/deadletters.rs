@@ -15,13 +15,14 @@ async fn bad_payloads_are_dead_lettered_with_their_reason_and_good_ones_are_writ
     let board = format!("dlq-{}", Uuid::new_v4().simple());
     let profile = Uuid::new_v4();
     let now = chrono::Utc::now();
-    let good = |i: i64| Event {
-        event_id: format!("good-{i}-{}", Uuid::new_v4().simple()),
-        profile,
-        wallet: wallet_of(profile),
-        leaderboard: board.clone(),
-        score: i,
-        at_micros: now.timestamp_micros() - 1_000_000 + i,
+    let good = |i: i64| {
+        Event::new(
+            format!("good-{i}-{}", Uuid::new_v4().simple()),
+            profile,
+            &board,
+            i,
+            now.timestamp_micros() - 1_000_000 + i,
+        )
     };
     let bad = bad_payloads(&good(0));
     let worker = Worker::start(config.clone()).await;

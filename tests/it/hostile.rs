@@ -255,14 +255,13 @@ fn edge_goods(board: &str, now: DateTime<Utc>, limits: Limits) -> Vec<Case> {
     };
     let event = |score: i64, at_micros: i64| {
         let profile = Uuid::new_v4();
-        Event {
-            event_id: format!("edge-{}", Uuid::new_v4().simple()),
+        Event::new(
+            format!("edge-{}", Uuid::new_v4().simple()),
             profile,
-            wallet: wallet_of(profile),
-            leaderboard: board.to_string(),
+            board,
             score,
             at_micros,
-        }
+        )
     };
     // The event as a JSON object, `occurred_at` as given (None: the event's time in µs, UTC).
     let object = |e: &Event, occurred_at: Option<&str>| -> Map<String, Value> {
@@ -584,14 +583,13 @@ async fn publish_between_goods(
     let mut goods = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         let profile = profiles[i % profiles.len()];
-        let good = Event {
-            event_id: format!("hostile-good-{i}-{tag}"),
+        let good = Event::new(
+            format!("hostile-good-{i}-{tag}"),
             profile,
-            wallet: wallet_of(profile),
-            leaderboard: board.to_string(),
-            score: rng.random_range(-1_000_000..1_000_000),
-            at_micros: now.timestamp_micros() - 120_000_000 + i as i64 * 1000,
-        };
+            board,
+            rng.random_range(-1_000_000..1_000_000),
+            now.timestamp_micros() - 120_000_000 + i as i64 * 1000,
+        );
         publish(js, config, &good, &good.event_id).await;
         goods.push(good);
         publish_raw(js, config, "hostile", case.payload.clone(), &msg_id(i, tag)).await;

@@ -24,15 +24,16 @@ async fn three_workers_keep_each_profile_once_at_its_newest_score() {
     let mut events: Vec<Event> = (0..1500)
         .map(|i| {
             let profile = profiles[rng.random_range(0..profiles.len())];
-            Event {
-                event_id: format!("inv-{i}"),
+            let board = &boards[rng.random_range(0..boards.len())];
+            // 400 distinct microseconds for ~150 events per key: ties are common.
+            let at_micros = base + rng.random_range(0..400);
+            Event::new(
+                format!("inv-{i}"),
                 profile,
-                wallet: wallet_of(profile),
-                leaderboard: boards[rng.random_range(0..boards.len())].clone(),
-                score: rng.random_range(-50..50),
-                // 400 distinct microseconds for ~150 events per key: ties are common.
-                at_micros: base + rng.random_range(0..400),
-            }
+                board,
+                rng.random_range(-50..50),
+                at_micros,
+            )
         })
         .collect();
     events.shuffle(&mut rng);

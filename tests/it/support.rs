@@ -198,6 +198,24 @@ pub struct Event {
 }
 
 impl Event {
+    /// An event of `profile` (with its wallet, [`wallet_of`]) on `leaderboard`.
+    pub fn new(
+        event_id: impl Into<String>,
+        profile: Uuid,
+        leaderboard: &str,
+        score: i64,
+        at_micros: i64,
+    ) -> Event {
+        Event {
+            event_id: event_id.into(),
+            profile,
+            wallet: wallet_of(profile),
+            leaderboard: leaderboard.into(),
+            score,
+            at_micros,
+        }
+    }
+
     pub fn payload(&self) -> bytes::Bytes {
         sample::event_json(
             &self.event_id,
@@ -1049,14 +1067,13 @@ pub fn events_on(
                 Timing::IndexedRecent => (i as i64, recent_micros(&mut rng)),
                 Timing::Random => (rng.random_range(0..1_000_000), recent_micros(&mut rng)),
             };
-            Event {
-                event_id: format!("{tag}-{i}-{}", Uuid::new_v4().simple()),
+            Event::new(
+                format!("{tag}-{i}-{}", Uuid::new_v4().simple()),
                 profile,
-                wallet: wallet_of(profile),
-                leaderboard: board.to_string(),
+                board,
                 score,
                 at_micros,
-            }
+            )
         })
         .collect()
 }

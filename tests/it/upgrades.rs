@@ -67,14 +67,13 @@ fn events(n: usize, boards: &[String], profiles: &[Uuid]) -> Vec<Event> {
     (0..n)
         .map(|i| {
             let profile = profiles[rng.random_range(0..profiles.len())];
-            Event {
-                event_id: format!("up-{i}-{}", Uuid::new_v4().simple()),
+            Event::new(
+                format!("up-{i}-{}", Uuid::new_v4().simple()),
                 profile,
-                wallet: wallet_of(profile),
-                leaderboard: boards[rng.random_range(0..boards.len())].clone(),
-                score: rng.random_range(-1000..1_000_000),
-                at_micros: recent_micros(&mut rng),
-            }
+                &boards[rng.random_range(0..boards.len())],
+                rng.random_range(-1000..1_000_000),
+                recent_micros(&mut rng),
+            )
         })
         .collect()
 }

@@ -25,13 +25,14 @@ async fn a_key_deleted_with_plain_cql_after_its_event_is_superseded_not_held() {
     let board = format!("oob-{}", Uuid::new_v4().simple());
     let profile = Uuid::new_v4();
     let now = chrono::Utc::now().timestamp_micros();
-    let event = |tag: &str, profile: Uuid, score: i64, at_micros: i64| Event {
-        event_id: format!("oob-{tag}-{}", Uuid::new_v4().simple()),
-        profile,
-        wallet: wallet_of(profile),
-        leaderboard: board.clone(),
-        score,
-        at_micros,
+    let event = |tag: &str, profile: Uuid, score: i64, at_micros: i64| {
+        Event::new(
+            format!("oob-{tag}-{}", Uuid::new_v4().simple()),
+            profile,
+            &board,
+            score,
+            at_micros,
+        )
     };
 
     let first = event("first", profile, 100, now - 60_000_000);

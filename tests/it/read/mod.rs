@@ -419,14 +419,13 @@ fn events_and_repairs(
         (0..n)
             .map(|i| {
                 let profile = profiles[rng.random_range(0..profiles.len())];
-                Event {
-                    event_id: format!("{prefix}-{i}"),
+                Event::new(
+                    format!("{prefix}-{i}"),
                     profile,
-                    wallet: wallet_of(profile),
-                    leaderboard: board.to_string(),
-                    score: rng.random_range(-40..40),
-                    at_micros: base + 2 * rng.random_range(0..300),
-                }
+                    board,
+                    rng.random_range(-40..40),
+                    base + 2 * rng.random_range(0..300),
+                )
             })
             .collect()
     };
@@ -445,14 +444,13 @@ fn events_and_repairs(
         .collect();
     let upserts: Vec<Event> = upserts
         .into_iter()
-        .chain([Event {
-            event_id: "repair-last".into(),
-            profile: profiles[2],
-            wallet: wallet_of(profiles[2]),
-            leaderboard: board.to_string(),
-            score: 77,
-            at_micros: base + 1_002,
-        }])
+        .chain([Event::new(
+            "repair-last",
+            profiles[2],
+            board,
+            77,
+            base + 1_002,
+        )])
         .collect();
     (events, upserts, deletes)
 }
