@@ -105,8 +105,8 @@ async fn datacenters_local_quorum_is_refused_on_a_keyspace_in_two_datacenters() 
         "{refused_start}"
     );
 
-    let board = format!("dc-{}", Uuid::new_v4().simple());
-    let profiles: Vec<Uuid> = (0..50).map(|_| Uuid::new_v4()).collect();
+    let board = support::new_board("dc");
+    let profiles = support::new_profiles(50);
     let first = events(300, &board, &profiles);
     let second = events(300, &board, &profiles);
 

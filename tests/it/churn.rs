@@ -103,7 +103,7 @@ async fn a_key_changed_5000_times_meets_a_bounded_number_of_dead_cells() {
     let config = one_key_per_flush("churn");
     let (_client, js, session) = nats_and_db(&config).await;
     let profile = Uuid::new_v4();
-    let board = format!("churn-{}", Uuid::new_v4().simple());
+    let board = new_board("churn");
     let base = chrono::Utc::now().timestamp_micros() - 3_600_000_000;
     // Every change a new score, a millisecond after the one before.
     let events: Vec<Event> = (0..5000)
@@ -146,7 +146,7 @@ async fn writers_racing_on_a_key_with_thousands_of_changes_keep_it_once_at_its_n
     config.batch.max_scores = 3; // many small flushes of the same keys in flight at once
     config.batch.linger = Duration::from_millis(2);
     let (_client, js, session) = nats_and_db(&config).await;
-    let board = format!("churnrace-{}", Uuid::new_v4().simple());
+    let board = new_board("churnrace");
     let hot = Uuid::new_v4();
     let base = chrono::Utc::now().timestamp_micros() - 3_600_000_000;
 
@@ -221,7 +221,7 @@ async fn a_flush_of_50_new_keys_is_a_handful_of_batched_requests() {
     // The flush closes on its 50th key, not on the linger.
     config.batch.linger = Duration::from_secs(5);
     let (_client, js, session) = nats_and_db(&config).await;
-    let board = format!("flushcost-{}", Uuid::new_v4().simple());
+    let board = new_board("flushcost");
     let base = chrono::Utc::now().timestamp_micros() - 60_000_000;
     let events: Vec<Event> = (0..50)
         .map(|i| event(i, Uuid::new_v4(), &board, i as i64, base + i as i64))

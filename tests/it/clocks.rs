@@ -25,7 +25,7 @@ async fn a_producer_four_minutes_fast_does_not_freeze_the_key() {
     let (_servers, config) = sharing("clocks").await;
     let allowance = config.validation.max_ahead_of_arrival;
     let (_client, js, session) = nats_and_db(&config).await;
-    let board = format!("clocks-{}", Uuid::new_v4().simple());
+    let board = new_board("clocks");
     let profile = Uuid::new_v4();
     let worker = Worker::start(config.clone()).await;
 

@@ -12,7 +12,7 @@ use crate::support::*;
 async fn bad_payloads_are_dead_lettered_with_their_reason_and_good_ones_are_written() {
     let (_servers, config) = sharing("dlq").await;
     let (_client, js, session) = nats_and_db(&config).await;
-    let board = format!("dlq-{}", Uuid::new_v4().simple());
+    let board = new_board("dlq");
     let profile = Uuid::new_v4();
     let now = chrono::Utc::now();
     let good = |i: i64| {

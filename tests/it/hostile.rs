@@ -500,7 +500,7 @@ async fn hostile_corpus_through_one_live_worker() {
     let (_servers, config) = sharing("hostile").await;
     let limits = limits_of(&config);
     let (_client, js, session) = nats_and_db(&config).await;
-    let board = format!("hostile-{}", Uuid::new_v4().simple());
+    let board = new_board("hostile");
     let now = Utc::now();
     let cases = corpus(now, limits, &board);
     assert!(count_bad(&cases) >= 50, "at least 50 bad payloads");
@@ -578,7 +578,7 @@ async fn publish_between_goods(
     cases: &[Case],
     (board, now, tag): (&str, DateTime<Utc>, &str),
 ) -> Vec<Event> {
-    let profiles: Vec<Uuid> = (0..8).map(|_| Uuid::new_v4()).collect();
+    let profiles = new_profiles(8);
     let mut rng = rand::rng();
     let mut goods = Vec::new();
     for (i, case) in cases.iter().enumerate() {

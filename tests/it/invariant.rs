@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use rand::seq::SliceRandom;
 use rand::Rng;
-use uuid::Uuid;
 
 use crate::support::*;
 
@@ -16,10 +15,8 @@ async fn three_workers_keep_each_profile_once_at_its_newest_score() {
     config.batch.linger = Duration::from_millis(5);
     let (_client, js, session) = nats_and_db(&config).await;
     let mut rng = rand::rng();
-    let boards: Vec<String> = (0..2)
-        .map(|i| format!("inv-{}-{i}", Uuid::new_v4().simple()))
-        .collect();
-    let profiles: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+    let boards = new_boards("inv", 2);
+    let profiles = new_profiles(5);
     let base = chrono::Utc::now().timestamp_micros() - 60_000_000;
     let mut events: Vec<Event> = (0..1500)
         .map(|i| {

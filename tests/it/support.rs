@@ -1052,7 +1052,7 @@ pub fn events_on(
     let mut rng = rand::rng();
     let people: Vec<Uuid> = match profiles {
         Profiles::Each => Vec::new(),
-        Profiles::Cycle(k) | Profiles::Random(k) => (0..k).map(|_| Uuid::new_v4()).collect(),
+        Profiles::Cycle(k) | Profiles::Random(k) => new_profiles(k),
     };
     let now = chrono::Utc::now().timestamp_micros();
     (0..n)
@@ -1081,6 +1081,16 @@ pub fn events_on(
 /// A leaderboard id of its own: `tag` and a UUID.
 pub fn new_board(tag: &str) -> String {
     format!("{tag}-{}", Uuid::new_v4().simple())
+}
+
+/// `n` leaderboard ids of their own ([`new_board`]), numbered: `{tag}-{uuid}-{i}`.
+pub fn new_boards(tag: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{}-{i}", new_board(tag))).collect()
+}
+
+/// `n` new profile ids.
+pub fn new_profiles(n: usize) -> Vec<Uuid> {
+    (0..n).map(|_| Uuid::new_v4()).collect()
 }
 
 /// The opening of a test that must run alone (it freezes, stops or reconfigures a shared server):

@@ -84,10 +84,8 @@ async fn a_worker_stays_ready_and_writing_while_migrate_applies_an_additive_vers
     let (config, admin) = own_keyspace("upgrade", 16).await;
     let ks = config.scylla.keyspace.clone();
     let (_client, js) = jetstream(&config).await;
-    let boards: Vec<String> = (0..2)
-        .map(|i| format!("up-{}-{i}", Uuid::new_v4().simple()))
-        .collect();
-    let profiles: Vec<Uuid> = (0..60).map(|_| Uuid::new_v4()).collect();
+    let boards = new_boards("up", 2);
+    let profiles = new_profiles(60);
     let before = events(300, &boards, &profiles);
     let after = events(300, &boards, &profiles);
 
@@ -224,13 +222,11 @@ async fn rebuild_scores_against_live_traffic_leaves_every_key_once_in_its_new_bu
     let (old, admin) = own_keyspace("rebuild", 4).await;
     let ks = old.scylla.keyspace.clone();
     let (_client, js) = jetstream(&old).await;
-    let boards: Vec<String> = (0..2)
-        .map(|i| format!("rb-{}-{i}", Uuid::new_v4().simple()))
-        .collect();
-    let profiles: Vec<Uuid> = (0..400).map(|_| Uuid::new_v4()).collect();
+    let boards = new_boards("rb", 2);
+    let profiles = new_profiles(400);
     let first = events(1200, &boards, &profiles);
     // Live traffic during the rebuild: the same keys (newer and older events) and new profiles.
-    let newcomers: Vec<Uuid> = (0..40).map(|_| Uuid::new_v4()).collect();
+    let newcomers = new_profiles(40);
     let all_profiles: Vec<Uuid> = profiles.iter().chain(&newcomers).copied().collect();
     let second = events(1200, &boards, &all_profiles);
 

@@ -22,7 +22,7 @@ async fn a_key_deleted_with_plain_cql_after_its_event_is_superseded_not_held() {
     let buckets = config.scylla.leaderboard_buckets;
     let (_client, js, session) = nats_and_db(&config).await;
     let worker = Worker::start(config.clone()).await;
-    let board = format!("oob-{}", Uuid::new_v4().simple());
+    let board = new_board("oob");
     let profile = Uuid::new_v4();
     let now = chrono::Utc::now().timestamp_micros();
     let event = |tag: &str, profile: Uuid, score: i64, at_micros: i64| {

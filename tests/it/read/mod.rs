@@ -60,11 +60,11 @@ fn sorted(scores: &HashMap<Uuid, i64>) -> Vec<(i64, Uuid)> {
 async fn top_n_pages_and_ranks_equal_an_independent_sort_across_buckets() {
     let (_servers, config) = sharing("read_top").await;
     let (store, reader, _) = open(&config).await;
-    let board = format!("read-top-{}", Uuid::new_v4().simple());
+    let board = new_board("read-top");
     let mut rng = rand::rng();
     let base = chrono::Utc::now().timestamp_micros() - 3_600_000_000;
     // 700 profiles, scores in -30..30: many ties within and across buckets, negatives.
-    let profiles: Vec<Uuid> = (0..700).map(|_| Uuid::new_v4()).collect();
+    let profiles = new_profiles(700);
     let first: Vec<ScoreUpdate> = profiles
         .iter()
         .map(|p| update(&board, *p, rng.random_range(-30..30), base))
@@ -178,7 +178,7 @@ async fn assert_ranks(reader: &Reader, board: &str, want: &[(i64, Uuid)]) {
 async fn paging_skips_and_repeats_nothing_while_updates_race_it() {
     let (_servers, config) = sharing("read_race").await;
     let (store, reader, _) = open(&config).await;
-    let board = format!("read-race-{}", Uuid::new_v4().simple());
+    let board = new_board("read-race");
     let mut rng = rand::rng();
     let base = chrono::Utc::now().timestamp_micros() - 3_600_000_000;
     // Stable profiles are never updated during the walk; hot ones change score all the time, moving
@@ -186,7 +186,7 @@ async fn paging_skips_and_repeats_nothing_while_updates_race_it() {
     let stable: Vec<ScoreUpdate> = (0..400)
         .map(|_| update(&board, Uuid::new_v4(), rng.random_range(-100..100), base))
         .collect();
-    let hot: Vec<Uuid> = (0..40).map(|_| Uuid::new_v4()).collect();
+    let hot = new_profiles(40);
     let hot_first: Vec<ScoreUpdate> = hot
         .iter()
         .map(|p| update(&board, *p, rng.random_range(-100..100), base))
@@ -278,7 +278,7 @@ async fn eligibility_cache_misses_hits_is_invalidated_by_the_worker_and_expires(
     let ttl = Duration::from_secs(3);
     let (_, reader, metrics) = open(&config).await;
     let reader = reader.with_cache_ttl(ttl);
-    let board = format!("read-cache-{}", Uuid::new_v4().simple());
+    let board = new_board("read-cache");
     let profile = Uuid::new_v4();
     let wallet = wallet_of(profile);
     let at = chrono::Utc::now().timestamp_micros() - 10_000_000;
@@ -361,8 +361,8 @@ async fn repairs_keep_the_invariant_under_a_concurrent_worker() {
     config.batch.linger = Duration::from_millis(5);
     let (_client, js) = jetstream(&config).await;
     let (store, reader, _) = open(&config).await;
-    let board = format!("read-crud-{}", Uuid::new_v4().simple());
-    let profiles: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+    let board = new_board("read-crud");
+    let profiles = new_profiles(6);
     let base = chrono::Utc::now().timestamp_micros() - 60_000_000;
     let (events, upserts, deletes) = events_and_repairs(&board, &profiles, base);
 
