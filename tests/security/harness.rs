@@ -235,6 +235,13 @@ pub struct ServerTls<'a> {
     pub verify: bool,
 }
 
+impl<'a> ServerTls<'a> {
+    /// TLS with `cert` signed by `ca`; `verify`: require and verify client certificates.
+    pub fn new(ca: &'a Ca, cert: &'a Leaf, verify: bool) -> ServerTls<'a> {
+        ServerTls { ca, cert, verify }
+    }
+}
+
 /// A nats-server process of this test (JetStream in a temp dir, auth, optional TLS) on a free
 /// loopback port; killed and cleaned up on drop.
 pub struct NatsServer {
