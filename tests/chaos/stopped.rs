@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
-use crate::steps::assert_exited_zero;
+use crate::steps::{assert_exited_zero, database_outage_timings};
 use crate::support::poll;
 use crate::workload::Workload;
 use crate::{EXIT_MARGIN, PUBLISH_TIMEOUT};
@@ -51,11 +51,7 @@ async fn wait_readyz(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_stopped_fails_readiness_and_counts_connection_failures() {
     let mut s = Scenario::start("db-stopped", |c| {
-        c.scylla.request_timeout = Duration::from_secs(1);
-        c.retry.total_budget = Duration::from_secs(3);
-        c.retry.nak_delay = Duration::from_millis(500);
-        c.nats.ack_wait = Duration::from_secs(10);
-        c.retry.progress_interval = Duration::from_secs(2);
+        database_outage_timings(c, Duration::from_secs(3));
         c.shutdown.timeout = Duration::from_secs(5);
     })
     .await;
