@@ -445,7 +445,7 @@ pub async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -
             if done {
                 Ok(())
             } else {
-                Err(String::new())
+                Err("still false".into())
             }
         }
     })
