@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::harness::*;
 use crate::steps::assert_exited_zero;
+use crate::support::poll;
 use crate::verify::{header, read_all};
 use crate::START_TIMEOUT;
 
@@ -125,17 +126,19 @@ async fn wait_for_a_dead_letter(
     s: &Scenario,
     worker: &WorkerProc,
 ) -> Vec<async_nats::jetstream::Message> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let letters = read_all(&s.js, &s.config.nats.deadletter_stream).await;
-        if !letters.is_empty() {
-            return letters;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no dead letter within 60 s of the last kill\n{}",
-            worker.log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (timeout, every) = (Duration::from_secs(60), Duration::from_millis(200));
+    poll(
+        "a dead letter after the last kill",
+        timeout,
+        every,
+        || async {
+            let letters = read_all(&s.js, &s.config.nats.deadletter_stream).await;
+            if letters.is_empty() {
+                Err(format!("none yet\n{}", worker.log_tail(20)))
+            } else {
+                Ok(letters)
+            }
+        },
+    )
+    .await
 }

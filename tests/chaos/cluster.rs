@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use score_worker::config::{Config, Consistency};
-use score_worker::{nats, schema, store};
+use score_worker::nats;
 use tokio::sync::OnceCell;
 
 use crate::harness::*;
@@ -94,12 +94,8 @@ async fn start(name: &'static str, tweak: impl FnOnce(&mut Config)) -> Scenario 
     assert_eq!(config.scylla.consistency, Consistency::LocalQuorum);
     MIGRATED
         .get_or_init(|| async {
-            let session = store::connect(&config.scylla)
-                .await
-                .expect("the Cassandra cluster answers (cargo xtask up cluster)");
-            schema::migrate(&session, &config.scylla, false)
-                .await
-                .expect("migrate on the cluster");
+            let cluster = "the Cassandra cluster answers (cargo xtask up cluster)";
+            let session = support::migrated_session(&config, cluster).await;
             let rf = keyspace_replication_factor(&session).await;
             assert_eq!(
                 rf.as_deref(),

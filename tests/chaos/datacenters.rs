@@ -39,14 +39,13 @@ fn events(n: usize, board: &str, profiles: &[Uuid]) -> Vec<Event> {
     (0..n)
         .map(|i| {
             let profile = profiles[rng.random_range(0..profiles.len())];
-            Event {
-                event_id: format!("dc-{i}-{}", Uuid::new_v4().simple()),
+            Event::new(
+                format!("dc-{i}-{}", Uuid::new_v4().simple()),
                 profile,
-                wallet: support::wallet_of(profile),
-                leaderboard: board.into(),
-                score: rng.random_range(-1000..1_000_000),
-                at_micros: support::recent_micros(&mut rng),
-            }
+                board,
+                rng.random_range(-1000..1_000_000),
+                support::recent_micros(&mut rng),
+            )
         })
         .collect()
 }
@@ -106,8 +105,8 @@ async fn datacenters_local_quorum_is_refused_on_a_keyspace_in_two_datacenters() 
         "{refused_start}"
     );
 
-    let board = format!("dc-{}", Uuid::new_v4().simple());
-    let profiles: Vec<Uuid> = (0..50).map(|_| Uuid::new_v4()).collect();
+    let board = support::new_board("dc");
+    let profiles = support::new_profiles(50);
     let first = events(300, &board, &profiles);
     let second = events(300, &board, &profiles);
 

@@ -42,7 +42,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use harness::*;
-use steps::{assert_exited_zero, freeze_cassandra, paced_publisher, Exit};
+use steps::{assert_exited_zero, database_outage_timings, freeze_cassandra, paced_publisher, Exit};
 use workload::{Spec, Workload};
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(240);
@@ -106,14 +106,7 @@ async fn sigkill_mid_flush_repeatedly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_frozen_past_the_retry_budget() {
     let budget = Duration::from_secs(3);
-    let mut s = Scenario::start("db-freeze", |c| {
-        c.scylla.request_timeout = Duration::from_secs(1);
-        c.retry.total_budget = budget;
-        c.retry.nak_delay = Duration::from_millis(500);
-        c.nats.ack_wait = Duration::from_secs(10);
-        c.retry.progress_interval = Duration::from_secs(2);
-    })
-    .await;
+    let mut s = Scenario::start("db-freeze", |c| database_outage_timings(c, budget)).await;
     let w = s.standard_workload("dbfreeze", 4000);
     let third = w.items.len() / 3;
     publish(&s.js, &w, 0..third, PUBLISH_TIMEOUT).await;
@@ -445,12 +438,7 @@ async fn sigterm_during_load_exits_zero_and_a_new_worker_finishes() {
         exits.push(took);
         left.push(unacked);
     }
-    let last_fault = Instant::now();
-    let mut worker = s.spawn_worker();
-    worker.wait_up(START_TIMEOUT).await;
-    s.wait_drained(std::slice::from_mut(&mut worker), DRAIN_TIMEOUT)
-        .await;
-    let recover = last_fault.elapsed();
+    let (mut worker, recover) = s.finishing_worker(Instant::now()).await;
     let exit = worker.terminate(timeout * 3).await;
 
     let extras = format!(
@@ -547,11 +535,7 @@ async fn sigterm_while_the_database_is_frozen() {
     let resumed = Instant::now();
     let log = worker.log_tail(40);
 
-    let mut worker = s.spawn_worker();
-    worker.wait_up(START_TIMEOUT).await;
-    s.wait_drained(std::slice::from_mut(&mut worker), DRAIN_TIMEOUT)
-        .await;
-    let recover = resumed.elapsed();
+    let (mut worker, recover) = s.finishing_worker(resumed).await;
     let last_exit = worker.terminate(timeout * 4).await;
 
     let extras = format!(

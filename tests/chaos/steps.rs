@@ -3,19 +3,31 @@
 //! verdict (verify and the summary line) and the worker's clean exit.
 
 use std::process::ExitStatus;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
 use async_nats::jetstream;
+use score_worker::config::Config;
 
 use crate::harness::{publish, scaled, services, signal, PublishStats, Scenario, Thaw, WorkerProc};
 use crate::verify::{verify, Outcome};
 use crate::workload::{Spec, Workload};
-use crate::{PUBLISH_TIMEOUT, START_TIMEOUT};
+use crate::{DRAIN_TIMEOUT, PUBLISH_TIMEOUT, START_TIMEOUT};
 
 /// How a worker ended: its status and how long after the signal, or `None` if it did not exit.
 pub type Exit = Option<(ExitStatus, Duration)>;
+
+/// The timings of the scenarios that take the database away (frozen, stopped): statements time
+/// out after 1 s and a flush gives up after `budget`, nak'd for redelivery after 500 ms; `ack_wait`
+/// 10 s, kept alive every 2 s.
+pub fn database_outage_timings(c: &mut Config, budget: Duration) {
+    c.scylla.request_timeout = Duration::from_secs(1);
+    c.retry.total_budget = budget;
+    c.retry.nak_delay = Duration::from_millis(500);
+    c.nats.ack_wait = Duration::from_secs(10);
+    c.retry.progress_interval = Duration::from_secs(2);
+}
 
 impl Scenario {
     /// The opening: a standard workload of `events` (times `SCORE_WORKER_CHAOS_SCALE`) named
@@ -44,6 +56,16 @@ impl Scenario {
             worker.log_tail(20)
         );
         worker
+    }
+
+    /// A new worker that finishes the work after the fault, begun at `since`: up, and the durable
+    /// consumer drained (within `DRAIN_TIMEOUT`). The worker and the time since `since`.
+    pub async fn finishing_worker(&mut self, since: Instant) -> (WorkerProc, Duration) {
+        let mut worker = self.spawn_worker();
+        worker.wait_up(START_TIMEOUT).await;
+        self.wait_drained(std::slice::from_mut(&mut worker), DRAIN_TIMEOUT)
+            .await;
+        (worker, since.elapsed())
     }
 
     /// The verdict: the database and the dead-letter stream against `workloads`, printed as the

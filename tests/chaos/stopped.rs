@@ -6,9 +6,10 @@
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
-use crate::steps::assert_exited_zero;
+use crate::steps::{assert_exited_zero, database_outage_timings};
+use crate::support::poll;
 use crate::workload::Workload;
-use crate::{DRAIN_TIMEOUT, EXIT_MARGIN, PUBLISH_TIMEOUT, START_TIMEOUT};
+use crate::{EXIT_MARGIN, PUBLISH_TIMEOUT};
 
 /// Starts the chaos pair's Cassandra again when dropped, should the scenario panic while it is down.
 struct StartAgain(bool);
@@ -50,11 +51,7 @@ async fn wait_readyz(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_stopped_fails_readiness_and_counts_connection_failures() {
     let mut s = Scenario::start("db-stopped", |c| {
-        c.scylla.request_timeout = Duration::from_secs(1);
-        c.retry.total_budget = Duration::from_secs(3);
-        c.retry.nak_delay = Duration::from_millis(500);
-        c.nats.ack_wait = Duration::from_secs(10);
-        c.retry.progress_interval = Duration::from_secs(2);
+        database_outage_timings(c, Duration::from_secs(3));
         c.shutdown.timeout = Duration::from_secs(5);
     })
     .await;
@@ -94,12 +91,7 @@ async fn database_stopped_fails_readiness_and_counts_connection_failures() {
     again.0 = false;
     eprintln!("{out}");
     let back_in = starting.elapsed();
-    let resumed = Instant::now();
-    let mut worker = s.spawn_worker();
-    worker.wait_up(START_TIMEOUT).await;
-    s.wait_drained(std::slice::from_mut(&mut worker), DRAIN_TIMEOUT)
-        .await;
-    let recover = resumed.elapsed();
+    let (mut worker, recover) = s.finishing_worker(Instant::now()).await;
     let (ready_after, _) = wait_readyz(&mut worker, 200, "", Duration::from_secs(30)).await;
     let last_exit = worker.terminate(timeout * 3).await;
 
@@ -136,21 +128,18 @@ async fn database_stopped_fails_readiness_and_counts_connection_failures() {
 /// Waits (at most 60 s) until the connection-failure counter rises above `failures_at_stop`; returns the
 /// values seen.
 async fn wait_failures_rise(worker: &WorkerProc, failures_at_stop: u64) -> Vec<u64> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = vec![failures_at_stop];
-    loop {
+    let (timeout, every) = (Duration::from_secs(60), Duration::from_millis(200));
+    let what = format!("{FAILURES} to rise after the stop");
+    let risen = poll(&what, timeout, every, || async {
         let now = worker.metric(FAILURES).await as u64;
         if now > failures_at_stop {
-            seen.push(now);
-            return seen;
+            Ok(now)
+        } else {
+            Err(format!("still {now}\n{}", worker.log_tail(20)))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{FAILURES} did not rise within 60 s of the stop (still {now})\n{}",
-            worker.log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
+    vec![failures_at_stop, risen]
 }
 
 /// Waits (at most 30 s) until the worker's pending gauge equals the known backlog: what was stored

@@ -25,14 +25,13 @@ use crate::support::*;
 const DEAD_CELLS_BOUND: u64 = 3;
 
 fn event(i: usize, profile: Uuid, leaderboard: &str, score: i64, at_micros: i64) -> Event {
-    Event {
-        event_id: format!("churn-{i}-{}", Uuid::new_v4().simple()),
+    Event::new(
+        format!("churn-{i}-{}", Uuid::new_v4().simple()),
         profile,
-        wallet: wallet_of(profile),
-        leaderboard: leaderboard.to_string(),
+        leaderboard,
         score,
         at_micros,
-    }
+    )
 }
 
 fn update(e: &Event) -> ScoreUpdate {
@@ -102,10 +101,9 @@ async fn a_key_changed_5000_times_meets_a_bounded_number_of_dead_cells() {
     ensure_schema().await;
     let _servers = shared().await;
     let config = one_key_per_flush("churn");
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (_client, js, session) = nats_and_db(&config).await;
     let profile = Uuid::new_v4();
-    let board = format!("churn-{}", Uuid::new_v4().simple());
+    let board = new_board("churn");
     let base = chrono::Utc::now().timestamp_micros() - 3_600_000_000;
     // Every change a new score, a millisecond after the one before.
     let events: Vec<Event> = (0..5000)
@@ -147,9 +145,8 @@ async fn writers_racing_on_a_key_with_thousands_of_changes_keep_it_once_at_its_n
     let (_servers, mut config) = sharing("churnrace").await;
     config.batch.max_scores = 3; // many small flushes of the same keys in flight at once
     config.batch.linger = Duration::from_millis(2);
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
-    let board = format!("churnrace-{}", Uuid::new_v4().simple());
+    let (_client, js, session) = nats_and_db(&config).await;
+    let board = new_board("churnrace");
     let hot = Uuid::new_v4();
     let base = chrono::Utc::now().timestamp_micros() - 3_600_000_000;
 
@@ -194,11 +191,7 @@ async fn writers_racing_on_a_key_with_thousands_of_changes_keep_it_once_at_its_n
         })
         .collect();
     racing.shuffle(&mut rng);
-    let workers = vec![
-        Worker::start(config.clone()).await,
-        Worker::start(config.clone()).await,
-        Worker::start(config.clone()).await,
-    ];
+    let workers = replicas(&config, 3).await;
     publish_all(&js, &config, &racing).await;
     let total = racing.len() as u64;
     wait_until("the race processed", Duration::from_secs(180), || {
@@ -227,9 +220,8 @@ async fn a_flush_of_50_new_keys_is_a_handful_of_batched_requests() {
     let (_servers, mut config) = sharing("flushcost").await;
     // The flush closes on its 50th key, not on the linger.
     config.batch.linger = Duration::from_secs(5);
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
-    let board = format!("flushcost-{}", Uuid::new_v4().simple());
+    let (_client, js, session) = nats_and_db(&config).await;
+    let board = new_board("flushcost");
     let base = chrono::Utc::now().timestamp_micros() - 60_000_000;
     let events: Vec<Event> = (0..50)
         .map(|i| event(i, Uuid::new_v4(), &board, i as i64, base + i as i64))

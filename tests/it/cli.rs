@@ -19,6 +19,18 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Asserts that `score <verb> --at` four minutes ahead failed; its stderr.
+fn assert_refused(refused: &Output, verb: &str) -> String {
+    let stderr = String::from_utf8_lossy(&refused.stderr).into_owned();
+    eprintln!("score {verb} --at +4 min: {:?} {stderr}", refused.status);
+    assert!(
+        !refused.status.success(),
+        "{verb} 4 minutes ahead: {}",
+        stdout(refused)
+    );
+    stderr
+}
+
 fn git_revision() -> String {
     let out = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
@@ -204,14 +216,7 @@ async fn a_repair_ahead_of_the_operators_clock_is_refused() {
     };
 
     let four_minutes = ahead(240);
-    let refused = set(&four_minutes, "999");
-    let stderr = String::from_utf8_lossy(&refused.stderr).into_owned();
-    eprintln!("score set --at +4 min: {:?} {stderr}", refused.status);
-    assert!(
-        !refused.status.success(),
-        "set 4 minutes ahead: {}",
-        stdout(&refused)
-    );
+    let stderr = assert_refused(&set(&four_minutes, "999"), "set");
     assert!(
         stderr.contains("ahead of this machine's clock; a repair may be at most 2.000s ahead"),
         "{stderr}"
@@ -227,14 +232,7 @@ async fn a_repair_ahead_of_the_operators_clock_is_refused() {
     let mut delete = vec!["score", "delete"];
     delete.extend(key);
     delete.extend(["--at", four_minutes.as_str()]);
-    let refused = run(&config, &delete, &[]);
-    let stderr = String::from_utf8_lossy(&refused.stderr).into_owned();
-    eprintln!("score delete --at +4 min: {:?} {stderr}", refused.status);
-    assert!(
-        !refused.status.success(),
-        "delete 4 minutes ahead: {}",
-        stdout(&refused)
-    );
+    let stderr = assert_refused(&run(&config, &delete, &[]), "delete");
     assert!(stderr.contains("a repair may be at most"), "{stderr}");
     assert!(get().starts_with("score 7 "), "the score stays: {}", get());
 }

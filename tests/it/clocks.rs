@@ -8,14 +8,13 @@ use uuid::Uuid;
 use crate::support::*;
 
 fn event(board: &str, profile: Uuid, score: i64, at_micros: i64) -> Event {
-    Event {
-        event_id: format!("clock-{score}-{}", Uuid::new_v4().simple()),
+    Event::new(
+        format!("clock-{score}-{}", Uuid::new_v4().simple()),
         profile,
-        wallet: wallet_of(profile),
-        leaderboard: board.to_string(),
+        board,
         score,
         at_micros,
-    }
+    )
 }
 
 /// A producer four minutes fast, then correct events for the same key: the correct later ones win,
@@ -25,19 +24,16 @@ fn event(board: &str, profile: Uuid, score: i64, at_micros: i64) -> Event {
 async fn a_producer_four_minutes_fast_does_not_freeze_the_key() {
     let (_servers, config) = sharing("clocks").await;
     let allowance = config.validation.max_ahead_of_arrival;
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
-    let board = format!("clocks-{}", Uuid::new_v4().simple());
+    let (_client, js, session) = nats_and_db(&config).await;
+    let board = new_board("clocks");
     let profile = Uuid::new_v4();
     let worker = Worker::start(config.clone()).await;
 
     let now = || chrono::Utc::now().timestamp_micros();
     let fast = event(&board, profile, 999, now() + 240_000_000);
-    publish(&js, &config, &fast, &fast.event_id).await;
-    wait_until("the fast event written", Duration::from_secs(30), || {
-        worker.processed() >= 1
-    })
-    .await;
+    worker
+        .publish_and_wait((&js, &config), &fast, 1, "the fast event written")
+        .await;
     // The correct producer's next events happen after the fast one's arrival + the allowance.
     tokio::time::sleep(allowance + Duration::from_millis(500)).await;
     let mut correct = Vec::new();
@@ -91,13 +87,6 @@ async fn a_producer_four_minutes_fast_does_not_freeze_the_key() {
     );
     assert_eq!(clamped, 1, "the fast event is counted");
     assert_eq!(refused, 1, "the one past max_clock_skew is counted");
-    assert_eq!(
-        worker
-            .metrics
-            .dead_letters
-            .with_label_values(&["future_timestamp"])
-            .get(),
-        1
-    );
+    assert_eq!(dead_letters_for(&worker.metrics, "future_timestamp"), 1);
     worker.stop().await;
 }

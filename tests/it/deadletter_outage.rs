@@ -37,12 +37,14 @@ fn bad_payload(i: usize) -> (&'static str, Vec<u8>) {
     }
 }
 
-/// Publishes `goods` with one bad payload after every `every` good ones; returns the bad reasons.
-async fn publish_mixed(
-    js: &async_nats::jetstream::Context,
-    config: &Config,
+/// Publishes `goods` with `bad` bad payloads spread among them, then waits (at most 60 s) until
+/// `worker` has written every good one `while_` the dead letters are stuck; returns the bad reasons.
+async fn publish_mixed_and_write_goods(
+    (js, config): (&async_nats::jetstream::Context, &Config),
+    worker: &Worker,
     goods: &[Event],
     bad: usize,
+    while_: &str,
 ) -> HashMap<String, usize> {
     let every = goods.len() / bad;
     let mut reasons = HashMap::new();
@@ -63,6 +65,14 @@ async fn publish_mixed(
             .await;
         }
     }
+    let written = format!("every good event written {while_}");
+    wait_processed_or_report(
+        worker,
+        goods.len() as u64,
+        Duration::from_secs(60),
+        &written,
+    )
+    .await;
     reasons
 }
 
@@ -112,8 +122,7 @@ async fn stream_messages(js: &async_nats::jetstream::Context, name: &str) -> u64
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_deadletter_stream_does_not_hold_up_good_messages() {
     let (_servers, config) = sharing("dlq_slow").await;
-    let (client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (client, js, session) = nats_and_db(&config).await;
     let worker = Worker::start(config.clone()).await;
     // Slow: the dead-letter stream is gone and something takes its subjects without answering, so
     // every publish waits for its ack until nats.request_timeout (10 s).
@@ -132,14 +141,8 @@ async fn a_slow_deadletter_stream_does_not_hold_up_good_messages() {
         n
     });
     let goods = good_events("dlq_slow", 500);
-    let reasons = publish_mixed(&js, &config, &goods, 30).await;
-
-    wait_until(
-        "every good event written while dead letters wait",
-        Duration::from_secs(60),
-        || worker.processed() >= goods.len() as u64,
-    )
-    .await;
+    let waiting = "while dead letters wait";
+    let reasons = publish_mixed_and_write_goods((&js, &config), &worker, &goods, 30, waiting).await;
     let m = &worker.metrics;
     let held = m.deadletters_pending.get();
     eprintln!(
@@ -191,22 +194,15 @@ async fn a_deadletter_stream_outage_loses_nothing_and_strands_nothing() {
     // small max_deliver, so the server gives up on them during the outage.
     config.nats.pull_batch = 10;
     config.nats.max_deliver = 3;
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (_client, js, session) = nats_and_db(&config).await;
     let worker = Worker::start(config.clone()).await;
     js.delete_stream(&config.nats.deadletter_stream)
         .await
         .unwrap();
     let goods = good_events("dlq_down", 400);
     let bad = 60;
-    let reasons = publish_mixed(&js, &config, &goods, bad).await;
-
-    wait_until(
-        "every good event written during the outage",
-        Duration::from_secs(60),
-        || worker.processed() >= goods.len() as u64,
-    )
-    .await;
+    let outage = "during the outage";
+    let reasons = publish_mixed_and_write_goods((&js, &config), &worker, &goods, bad, outage).await;
     let m = &worker.metrics;
     // Held in the queue, or advised by the server once it gave up on them: all accounted for.
     wait_until(

@@ -11,18 +11,18 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_payloads_are_dead_lettered_with_their_reason_and_good_ones_are_written() {
     let (_servers, config) = sharing("dlq").await;
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
-    let board = format!("dlq-{}", Uuid::new_v4().simple());
+    let (_client, js, session) = nats_and_db(&config).await;
+    let board = new_board("dlq");
     let profile = Uuid::new_v4();
     let now = chrono::Utc::now();
-    let good = |i: i64| Event {
-        event_id: format!("good-{i}-{}", Uuid::new_v4().simple()),
-        profile,
-        wallet: wallet_of(profile),
-        leaderboard: board.clone(),
-        score: i,
-        at_micros: now.timestamp_micros() - 1_000_000 + i,
+    let good = |i: i64| {
+        Event::new(
+            format!("good-{i}-{}", Uuid::new_v4().simple()),
+            profile,
+            &board,
+            i,
+            now.timestamp_micros() - 1_000_000 + i,
+        )
     };
     let bad = bad_payloads(&good(0));
     let worker = Worker::start(config.clone()).await;
@@ -47,12 +47,7 @@ async fn bad_payloads_are_dead_lettered_with_their_reason_and_good_ones_are_writ
     .await;
     // Dead-lettering happens before the ack; give the last one a moment to be counted.
     wait_until("dead letters counted", Duration::from_secs(10), || {
-        worker
-            .metrics
-            .dead_letters
-            .with_label_values(&["malformed_json"])
-            .get()
-            == 3
+        dead_letters_for(&worker.metrics, "malformed_json") == 3
     })
     .await;
 
@@ -179,8 +174,7 @@ async fn dead_letters_replay_once_the_cause_is_fixed() {
     let (_servers, mut config) = sharing("replay").await;
     // The "cause": a worker whose clock-skew allowance rejects events stamped slightly ahead.
     config.validation.max_clock_skew = Duration::ZERO;
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (_client, js, session) = nats_and_db(&config).await;
     let board = new_board("replay");
     let a_minute_ahead = Timing::Ascending {
         ago_micros: -60_000_000,
@@ -191,12 +185,7 @@ async fn dead_letters_replay_once_the_cause_is_fixed() {
         publish(&js, &config, e, &e.event_id).await;
     }
     wait_until("all dead-lettered", Duration::from_secs(60), || {
-        strict
-            .metrics
-            .dead_letters
-            .with_label_values(&["future_timestamp"])
-            .get()
-            == events.len() as u64
+        dead_letters_for(&strict.metrics, "future_timestamp") == events.len() as u64
     })
     .await;
     strict.stop().await;

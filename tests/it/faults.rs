@@ -170,8 +170,7 @@ async fn database_frozen_past_the_retry_budget_loses_nothing() {
     let (_alone, mut config) = alone("outage").await;
     // Statements time out within the 3 s budget, so a frozen database shows both retries and naks.
     config.scylla.request_timeout = Duration::from_secs(1);
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (_client, js, session) = nats_and_db(&config).await;
     let events = events_for("outage", 300, 60);
     let worker = worker_past_the_first(&config, &js, &events, 100).await;
 
@@ -255,8 +254,7 @@ async fn an_outage_of_any_length_dead_letters_nothing() {
         10 * config.nats.max_deliver as u64
             * (config.retry.total_budget + config.retry.nak_delay).as_millis() as u64,
     );
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (_client, js, session) = nats_and_db(&config).await;
     let events = events_for("breaker", 200, 80);
     let worker = worker_past_the_first(&config, &js, &events, 50).await;
 
@@ -275,18 +273,9 @@ async fn an_outage_of_any_length_dead_letters_nothing() {
     assert_eq!(worker.metrics.pulls_paused.get(), 1, "still paused");
     drop(thaw);
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while worker.processed() < events.len() as u64 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not every event written after the database came back: processed {}, received {}, paused {}, dead {}",
-            worker.processed(),
-            worker.metrics.messages_received.get(),
-            worker.metrics.pulls_paused.get(),
-            dead_lettered(&worker.metrics)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let written = "every event written after the database came back";
+    let n = events.len() as u64;
+    wait_processed_or_report(&worker, n, Duration::from_secs(90), written).await;
     assert_eq!(worker.metrics.pulls_paused.get(), 0, "pulling resumed");
     assert_eq!(
         dead_lettered(&worker.metrics),
@@ -318,8 +307,7 @@ async fn deliveries_held_longer_than_ack_wait_are_not_redelivered_to_another_rep
     config.scylla.request_timeout = Duration::from_millis(500);
     // One write slot: one flush is written, the next ones wait closed, and more wait behind them.
     config.batch.max_inflight = 1;
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (_client, js, session) = nats_and_db(&config).await;
     let events = events_for("heldlong", 600, 200);
     let first = worker_past_the_first(&config, &js, &events, 50).await;
     // A second replica on the same consumer takes whatever the server hands out again (or anew).
@@ -478,14 +466,7 @@ async fn an_operator_owned_consumer_decides_the_last_delivery() {
     wait_until(
         "every message dead-lettered",
         Duration::from_secs(60),
-        || {
-            worker
-                .metrics
-                .dead_letters
-                .with_label_values(&["write_failed"])
-                .get()
-                >= events.len() as u64
-        },
+        || dead_letters_for(&worker.metrics, "write_failed") >= events.len() as u64,
     )
     .await;
     worker.stop().await;

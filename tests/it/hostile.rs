@@ -255,14 +255,13 @@ fn edge_goods(board: &str, now: DateTime<Utc>, limits: Limits) -> Vec<Case> {
     };
     let event = |score: i64, at_micros: i64| {
         let profile = Uuid::new_v4();
-        Event {
-            event_id: format!("edge-{}", Uuid::new_v4().simple()),
+        Event::new(
+            format!("edge-{}", Uuid::new_v4().simple()),
             profile,
-            wallet: wallet_of(profile),
-            leaderboard: board.to_string(),
+            board,
             score,
             at_micros,
-        }
+        )
     };
     // The event as a JSON object, `occurred_at` as given (None: the event's time in µs, UTC).
     let object = |e: &Event, occurred_at: Option<&str>| -> Map<String, Value> {
@@ -500,9 +499,8 @@ fn metric_value(text: &str, name: &str, reason: &str) -> Option<u64> {
 async fn hostile_corpus_through_one_live_worker() {
     let (_servers, config) = sharing("hostile").await;
     let limits = limits_of(&config);
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
-    let board = format!("hostile-{}", Uuid::new_v4().simple());
+    let (_client, js, session) = nats_and_db(&config).await;
+    let board = new_board("hostile");
     let now = Utc::now();
     let cases = corpus(now, limits, &board);
     assert!(count_bad(&cases) >= 50, "at least 50 bad payloads");
@@ -580,19 +578,18 @@ async fn publish_between_goods(
     cases: &[Case],
     (board, now, tag): (&str, DateTime<Utc>, &str),
 ) -> Vec<Event> {
-    let profiles: Vec<Uuid> = (0..8).map(|_| Uuid::new_v4()).collect();
+    let profiles = new_profiles(8);
     let mut rng = rand::rng();
     let mut goods = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         let profile = profiles[i % profiles.len()];
-        let good = Event {
-            event_id: format!("hostile-good-{i}-{tag}"),
+        let good = Event::new(
+            format!("hostile-good-{i}-{tag}"),
             profile,
-            wallet: wallet_of(profile),
-            leaderboard: board.to_string(),
-            score: rng.random_range(-1_000_000..1_000_000),
-            at_micros: now.timestamp_micros() - 120_000_000 + i as i64 * 1000,
-        };
+            board,
+            rng.random_range(-1_000_000..1_000_000),
+            now.timestamp_micros() - 120_000_000 + i as i64 * 1000,
+        );
         publish(js, config, &good, &good.event_id).await;
         goods.push(good);
         publish_raw(js, config, "hostile", case.payload.clone(), &msg_id(i, tag)).await;

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use rand::seq::SliceRandom;
 use rand::Rng;
-use uuid::Uuid;
 
 use crate::support::*;
 
@@ -14,35 +13,29 @@ async fn three_workers_keep_each_profile_once_at_its_newest_score() {
     let (_servers, mut config) = sharing("inv").await;
     config.batch.max_scores = 5; // many small flushes in flight at once
     config.batch.linger = Duration::from_millis(5);
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (_client, js, session) = nats_and_db(&config).await;
     let mut rng = rand::rng();
-    let boards: Vec<String> = (0..2)
-        .map(|i| format!("inv-{}-{i}", Uuid::new_v4().simple()))
-        .collect();
-    let profiles: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+    let boards = new_boards("inv", 2);
+    let profiles = new_profiles(5);
     let base = chrono::Utc::now().timestamp_micros() - 60_000_000;
     let mut events: Vec<Event> = (0..1500)
         .map(|i| {
             let profile = profiles[rng.random_range(0..profiles.len())];
-            Event {
-                event_id: format!("inv-{i}"),
+            let board = &boards[rng.random_range(0..boards.len())];
+            // 400 distinct microseconds for ~150 events per key: ties are common.
+            let at_micros = base + rng.random_range(0..400);
+            Event::new(
+                format!("inv-{i}"),
                 profile,
-                wallet: wallet_of(profile),
-                leaderboard: boards[rng.random_range(0..boards.len())].clone(),
-                score: rng.random_range(-50..50),
-                // 400 distinct microseconds for ~150 events per key: ties are common.
-                at_micros: base + rng.random_range(0..400),
-            }
+                board,
+                rng.random_range(-50..50),
+                at_micros,
+            )
         })
         .collect();
     events.shuffle(&mut rng);
 
-    let workers = vec![
-        Worker::start(config.clone()).await,
-        Worker::start(config.clone()).await,
-        Worker::start(config.clone()).await,
-    ];
+    let workers = replicas(&config, 3).await;
     for e in &events {
         publish(&js, &config, e, &e.event_id).await;
     }

@@ -261,7 +261,7 @@ async fn read_api_calls_are_timed_and_failures_counted_by_operation_and_kind() {
     let reader = Reader::new(session, &config.scylla, metrics.clone())
         .await
         .expect("reader");
-    let board = format!("observe-read-{}", Uuid::new_v4().simple());
+    let board = new_board("observe-read");
     reader.top(&board, 10).await.expect("top");
     reader.top(&board, 10).await.expect("top");
     reader.rank(&board, Uuid::new_v4()).await.expect("rank");

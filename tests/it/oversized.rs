@@ -61,8 +61,7 @@ fn mib(kib: u64) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_near_max_payload_is_dead_lettered_in_bounded_memory_and_good_events_are_written() {
     let (_servers, config) = sharing("oversized").await;
-    let (client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (client, js, session) = nats_and_db(&config).await;
     let max_payload = client.server_info().max_payload;
     let port = free_port();
     let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))

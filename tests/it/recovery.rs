@@ -44,42 +44,44 @@ async fn consumer_config(
     })
 }
 
+/// A worker started on `config` and ready (`/readyz` 200).
+async fn ready_worker(config: &Config) -> Worker {
+    let worker = Worker::start(config.clone()).await;
+    wait_ready(worker.addr, "at start").await;
+    worker
+}
+
+/// Waits (at most 30 s) until `worker` has restored its consumer `n` times in all; the time since
+/// `deleted`, when the test deleted what it restores.
+async fn restored(worker: &Worker, n: u64, what: &str, deleted: Instant) -> Duration {
+    let restores = &worker.metrics.consumer_restores;
+    wait_until(what, Duration::from_secs(30), || restores.get() >= n).await;
+    deleted.elapsed()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_consumer_or_stream_is_recreated_by_the_worker_itself() {
     let (_servers, config) = sharing("restore").await;
     let (_client, js) = jetstream(&config).await;
-    let worker = Worker::start(config.clone()).await;
-    wait_ready(worker.addr, "at start").await;
+    let worker = ready_worker(&config).await;
     let evs = events("restore", 2);
 
     let stream = js.get_stream(&config.nats.stream).await.unwrap();
     let deleted = Instant::now();
     stream.delete_consumer(&config.nats.consumer).await.unwrap();
-    wait_until("the consumer recreated", Duration::from_secs(30), || {
-        worker.metrics.consumer_restores.get() >= 1
-    })
-    .await;
-    let consumer_back = deleted.elapsed();
+    let consumer_back = restored(&worker, 1, "the consumer recreated", deleted).await;
     assert!(consumer_config(&js, &config).await.is_some());
-    publish(&js, &config, &evs[0], &evs[0].event_id).await;
-    wait_until("consuming again", Duration::from_secs(30), || {
-        worker.processed() >= 1
-    })
-    .await;
+    worker
+        .publish_and_wait((&js, &config), &evs[0], 1, "consuming again")
+        .await;
 
     // The whole stream, consumer and all.
     let deleted = Instant::now();
     js.delete_stream(&config.nats.stream).await.unwrap();
-    wait_until("the stream recreated", Duration::from_secs(30), || {
-        worker.metrics.consumer_restores.get() >= 2
-    })
-    .await;
-    let stream_back = deleted.elapsed();
-    publish(&js, &config, &evs[1], &evs[1].event_id).await;
-    wait_until("consuming again", Duration::from_secs(30), || {
-        worker.processed() >= 2
-    })
-    .await;
+    let stream_back = restored(&worker, 2, "the stream recreated", deleted).await;
+    worker
+        .publish_and_wait((&js, &config), &evs[1], 2, "consuming again")
+        .await;
     wait_ready(worker.addr, "after the restores").await;
     eprintln!(
         "restore: deleted consumer recreated after {consumer_back:?}, deleted stream after {stream_back:?}; \
@@ -97,8 +99,7 @@ async fn a_deleted_consumer_or_stream_is_recreated_by_the_worker_itself() {
 async fn a_consumer_an_operator_changed_keeps_their_settings_and_the_drift_is_reported() {
     let (_servers, config) = sharing("changed").await;
     let (_client, js) = jetstream(&config).await;
-    let worker = Worker::start(config.clone()).await;
-    wait_ready(worker.addr, "at start").await;
+    let worker = ready_worker(&config).await;
     assert_eq!(worker.metrics.jetstream_drift.get(), 0);
 
     // The operator's settings, in place.
@@ -123,11 +124,9 @@ async fn a_consumer_an_operator_changed_keeps_their_settings_and_the_drift_is_re
         "the operator's settings stay"
     );
     let e = &events("changed", 1)[0];
-    publish(&js, &config, e, &e.event_id).await;
-    wait_until("consuming", Duration::from_secs(30), || {
-        worker.processed() >= 1
-    })
-    .await;
+    worker
+        .publish_and_wait((&js, &config), e, 1, "consuming")
+        .await;
     eprintln!(
         "changed consumer: ack_wait 30s, max_deliver 3, max_ack_pending 5 kept {:?} after the change; \
          drift reported after {reported:?} (gauge {}), {} restores",
@@ -175,13 +174,7 @@ async fn the_advisory_watcher_runs_even_when_jetstream_does_not_answer_at_start(
     wait_until(
         "the advised message dead-lettered",
         Duration::from_secs(30),
-        || {
-            metrics
-                .dead_letters
-                .with_label_values(&["max_deliveries"])
-                .get()
-                >= 1
-        },
+        || dead_letters_for(&metrics, "max_deliveries") >= 1,
     )
     .await;
     let letters = read_stream(&js, &config.nats.deadletter_stream, 1).await;
@@ -257,10 +250,8 @@ async fn advise_max_deliveries(client: &async_nats::Client, config: &Config, seq
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pull_breaker_probes_with_one_message_before_pulling_at_full_speed() {
     let (_servers, config) = sharing("breaker").await;
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
-    let worker = Worker::start(config.clone()).await;
-    wait_ready(worker.addr, "at start").await;
+    let (_client, js, session) = nats_and_db(&config).await;
+    let worker = ready_worker(&config).await;
     let m = &worker.metrics;
     let state = |s: &str| m.pull_breaker_state.with_label_values(&[s]).get();
 
@@ -342,8 +333,7 @@ async fn an_operator_owned_consumer_changed_while_running_decides_the_last_deliv
     config.retry.progress_interval = Duration::from_secs(1);
     config.retry.total_budget = Duration::from_secs(1);
     config.retry.nak_delay = Duration::from_millis(200);
-    let worker = Worker::start(config.clone()).await;
-    wait_ready(worker.addr, "at start").await;
+    let worker = ready_worker(&config).await;
 
     // The operator lowers max_deliver in place; the watcher reads the consumer every 5 s.
     let stream = js.get_stream(&config.nats.stream).await.unwrap();
@@ -373,17 +363,13 @@ async fn an_operator_owned_consumer_changed_while_running_decides_the_last_deliv
     wait_until(
         "the key dead-lettered by the worker on the server's last delivery",
         Duration::from_secs(60),
-        || {
-            m.dead_letters.with_label_values(&["write_failed"]).get()
-                + m.dead_letters.with_label_values(&["max_deliveries"]).get()
-                >= 1
-        },
+        || dead_letters_for(m, "write_failed") + dead_letters_for(m, "max_deliveries") >= 1,
     )
     .await;
     wait_drained(&js, &config, Duration::from_secs(30)).await;
     let (write_failed, max_deliveries) = (
-        m.dead_letters.with_label_values(&["write_failed"]).get(),
-        m.dead_letters.with_label_values(&["max_deliveries"]).get(),
+        dead_letters_for(m, "write_failed"),
+        dead_letters_for(m, "max_deliveries"),
     );
     worker.stop().await;
     let letters = read_stream(&js, &config.nats.deadletter_stream, evs.len()).await;

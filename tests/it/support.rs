@@ -48,14 +48,21 @@ pub async fn ensure_schema() {
 pub async fn ensure_schema_for(config: &Config) {
     let mut done = SCHEMA.lock().await;
     if !*done {
-        let session = store::connect(&config.scylla)
-            .await
-            .expect("Cassandra must be running (cargo xtask up dev)");
-        schema::migrate(&session, &config.scylla, false)
-            .await
-            .expect("migrate");
+        migrated_session(config, "Cassandra must be running (cargo xtask up dev)").await;
         *done = true;
     }
+}
+
+/// A session on `config`'s database, its schema migrated; `must` says what must answer (the
+/// failure's words).
+pub async fn migrated_session(config: &Config, must: &str) -> Session {
+    let session = store::connect(&config.scylla)
+        .await
+        .unwrap_or_else(|e| panic!("{must}: {e}"));
+    schema::migrate(&session, &config.scylla, false)
+        .await
+        .unwrap_or_else(|e| panic!("migrate ({must}): {e:#}"));
+    session
 }
 
 /// Defaults pointed at the dev set's servers (environments.toml), with names unique to `test`. The
@@ -141,6 +148,30 @@ impl Worker {
     pub fn processed(&self) -> u64 {
         self.metrics.messages_processed.get()
     }
+
+    /// Publishes `e` ([`publish`], its event id as `Nats-Msg-Id`) and waits (at most 60 s, the
+    /// failure naming `what`) until this worker has processed `total` messages in all.
+    pub async fn publish_and_wait(
+        &self,
+        (js, config): (&jetstream::Context, &Config),
+        e: &Event,
+        total: u64,
+        what: &str,
+    ) {
+        publish(js, config, e, &e.event_id).await;
+        let timeout = Duration::from_secs(60);
+        wait_until(what, timeout, || self.processed() >= total).await;
+    }
+}
+
+/// `n` in-process workers on one configuration, started one after the other: replicas sharing the
+/// durable consumer.
+pub async fn replicas(config: &Config, n: usize) -> Vec<Worker> {
+    let mut workers = Vec::with_capacity(n);
+    for _ in 0..n {
+        workers.push(Worker::start(config.clone()).await);
+    }
+    workers
 }
 
 /// A NATS client and JetStream context for publishing and inspecting.
@@ -167,6 +198,24 @@ pub struct Event {
 }
 
 impl Event {
+    /// An event of `profile` (with its wallet, [`wallet_of`]) on `leaderboard`.
+    pub fn new(
+        event_id: impl Into<String>,
+        profile: Uuid,
+        leaderboard: &str,
+        score: i64,
+        at_micros: i64,
+    ) -> Event {
+        Event {
+            event_id: event_id.into(),
+            profile,
+            wallet: wallet_of(profile),
+            leaderboard: leaderboard.into(),
+            score,
+            at_micros,
+        }
+    }
+
     pub fn payload(&self) -> bytes::Bytes {
         sample::event_json(
             &self.event_id,
@@ -223,6 +272,13 @@ pub async fn session() -> Session {
     store::connect(&base_config("session").scylla)
         .await
         .expect("session")
+}
+
+/// The opening most tests share after their configuration: a NATS client and JetStream context on
+/// `config`'s topology ([`jetstream`]) and a database [`session`].
+pub async fn nats_and_db(config: &Config) -> (async_nats::Client, jetstream::Context, Session) {
+    let (client, js) = jetstream(config).await;
+    (client, js, session().await)
 }
 
 /// Rows of one leaderboard page size: a bucket partition holds a row tombstone per score change, and
@@ -325,18 +381,11 @@ pub async fn history_event_ids(session: &Session, events: &[Event]) -> Vec<Strin
     partitions.sort();
     partitions.dedup();
     let mut ids = Vec::new();
+    let cql =
+        format!("SELECT event_id FROM {KEYSPACE}.score_history WHERE profile_id = ? AND day = ?");
     for (profile, day) in partitions {
-        let result = session
-            .query_unpaged(
-                format!("SELECT event_id FROM {KEYSPACE}.score_history WHERE profile_id = ? AND day = ?"),
-                (profile, day),
-            )
-            .await
-            .unwrap()
-            .into_rows_result()
-            .unwrap();
-        for row in result.rows::<(String,)>().unwrap() {
-            ids.push(row.unwrap().0);
+        for (id,) in paged_rows::<(String,)>(session, &cql, (profile, day)).await {
+            ids.push(id);
         }
     }
     ids
@@ -389,14 +438,58 @@ pub async fn assert_final_state_in(
 
 /// Polls `check` every 100 ms until it is true or `timeout` passes.
 pub async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let every = Duration::from_millis(100);
+    poll(what, timeout, every, || {
+        let done = check();
+        async move {
+            if done {
+                Ok(())
+            } else {
+                Err("still false".into())
+            }
+        }
+    })
+    .await
+}
+
+/// Polls `probe` every `every` until it gives `Ok`, whose value it returns. Past `timeout` it panics,
+/// naming `what` and the last `Err`: the state that was not yet the one waited for.
+pub async fn poll<T, F, Fut>(what: &str, timeout: Duration, every: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
     let deadline = tokio::time::Instant::now() + timeout;
-    while !check() {
+    loop {
+        let state = match probe().await {
+            Ok(done) => return done,
+            Err(state) => state,
+        };
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
+            "timed out after {timeout:?} waiting for {what}: {state}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(every).await;
     }
+}
+
+/// Waits until `worker` processed `n` messages; past `timeout` the failure names `what` and shows
+/// the worker's counters.
+pub async fn wait_processed_or_report(worker: &Worker, n: u64, timeout: Duration, what: &str) {
+    poll(what, timeout, Duration::from_millis(100), || {
+        let m = &worker.metrics;
+        let state = (worker.processed() >= n).then_some(()).ok_or_else(|| {
+            format!(
+                "processed {}, received {}, paused {}, dead {}",
+                worker.processed(),
+                m.messages_received.get(),
+                m.pulls_paused.get(),
+                dead_lettered(m)
+            )
+        });
+        async move { state }
+    })
+    .await
 }
 
 /// Reads every message of a stream (e.g. the dead-letter stream) with an ephemeral consumer.
@@ -548,16 +641,22 @@ pub fn free_port() -> u16 {
 
 /// Runs the worker binary with `args` against `config`; returns its stdout, panics on failure.
 pub fn cli(config: &Config, args: &[&str]) -> String {
-    let out = worker_command(config, 0)
-        .args(args)
+    let out = output_ok(worker_command(config, 0).args(args), &format!("{args:?}"));
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Runs `cmd` to its end and asserts it succeeded (the failure names `what` and shows its stderr);
+/// its output.
+pub fn output_ok(cmd: &mut std::process::Command, what: &str) -> std::process::Output {
+    let out = cmd
         .output()
-        .expect("the worker binary runs");
+        .unwrap_or_else(|e| panic!("{what} does not run: {e}"));
     assert!(
         out.status.success(),
-        "{args:?}: {}",
+        "{what} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).expect("utf-8 output")
+    out
 }
 
 /// A nats-server of the test's own (the version `cargo xtask nats-bin` selects) on a free
@@ -696,8 +795,13 @@ pub async fn wait_drained(js: &jetstream::Context, config: &Config, timeout: Dur
 pub fn dead_lettered(m: &Metrics) -> u64 {
     score_worker::score::RejectReason::ALL
         .iter()
-        .map(|r| m.dead_letters.with_label_values(&[r.as_str()]).get())
+        .map(|r| dead_letters_for(m, r.as_str()))
         .sum()
+}
+
+/// Messages a worker dead-lettered for `reason` (`dead_letters{reason}`).
+pub fn dead_letters_for(m: &Metrics, reason: &str) -> u64 {
+    m.dead_letters.with_label_values(&[reason]).get()
 }
 
 /// Messages a worker gave back because their write failed (`messages_failed{reason="write"}`).
@@ -948,7 +1052,7 @@ pub fn events_on(
     let mut rng = rand::rng();
     let people: Vec<Uuid> = match profiles {
         Profiles::Each => Vec::new(),
-        Profiles::Cycle(k) | Profiles::Random(k) => (0..k).map(|_| Uuid::new_v4()).collect(),
+        Profiles::Cycle(k) | Profiles::Random(k) => new_profiles(k),
     };
     let now = chrono::Utc::now().timestamp_micros();
     (0..n)
@@ -963,14 +1067,13 @@ pub fn events_on(
                 Timing::IndexedRecent => (i as i64, recent_micros(&mut rng)),
                 Timing::Random => (rng.random_range(0..1_000_000), recent_micros(&mut rng)),
             };
-            Event {
-                event_id: format!("{tag}-{i}-{}", Uuid::new_v4().simple()),
+            Event::new(
+                format!("{tag}-{i}-{}", Uuid::new_v4().simple()),
                 profile,
-                wallet: wallet_of(profile),
-                leaderboard: board.to_string(),
+                board,
                 score,
                 at_micros,
-            }
+            )
         })
         .collect()
 }
@@ -978,6 +1081,16 @@ pub fn events_on(
 /// A leaderboard id of its own: `tag` and a UUID.
 pub fn new_board(tag: &str) -> String {
     format!("{tag}-{}", Uuid::new_v4().simple())
+}
+
+/// `n` leaderboard ids of their own ([`new_board`]), numbered: `{tag}-{uuid}-{i}`.
+pub fn new_boards(tag: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{}-{i}", new_board(tag))).collect()
+}
+
+/// `n` new profile ids.
+pub fn new_profiles(n: usize) -> Vec<Uuid> {
+    (0..n).map(|_| Uuid::new_v4()).collect()
 }
 
 /// The opening of a test that must run alone (it freezes, stops or reconfigures a shared server):

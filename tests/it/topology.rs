@@ -73,8 +73,7 @@ async fn acknowledged_updates_leave_the_stream() {
 async fn a_full_stream_refuses_publishes_and_keeps_what_it_holds() {
     let (_servers, mut config) = sharing("full").await;
     config.nats.max_bytes = 16 * 1024;
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (_client, js, session) = nats_and_db(&config).await;
     let events = events("full", 500);
     let mut accepted = Vec::new();
     let mut refusal = None;
@@ -448,10 +447,8 @@ async fn a_deleted_consumer_fails_readiness_and_pulls_back_off_until_it_is_back(
     })
     .await;
     let e = &events("gone", 1)[0];
-    publish(&js, &config, e, &e.event_id).await;
-    wait_until("consuming again", Duration::from_secs(40), || {
-        worker.processed() >= 1
-    })
-    .await;
+    worker
+        .publish_and_wait((&js, &config), e, 1, "consuming again")
+        .await;
     worker.stop().await;
 }

@@ -67,14 +67,13 @@ fn events(n: usize, boards: &[String], profiles: &[Uuid]) -> Vec<Event> {
     (0..n)
         .map(|i| {
             let profile = profiles[rng.random_range(0..profiles.len())];
-            Event {
-                event_id: format!("up-{i}-{}", Uuid::new_v4().simple()),
+            Event::new(
+                format!("up-{i}-{}", Uuid::new_v4().simple()),
                 profile,
-                wallet: wallet_of(profile),
-                leaderboard: boards[rng.random_range(0..boards.len())].clone(),
-                score: rng.random_range(-1000..1_000_000),
-                at_micros: recent_micros(&mut rng),
-            }
+                &boards[rng.random_range(0..boards.len())],
+                rng.random_range(-1000..1_000_000),
+                recent_micros(&mut rng),
+            )
         })
         .collect()
 }
@@ -85,10 +84,8 @@ async fn a_worker_stays_ready_and_writing_while_migrate_applies_an_additive_vers
     let (config, admin) = own_keyspace("upgrade", 16).await;
     let ks = config.scylla.keyspace.clone();
     let (_client, js) = jetstream(&config).await;
-    let boards: Vec<String> = (0..2)
-        .map(|i| format!("up-{}-{i}", Uuid::new_v4().simple()))
-        .collect();
-    let profiles: Vec<Uuid> = (0..60).map(|_| Uuid::new_v4()).collect();
+    let boards = new_boards("up", 2);
+    let profiles = new_profiles(60);
     let before = events(300, &boards, &profiles);
     let after = events(300, &boards, &profiles);
 
@@ -204,19 +201,12 @@ async fn rows_with_buckets(
     buckets: i32,
 ) -> std::collections::HashMap<(String, Uuid), Vec<(i32, i64)>> {
     let mut rows: std::collections::HashMap<(String, Uuid), Vec<(i32, i64)>> = Default::default();
+    let cql = format!(
+        "SELECT score, profile_id FROM {keyspace}.scores WHERE leaderboard_id = ? AND bucket = ?"
+    );
     for lb in boards {
         for bucket in 0..buckets {
-            let result = session
-                .query_unpaged(
-                    format!("SELECT score, profile_id FROM {keyspace}.scores WHERE leaderboard_id = ? AND bucket = ?"),
-                    (lb, bucket),
-                )
-                .await
-                .unwrap()
-                .into_rows_result()
-                .unwrap();
-            for row in result.rows::<(i64, Uuid)>().unwrap() {
-                let (score, profile) = row.unwrap();
+            for (score, profile) in paged_rows::<(i64, Uuid)>(session, &cql, (lb, bucket)).await {
                 rows.entry((lb.clone(), profile))
                     .or_default()
                     .push((bucket, score));
@@ -232,13 +222,11 @@ async fn rebuild_scores_against_live_traffic_leaves_every_key_once_in_its_new_bu
     let (old, admin) = own_keyspace("rebuild", 4).await;
     let ks = old.scylla.keyspace.clone();
     let (_client, js) = jetstream(&old).await;
-    let boards: Vec<String> = (0..2)
-        .map(|i| format!("rb-{}-{i}", Uuid::new_v4().simple()))
-        .collect();
-    let profiles: Vec<Uuid> = (0..400).map(|_| Uuid::new_v4()).collect();
+    let boards = new_boards("rb", 2);
+    let profiles = new_profiles(400);
     let first = events(1200, &boards, &profiles);
     // Live traffic during the rebuild: the same keys (newer and older events) and new profiles.
-    let newcomers: Vec<Uuid> = (0..40).map(|_| Uuid::new_v4()).collect();
+    let newcomers = new_profiles(40);
     let all_profiles: Vec<Uuid> = profiles.iter().chain(&newcomers).copied().collect();
     let second = events(1200, &boards, &all_profiles);
 

@@ -20,27 +20,25 @@ use crate::support::*;
 async fn a_key_deleted_with_plain_cql_after_its_event_is_superseded_not_held() {
     let (_servers, config) = sharing("oob_delete").await;
     let buckets = config.scylla.leaderboard_buckets;
-    let (_client, js) = jetstream(&config).await;
-    let session = session().await;
+    let (_client, js, session) = nats_and_db(&config).await;
     let worker = Worker::start(config.clone()).await;
-    let board = format!("oob-{}", Uuid::new_v4().simple());
+    let board = new_board("oob");
     let profile = Uuid::new_v4();
     let now = chrono::Utc::now().timestamp_micros();
-    let event = |tag: &str, profile: Uuid, score: i64, at_micros: i64| Event {
-        event_id: format!("oob-{tag}-{}", Uuid::new_v4().simple()),
-        profile,
-        wallet: wallet_of(profile),
-        leaderboard: board.clone(),
-        score,
-        at_micros,
+    let event = |tag: &str, profile: Uuid, score: i64, at_micros: i64| {
+        Event::new(
+            format!("oob-{tag}-{}", Uuid::new_v4().simple()),
+            profile,
+            &board,
+            score,
+            at_micros,
+        )
     };
 
     let first = event("first", profile, 100, now - 60_000_000);
-    publish(&js, &config, &first, &first.event_id).await;
-    wait_until("the first event written", Duration::from_secs(60), || {
-        worker.processed() >= 1
-    })
-    .await;
+    worker
+        .publish_and_wait((&js, &config), &first, 1, "the first event written")
+        .await;
     delete_with_plain_cql(
         &session,
         &board,
@@ -66,7 +64,8 @@ async fn a_key_deleted_with_plain_cql_after_its_event_is_superseded_not_held() {
     publish_all(&js, &config, &others[..10]).await;
     publish(&js, &config, &late, &late.event_id).await;
     publish_all(&js, &config, &others[10..]).await;
-    wait_processed_or_report(&worker, 22).await;
+    let settled = "the flush with the deleted key settled";
+    wait_processed_or_report(&worker, 22, Duration::from_secs(60), settled).await;
     assert_eq!(dead_lettered(&worker.metrics), 0, "nothing dead-lettered");
     let key = (board.clone(), profile);
     let rows = leaderboard_rows(&session, std::slice::from_ref(&board), buckets).await;
@@ -81,11 +80,9 @@ async fn a_key_deleted_with_plain_cql_after_its_event_is_superseded_not_held() {
 
     // An event after the delete brings the key back, exactly once.
     let back = event("back", profile, 300, chrono::Utc::now().timestamp_micros());
-    publish(&js, &config, &back, &back.event_id).await;
-    wait_until("the key brought back", Duration::from_secs(60), || {
-        worker.processed() >= 23
-    })
-    .await;
+    worker
+        .publish_and_wait((&js, &config), &back, 23, "the key brought back")
+        .await;
     worker.stop().await;
     let mut all = others.clone();
     all.push(back);
@@ -112,21 +109,5 @@ async fn delete_with_plain_cql(
         ),
     ] {
         session.query_unpaged(cql, ()).await.unwrap();
-    }
-}
-
-/// Waits (at most 60 s) until the worker processed `n` messages; the failure shows its counters.
-async fn wait_processed_or_report(worker: &Worker, n: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while worker.processed() < n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the flush with the deleted key was not settled: processed {}, received {}, paused {}, dead {}",
-            worker.processed(),
-            worker.metrics.messages_received.get(),
-            worker.metrics.pulls_paused.get(),
-            dead_lettered(&worker.metrics)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -100,17 +100,19 @@ pub fn free_port() -> u16 {
 // ------------------------------------------------------------------------------------------- openssl
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("/usr/bin/openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run /usr/bin/openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut cmd = Command::new("/usr/bin/openssl");
+    cmd.args(args).current_dir(dir).stdin(Stdio::null());
+    crate::support::output_ok(&mut cmd, &format!("openssl {args:?}"));
+}
+
+/// `openssl req` `mode` (`-x509` for a self-signed certificate, `-new` for a request) with a new
+/// unencrypted P-256 key written to `key` and the certificate or request to `out`; `more` options.
+fn openssl_req_new_key(dir: &Path, mode: &str, (key, out): (&str, &str), more: &[&str]) {
+    let mut args = vec!["req", mode, "-newkey", "ec", "-pkeyopt"];
+    args.extend(["ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key]);
+    args.extend(["-out", out]);
+    args.extend(more);
+    openssl(dir, &args);
 }
 
 /// A throw-away certificate authority in a directory of its own.
@@ -132,20 +134,11 @@ impl Ca {
     pub fn new(parent: &Path, name: &str) -> Ca {
         let dir = parent.join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        openssl(
+        openssl_req_new_key(
             &dir,
+            "-x509",
+            ("ca.key", "ca.pem"),
             &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
                 "-days",
                 "2",
                 "-subj",
@@ -167,24 +160,9 @@ impl Ca {
     fn issue(&self, name: &str, cn: &str, extensions: &str) -> Leaf {
         let ext = self.dir.join(format!("{name}.ext"));
         std::fs::write(&ext, extensions).unwrap();
-        openssl(
-            &self.dir,
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                &format!("/CN={cn}"),
-            ],
-        );
+        let (key, csr) = (format!("{name}.key"), format!("{name}.csr"));
+        let subject = format!("/CN={cn}");
+        openssl_req_new_key(&self.dir, "-new", (&key, &csr), &["-subj", &subject]);
         self.serial.set(self.serial.get() + 1);
         openssl(
             &self.dir,
@@ -255,6 +233,13 @@ pub struct ServerTls<'a> {
     pub cert: &'a Leaf,
     /// Require and verify client certificates.
     pub verify: bool,
+}
+
+impl<'a> ServerTls<'a> {
+    /// TLS with `cert` signed by `ca`; `verify`: require and verify client certificates.
+    pub fn new(ca: &'a Ca, cert: &'a Leaf, verify: bool) -> ServerTls<'a> {
+        ServerTls { ca, cert, verify }
+    }
 }
 
 /// A nats-server process of this test (JetStream in a temp dir, auth, optional TLS) on a free

@@ -368,23 +368,22 @@ async fn assert_check_redacts(
 ) {
     let check = run_to_end(&["check"], env, dir, RUN_TIMEOUT).await;
     assert_eq!(check.code(), Some(0), "{name}: check\n{check}");
-    assert!(
-        check.stdout.contains("scylla.password=***"),
-        "{name}: check should show the database password redacted\n{check}"
-    );
+    let shows = |text: &str, what: &str| {
+        assert_check_shows(&check, text, &format!("{name}: check should show {what}"))
+    };
+    shows("scylla.password=***", "the database password redacted");
     if nats.user.is_some() {
-        assert!(
-            check.stdout.contains("nats.auth.password=***"),
-            "{name}: check should show the NATS password redacted\n{check}"
-        );
+        shows("nats.auth.password=***", "the NATS password redacted");
     }
     if nats.token.is_some() {
-        assert!(
-            check.stdout.contains("nats.auth.token=***"),
-            "{name}: check should show the NATS token redacted\n{check}"
-        );
+        shows("nats.auth.token=***", "the NATS token redacted");
     }
     assert_no_secret("`check` output", &check.all(), secrets);
+}
+
+/// Asserts that `check`'s stdout shows `text`; the failure says `why` and shows the output.
+fn assert_check_shows(check: &Output, text: &str, why: &str) {
+    assert!(check.stdout.contains(text), "{why}\n{check}");
 }
 
 /// The output names a certificate problem.
@@ -408,11 +407,7 @@ async fn tls_and_passwords_on_both_sides_work_and_leak_no_secret() {
     let nats_password = secret("nats");
     let server = password_server(
         &nats_password,
-        Some(&ServerTls {
-            ca: &ca,
-            cert: &server_cert,
-            verify: true,
-        }),
+        Some(&ServerTls::new(&ca, &server_cert, true)),
     );
     let nats = NatsSide::plain(server.port)
         .user("svc", &nats_password)
@@ -446,11 +441,8 @@ async fn wrong_nats_password_fails_clearly_without_echoing_it() {
         NATS_REFUSED,
     )
     .await;
-    let check = &outputs[1];
-    assert!(
-        check.stdout.contains("[ok]   database reachable"),
-        "the database check should still pass\n{check}"
-    );
+    let still = "the database check should still pass";
+    assert_check_shows(&outputs[1], "[ok]   database reachable", still);
     role.drop_role().await;
 }
 
@@ -474,16 +466,10 @@ async fn wrong_cassandra_password_fails_clearly_without_echoing_it() {
     )
     .await;
     let check = &outputs[2];
-    assert!(
-        check
-            .stdout
-            .contains("[FAIL] cannot connect to the database"),
-        "{check}"
-    );
-    assert!(
-        check.stdout.contains("[ok]   NATS reachable"),
-        "the NATS check should still pass\n{check}"
-    );
+    let failed = "the database check should fail";
+    assert_check_shows(check, "[FAIL] cannot connect to the database", failed);
+    let still = "the NATS check should still pass";
+    assert_check_shows(check, "[ok]   NATS reachable", still);
     role.drop_role().await;
 }
 
@@ -498,11 +484,7 @@ async fn tls_with_an_untrusted_server_certificate_fails_clearly() {
     let nats_password = secret("nats");
     let server = password_server(
         &nats_password,
-        Some(&ServerTls {
-            ca: &ca,
-            cert: &server_cert,
-            verify: false,
-        }),
+        Some(&ServerTls::new(&ca, &server_cert, false)),
     );
     let nats = NatsSide::plain(server.port)
         .user("svc", &nats_password)
@@ -660,11 +642,7 @@ async fn token_auth_over_tls_works_and_a_wrong_token_fails_clearly() {
     let token = secret("token");
     let server = NatsServer::start(
         &ServerAuth::Token(token.clone()),
-        Some(&ServerTls {
-            ca: &ca,
-            cert: &server_cert,
-            verify: false,
-        }),
+        Some(&ServerTls::new(&ca, &server_cert, false)),
     );
     let nats = NatsSide::plain(server.port)
         .token(&token)

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::support::expected;
+use super::support::{expected, paged_rows, profile_scores_in};
 use super::*;
 
 /// The README's grants to `role` (`GRANT <what> TO <role>;` in its `cql` block), for keyspace `ks`.
@@ -154,17 +154,11 @@ async fn assert_landed(
     let want = expected(events);
     let board = &events[0].leaderboard;
     let mut rows: Vec<(i64, Uuid)> = Vec::new();
+    let cql = format!(
+        "SELECT score, profile_id FROM {ks}.scores WHERE leaderboard_id = ? AND bucket = ?"
+    );
     for bucket in 0..buckets {
-        let result = session
-            .query_unpaged(
-                format!("SELECT score, profile_id FROM {ks}.scores WHERE leaderboard_id = ? AND bucket = ?"),
-                (board, bucket),
-            )
-            .await
-            .unwrap()
-            .into_rows_result()
-            .unwrap();
-        rows.extend(result.rows::<(i64, Uuid)>().unwrap().map(Result::unwrap));
+        rows.extend(paged_rows::<(i64, Uuid)>(session, &cql, (board, bucket)).await);
     }
     let mut on_board: Vec<(i64, Uuid)> = want.iter().map(|((_, p), s)| (*s, *p)).collect();
     on_board.sort();
@@ -173,18 +167,9 @@ async fn assert_landed(
         rows, on_board,
         "the leaderboard holds each key once, at its newest score"
     );
+    let by_profile = profile_scores_in(session, ks, want.keys().cloned()).await;
     for ((leaderboard, profile), score) in &want {
-        let (stored,): (Option<i64>,) = session
-            .query_unpaged(
-                format!("SELECT score FROM {ks}.scores_by_profile WHERE profile_id = ? AND leaderboard_id = ?"),
-                (profile, leaderboard),
-            )
-            .await
-            .unwrap()
-            .into_rows_result()
-            .unwrap()
-            .first_row()
-            .unwrap();
-        assert_eq!(stored, Some(*score), "{leaderboard} {profile}");
+        let (stored, _) = &by_profile[&(leaderboard.clone(), *profile)];
+        assert_eq!(*stored, Some(*score), "{leaderboard} {profile}");
     }
 }

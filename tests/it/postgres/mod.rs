@@ -37,16 +37,30 @@ async fn pg() -> tokio_postgres::Client {
     client
 }
 
-/// A source table of `ROWS` valid rows over three leaderboards, and five invalid ones.
-async fn source_table(client: &tokio_postgres::Client, tag: &str) -> (String, String) {
-    let table = format!("mig_{tag}");
-    let board = format!("mig-{tag}");
+/// Eight hex digits that name a test's own PostgreSQL tables.
+fn short_tag() -> String {
+    Uuid::new_v4().simple().to_string()[..8].to_string()
+}
+
+/// (Re)creates `table` in the layout `migrate-postgres` reads, filled by the statements `fill`.
+async fn create_source(client: &tokio_postgres::Client, table: &str, fill: &str) {
     client
         .batch_execute(&format!(
             "DROP TABLE IF EXISTS {table};
              CREATE TABLE {table} (profile_id uuid, wallet_address text, leaderboard_id text,
                                    score bigint, updated_at timestamptz);
-             INSERT INTO {table}
+             {fill}"
+        ))
+        .await
+        .expect("source table");
+}
+
+/// A source table of `ROWS` valid rows over three leaderboards, and five invalid ones.
+async fn source_table(client: &tokio_postgres::Client, tag: &str) -> (String, String) {
+    let table = format!("mig_{tag}");
+    let board = format!("mig-{tag}");
+    let fill = format!(
+        "INSERT INTO {table}
                SELECT md5('{tag}' || i)::uuid, '0x' || substr(md5('w' || i) || md5('v' || i), 1, 40), '{board}-' || (i % 3),
                       (i * 7919) % 20001 - 10000, timestamptz '2026-11-01 00:00:00+00' + i * interval '1 ms'
                FROM generate_series(1, {ROWS}) AS i;
@@ -56,10 +70,31 @@ async fn source_table(client: &tokio_postgres::Client, tag: &str) -> (String, St
                (md5('{tag}bad3')::uuid, '0x' || repeat('b', 40), '{board}-0', 5, now() + interval '1 day'),
                (md5('{tag}bad4')::uuid, '0x' || repeat('c', 40), 'bad board!', 5, now() - interval '1 hour'),
                (NULL, '0x' || repeat('d', 40), '{board}-0', 5, now() - interval '1 hour');"
-        ))
-        .await
-        .expect("source table");
+    );
+    create_source(client, &table, &fill).await;
     (table, board)
+}
+
+/// The two ends of a migration test: a PostgreSQL client with a fresh [`source_table`], and the
+/// test's configuration with a keyspace of its own ([`own_keyspace`]) and a session on it.
+async fn source_and_keyspace(test: &str) -> (tokio_postgres::Client, Config, Session, String) {
+    let client = pg().await;
+    let (config, session) = own_keyspace(test).await;
+    let (table, _) = source_table(&client, &short_tag()).await;
+    (client, config, session, table)
+}
+
+/// Drops what [`source_and_keyspace`] made.
+async fn drop_source_and_keyspace(
+    client: &tokio_postgres::Client,
+    (session, config): (&Session, &Config),
+    table: &str,
+) {
+    drop_keyspace(session, config).await;
+    client
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
 }
 
 /// The valid rows, read straight from PostgreSQL: (leaderboard, profile) → (score, wallet).
@@ -213,11 +248,8 @@ fn assert_moved(got: &HashMap<(String, Uuid), Vec<i64>>, want: &HashMap<(String,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_writes_nothing_and_a_run_moves_every_valid_row_under_newer_nats_scores() {
     let _servers = shared().await;
-    let client = pg().await;
-    let (config, session) = own_keyspace("pgrun").await;
+    let (client, config, session, table) = source_and_keyspace("pgrun").await;
     let ks = config.scylla.keyspace.clone();
-    let tag = Uuid::new_v4().simple().to_string()[..8].to_string();
-    let (table, _) = source_table(&client, &tag).await;
     let mut want = source_rows(&client, &table).await;
 
     // A live worker writes a score newer than the PostgreSQL row of one key, and one older than
@@ -240,11 +272,9 @@ async fn dry_run_writes_nothing_and_a_run_moves_every_valid_row_under_newer_nats
     let newer = nats_event(&newer_key, 424_242, "2026-11-20T00:00:00Z");
     let older = nats_event(&older_key, -424_242, "2026-10-01T00:00:00Z");
     publish(&js, &config, &newer, &newer.event_id).await;
-    publish(&js, &config, &older, &older.event_id).await;
-    wait_until("NATS events written", Duration::from_secs(30), || {
-        worker.processed() >= 2
-    })
-    .await;
+    worker
+        .publish_and_wait((&js, &config), &older, 2, "NATS events written")
+        .await;
     worker.stop().await;
 
     let before = dump(&session, &ks).await;
@@ -261,33 +291,20 @@ async fn dry_run_writes_nothing_and_a_run_moves_every_valid_row_under_newer_nats
     assert_report(&out);
     want.insert(newer_key.clone(), 424_242);
     assert_moved(&board(&session, &ks).await, &want);
-    let by_profile: (Option<i64>,) = session
-        .query_unpaged(
-            format!("SELECT score FROM {ks}.scores_by_profile WHERE profile_id = ? AND leaderboard_id = ?"),
-            (newer_key.1, &newer_key.0),
-        )
-        .await
-        .unwrap()
-        .into_rows_result()
-        .unwrap()
-        .first_row()
-        .unwrap();
-    assert_eq!(by_profile.0, Some(424_242), "the newer NATS score survives");
-    drop_keyspace(&session, &config).await;
-    client
-        .batch_execute(&format!("DROP TABLE {table}"))
-        .await
-        .unwrap();
+    let by_profile = profile_scores_in(&session, &ks, [newer_key.clone()].into_iter()).await;
+    assert_eq!(
+        by_profile[&newer_key].0,
+        Some(424_242),
+        "the newer NATS score survives"
+    );
+    drop_source_and_keyspace(&client, (&session, &config), &table).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_killed_mid_way_and_resumed_ends_with_the_same_result() {
     let _servers = shared().await;
-    let client = pg().await;
-    let (config, session) = own_keyspace("pgkill").await;
+    let (client, config, session, table) = source_and_keyspace("pgkill").await;
     let ks = config.scylla.keyspace.clone();
-    let tag = Uuid::new_v4().simple().to_string()[..8].to_string();
-    let (table, _) = source_table(&client, &tag).await;
     let want = source_rows(&client, &table).await;
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = dir.path().join("migration.json");
@@ -329,9 +346,5 @@ async fn a_run_killed_mid_way_and_resumed_ends_with_the_same_result() {
     assert_moved(&board(&session, &ks).await, &want);
     // Run again on the completed checkpoint: nothing more is read, the report is the same.
     assert_report(&run_ok(migrate_cmd(&config, &table, &args)));
-    drop_keyspace(&session, &config).await;
-    client
-        .batch_execute(&format!("DROP TABLE {table}"))
-        .await
-        .unwrap();
+    drop_source_and_keyspace(&client, (&session, &config), &table).await;
 }

@@ -6,9 +6,8 @@
 use std::time::Duration;
 
 use score_worker::config::Config;
-use uuid::Uuid;
 
-use super::{pg, pg_url};
+use super::{create_source, pg, pg_url, short_tag};
 use crate::support::*;
 
 /// The CA that signed the local PostgreSQL's certificate: `cargo xtask up` puts it beside the
@@ -28,22 +27,19 @@ async fn pg_ca(client: &tokio_postgres::Client) -> String {
     ca.to_string_lossy().into_owned()
 }
 
-/// A small source table of three valid rows.
-async fn small_table(client: &tokio_postgres::Client, tag: &str) -> String {
+/// The opening of a source test: a PostgreSQL client, the test's configuration, the test's tag
+/// ([`short_tag`]) and a small source table of three valid rows.
+async fn small_source(test: &str) -> (tokio_postgres::Client, Config, String, String) {
+    let (client, config, tag) = (pg().await, base_config(test), short_tag());
     let table = format!("mig_small_{tag}");
-    client
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {table};
-             CREATE TABLE {table} (profile_id uuid, wallet_address text, leaderboard_id text,
-                                   score bigint, updated_at timestamptz);
-             INSERT INTO {table}
-               SELECT md5('{tag}' || i)::uuid, '0x' || repeat('a', 40), 'mig-small', i,
-                      now() - interval '1 hour'
-               FROM generate_series(1, 3) AS i;"
-        ))
-        .await
-        .expect("source table");
-    table
+    let fill = format!(
+        "INSERT INTO {table}
+           SELECT md5('{tag}' || i)::uuid, '0x' || repeat('a', 40), 'mig-small', i,
+                  now() - interval '1 hour'
+           FROM generate_series(1, 3) AS i;"
+    );
+    create_source(&client, &table, &fill).await;
+    (client, config, tag, table)
 }
 
 /// `migrate-postgres --dry-run` of `table` from `source` plus `extra`: (exit code, stdout, stderr).
@@ -97,37 +93,25 @@ async fn set_server_ssl(ssl: Option<bool>) {
     }
     let want = if ssl == Some(false) { "off" } else { "on" };
     let what = format!("PostgreSQL ssl = {want} (cargo xtask up starts it with TLS on)");
-    wait_until_async(&what, || async {
+    let every = Duration::from_millis(100);
+    poll(&what, Duration::from_secs(30), every, || async {
         let fresh = pg().await;
         let row = fresh.query_one("SHOW ssl", &[]).await.unwrap();
-        row.get::<_, String>(0) == want
+        let ssl = row.get::<_, String>(0);
+        if ssl == want {
+            Ok(())
+        } else {
+            Err(format!("ssl is {ssl}"))
+        }
     })
     .await;
-}
-
-async fn wait_until_async<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: not within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_to_postgresql_is_verified_and_a_server_without_tls_is_refused_when_required() {
     // Switches TLS off on the shared server for a moment: nothing else may run meanwhile.
     let _servers = exclusive().await;
-    let client = pg().await;
-    let config = base_config("pgtls");
-    let tag = Uuid::new_v4().simple().to_string()[..8].to_string();
-    let table = small_table(&client, &tag).await;
+    let (client, config, _, table) = small_source("pgtls").await;
     let ca = pg_ca(&client).await;
     let port = pg_url()
         .split_whitespace()
@@ -269,10 +253,7 @@ async fn assert_no_server_tls(config: &Config, at: &dyn Fn(&str) -> String, tabl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_source_is_read_in_a_read_only_transaction_so_a_query_that_writes_fails() {
     let _servers = shared().await;
-    let client = pg().await;
-    let config = base_config("pgro");
-    let tag = Uuid::new_v4().simple().to_string()[..8].to_string();
-    let table = small_table(&client, &tag).await;
+    let (client, config, tag, table) = small_source("pgro").await;
     let (audit, function) = (format!("mig_audit_{tag}"), format!("mig_rows_{tag}"));
     // A "query" whose function writes as it reads.
     client

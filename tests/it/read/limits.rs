@@ -17,10 +17,10 @@ async fn rank_counts_within_its_budget_and_answers_beyond_past_it() {
     const BUDGET: u64 = 100;
     let reader = reader.with_rank_budget(BUDGET);
     let buckets = config.scylla.leaderboard_buckets as u64;
-    let board = format!("read-rank-{}", Uuid::new_v4().simple());
+    let board = new_board("read-rank");
     let base = chrono::Utc::now().timestamp_micros() - 3_600_000_000;
     // 600 profiles, distinct scores: the profile at index i (0 = first) has i rows ahead of it.
-    let profiles: Vec<Uuid> = (0..600).map(|_| Uuid::new_v4()).collect();
+    let profiles = new_profiles(600);
     let updates: Vec<ScoreUpdate> = profiles
         .iter()
         .enumerate()
@@ -70,7 +70,7 @@ async fn rank_counts_within_its_budget_and_answers_beyond_past_it() {
 async fn sizes_past_what_one_read_returns_are_refused_with_a_typed_error() {
     let (_servers, config) = sharing("read_sizes").await;
     let (_, reader, _) = open(&config).await;
-    let board = format!("read-sizes-{}", Uuid::new_v4().simple());
+    let board = new_board("read-sizes");
     let after = Cursor {
         score: 0,
         profile_id: Uuid::nil(),

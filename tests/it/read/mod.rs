@@ -60,11 +60,11 @@ fn sorted(scores: &HashMap<Uuid, i64>) -> Vec<(i64, Uuid)> {
 async fn top_n_pages_and_ranks_equal_an_independent_sort_across_buckets() {
     let (_servers, config) = sharing("read_top").await;
     let (store, reader, _) = open(&config).await;
-    let board = format!("read-top-{}", Uuid::new_v4().simple());
+    let board = new_board("read-top");
     let mut rng = rand::rng();
     let base = chrono::Utc::now().timestamp_micros() - 3_600_000_000;
     // 700 profiles, scores in -30..30: many ties within and across buckets, negatives.
-    let profiles: Vec<Uuid> = (0..700).map(|_| Uuid::new_v4()).collect();
+    let profiles = new_profiles(700);
     let first: Vec<ScoreUpdate> = profiles
         .iter()
         .map(|p| update(&board, *p, rng.random_range(-30..30), base))
@@ -178,7 +178,7 @@ async fn assert_ranks(reader: &Reader, board: &str, want: &[(i64, Uuid)]) {
 async fn paging_skips_and_repeats_nothing_while_updates_race_it() {
     let (_servers, config) = sharing("read_race").await;
     let (store, reader, _) = open(&config).await;
-    let board = format!("read-race-{}", Uuid::new_v4().simple());
+    let board = new_board("read-race");
     let mut rng = rand::rng();
     let base = chrono::Utc::now().timestamp_micros() - 3_600_000_000;
     // Stable profiles are never updated during the walk; hot ones change score all the time, moving
@@ -186,7 +186,7 @@ async fn paging_skips_and_repeats_nothing_while_updates_race_it() {
     let stable: Vec<ScoreUpdate> = (0..400)
         .map(|_| update(&board, Uuid::new_v4(), rng.random_range(-100..100), base))
         .collect();
-    let hot: Vec<Uuid> = (0..40).map(|_| Uuid::new_v4()).collect();
+    let hot = new_profiles(40);
     let hot_first: Vec<ScoreUpdate> = hot
         .iter()
         .map(|p| update(&board, *p, rng.random_range(-100..100), base))
@@ -254,21 +254,20 @@ async fn paging_skips_and_repeats_nothing_while_updates_race_it() {
 
 /// Polls the by-profile score until it is `score`.
 async fn wait_for_score(reader: &Reader, profile: Uuid, board: &str, score: i64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let now = reader.scores(profile).await.unwrap();
-        if now
-            .iter()
-            .any(|s| s.leaderboard_id == board && s.score == score)
-        {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "score {score} never arrived: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("score {score}");
+    poll(
+        &what,
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            let now = reader.scores(profile).await.unwrap();
+            let arrived = now
+                .iter()
+                .any(|s| s.leaderboard_id == board && s.score == score);
+            arrived.then_some(()).ok_or_else(|| format!("{now:?}"))
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,7 +278,7 @@ async fn eligibility_cache_misses_hits_is_invalidated_by_the_worker_and_expires(
     let ttl = Duration::from_secs(3);
     let (_, reader, metrics) = open(&config).await;
     let reader = reader.with_cache_ttl(ttl);
-    let board = format!("read-cache-{}", Uuid::new_v4().simple());
+    let board = new_board("read-cache");
     let profile = Uuid::new_v4();
     let wallet = wallet_of(profile);
     let at = chrono::Utc::now().timestamp_micros() - 10_000_000;
@@ -292,11 +291,9 @@ async fn eligibility_cache_misses_hits_is_invalidated_by_the_worker_and_expires(
         at_micros,
     };
     let first = event(10, at);
-    publish(&js, &config, &first, &first.event_id).await;
-    wait_until("first event processed", Duration::from_secs(30), || {
-        worker.processed() >= 1
-    })
-    .await;
+    worker
+        .publish_and_wait((&js, &config), &first, 1, "first event processed")
+        .await;
     wait_for_score(&reader, profile, &board, 10).await;
     let count = |result: &str| {
         metrics
@@ -322,11 +319,9 @@ async fn eligibility_cache_misses_hits_is_invalidated_by_the_worker_and_expires(
 
     // A newer score through NATS and the real worker: its clean-up drops the wallet's entries.
     let newer = event(3, at + 1_000_000);
-    publish(&js, &config, &newer, &newer.event_id).await;
-    wait_until("newer event processed", Duration::from_secs(30), || {
-        worker.processed() >= 2
-    })
-    .await;
+    worker
+        .publish_and_wait((&js, &config), &newer, 2, "newer event processed")
+        .await;
     let d = reader.eligibility(&wallet, &board, 5).await.unwrap();
     assert_eq!(
         (d.cache, d.eligible, d.score),
@@ -366,8 +361,8 @@ async fn repairs_keep_the_invariant_under_a_concurrent_worker() {
     config.batch.linger = Duration::from_millis(5);
     let (_client, js) = jetstream(&config).await;
     let (store, reader, _) = open(&config).await;
-    let board = format!("read-crud-{}", Uuid::new_v4().simple());
-    let profiles: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+    let board = new_board("read-crud");
+    let profiles = new_profiles(6);
     let base = chrono::Utc::now().timestamp_micros() - 60_000_000;
     let (events, upserts, deletes) = events_and_repairs(&board, &profiles, base);
 
@@ -424,14 +419,13 @@ fn events_and_repairs(
         (0..n)
             .map(|i| {
                 let profile = profiles[rng.random_range(0..profiles.len())];
-                Event {
-                    event_id: format!("{prefix}-{i}"),
+                Event::new(
+                    format!("{prefix}-{i}"),
                     profile,
-                    wallet: wallet_of(profile),
-                    leaderboard: board.to_string(),
-                    score: rng.random_range(-40..40),
-                    at_micros: base + 2 * rng.random_range(0..300),
-                }
+                    board,
+                    rng.random_range(-40..40),
+                    base + 2 * rng.random_range(0..300),
+                )
             })
             .collect()
     };
@@ -450,14 +444,13 @@ fn events_and_repairs(
         .collect();
     let upserts: Vec<Event> = upserts
         .into_iter()
-        .chain([Event {
-            event_id: "repair-last".into(),
-            profile: profiles[2],
-            wallet: wallet_of(profiles[2]),
-            leaderboard: board.to_string(),
-            score: 77,
-            at_micros: base + 1_002,
-        }])
+        .chain([Event::new(
+            "repair-last",
+            profiles[2],
+            board,
+            77,
+            base + 1_002,
+        )])
         .collect();
     (events, upserts, deletes)
 }
@@ -471,10 +464,7 @@ async fn run_with_repairs(
     board: &str,
     (events, upserts, deletes): (&[Event], &[Event], &[(Uuid, i64)]),
 ) {
-    let workers = vec![
-        Worker::start(config.clone()).await,
-        Worker::start(config.clone()).await,
-    ];
+    let workers = replicas(config, 2).await;
     let publisher = {
         let (js, config, events) = (js.clone(), config.clone(), events.to_vec());
         tokio::spawn(async move {
