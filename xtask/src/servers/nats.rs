@@ -62,13 +62,7 @@ pub fn start(env: &Environment, out: &mut dyn Write) -> Result<(), Error> {
                     "restarting our nats-server (pid {pid}): version {running} -> {want}"
                 ));
             }
-            super::set::stop_owned(
-                "nats",
-                Some(pid),
-                &pidfile(env),
-                false,
-                &mut std::io::stderr(),
-            )?;
+            super::set::restart_owned("nats", pid, &pidfile(env))?;
         }
     }
     if answers(env) {
@@ -87,36 +81,22 @@ pub fn start(env: &Environment, out: &mut dyn Write) -> Result<(), Error> {
         summary(env, "reused", &detail, out);
         return Ok(());
     }
-    let pid = match owned_pid(env) {
-        Some(pid) if process::stopped(pid) => {
-            return Err(Error::Frozen {
-                what: "nats-server".into(),
-                pid,
-            })
+    let pid = super::set::running_or_launch("nats-server", owned_pid(env), || {
+        let (bin, version) = choice.binary()?;
+        super::ports_free("nats", host, &[port, mon])?;
+        let store = env.state_dir.join(format!("nats-{version}"));
+        if fresh {
+            let _ = fs::remove_dir_all(&store);
         }
-        Some(pid) => {
-            log(&format!(
-                "nats-server (pid {pid}) is starting; waiting for it"
-            ));
-            pid
-        }
-        None => {
-            let (bin, version) = choice.binary()?;
-            super::ports_free("nats", host, &[port, mon])?;
-            let store = env.state_dir.join(format!("nats-{version}"));
-            if fresh {
-                let _ = fs::remove_dir_all(&store);
-            }
-            fs::create_dir_all(&store).map_err(io(&store))?;
-            fs::write(&verfile, format!("{version}\n")).map_err(io(&verfile))?;
-            let mut cmd = Command::new(bin);
-            cmd.args(["-js", "-a", host, "-p", &port.to_string()])
-                .args(["-m", &mon.to_string(), "-sd"])
-                .arg(&store)
-                .current_dir(&env.state_dir);
-            process::launch(cmd, &env.state_dir.join("nats.log"), &pidfile(env))?
-        }
-    };
+        fs::create_dir_all(&store).map_err(io(&store))?;
+        fs::write(&verfile, format!("{version}\n")).map_err(io(&verfile))?;
+        let mut cmd = Command::new(bin);
+        cmd.args(["-js", "-a", host, "-p", &port.to_string()])
+            .args(["-m", &mon.to_string(), "-sd"])
+            .arg(&store)
+            .current_dir(&env.state_dir);
+        process::launch(cmd, &env.state_dir.join("nats.log"), &pidfile(env))
+    })?;
     let log_file = env.state_dir.join("nats.log");
     let took = wait_ready(
         "nats-server",
@@ -142,20 +122,7 @@ pub fn start(env: &Environment, out: &mut dyn Write) -> Result<(), Error> {
             );
             Ok(())
         }
-        Err(e) => {
-            if matches!(e, Error::NotReady { .. }) {
-                super::set::stop_owned(
-                    "nats",
-                    Some(pid),
-                    &pidfile(env),
-                    false,
-                    &mut std::io::stderr(),
-                )?;
-            } else {
-                let _ = fs::remove_file(pidfile(env));
-            }
-            Err(e)
-        }
+        Err(e) => Err(super::set::abandon("nats", pid, &pidfile(env), e)),
     }
 }
 

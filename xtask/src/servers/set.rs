@@ -40,6 +40,44 @@ pub fn stop_owned(
     Ok(())
 }
 
+/// Stops a server this tool started so that it can start afresh (its lines to stderr).
+pub fn restart_owned(name: &str, pid: u32, pidfile: &Path) -> Result<(), Error> {
+    stop_owned(name, Some(pid), pidfile, false, &mut std::io::stderr())
+}
+
+/// The pid of the server this tool started (`owned`), or of the one `launch` starts now: a frozen
+/// one is an error, one still starting is waited for.
+pub fn running_or_launch(
+    what: &str,
+    owned: Option<u32>,
+    launch: impl FnOnce() -> Result<u32, Error>,
+) -> Result<u32, Error> {
+    match owned {
+        Some(pid) if process::stopped(pid) => Err(Error::Frozen {
+            what: what.into(),
+            pid,
+        }),
+        Some(pid) => {
+            log(&format!("{what} (pid {pid}) is starting; waiting for it"));
+            Ok(pid)
+        }
+        None => launch(),
+    }
+}
+
+/// After a start that failed: a server that never became ready is stopped, one that exited leaves
+/// no pid file. `error` is passed on.
+pub fn abandon(name: &str, pid: u32, pidfile: &Path, error: Error) -> Error {
+    if matches!(error, Error::NotReady { .. }) {
+        if let Err(e) = restart_owned(name, pid, pidfile) {
+            log(&format!("could not stop {name} (pid {pid}): {e}"));
+        }
+    } else {
+        let _ = std::fs::remove_file(pidfile);
+    }
+    error
+}
+
 /// The status line of a server that does not answer: frozen, starting (or hung), or down.
 pub fn status_not_answering(name: &str, pid: Option<u32>, out: &mut dyn Write) {
     match pid {

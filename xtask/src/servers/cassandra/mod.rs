@@ -121,13 +121,7 @@ pub fn start(env: &Environment, out: &mut dyn Write) -> Result<(), Error> {
                 format!("mode {running} -> {mode}")
             };
             log(&format!("restarting our Cassandra (pid {pid}): {why}"));
-            super::set::stop_owned(
-                "cassandra",
-                Some(pid),
-                &pidfile,
-                false,
-                &mut std::io::stderr(),
-            )?;
+            super::set::restart_owned("cassandra", pid, &pidfile)?;
         }
     }
     if answers(env) {
@@ -147,45 +141,31 @@ pub fn start(env: &Environment, out: &mut dyn Write) -> Result<(), Error> {
         summary(env, "reused", &detail, out);
         return Ok(());
     }
-    let pid = match owned_pid(env) {
-        Some(pid) if process::stopped(pid) => {
-            return Err(Error::Frozen {
-                what: "Cassandra".into(),
-                pid,
-            })
-        }
-        Some(pid) => {
+    let pid = super::set::running_or_launch("Cassandra", owned_pid(env), || {
+        super::ports_free("cassandra", host, &[c.cql_port, c.storage_port])?;
+        let (java, lib) = (tools::java()?, tools::cassandra_lib()?);
+        let data = file(env, "cassandra");
+        if fresh {
             log(&format!(
-                "Cassandra (pid {pid}) is starting; waiting for it"
+                "SCORE_WORKER_FRESH_DB=1: wiping {}",
+                data.display()
             ));
-            pid
+            let _ = fs::remove_dir_all(&data);
         }
-        None => {
-            super::ports_free("cassandra", host, &[c.cql_port, c.storage_port])?;
-            let (java, lib) = (tools::java()?, tools::cassandra_lib()?);
-            let data = file(env, "cassandra");
-            if fresh {
-                log(&format!(
-                    "SCORE_WORKER_FRESH_DB=1: wiping {}",
-                    data.display()
-                ));
-                let _ = fs::remove_dir_all(&data);
-            }
-            let (yaml, extra) = single_yaml(env)?;
-            let instance = Instance {
-                heap: &c.heap,
-                yaml: &yaml,
-                data: &data,
-                tmp: &file(env, "cassandra-tmp"),
-                extra,
-            };
-            let mut cmd = daemon(&java, &lib, &instance)?;
-            cmd.current_dir(&env.state_dir);
-            let modefile = file(env, "cassandra.mode");
-            fs::write(&modefile, format!("{mode}\n")).map_err(io(&modefile))?;
-            process::launch(cmd, &file(env, "cassandra.log"), &pidfile)?
-        }
-    };
+        let (yaml, extra) = single_yaml(env)?;
+        let instance = Instance {
+            heap: &c.heap,
+            yaml: &yaml,
+            data: &data,
+            tmp: &file(env, "cassandra-tmp"),
+            extra,
+        };
+        let mut cmd = daemon(&java, &lib, &instance)?;
+        cmd.current_dir(&env.state_dir);
+        let modefile = file(env, "cassandra.mode");
+        fs::write(&modefile, format!("{mode}\n")).map_err(io(&modefile))?;
+        process::launch(cmd, &file(env, "cassandra.log"), &pidfile)
+    })?;
     let log_file = file(env, "cassandra.log");
     let every = Duration::from_millis(250);
     match wait_ready("Cassandra", pid, &log_file, timeout(), every, |_| {
@@ -202,20 +182,7 @@ pub fn start(env: &Environment, out: &mut dyn Write) -> Result<(), Error> {
             summary(env, "up", &detail, out);
             Ok(())
         }
-        Err(e @ Error::NotReady { .. }) => {
-            super::set::stop_owned(
-                "cassandra",
-                Some(pid),
-                &pidfile,
-                false,
-                &mut std::io::stderr(),
-            )?;
-            Err(e)
-        }
-        Err(e) => {
-            let _ = fs::remove_file(&pidfile);
-            Err(e)
-        }
+        Err(e) => Err(super::set::abandon("cassandra", pid, &pidfile, e)),
     }
 }
 
