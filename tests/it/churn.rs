@@ -47,6 +47,8 @@ fn update(e: &Event) -> ScoreUpdate {
 
 /// Dead (tombstone) cells the replicas met reading one key's `scores_by_profile` row, from the
 /// query's trace ("Read 1 live rows and N tombstone cells"), summed over the replicas that read.
+/// The database writes a trace's events after it answers: the trace is read again (for at most
+/// 10 s) until the read's own event is in it.
 async fn dead_cells_read(session: &Session, profile: Uuid, leaderboard: &str) -> u64 {
     let mut select = Statement::new(format!(
         "SELECT score, WRITETIME(score), WRITETIME(updated_at), ranked FROM {KEYSPACE}.scores_by_profile \
@@ -60,25 +62,31 @@ async fn dead_cells_read(session: &Session, profile: Uuid, leaderboard: &str) ->
     let id = result
         .tracing_id()
         .expect("a traced response has a tracing id");
-    let trace = session
-        .get_tracing_info(&id)
-        .await
-        .expect("the trace is stored");
-    let counts: Vec<u64> = trace
-        .events
-        .iter()
-        .filter_map(|e| e.activity.as_deref())
-        .filter_map(|a| {
-            let (_, rest) = a.split_once(" live rows and ")?;
-            rest.split_whitespace().next()?.parse().ok()
-        })
-        .collect();
-    assert!(
-        !counts.is_empty(),
-        "the trace names the cells read: {:?}",
-        trace.events
-    );
-    counts.iter().sum()
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let trace = session
+            .get_tracing_info(&id)
+            .await
+            .expect("the trace is stored");
+        let counts: Vec<u64> = trace
+            .events
+            .iter()
+            .filter_map(|e| e.activity.as_deref())
+            .filter_map(|a| {
+                let (_, rest) = a.split_once(" live rows and ")?;
+                rest.split_whitespace().next()?.parse().ok()
+            })
+            .collect();
+        if !counts.is_empty() {
+            return counts.iter().sum();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the trace names the cells read within 10 s: {:?}",
+            trace.events
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Tombstone warnings the database attached to the worker's requests of kind `statement`.
