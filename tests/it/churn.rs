@@ -62,31 +62,33 @@ async fn dead_cells_read(session: &Session, profile: Uuid, leaderboard: &str) ->
     let id = result
         .tracing_id()
         .expect("a traced response has a tracing id");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let trace = session
-            .get_tracing_info(&id)
-            .await
-            .expect("the trace is stored");
-        let counts: Vec<u64> = trace
-            .events
-            .iter()
-            .filter_map(|e| e.activity.as_deref())
-            .filter_map(|a| {
-                let (_, rest) = a.split_once(" live rows and ")?;
-                rest.split_whitespace().next()?.parse().ok()
-            })
-            .collect();
-        if !counts.is_empty() {
-            return counts.iter().sum();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the trace names the cells read within 10 s: {:?}",
-            trace.events
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let every = Duration::from_millis(100);
+    poll(
+        "the trace naming the cells read",
+        Duration::from_secs(10),
+        every,
+        || async {
+            let trace = session
+                .get_tracing_info(&id)
+                .await
+                .expect("the trace is stored");
+            let counts: Vec<u64> = trace
+                .events
+                .iter()
+                .filter_map(|e| e.activity.as_deref())
+                .filter_map(|a| {
+                    let (_, rest) = a.split_once(" live rows and ")?;
+                    rest.split_whitespace().next()?.parse().ok()
+                })
+                .collect();
+            if counts.is_empty() {
+                Err(format!("{:?}", trace.events))
+            } else {
+                Ok(counts.iter().sum())
+            }
+        },
+    )
+    .await
 }
 
 /// Tombstone warnings the database attached to the worker's requests of kind `statement`.

@@ -34,34 +34,17 @@ impl Drop for Thaw {
     }
 }
 
-/// Freezes the database (SIGSTOP) until the returned guard is dropped. Returns once every thread of
-/// the process is stopped: kill(2) only queues the stop, and on a loaded machine a JVM thread already
-/// on a CPU can still answer a request sent right after it.
+/// Freezes the database (SIGSTOP) until the returned guard is dropped; returns once every thread of
+/// it is stopped ([`xtask::servers::process::freeze`]).
 #[must_use]
 pub(crate) fn freeze_database() -> Thaw {
-    let pid = services("cassandra-pid");
-    signal(&pid, "STOP");
-    let thaw = Thaw(pid);
-    let stopped = |task: std::fs::DirEntry| {
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        matches!(
-            stat.rsplit_once(") ").and_then(|(_, s)| s.chars().next()),
-            Some('T' | 't')
-        )
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", thaw.0)).expect("the database runs");
-        if tasks.filter_map(Result::ok).all(stopped) {
-            return thaw;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the database (pid {}) is not stopped 10 s after SIGSTOP",
-            thaw.0
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let thaw = Thaw(services("cassandra-pid"));
+    let pid = thaw.0.parse().expect("cassandra-pid prints a pid");
+    assert!(
+        xtask::servers::process::freeze(pid, Duration::from_secs(10)),
+        "the database (pid {pid}) is not stopped 10 s after SIGSTOP"
+    );
+    thaw
 }
 
 /// `score_worker_messages_processed_total` of a worker binary serving HTTP on `port` (0 if unreachable).

@@ -283,15 +283,8 @@ pub fn cluster_up(c: &ClusterEnvironment, out: &mut dyn Write) -> Result<(), Err
     }
     let t0 = Instant::now();
     for &n in &nodes {
-        match node_pid(c, n) {
-            Some(pid) if process::stopped(pid) => {
-                return Err(Error::Frozen {
-                    what: format!("nats n{n}"),
-                    pid,
-                })
-            }
-            Some(_) => {}
-            None => node_launch(c, n)?,
+        if super::set::unless_frozen(&format!("nats n{n}"), node_pid(c, n))?.is_none() {
+            node_launch(c, n)?;
         }
     }
     for &n in &nodes {

@@ -12,10 +12,15 @@ use super::{io, Error};
 /// How long a server has to exit after SIGTERM before it gets SIGKILL.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The state letter of `/proc/PID/stat` (R, S, D, T, t, Z, X...).
-fn state(pid: u32) -> Option<char> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// The state letter of a `stat` file of `/proc` (R, S, D, T, t, Z, X...).
+fn stat_state(stat: &Path) -> Option<char> {
+    let stat = fs::read_to_string(stat).ok()?;
     stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// The state letter of `/proc/PID/stat`.
+fn state(pid: u32) -> Option<char> {
+    stat_state(Path::new(&format!("/proc/{pid}/stat")))
 }
 
 /// The process exists and is not a zombie (PID 1 here may not reap orphans). A zombie main thread whose
@@ -31,6 +36,29 @@ pub fn alive(pid: u32) -> bool {
 /// The process is stopped by SIGSTOP (a test froze it).
 pub fn stopped(pid: u32) -> bool {
     matches!(state(pid), Some('T' | 't'))
+}
+
+/// Sends SIGSTOP to `pid` and waits (at most `timeout`) until every one of its threads is stopped:
+/// kill(2) only queues the stop, and a thread of a busy JVM already on a CPU can still answer a request
+/// sent right after it. False if there is no such process or it is not stopped in time.
+pub fn freeze(pid: u32, timeout: Duration) -> bool {
+    if !signal(pid, libc::SIGSTOP) {
+        return false;
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        let mut tasks = tasks.filter_map(Result::ok);
+        if tasks.all(|t| matches!(stat_state(&t.path().join("stat")), Some('T' | 't'))) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// The pid in `pidfile`, if that process is alive and its command line contains `pattern`.

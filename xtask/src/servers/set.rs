@@ -52,16 +52,23 @@ pub fn running_or_launch(
     owned: Option<u32>,
     launch: impl FnOnce() -> Result<u32, Error>,
 ) -> Result<u32, Error> {
-    match owned {
-        Some(pid) if process::stopped(pid) => Err(Error::Frozen {
-            what: what.into(),
-            pid,
-        }),
+    match unless_frozen(what, owned)? {
         Some(pid) => {
             log(&format!("{what} (pid {pid}) is starting; waiting for it"));
             Ok(pid)
         }
         None => launch(),
+    }
+}
+
+/// `pid`, unless that process is SIGSTOPped ([`Error::Frozen`]: starting it again would wait forever).
+pub fn unless_frozen(what: &str, pid: Option<u32>) -> Result<Option<u32>, Error> {
+    match pid {
+        Some(pid) if process::stopped(pid) => Err(Error::Frozen {
+            what: what.into(),
+            pid,
+        }),
+        pid => Ok(pid),
     }
 }
 

@@ -230,13 +230,7 @@ fn node_wait(
 /// Starts node `n` unless it runs, waits until the cluster has converged.
 pub fn node_start(c: &ClusterEnvironment, n: usize, out: &mut dyn Write) -> Result<(), Error> {
     let mut t0 = Instant::now();
-    match node_pid(c, n) {
-        Some(pid) if process::stopped(pid) => {
-            return Err(Error::Frozen {
-                what: format!("cassandra n{n}"),
-                pid,
-            })
-        }
+    match crate::servers::set::unless_frozen(&format!("cassandra n{n}"), node_pid(c, n))? {
         Some(_) => {}
         None if node_answers(c, n) => {
             return Err(Error::Failed(format!(
