@@ -69,7 +69,7 @@ fn fraction(name: &str, default: f64) -> f64 {
 
 impl Knobs {
     pub fn from_env() -> Knobs {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let root = xtask::environments::root().to_path_buf();
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("target"));

@@ -153,7 +153,7 @@ fn expected(messages: &[Message]) -> std::collections::HashMap<(String, uuid::Uu
 fn git(args: &[&str]) -> String {
     std::process::Command::new("git")
         .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(xtask::environments::root())
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()

@@ -34,7 +34,7 @@ fn assert_refused(refused: &Output, verb: &str) -> String {
 fn git_revision() -> String {
     let out = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(xtask::environments::root())
         .output()
         .expect("git runs");
     String::from_utf8(out.stdout).unwrap().trim().to_string()

@@ -115,7 +115,7 @@ fn reason_of(name: &str) -> RejectReason {
 
 /// The files of `tests/corpus/bad/`, byte for byte, sorted by name.
 fn stored_cases() -> Vec<Case> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/bad");
+    let dir = xtask::environments::root().join("tests/corpus/bad");
     let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let mut cases: Vec<Case> = entries
         .map(|entry| {

@@ -34,7 +34,7 @@ async fn health_readiness_and_metrics_endpoints() {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
     // Kept for `scripts/check-metrics-contract.sh` (promtool lint and rule/dashboard names).
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/metrics-sample.txt");
+    let out = xtask::environments::root().join(".local/metrics-sample.txt");
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     std::fs::write(&out, &text).unwrap();
 

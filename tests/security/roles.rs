@@ -13,7 +13,7 @@ use super::*;
 
 /// The README's grants to `role` (`GRANT <what> TO <role>;` in its `cql` block), for keyspace `ks`.
 fn documented_grants(role: &str, ks: &str) -> Vec<String> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/README.md"))
+    let readme = std::fs::read_to_string(xtask::environments::root().join("deploy/README.md"))
         .expect("deploy/README.md");
     let block = readme
         .split("```cql")

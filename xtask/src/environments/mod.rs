@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde::Deserialize;
 
@@ -41,11 +42,31 @@ pub enum Error {
     BadPort { var: &'static str, value: String },
 }
 
-/// The repository root (the directory above this crate).
+/// The repository root: the nearest directory holding `environments.toml`, looking up from the
+/// package cargo runs (`CARGO_MANIFEST_DIR` at run time: the repository for `cargo test`, `xtask/`
+/// for `cargo xtask`), else from the working directory.
+///
+/// Not the compile-time `env!("CARGO_MANIFEST_DIR")`: cargo finds a build fresh by content, so two
+/// clones sharing one `CARGO_TARGET_DIR` (CI's cached one) run binaries compiled in the other clone,
+/// whose baked-in path may be gone or at another commit.
 pub fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask/ has a parent")
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let start = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(PathBuf::from)
+            .or_else(|| std::env::current_dir().ok())
+            .unwrap_or_else(|| PathBuf::from("."));
+        start
+            .ancestors()
+            .find(|dir| dir.join(FILE).is_file())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .parent()
+                    .expect("xtask/ has a parent")
+                    .to_path_buf()
+            })
+    })
 }
 
 /// Every server set of `environments.toml`.
