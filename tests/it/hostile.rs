@@ -5,7 +5,6 @@
 //! written; the worker never restarts.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
@@ -547,7 +546,7 @@ async fn hostile_corpus_through_one_live_worker() {
     assert_eq!(status, 200);
     assert_counts_per_reason(&worker, &rejected, &text);
 
-    // One worker did it all, without a restart or a redelivery.
+    // One worker did it all, without a restart or a redelivery it did not count.
     assert_one_worker_did_it_all(&worker, total, should_process);
     wait_ready_after_the_corpus(&worker).await;
     worker.stop().await;
@@ -732,13 +731,17 @@ fn assert_counts_per_reason(worker: &Worker, rejected: &[&Case], text: &str) {
     assert_eq!((clock("clamped"), clock("refused")), (1, refused));
 }
 
-/// The worker is still running, received each message once and processed what it should.
+/// The worker is still running, received each message once and processed what it should. Once more
+/// for each letter it gave back while its dead-letter queue was full (counted as deferred: under load,
+/// the corpus's bursts of bad payloads can outrun the dead-letter stream's acks); nothing else is
+/// redelivered.
 fn assert_one_worker_did_it_all(worker: &Worker, total: u64, should_process: u64) {
     assert!(worker.is_running(), "the worker's run task ended");
+    let deferred = worker.metrics.deadletters_deferred.get();
     assert_eq!(
         worker.metrics.messages_received.get(),
-        total,
-        "each message received exactly once"
+        total + deferred,
+        "each message received exactly once, plus once per letter deferred ({deferred})"
     );
     assert_eq!(
         worker.processed(),
