@@ -147,24 +147,38 @@ unit:
 	$(CARGO) test --locked --lib -- --nocapture
 	$(CARGO) test --locked -p xtask
 
+# The tests that freeze a database (tests/it/support.rs `alone`) take the chaos set's Cassandra, one at a
+# time, beside the other tests on the suite's own servers, rather than stopping every other test while
+# they hold the shared database frozen; their NATS stays the suite's own. The suite mostly waits (frozen
+# databases, ack_wait, outages: the machine was 70% idle at 4 threads), so it runs 6 tests at a time.
+IT_ALONE_SET := chaos
+IT_THREADS := 6
+
 it: services
-	$(CARGO) test --locked --test it
+	$(XTASK) up $(IT_ALONE_SET)
+	SCORE_WORKER_ALONE_SET=$(IT_ALONE_SET) $(CARGO) test --locked --test it -- --test-threads=$(IT_THREADS)
 
 # `cargo xtask status oldest` fails unless the nats-server's status line names the version environments.toml
-# pins for the set, so a fallback to another binary cannot pass unnoticed. The modules whose subject is the
-# database alone (the write path's churn, the read API, migrate-postgres, schema upgrades, bucket counts) say
-# nothing about a NATS version and are skipped: they ran against the current one in `make it`.
+# pins for the set, so a fallback to another binary cannot pass unnoticed. The tests whose subject is the
+# database or the process alone (the write path's churn and plain-CQL deletes, the read API and its timing,
+# migrate-postgres, schema upgrades and `migrate`, bucket counts, producer clocks, repairs' clock limit,
+# configuration knobs, the decoder's corpus) say nothing about a NATS version and are skipped: they ran
+# against the current one in `make it`.
 #
 # Known defect, skipped here until it is fixed: on nats-server 2.9.10 a worker whose consumer (or stream) was
 # deleted and recreated sometimes consumes nothing more (recovery::a_deleted_consumer_or_stream_..., 1 run in
 # 3 on its own, 60 s without the event; every run passes on 2.15.3, in `make it`).
 OLDEST_NATS_SKIP := --skip churn:: --skip read:: --skip postgres:: --skip upgrades:: --skip buckets:: \
+	--skip writes:: --skip observe::read_api --skip ops::migrate --skip clocks:: --skip cli::a_repair \
+	--skip knobs:: --skip hostile::hostile_corpus_outcomes_in_the_decoder \
 	--skip recovery::a_deleted_consumer_or_stream_is_recreated_by_the_worker_itself
 
 it-oldest-nats:
 	$(XTASK) up oldest
+	$(XTASK) up $(IT_ALONE_SET)
 	$(XTASK) status oldest
-	eval "$$($(XTASK) env oldest)" && $(CARGO) test --locked --test it -- $(OLDEST_NATS_SKIP)
+	eval "$$($(XTASK) env oldest)" && SCORE_WORKER_ALONE_SET=$(IT_ALONE_SET) \
+		$(CARGO) test --locked --test it -- --test-threads=$(IT_THREADS) $(OLDEST_NATS_SKIP)
 
 # NATS with TLS + user/password or token (a nats-server the tests start), Cassandra with password auth; writes
 # the database refuses (revoked grants, a key past the tombstone threshold).

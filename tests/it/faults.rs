@@ -9,11 +9,14 @@ use uuid::Uuid;
 
 use crate::support::*;
 
-/// A server command of the xtask library for the dev set (`cassandra-pid`, ...); what it printed.
+/// A server command of the xtask library for the set whose database the tests that run alone use
+/// ([`alone_set`], else the dev set); what it printed.
 fn services(arg: &str) -> String {
-    let dev = xtask::environments::Environment::load("dev").expect("environments.toml");
-    let out = dev.services(&[arg]);
-    out.unwrap_or_else(|e| panic!("cargo xtask services dev {arg}: {e}"))
+    let set = alone_set().unwrap_or_else(|| {
+        xtask::environments::Environment::load("dev").expect("environments.toml")
+    });
+    let out = set.services(&[arg]);
+    out.unwrap_or_else(|e| panic!("cargo xtask services {} {arg}: {e}", set.name))
         .trim()
         .to_owned()
 }
@@ -159,7 +162,7 @@ async fn finish_with_a_new_worker(
     let worker = Worker::start(config.clone()).await;
     wait_drained(js, config, Duration::from_secs(90)).await;
     worker.stop().await;
-    let session = session().await;
+    let session = session_on(config).await;
     assert_final_state(&session, events, config.scylla.leaderboard_buckets).await;
     session
 }

@@ -25,8 +25,11 @@ use uuid::Uuid;
 /// refuses readiness on a keyspace migrated past its own version.
 pub const KEYSPACE: &str = "score_worker_it_v3";
 
-static SCHEMA: Mutex<bool> = Mutex::const_new(false);
+/// The databases (by contact points) this binary has migrated.
+static SCHEMA: Mutex<Vec<Vec<String>>> = Mutex::const_new(Vec::new());
 static SERVERS: RwLock<()> = RwLock::const_new(());
+/// Taken by each test that freezes or stops a database, so that they run one at a time.
+static ALONE: Mutex<()> = Mutex::const_new(());
 
 /// Held by every test that needs the servers healthy for its whole run.
 pub async fn shared() -> RwLockReadGuard<'static, ()> {
@@ -47,9 +50,9 @@ pub async fn ensure_schema() {
 /// Applies the schema once per test binary on the database `config` points at.
 pub async fn ensure_schema_for(config: &Config) {
     let mut done = SCHEMA.lock().await;
-    if !*done {
+    if !done.contains(&config.scylla.nodes) {
         migrated_session(config, "Cassandra must be running (cargo xtask up dev)").await;
-        *done = true;
+        done.push(config.scylla.nodes.clone());
     }
 }
 
@@ -269,16 +272,22 @@ pub fn expected(events: &[Event]) -> HashMap<(String, Uuid), i64> {
 }
 
 pub async fn session() -> Session {
-    store::connect(&base_config("session").scylla)
-        .await
-        .expect("session")
+    session_on(&base_config("session")).await
+}
+
+/// A [`session`] on the database `config` points at (its contact points, the suite's defaults
+/// otherwise: a test's short request timeout is not the checker's).
+pub async fn session_on(config: &Config) -> Session {
+    let mut scylla = base_config("session").scylla;
+    scylla.nodes = config.scylla.nodes.clone();
+    store::connect(&scylla).await.expect("session")
 }
 
 /// The opening most tests share after their configuration: a NATS client and JetStream context on
-/// `config`'s topology ([`jetstream`]) and a database [`session`].
+/// `config`'s topology ([`jetstream`]) and a database session on its database ([`session_on`]).
 pub async fn nats_and_db(config: &Config) -> (async_nats::Client, jetstream::Context, Session) {
     let (client, js) = jetstream(config).await;
-    (client, js, session().await)
+    (client, js, session_on(config).await)
 }
 
 /// Rows of one leaderboard page size: a bucket partition holds a row tombstone per score change, and
@@ -1093,12 +1102,45 @@ pub fn new_profiles(n: usize) -> Vec<Uuid> {
     (0..n).map(|_| Uuid::new_v4()).collect()
 }
 
-/// The opening of a test that must run alone (it freezes, stops or reconfigures a shared server):
-/// the schema, the exclusive hold on the servers, and the test's configuration.
-pub async fn alone(test: &str) -> (RwLockWriteGuard<'static, ()>, Config) {
-    ensure_schema().await;
-    let servers = exclusive().await;
-    (servers, base_config(test))
+/// The server set whose database the tests that freeze one use, when `SCORE_WORKER_ALONE_SET` names
+/// one (taken as environments.toml declares it): those tests then run one at a time beside the
+/// others, instead of holding every other test back while the shared database is frozen. Their
+/// NATS stays the suite's own, so `make it-oldest-nats` still runs them against the oldest server.
+pub fn alone_set() -> Option<xtask::environments::Environment> {
+    let name = std::env::var("SCORE_WORKER_ALONE_SET")
+        .ok()
+        .filter(|s| !s.is_empty())?;
+    Some(
+        xtask::environments::Environment::load_declared(&name)
+            .unwrap_or_else(|e| panic!("SCORE_WORKER_ALONE_SET: {e}")),
+    )
+}
+
+/// What a test that runs alone holds: its turn among those tests and, without an
+/// [`alone_set`], the exclusive hold on the shared servers.
+pub struct Alone {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+    _servers: Option<RwLockWriteGuard<'static, ()>>,
+}
+
+/// The opening of a test that must run alone (it freezes or stops its database): the schema, the
+/// hold ([`Alone`]), and the test's configuration, on the [`alone_set`]'s database if there is one.
+pub async fn alone(test: &str) -> (Alone, Config) {
+    let turn = ALONE.lock().await;
+    let mut config = base_config(test);
+    let servers = match alone_set() {
+        Some(set) => {
+            config.scylla.nodes = vec![set.cql_node()];
+            None
+        }
+        None => Some(exclusive().await),
+    };
+    ensure_schema_for(&config).await;
+    let hold = Alone {
+        _turn: turn,
+        _servers: servers,
+    };
+    (hold, config)
 }
 
 /// The opening of a test that shares the servers: the schema, a shared hold on them, and the

@@ -159,6 +159,16 @@ impl Environments {
         Environment::resolve(name, set.clone(), &var)
     }
 
+    /// The set `name` exactly as declared, whatever the environment's overrides say: a second set a
+    /// suite uses beside the one `cargo xtask env SET` moved it to.
+    pub fn declared(&self, name: &str) -> Result<Environment, Error> {
+        let set = self.sets.get(name).ok_or_else(|| Error::Unknown {
+            name: name.to_owned(),
+            known: self.names().join(", "),
+        })?;
+        Environment::resolve(name, set.clone(), &|_| None)
+    }
+
     /// Every name `up`/`down`/`status`/`env` take: the sets, then `cluster` and `cluster:VARIANT`.
     pub fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.sets.keys().cloned().collect();
@@ -215,6 +225,11 @@ impl Environment {
     /// The set `name` of `environments.toml`, with the environment's overrides applied.
     pub fn load(name: &str) -> Result<Self, Error> {
         Environments::load()?.environment(name)
+    }
+
+    /// The set `name` as declared ([`Environments::declared`]).
+    pub fn load_declared(name: &str) -> Result<Self, Error> {
+        Environments::load()?.declared(name)
     }
 
     fn resolve(
