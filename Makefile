@@ -182,9 +182,11 @@ it-oldest-nats:
 
 # NATS with TLS + user/password or token (a nats-server the tests start), Cassandra with password auth; writes
 # the database refuses (revoked grants, a key past the tombstone threshold).
+# 4 tests at a time: most of the suite's time is waits the tests must make (permission caches, refusal
+# windows of at least 15 s); at 2 the machine was idle half the run (51 s; at 4: 32 s).
 security:
 	$(XTASK) up secure
-	$(CARGO) test --locked --test security
+	$(CARGO) test --locked --test security -- --test-threads=4
 
 # Fault injection with the real binary: SIGKILLs, frozen database, NATS restart, replicas, a 100k backlog
 # with bounded memory, SIGTERM; on the 3-node clusters, a NATS or Cassandra node killed mid-load
