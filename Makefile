@@ -190,11 +190,15 @@ security:
 
 # Fault injection with the real binary: SIGKILLs, frozen database, NATS restart, replicas, a 100k backlog
 # with bounded memory, SIGTERM; on the 3-node clusters, a NATS or Cassandra node killed mid-load
-# (tests/chaos/cluster.rs). One summary line per scenario.
+# (tests/chaos/cluster.rs). One summary line per scenario. Scenarios on the same servers take turns
+# (tests/chaos/harness.rs Locks); one on the pair and one on the clusters run side by side. Enough test
+# threads that the four cluster scenarios, waiting their turn, never keep a pair scenario from starting.
+CHAOS_THREADS := 6
+
 chaos:
 	$(XTASK) up chaos
 	$(XTASK) up cluster
-	$(CARGO) test --locked --test chaos -- --test-threads=1 --nocapture
+	$(CARGO) test --locked --test chaos -- --test-threads=$(CHAOS_THREADS) --nocapture
 
 # Several datacenters: the 3-node Cassandra cluster with n1, n2 in dc1 and n3 in dc2, a keyspace replicated
 # to both; LOCAL_QUORUM refused without scylla.single_writing_datacenter (tests/chaos/datacenters.rs). A node

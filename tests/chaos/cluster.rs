@@ -81,7 +81,7 @@ impl Drop for NodeBack {
 /// failed scenario left down), the keyspace at RF=3, the scenario's streams created at 3 replicas
 /// before the worker's topology adopts them.
 async fn start(name: &'static str, tweak: impl FnOnce(&mut Config)) -> Scenario {
-    let locks = Locks::take().await;
+    let locks = Locks::take(Servers::Clusters).await;
     let up = services("cluster-up").await;
     eprintln!("{name}: clusters\n{up}");
     let mut config = support::base_config_at(name, &clusters().nats_urls(), &cql_nodes()[0]);

@@ -14,7 +14,7 @@ use score_worker::config::{Config, Consistency};
 use score_worker::{schema, store};
 use uuid::Uuid;
 
-use crate::harness::Locks;
+use crate::harness::{Locks, Servers};
 use crate::support::{self, Event};
 
 const TWO_DCS: &str = "{'class': 'NetworkTopologyStrategy', 'dc1': 2, 'dc2': 1}";
@@ -74,7 +74,7 @@ async fn writes_exactly(config: &Config, events: &[Event], all: &[Event]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the Cassandra cluster in two datacenters: make datacenters"]
 async fn datacenters_local_quorum_is_refused_on_a_keyspace_in_two_datacenters() {
-    let _locks = Locks::take().await;
+    let _locks = Locks::take(Servers::Clusters).await;
     let keyspace = format!("dc_{}", &Uuid::new_v4().simple().to_string()[..8]);
     let local = config("dc_local", &keyspace, Consistency::LocalQuorum);
     let session = store::connect(&local.scylla)

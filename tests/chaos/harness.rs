@@ -90,8 +90,10 @@ impl Drop for Restart {
     }
 }
 
-/// Scenarios share the server pair: one at a time, whatever `--test-threads` says.
-static SERIAL: Mutex<()> = Mutex::const_new(());
+/// Scenarios on the same servers run one at a time, whatever `--test-threads` says; a scenario on
+/// the pair and one on the clusters may run side by side.
+static PAIR: Mutex<()> = Mutex::const_new(());
+static CLUSTERS: Mutex<()> = Mutex::const_new(());
 static SERVERS: OnceCell<()> = OnceCell::const_new();
 
 /// A knob from the environment (soak mode raises them).
@@ -128,16 +130,30 @@ pub struct Scenario {
     _locks: Locks,
 }
 
-/// One scenario at a time, in this process (`--test-threads` notwithstanding) and across processes.
+/// The servers a scenario injects its faults into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Servers {
+    /// The chaos set's nats-server and Cassandra.
+    Pair,
+    /// The 3-node NATS and Cassandra clusters.
+    Clusters,
+}
+
+/// One scenario at a time on the same [`Servers`], in this process (`--test-threads`
+/// notwithstanding) and across processes.
 pub struct Locks {
     _suite: File,
     _serial: MutexGuard<'static, ()>,
 }
 
 impl Locks {
-    pub async fn take() -> Locks {
-        let serial = SERIAL.lock().await;
-        let suite = tokio::task::spawn_blocking(suite_lock)
+    pub async fn take(servers: Servers) -> Locks {
+        let (serial, file) = match servers {
+            Servers::Pair => (&PAIR, "suite.lock"),
+            Servers::Clusters => (&CLUSTERS, "clusters.lock"),
+        };
+        let serial = serial.lock().await;
+        let suite = tokio::task::spawn_blocking(move || suite_lock(file))
             .await
             .expect("lock task");
         Locks {
@@ -160,7 +176,7 @@ impl Scenario {
     /// Takes the serial lock, makes sure the pair is up and migrated, creates the scenario's streams
     /// and consumer with `config` as `tweak` leaves it.
     pub async fn start(name: &'static str, tweak: impl FnOnce(&mut Config)) -> Scenario {
-        let locks = Locks::take().await;
+        let locks = Locks::take(Servers::Pair).await;
         SERVERS
             .get_or_init(|| async {
                 // A run killed mid-scenario may have left a server SIGSTOPped: resume it first.
@@ -315,12 +331,13 @@ impl Scenario {
     }
 }
 
-/// Another process running the suite (a second `make chaos`) shares the pair too: an exclusive
-/// lock on `.local/chaos/suite.lock`, held for one scenario, waited for up to 30 minutes.
-fn suite_lock() -> File {
+/// Another process running the suite (a second `make chaos`) shares the servers too: an exclusive
+/// lock on `.local/chaos/<name>` (one per [`Servers`]), held for one scenario, waited for up to 30
+/// minutes.
+fn suite_lock(name: &str) -> File {
     let dir = local();
     std::fs::create_dir_all(&dir).expect(".local/chaos");
-    let file = File::create(dir.join("suite.lock")).expect("suite.lock");
+    let file = File::create(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
         match file.try_lock() {
@@ -328,7 +345,7 @@ fn suite_lock() -> File {
             Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(500))
             }
-            Err(e) => panic!("cannot lock .local/chaos/suite.lock: {e}"),
+            Err(e) => panic!("cannot lock .local/chaos/{name}: {e}"),
         }
     }
 }

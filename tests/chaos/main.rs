@@ -15,8 +15,9 @@
 //! dead-letter stream holds. `recover_s` is the time from the end of the (last) fault until the durable consumer had nothing
 //! pending and nothing unacknowledged; for the backlog scenario, the time to drain the backlog.
 //!
-//! Scenarios run one at a time (they share the pair; a lock enforces it). Run:
-//! `cargo test --test chaos -- --test-threads=1 --nocapture`. Knobs (soak mode raises them):
+//! Scenarios on the same servers run one at a time (a lock per pair and clusters enforces it); a pair
+//! scenario and a cluster scenario may run side by side. Run: `make chaos`, or
+//! `cargo test --test chaos -- --test-threads=6 --nocapture`. Knobs (soak mode raises them):
 //! `SCORE_WORKER_CHAOS_SCALE` (multiplies event counts), `SCORE_WORKER_CHAOS_BACKLOG` (scenario 5's
 //! backlog, default 100000), `SCORE_WORKER_CHAOS_KILLS` (scenario 1, default 10),
 //! `SCORE_WORKER_CHAOS_SEED` (replays a workload), `SCORE_WORKER_CHAOS_LOG` (the workers' RUST_LOG).
