@@ -151,22 +151,21 @@ impl Environments {
 
     /// The set `name` with the environment's overrides applied.
     pub fn environment(&self, name: &str) -> Result<Environment, Error> {
-        let set = self.sets.get(name).ok_or_else(|| Error::Unknown {
-            name: name.to_owned(),
-            known: self.names().join(", "),
-        })?;
         let var = |v: &str| std::env::var(v).ok().filter(|s| !s.is_empty());
-        Environment::resolve(name, set.clone(), &var)
+        Environment::resolve(name, self.set(name)?.clone(), &var)
     }
 
     /// The set `name` exactly as declared, whatever the environment's overrides say: a second set a
     /// suite uses beside the one `cargo xtask env SET` moved it to.
     pub fn declared(&self, name: &str) -> Result<Environment, Error> {
-        let set = self.sets.get(name).ok_or_else(|| Error::Unknown {
+        Environment::resolve(name, self.set(name)?.clone(), &|_| None)
+    }
+
+    fn set(&self, name: &str) -> Result<&ServerSet, Error> {
+        self.sets.get(name).ok_or_else(|| Error::Unknown {
             name: name.to_owned(),
             known: self.names().join(", "),
-        })?;
-        Environment::resolve(name, set.clone(), &|_| None)
+        })
     }
 
     /// Every name `up`/`down`/`status`/`env` take: the sets, then `cluster` and `cluster:VARIANT`.

@@ -62,7 +62,7 @@ pub fn start(env: &Environment, out: &mut dyn Write) -> Result<(), Error> {
                     "restarting our nats-server (pid {pid}): version {running} -> {want}"
                 ));
             }
-            super::set::restart_owned("nats", pid, &pidfile(env))?;
+            super::set::stop_to_stderr("nats", pid, &pidfile(env))?;
         }
     }
     if answers(env) {

@@ -40,8 +40,9 @@ pub fn stop_owned(
     Ok(())
 }
 
-/// Stops a server this tool started so that it can start afresh (its lines to stderr).
-pub fn restart_owned(name: &str, pid: u32, pidfile: &Path) -> Result<(), Error> {
+/// Stops a server this tool started, its lines to stderr: before it starts afresh, or after a start
+/// that never became ready.
+pub fn stop_to_stderr(name: &str, pid: u32, pidfile: &Path) -> Result<(), Error> {
     stop_owned(name, Some(pid), pidfile, false, &mut std::io::stderr())
 }
 
@@ -76,7 +77,7 @@ pub fn unless_frozen(what: &str, pid: Option<u32>) -> Result<Option<u32>, Error>
 /// no pid file. `error` is passed on.
 pub fn abandon(name: &str, pid: u32, pidfile: &Path, error: Error) -> Error {
     if matches!(error, Error::NotReady { .. }) {
-        if let Err(e) = restart_owned(name, pid, pidfile) {
+        if let Err(e) = stop_to_stderr(name, pid, pidfile) {
             log(&format!("could not stop {name} (pid {pid}): {e}"));
         }
     } else {

@@ -121,7 +121,7 @@ pub fn start(env: &Environment, out: &mut dyn Write) -> Result<(), Error> {
                 format!("mode {running} -> {mode}")
             };
             log(&format!("restarting our Cassandra (pid {pid}): {why}"));
-            super::set::restart_owned("cassandra", pid, &pidfile)?;
+            super::set::stop_to_stderr("cassandra", pid, &pidfile)?;
         }
     }
     if answers(env) {
